@@ -1,0 +1,309 @@
+"""Lossless coders for one array of small integer codes (zstd, bit-packed zstd, ANS) and of 16-bit values.
+
+Every frame starts with a header (coder id, bits, count) so `decode(frame)` needs nothing else.
+
+Frame layout: byte 0 coder id, byte 1 bits per value (1..8 for codes, 16 for 16-bit values),
+then the value count as a LEB128 varint, then the coder's payload:
+  zstd         zstd of one code per byte
+  zstd-packed  zstd of the codes bit-packed little-endian, `bits` bits each
+  packed       the bit-packed codes as they are (wins for tiny or incompressible arrays)
+  ans          symbol range [low, low + span) and the histogram over it as varints, then the
+               32-bit words of a constriction AnsCoder using that histogram as its model
+  u16-zstd     zstd of the little-endian 16-bit values
+  u16-planes   high-byte plane and low-byte plane, each as its own best code frame
+               (a fp16 high byte holds sign, exponent and 2 mantissa bits: few distinct values)
+  u16-bf16-fields  the bf16 exponent byte and the sign|mantissa byte, each as its own best
+               code frame: the byte planes of bf16 cut the exponent in two, which costs ~0.7%
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import constriction
+import numpy as np
+import zstandard
+
+from evo.errors import EvoError
+
+# Codes are near-i.i.d. symbols, so zstd's gain is mostly its Huffman literal coder: on SmolLM2
+# codes level 1 matched or beat levels 3 and 9; level 19 was up to 2% smaller at 8 bits but ~60x
+# slower, and ANS is the usual winner anyway.
+ZSTD_LEVEL = 1
+
+_CODER_IDS = {
+    "zstd": 1,
+    "zstd-packed": 2,
+    "packed": 3,
+    "ans": 4,
+    "u16-zstd": 5,
+    "u16-planes": 6,
+    "u16-bf16-fields": 7,
+}
+_CODER_NAMES = {v: k for k, v in _CODER_IDS.items()}
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _get_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise EvoError("corrupt frame: truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _header(coder: str, bits: int, count: int) -> bytearray:
+    out = bytearray((_CODER_IDS[coder], bits))
+    _put_varint(out, count)
+    return out
+
+
+def _parse_header(frame: bytes) -> tuple[str, int, int, int]:
+    if len(frame) < 3 or frame[0] not in _CODER_NAMES:
+        raise EvoError("corrupt frame: unknown coder id; was it written by a newer evo?")
+    count, pos = _get_varint(frame, 2)
+    return _CODER_NAMES[frame[0]], frame[1], count, pos
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
+def _check_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    if not 1 <= bits <= 8:
+        raise EvoError(f"code coders take 1..8 bits per code, got bits={bits}")
+    codes = np.ascontiguousarray(codes).reshape(-1)
+    if codes.dtype != np.uint8:
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise EvoError(f"codes must be integers, got {codes.dtype}")
+        if codes.size and (codes.min() < 0 or codes.max() > 255):
+            raise EvoError("codes must lie in [0, 255]")
+        codes = codes.astype(np.uint8)
+    if codes.size and int(codes.max()) >> bits:
+        raise EvoError(f"code {int(codes.max())} does not fit in {bits} bits")
+    return codes
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Pack uint8 codes `bits` bits each, little-endian within and across bytes.
+
+    Eight codes fill exactly `bits` bytes, so each run of eight is assembled in one uint64 and
+    its low `bits` bytes kept: a handful of vector operations whatever the width.
+    """
+    if bits == 8:
+        return codes.tobytes()
+    count = codes.size
+    chunks = np.zeros((-(-count // 8), 8), np.uint64)
+    chunks.reshape(-1)[:count] = codes
+    words = np.zeros(chunks.shape[0], np.uint64)
+    for i in range(8):
+        words |= chunks[:, i] << np.uint64(bits * i)
+    packed = words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits]
+    return packed.tobytes()[: -(-count * bits // 8)]
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_bits."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return raw[:count].copy()
+    chunks = -(-count // 8)
+    full = np.zeros(chunks * bits, np.uint8)
+    full[: raw.size] = raw[: full.size]
+    padded = np.zeros((chunks, 8), np.uint8)
+    padded[:, :bits] = full.reshape(chunks, bits)
+    words = padded.view("<u8").reshape(-1)
+    mask = np.uint64((1 << bits) - 1)
+    codes = np.empty((chunks, 8), np.uint8)
+    for i in range(8):
+        codes[:, i] = (words >> np.uint64(bits * i)) & mask
+    return codes.reshape(-1)[:count]
+
+
+def _ans_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    # perfect=False is deterministic given the same counts, so encoder and decoder agree exactly.
+    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+
+
+def _encode_zstd(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("zstd", bits, codes.size)) + _zstd(codes.tobytes())
+
+
+def _encode_zstd_packed(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("zstd-packed", bits, codes.size)) + _zstd(pack_bits(codes, bits))
+
+
+def _encode_packed(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("packed", bits, codes.size)) + pack_bits(codes, bits)
+
+
+def _encode_ans(codes: np.ndarray, bits: int) -> bytes:
+    out = _header("ans", bits, codes.size)
+    if codes.size == 0:
+        return bytes(out)
+    counts = np.bincount(codes, minlength=1 << bits)
+    used = np.flatnonzero(counts)
+    low, span = int(used[0]), int(used[-1] - used[0] + 1)
+    _put_varint(out, low)
+    _put_varint(out, span)
+    for c in counts[low : low + span].tolist():
+        _put_varint(out, c)
+    if span == 1:  # a constant array: the histogram says it all
+        return bytes(out)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(codes.astype(np.int32) - low, _ans_model(counts[low : low + span]))
+    return bytes(out) + coder.get_compressed().astype("<u4").tobytes()
+
+
+def _decode_ans(frame: bytes, pos: int, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, np.uint8)
+    low, pos = _get_varint(frame, pos)
+    span, pos = _get_varint(frame, pos)
+    counts = np.empty(span, np.int64)
+    for i in range(span):
+        counts[i], pos = _get_varint(frame, pos)
+    if span == 1:
+        return np.full(count, low, np.uint8)
+    words = np.frombuffer(frame, dtype="<u4", offset=pos).astype(np.uint32)
+    symbols = constriction.stream.stack.AnsCoder(words).decode(_ans_model(counts), count)
+    return (symbols + low).astype(np.uint8)
+
+
+CODE_CODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
+    "zstd": _encode_zstd,
+    "zstd-packed": _encode_zstd_packed,
+    "packed": _encode_packed,
+    "ans": _encode_ans,
+}
+
+
+def encode_codes(codes: np.ndarray, bits: int, coder: str) -> bytes:
+    """Encode uint8 codes in [0, 2^bits) with the named coder (one of CODE_CODERS)."""
+    if coder not in CODE_CODERS:
+        raise EvoError(f"unknown code coder {coder!r}; use one of {list(CODE_CODERS)}")
+    return CODE_CODERS[coder](_check_codes(codes, bits), bits)
+
+
+def encode_all(codes: np.ndarray, bits: int) -> dict[str, bytes]:
+    """Every code coder's frame, for reports that compare them."""
+    codes = _check_codes(codes, bits)
+    return {name: encode(codes, bits) for name, encode in CODE_CODERS.items()}
+
+
+def encode_best(codes: np.ndarray, bits: int) -> tuple[str, bytes]:
+    """(coder name, frame) of the smallest frame; ties go to the earlier coder in CODE_CODERS."""
+    frames = encode_all(codes, bits)
+    name = min(frames, key=lambda n: len(frames[n]))
+    return name, frames[name]
+
+
+def _split_planes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (values >> 8).astype(np.uint8), (values & 0xFF).astype(np.uint8)
+
+
+def _join_planes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return (first.astype(np.uint16) << 8) | second
+
+
+def _split_bf16_fields(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    exponent = (values >> 7) & 0xFF
+    sign_mantissa = ((values >> 8) & 0x80) | (values & 0x7F)
+    return exponent.astype(np.uint8), sign_mantissa.astype(np.uint8)
+
+
+def _join_bf16_fields(exponent: np.ndarray, sign_mantissa: np.ndarray) -> np.ndarray:
+    exponent = exponent.astype(np.uint16)
+    sign_mantissa = sign_mantissa.astype(np.uint16)
+    return ((sign_mantissa & 0x80) << 8) | (exponent << 7) | (sign_mantissa & 0x7F)
+
+
+# Two-byte splits of a 16-bit value: (split, join); each byte stream gets its own best coder.
+_U16_SPLITS = {
+    "u16-planes": (_split_planes, _join_planes),
+    "u16-bf16-fields": (_split_bf16_fields, _join_bf16_fields),
+}
+
+
+def encode_u16_all(values: np.ndarray) -> dict[str, bytes]:
+    """Every 16-bit coder's frame: plain zstd and each two-byte split in _U16_SPLITS."""
+    values = np.ascontiguousarray(values).reshape(-1)
+    if values.dtype.itemsize != 2:
+        raise EvoError(f"16-bit coders take 16-bit values, got {values.dtype}")
+    values = values.view(np.uint16)
+    frames = {"u16-zstd": bytes(_header("u16-zstd", 16, values.size)) + _zstd(values.astype("<u2").tobytes())}
+    for name, (split, _) in _U16_SPLITS.items():
+        first, second = (encode_best(part, 8)[1] for part in split(values))
+        frame = _header(name, 16, values.size)
+        _put_varint(frame, len(first))
+        frames[name] = bytes(frame) + first + second
+    return frames
+
+
+def encode_u16(values: np.ndarray) -> tuple[str, bytes]:
+    """(coder name, frame) of the smallest 16-bit frame (fp16 scales, bf16 weights)."""
+    frames = encode_u16_all(values)
+    name = min(frames, key=lambda n: len(frames[n]))
+    return name, frames[name]
+
+
+def frame_info(frame: bytes) -> tuple[str, int, int]:
+    """(coder name, bits per value, value count) from a frame's header."""
+    coder, bits, count, _ = _parse_header(frame)
+    return coder, bits, count
+
+
+def frame_coder(frame: bytes) -> str:
+    """The coder name recorded in a frame's header."""
+    return frame_info(frame)[0]
+
+
+def decode(frame: bytes) -> np.ndarray:
+    """The exact values a frame was encoded from: uint8 for code frames, uint16 for 16-bit frames."""
+    coder, bits, count, pos = _parse_header(frame)
+    if coder == "zstd":
+        values = np.frombuffer(_unzstd(frame[pos:]), dtype=np.uint8).copy()
+    elif coder == "zstd-packed":
+        values = unpack_bits(_unzstd(frame[pos:]), bits, count)
+    elif coder == "packed":
+        values = unpack_bits(frame[pos:], bits, count)
+    elif coder == "ans":
+        values = _decode_ans(frame, pos, count)
+    elif coder == "u16-zstd":
+        values = np.frombuffer(_unzstd(frame[pos:]), dtype="<u2").astype(np.uint16)
+    else:  # a two-byte split
+        first_len, pos = _get_varint(frame, pos)
+        first = decode(frame[pos : pos + first_len])
+        second = decode(frame[pos + first_len :])
+        values = _U16_SPLITS[coder][1](first, second)
+    if values.size != count:
+        raise EvoError(f"corrupt frame: decoded {values.size} values, header says {count}")
+    return values
+
+
+def order0_entropy_bits(values: np.ndarray) -> float:
+    """Total bits an ideal order-0 coder needs for these non-negative integers: n·H(histogram)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size == 0:
+        return 0.0
+    if values.dtype.kind != "u":
+        values = values.astype(np.int64)
+    counts = np.bincount(values)
+    counts = counts[counts > 0].astype(np.float64)
+    n = float(values.size)
+    return float(n * np.log2(n) - np.sum(counts * np.log2(counts)))

@@ -1,0 +1,73 @@
+"""Compression operators registered by name and run in pipeline order on one tensor.
+
+An operator reads a CompressionState and returns an updated copy; a new one is a decorated function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from evo.errors import EvoError
+
+if TYPE_CHECKING:
+    import torch
+
+    from evo.compress.prune import ActivationStats
+    from evo.compress.quantize import QuantizedTensor
+    from evo.compress.rescale import QuantGrid
+    from evo.compress.settings import TensorSetting
+
+
+@dataclass(frozen=True)
+class CompressionState:
+    """What the pipeline knows about one weight matrix so far; each operator fills a field."""
+
+    weight: torch.Tensor
+    setting: TensorSetting
+    act_stats: ActivationStats | None = None
+    prune_mask: torch.Tensor | None = None
+    grid: QuantGrid | None = None
+    quantized: QuantizedTensor | None = None
+
+
+Operator = Callable[[CompressionState], CompressionState]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    order: int
+    operator: Operator
+
+
+_OPERATORS: dict[str, _Entry] = {}
+
+
+def register_operator(name: str, order: int) -> Callable[[Operator], Operator]:
+    """Register `operator` under `name`; the pipeline runs operators by ascending `order`."""
+
+    def decorate(operator: Operator) -> Operator:
+        if name in _OPERATORS:
+            raise ValueError(f"compression operator {name!r} is registered twice")
+        _OPERATORS[name] = _Entry(order, operator)
+        return operator
+
+    return decorate
+
+
+def get_operator(name: str) -> Operator:
+    try:
+        return _OPERATORS[name].operator
+    except KeyError:
+        raise EvoError(f"unknown compression operator {name!r}; known: {pipeline_names()}") from None
+
+
+def pipeline_names() -> tuple[str, ...]:
+    """Registered operator names in the order the pipeline runs them."""
+    return tuple(sorted(_OPERATORS, key=lambda name: (_OPERATORS[name].order, name)))
+
+
+def run_pipeline(state: CompressionState) -> CompressionState:
+    for name in pipeline_names():
+        state = _OPERATORS[name].operator(state)
+    return state
