@@ -1,0 +1,533 @@
+"""The compressed model on disk: write it from a CompressionResult, and load() it back into a
+working transformers model whose logits equal the in-memory compressed model's exactly.
+
+Layout of an artifact directory (every byte counts toward the budget, so JSON is compact):
+  manifest.json   format, base model, evo version, the CompressionConfig, and per tensor its
+                  name, shape, setting and frames (coder, offset, length, sha256); total_bytes is
+                  the size of the whole directory, this file included
+  tensors.bin     every frame of every tensor, concatenated in manifest order, no padding
+  config.json     the transformers config of the compressed architecture (dropped layers gone,
+                  no GGUF quantization_config), so AutoModelForCausalLM.from_config rebuilds it
+  tokenizer files and generation_config.json, as transformers saves them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evo import __version__
+from evo.compress import TensorSetting, dequantize
+from evo.compress.structure import apply_block_drop
+from evo.compress_model import CompressionResult
+from evo.config import CompressionConfig
+from evo.errors import EvoError
+from evo.size import EncodedTensor, decode_tensor, encode_tensor
+
+ARTIFACT_FORMAT = "evo-artifact"
+ARTIFACT_VERSION = 1
+MANIFEST = "manifest.json"
+TENSORS = "tensors.bin"
+MODEL_CONFIG = "config.json"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """One frame of one tensor inside tensors.bin."""
+
+    kind: str  # "codes", "scales" or "zeros"
+    coder: str
+    offset: int
+    length: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of the artifact: name in the compressed model, name in the base model, frames."""
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    setting: TensorSetting
+    frames: tuple[StoredFrame, ...]
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(frame.length for frame in self.frames)
+
+
+@dataclass(frozen=True)
+class ArtifactManifest:
+    """Everything manifest.json says."""
+
+    base_model: str
+    evo_version: str
+    architecture: str
+    model_type: str
+    dtype: str
+    tied_embeddings: bool
+    base_num_layers: int
+    kept_layers: tuple[int, ...]
+    config: CompressionConfig
+    tensors: tuple[StoredTensor, ...]
+    files: dict[str, int]  # every file but the manifest → its size in bytes
+    tensor_bytes: int
+    total_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = {t.setting.key(): t.setting.to_dict() for t in self.tensors}
+        return {
+            "format": ARTIFACT_FORMAT,
+            "format_version": ARTIFACT_VERSION,
+            "evo_version": self.evo_version,
+            "base_model": self.base_model,
+            "architecture": self.architecture,
+            "model_type": self.model_type,
+            "dtype": self.dtype,
+            "tied_embeddings": self.tied_embeddings,
+            "base_num_layers": self.base_num_layers,
+            "kept_layers": list(self.kept_layers),
+            "config": self.config.to_dict(),
+            # Settings are stored once and referenced by key: most tensors share a few settings.
+            "settings": settings,
+            "tensors": [
+                {
+                    "name": t.name,
+                    "source": t.source,
+                    "shape": list(t.shape),
+                    "setting": t.setting.key(),
+                    "frames": [
+                        {"kind": f.kind, "coder": f.coder, "offset": f.offset, "length": f.length, "sha256": f.sha256}
+                        for f in t.frames
+                    ],
+                }
+                for t in self.tensors
+            ],
+            "files": dict(sorted(self.files.items())),
+            "tensor_bytes": self.tensor_bytes,
+            "total_bytes": self.total_bytes,
+        }
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> ArtifactManifest:
+        """Parse manifest.json; a missing or mistyped key is an EvoError naming it."""
+        reader = _Reader(data, where)
+        if reader.get("format", str) != ARTIFACT_FORMAT:
+            raise EvoError(f"{where} is not an evo artifact manifest")
+        version = reader.get("format_version", int)
+        if version != ARTIFACT_VERSION:
+            raise EvoError(
+                f"{where} has artifact format {version}; this evo reads format {ARTIFACT_VERSION}: "
+                "re-export the model with this evo version"
+            )
+        settings_data = reader.get("settings", dict)
+        settings = {}
+        for key, value in settings_data.items():
+            try:
+                settings[key] = TensorSetting.from_dict(value)
+            except (EvoError, TypeError) as exc:
+                raise EvoError(f"{where}: key settings.{key} is malformed ({exc}); re-export the model") from None
+        tensors = []
+        for i, item in enumerate(reader.get("tensors", list)):
+            entry = _Reader(item, f"{where}: tensors[{i}]")
+            setting_key = entry.get("setting", str)
+            if setting_key not in settings:
+                raise EvoError(f"{where}: tensors[{i}].setting {setting_key!r} is not in settings; re-export the model")
+            frames = []
+            for j, frame in enumerate(entry.get("frames", list)):
+                f = _Reader(frame, f"{where}: tensors[{i}].frames[{j}]")
+                frames.append(
+                    StoredFrame(
+                        kind=f.get("kind", str),
+                        coder=f.get("coder", str),
+                        offset=f.get("offset", int),
+                        length=f.get("length", int),
+                        sha256=f.get("sha256", str),
+                    )
+                )
+            tensors.append(
+                StoredTensor(
+                    name=entry.get("name", str),
+                    source=entry.get("source", str),
+                    shape=tuple(entry.get("shape", list)),
+                    setting=settings[setting_key],
+                    frames=tuple(frames),
+                )
+            )
+        try:
+            config = CompressionConfig.from_dict(reader.get("config", dict))
+        except EvoError as exc:
+            raise EvoError(f"{where}: key config is malformed ({exc}); re-export the model") from None
+        return cls(
+            base_model=reader.get("base_model", str),
+            evo_version=reader.get("evo_version", str),
+            architecture=reader.get("architecture", str),
+            model_type=reader.get("model_type", str),
+            dtype=reader.get("dtype", str),
+            tied_embeddings=reader.get("tied_embeddings", bool),
+            base_num_layers=reader.get("base_num_layers", int),
+            kept_layers=tuple(reader.get("kept_layers", list)),
+            config=config,
+            tensors=tuple(tensors),
+            files=dict(reader.get("files", dict)),
+            tensor_bytes=reader.get("tensor_bytes", int),
+            total_bytes=reader.get("total_bytes", int),
+        )
+
+
+class _Reader:
+    """Typed access to one JSON object, with errors that name the missing or mistyped key."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise EvoError(f"{where} is not a JSON object; the artifact is corrupt: re-export it")
+        self.data = data
+        self.where = where
+
+    def get(self, key: str, kind: type) -> Any:
+        if key not in self.data:
+            raise EvoError(f"{self.where} lacks key {key!r}; the artifact is corrupt or incomplete: re-export it")
+        value = self.data[key]
+        # bool is an int subclass: a boolean where a number belongs is corruption, not 0/1.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise EvoError(f"{self.where}: key {key!r} should be {kind.__name__}, got {value!r}; re-export it")
+        return value
+
+
+@dataclass(frozen=True)
+class ArtifactSummary:
+    """What write_artifact wrote. total_bytes = tensor_bytes + metadata_bytes = bytes on disk."""
+
+    path: Path
+    total_bytes: int
+    tensor_bytes: int
+    metadata_bytes: int  # manifest, model config, tokenizer and generation config files
+    files: dict[str, int]  # every file (manifest included) → its size in bytes
+    predicted_tensor_bytes: int | None  # the size entries' sum, equal to tensor_bytes when known
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def write_artifact(
+    out_dir: str | os.PathLike[str],
+    model: nn.Module,
+    tokenizer,
+    result: CompressionResult,
+    *,
+    base_model: str | None = None,
+    overwrite: bool = False,
+) -> ArtifactSummary:
+    """Write the compressed model that compress_model(model, ...) produced as `result`.
+
+    `model` is the compressed model itself (its config carries the dropped layers; its weights
+    are not read, the frames come from `result`). `base_model` is the id recorded for
+    load(expected_base_model=...), by default the ModelInfo's model id. The directory is built
+    beside `out_dir` and renamed into place, so a crash never leaves a half artifact there.
+    """
+    out_dir = Path(out_dir)
+    if any(t.compressed is None for t in result.tensors):
+        raise EvoError("this CompressionResult kept no tensors: run compress_model(..., keep_tensors=True) to export")
+    if out_dir.exists() and not overwrite:
+        raise EvoError(f"{out_dir} already exists: choose another directory or pass overwrite")
+    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+        raise EvoError(f"{out_dir} is a non-empty directory that is not an evo artifact: refusing to replace it")
+    layers = model.get_submodule(result.info.layers_path)
+    if len(layers) != len(result.kept_layers):
+        raise EvoError(
+            f"the model has {len(layers)} decoder layers but the compression kept {len(result.kept_layers)}: "
+            "pass the model that compress_model changed"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an exported model is meant to be shared
+        tensors = _write_tensors(tmp / TENSORS, result)
+        _write_model_config(tmp / MODEL_CONFIG, model)
+        _save_tokenizer(tmp, tokenizer)
+        generation_config = getattr(model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(tmp)
+        files = {
+            path.relative_to(tmp).as_posix(): path.stat().st_size for path in sorted(tmp.rglob("*")) if path.is_file()
+        }
+        tensor_bytes = sum(t.compressed_bytes for t in tensors)
+        manifest = ArtifactManifest(
+            base_model=base_model or result.info.model_id,
+            evo_version=__version__,
+            architecture=result.info.architecture,
+            model_type=result.info.model_type,
+            dtype=str(result.dtype).removeprefix("torch."),
+            tied_embeddings=result.info.tied_embeddings,
+            base_num_layers=result.info.num_layers,
+            kept_layers=result.kept_layers,
+            config=result.config,
+            tensors=tensors,
+            files=files,
+            tensor_bytes=tensor_bytes,
+            total_bytes=0,
+        )
+        manifest_bytes = _self_sized_manifest(manifest, sum(files.values()))
+        _write_bytes(tmp / MANIFEST, manifest_bytes)  # written last: its presence marks a whole artifact
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    all_files = {**files, MANIFEST: len(manifest_bytes)}
+    total = sum(all_files.values())
+    predicted = result.tensor_bytes if result.measured else None
+    return ArtifactSummary(
+        path=out_dir,
+        total_bytes=total,
+        tensor_bytes=tensor_bytes,
+        metadata_bytes=total - tensor_bytes,
+        files=all_files,
+        predicted_tensor_bytes=predicted,
+    )
+
+
+def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor, ...]:
+    stored = []
+    offset = 0
+    with open(path, "wb") as f:
+        for item in result.tensors:
+            encoded = item.encoded or encode_tensor(item.compressed.quantized)  # type: ignore[union-attr]
+            if item.size is not None and item.size.compressed_bytes != encoded.compressed_bytes:
+                raise EvoError(
+                    f"the size cache says tensor {item.plan.source} takes {item.size.compressed_bytes} bytes under "
+                    f"{item.plan.setting.key()}, but it encodes to {encoded.compressed_bytes}: the cache is stale "
+                    "(another evo version or other weights under the same model id); delete it and rerun"
+                )
+            frames = []
+            for kind, frame in encoded.frames.items():
+                f.write(frame)
+                frames.append(
+                    StoredFrame(kind, encoded.coders[kind], offset, len(frame), hashlib.sha256(frame).hexdigest())
+                )
+                offset += len(frame)
+            plan = item.plan
+            stored.append(StoredTensor(plan.name, plan.source, plan.shape, plan.setting, tuple(frames)))
+        f.flush()
+        os.fsync(f.fileno())
+    return tuple(stored)
+
+
+def _write_model_config(path: Path, model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        raise EvoError(f"{type(model).__name__} has no transformers config; evo artifacts need a transformers model")
+    config = copy.deepcopy(config)
+    # A GGUF-loaded model keeps its source's quantization_config; the artifact holds plain weights.
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    config.architectures = [type(model).__name__]
+    _write_bytes(path, config.to_json_string(use_diff=True).encode())
+
+
+def _save_tokenizer(directory: Path, tokenizer) -> None:
+    if tokenizer is None:
+        raise EvoError("an artifact needs the tokenizer: pass the tokenizer the model was loaded with")
+    tokenizer.save_pretrained(str(directory))
+
+
+def _self_sized_manifest(manifest: ArtifactManifest, other_bytes: int) -> bytes:
+    """The manifest whose total_bytes counts the manifest itself: the total's digit count can
+    change the manifest's length, so iterate to the fixed point (two or three rounds)."""
+    total = other_bytes
+    for _ in range(10):
+        data = replace(manifest, total_bytes=total).to_bytes()
+        if other_bytes + len(data) == total:
+            return data
+        total = other_bytes + len(data)
+    raise RuntimeError("the manifest's recorded total did not settle")
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    # An old artifact (checked by the caller) is moved aside first: a directory cannot be
+    # replaced by rename while it has files, and the old one must survive a failed rename.
+    trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.replace(out_dir, trash / "artifact")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(trash / "artifact", out_dir)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike[str]) -> ArtifactManifest:
+    """The artifact's manifest, or an EvoError saying what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EvoError(f"artifact {path} does not exist or is not a directory: check the path, or export one first")
+    manifest_path = path / MANIFEST
+    try:
+        text = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise EvoError(
+            f"artifact {path} has no {MANIFEST}: it is incomplete or not an evo artifact; re-export it"
+        ) from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EvoError(f"artifact {path}: {MANIFEST} is truncated or corrupt; re-export it") from None
+    return ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST}")
+
+
+def check_base_model(manifest: ArtifactManifest, expected_base_model: str, path: str | os.PathLike[str] = "") -> None:
+    """Raise when the artifact was made from another base model than the one expected."""
+    if manifest.base_model != expected_base_model:
+        raise EvoError(
+            f"artifact {path} was made from base model {manifest.base_model!r}, not {expected_base_model!r}: "
+            "use the artifact of this model, or re-export it"
+        )
+
+
+def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
+    try:
+        data = (path / TENSORS).read_bytes()
+    except FileNotFoundError:
+        raise EvoError(f"artifact {path} has no {TENSORS}: it is incomplete; re-export it") from None
+    end = max((f.offset + f.length for t in manifest.tensors for f in t.frames), default=0)
+    if len(data) != manifest.tensor_bytes or end > len(data):
+        raise EvoError(
+            f"artifact {path}: {TENSORS} holds {len(data)} bytes but the manifest expects {manifest.tensor_bytes}; "
+            "it is truncated or corrupt: re-export it"
+        )
+    return data
+
+
+def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        if manifest.dtype not in _DTYPES:
+            raise EvoError(f"artifact dtype {manifest.dtype!r} is unknown; pass dtype= explicitly")
+        return _DTYPES[manifest.dtype]
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    from evo.modelio import resolve_dtype
+
+    return resolve_dtype(str(dtype), device)
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+@torch.no_grad()
+def load(
+    path: str | os.PathLike[str],
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    *,
+    expected_base_model: str | None = None,
+):
+    """(model, tokenizer) from an artifact directory: a plain transformers model, in eval mode.
+
+    dtype defaults to the dtype the model was compressed in, which reproduces its logits
+    exactly. Every frame's sha256 is checked before it is decoded. No code from the artifact
+    runs (no trust_remote_code, no pickle).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from evo.modelio import describe_model, resolve_device
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if expected_base_model is not None:
+        check_base_model(manifest, expected_base_model, path)
+    drops = manifest.config.drops
+    if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
+        raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
+    blob = _read_tensors_bin(path, manifest)
+    torch_device = resolve_device(device)
+    torch_dtype = _resolve_load_dtype(dtype, manifest, torch_device)
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        # Every parameter is overwritten from the frames (checked below), so random
+        # initialisation would only cost time: seconds for a 135M model.
+        with _no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG} ({exc}); re-export it") from None
+    info = describe_model(model, model_id=manifest.base_model)
+    if info.num_layers != len(manifest.kept_layers):
+        raise EvoError(
+            f"artifact {path}: {MODEL_CONFIG} builds {info.num_layers} layers but the manifest keeps "
+            f"{len(manifest.kept_layers)}; re-export it"
+        )
+    for new_index, base_index in enumerate(manifest.kept_layers):
+        drop = manifest.config.drop_for(base_index)
+        if drop in ("attention", "mlp"):
+            apply_block_drop(model, info.layers[new_index], drop)
+
+    if manifest.tied_embeddings:
+        model.tie_weights()  # skipped along with initialisation; the head then shares the embedding
+    params = dict(model.named_parameters())
+    loaded = set()
+    for tensor in manifest.tensors:
+        param = params.get(tensor.name)
+        if param is None or tuple(param.shape) != tensor.shape:
+            raise EvoError(
+                f"artifact {path}: tensor {tensor.name} {tensor.shape} does not fit the model its config builds; "
+                "re-export it"
+            )
+        frames = {}
+        for frame in tensor.frames:
+            data = blob[frame.offset : frame.offset + frame.length]
+            if hashlib.sha256(data).hexdigest() != frame.sha256:
+                raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
+            frames[frame.kind] = data
+        coders = {frame.kind: frame.coder for frame in tensor.frames}
+        quantized = decode_tensor(EncodedTensor(frames, coders, 0.0), tensor.shape, tensor.setting)
+        param.copy_(dequantize(quantized).to(dtype=param.dtype))
+        loaded.add(tensor.name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise EvoError(f"artifact {path} lacks tensor(s) {missing[:3]} that its model needs; re-export it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise EvoError(f"artifact {path}: cannot load its tokenizer ({exc}); re-export it") from None
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    model.to(torch_device)
+    model.eval()
+    return model, tokenizer

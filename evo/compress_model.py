@@ -1,0 +1,259 @@
+"""Apply a CompressionConfig to a whole model in place: every stored tensor is compressed and
+replaced by the weight it decodes to, blocks and layers are dropped, exact sizes are measured.
+
+The model that comes out is the one an artifact of the same config loads back, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from evo.compress import ActivationStats, CompressedTensor, TensorSetting, compress_tensor
+from evo.compress.prune import CRITERION_STATISTIC
+from evo.compress.structure import apply_drops, is_replaced, replaced_modules
+from evo.config import CompressionConfig
+from evo.errors import EvoError
+from evo.size import EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
+from evo.types import ModelInfo
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One tensor the compressed model stores.
+
+    source: its name in the base model (what configs, statistics and size keys use);
+    name: its name in the compressed model, which differs once earlier layers are dropped.
+    """
+
+    name: str
+    source: str
+    shape: tuple[int, ...]
+    setting: TensorSetting
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Every stored tensor, and the base-model indices of the decoder layers that remain."""
+
+    tensors: tuple[TensorPlan, ...]
+    kept_layers: tuple[int, ...]
+
+
+def plan_model(info: ModelInfo, config: CompressionConfig) -> ModelPlan:
+    """What a config stores, from the model's description alone (no weights needed).
+
+    Tensors of dropped layers and blocks are left out; a tied head is the embedding, stored once.
+    """
+    config.validate_against(info)
+    drops = config.drops
+    kept = tuple(layer.index for layer in info.layers if drops.get(layer.index) != "layer")
+    new_index = {old: new for new, old in enumerate(kept)}
+    tensors = []
+    for layer in info.layers:
+        drop = drops.get(layer.index, "none")
+        if drop == "layer":
+            continue
+        removed = replaced_modules(layer, drop)
+        old_prefix = f"{layer.module}."
+        new_prefix = f"{info.layers_path}.{new_index[layer.index]}."
+        names = [(lin.name, tuple(lin.shape)) for lin in layer.linears] + list(layer.other_tensors)
+        for source, shape in names:
+            if is_replaced(source, removed):
+                continue
+            if not source.startswith(old_prefix):
+                raise EvoError(f"tensor {source} of layer {layer.index} is not under {layer.module}")
+            tensors.append(
+                TensorPlan(
+                    name=new_prefix + source[len(old_prefix) :],
+                    source=source,
+                    shape=tuple(shape),
+                    setting=config.setting_for(source, info),
+                )
+            )
+    for tensor in info.non_decoder:
+        tensors.append(
+            TensorPlan(tensor.name, tensor.name, tuple(tensor.shape), config.setting_for(tensor.name, info))
+        )
+    return ModelPlan(tensors=tuple(tensors), kept_layers=kept)
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """One compressed tensor: its plan, its stored form and its exact size.
+
+    compressed is None when compress_model ran with keep_tensors=False; encoded holds the frames
+    only when they were produced in this call (a size-cache hit skips encoding).
+    """
+
+    plan: TensorPlan
+    compressed: CompressedTensor | None
+    size: SizeEntry | None
+    encoded: EncodedTensor | None = None
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """What compress_model did to a model."""
+
+    config: CompressionConfig
+    info: ModelInfo  # the base model's description; layer indices in config refer to it
+    size_model_id: str  # the model id used in size keys
+    dtype: torch.dtype  # the model's weights' dtype, which the artifact loads back into
+    kept_layers: tuple[int, ...]
+    tensors: tuple[TensorResult, ...]
+
+    @property
+    def measured(self) -> bool:
+        return all(t.size is not None for t in self.tensors)
+
+    @property
+    def tensor_bytes(self) -> int:
+        """Exact bytes of all frames the artifact stores (sum of the per-tensor size entries)."""
+        if not self.measured:
+            raise EvoError("sizes were not measured: run compress_model with measure=True or a size_cache")
+        return sum(t.size.compressed_bytes for t in self.tensors)  # type: ignore[union-attr]
+
+
+def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
+    """The model id for size keys: the same checkpoint in bf16 and fp32 rounds to other codes."""
+    return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
+
+
+def _needs_stats(setting: TensorSetting) -> bool:
+    return setting.quantized and setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
+
+
+def _unwrap(model) -> tuple[nn.Module, ModelInfo | None]:
+    # A LoadedModel (evo.modelio) carries its own description.
+    if hasattr(model, "model") and hasattr(model, "info") and isinstance(getattr(model, "model"), nn.Module):
+        return model.model, model.info
+    if not isinstance(model, nn.Module):
+        raise EvoError(f"compress_model takes a torch model or a LoadedModel, got {type(model).__name__}")
+    return model, None
+
+
+@torch.no_grad()
+def compress_model(
+    model,
+    info: ModelInfo | None,
+    config: CompressionConfig,
+    *,
+    stats: dict[str, ActivationStats] | None = None,
+    size_cache: SizeCache | None = None,
+    model_id: str | None = None,
+    measure: bool = True,
+    keep_tensors: bool = True,
+) -> CompressionResult:
+    """Compress `model` (a torch model or a LoadedModel) in place as `config` says.
+
+    Each stored tensor goes through compress_tensor and is replaced by its dequantized weight
+    in the model's dtype (kept tensors become their bf16 values); then blocks and layers are
+    dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
+    measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
+    pruning only. `info` must describe the model as loaded, before any compression.
+    """
+    module, carried = _unwrap(model)
+    info = info or carried
+    if info is None:
+        raise EvoError("compress_model needs the model's ModelInfo (evo.modelio.describe_model)")
+    if not isinstance(config, CompressionConfig):
+        raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
+    plan = plan_model(info, config)
+    _check_matches(module, info)
+    params = dict(module.named_parameters())
+    dtype = params[plan.tensors[0].source].dtype
+    key_model_id = model_id or size_model_id(info, dtype)
+
+    results = []
+    for tensor in plan.tensors:
+        setting = tensor.setting
+        act = None
+        if _needs_stats(setting):
+            act = (stats or {}).get(tensor.source)
+            if act is None:
+                raise EvoError(
+                    f"tensor {tensor.source} is pruned with {setting.prune_criterion!r}, which needs activation "
+                    "statistics: pass stats=collect_activation_stats(...) or use prune_criterion='magnitude'"
+                )
+        param = params[tensor.source]
+        compressed = compress_tensor(param.detach(), setting, act)
+        param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
+        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        results.append(
+            TensorResult(
+                plan=tensor,
+                compressed=compressed if keep_tensors else None,
+                size=size,
+                encoded=encoded if keep_tensors else None,
+            )
+        )
+
+    kept = apply_drops(module, info, config.drops)
+    if kept != plan.kept_layers:
+        raise RuntimeError(f"layers kept {kept} differ from the plan {plan.kept_layers}")
+    stored = {name for name, _ in module.named_parameters()}
+    planned = {tensor.name for tensor in plan.tensors}
+    if stored != planned:
+        missing = sorted(stored - planned)[:3]
+        raise EvoError(
+            f"the model has parameters its description does not cover ({missing}); "
+            "evo cannot store this architecture completely"
+        )
+    return CompressionResult(
+        config=config,
+        info=info,
+        size_model_id=key_model_id,
+        dtype=dtype,
+        kept_layers=kept,
+        tensors=tuple(results),
+    )
+
+
+def _check_matches(module: nn.Module, info: ModelInfo) -> None:
+    """Refuse a model that no longer looks as described: compressing twice would re-quantize
+    decoded weights and drop blocks by indices that have shifted."""
+    params = dict(module.named_parameters())
+    expected = [(lin.name, lin.shape) for lin in info.linears()]
+    expected += [(name, shape) for layer in info.layers for name, shape in layer.other_tensors]
+    expected += [(tensor.name, tensor.shape) for tensor in info.non_decoder]
+    for name, shape in expected:
+        param = params.get(name)
+        if param is None or tuple(param.shape) != tuple(shape):
+            raise EvoError(
+                f"the model does not match its description at tensor {name} "
+                "(already compressed, or described from another model?): reload the model"
+            )
+
+
+def _measure(
+    compressed: CompressedTensor,
+    tensor: TensorPlan,
+    model_id: str,
+    act: ActivationStats | None,
+    size_cache: SizeCache | None,
+    measure: bool,
+) -> tuple[SizeEntry | None, EncodedTensor | None]:
+    if size_cache is None:
+        if not measure:
+            return None, None
+        encoded = encode_tensor(compressed.quantized)
+        return SizeEntry.from_encoded(encoded), encoded
+    fresh: list[EncodedTensor] = []
+
+    def encode() -> EncodedTensor:
+        fresh.append(encode_tensor(compressed.quantized))
+        return fresh[-1]
+
+    key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
+    entry = cached_size(size_cache, key, encode)
+    return entry, (fresh[0] if fresh else None)

@@ -1,0 +1,110 @@
+"""Genome operators shared by every engine: repair to the budget, EvoPress-style level moves,
+random sampling. Pure functions of (genome, problem, rng): deterministic for a seeded rng.
+"""
+
+from __future__ import annotations
+
+import random
+
+from evo.engines.base import Genome, Problem
+from evo.errors import EvoError
+
+SHRINK_KINDS = ("bits", "embedding_bits", "head_bits")  # a lower index is fewer bytes
+
+
+def count_drops(genome: Genome, problem: Problem) -> int:
+    return sum(1 for gene, value in zip(problem.genes, genome) if gene.kind == "drop" and gene.choices[value] == "layer")
+
+
+def fix_drops(genome: list[int], problem: Problem, rng: random.Random) -> None:
+    """Make exactly `fixed_drops` layers dropped (EvoP), changing as few genes as possible."""
+    if problem.fixed_drops is None:
+        return
+    drop_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "drop"]
+    dropped = [i for i in drop_genes if problem.genes[i].choices[genome[i]] == "layer"]
+    kept = [i for i in drop_genes if problem.genes[i].choices[genome[i]] != "layer"]
+    while len(dropped) > problem.fixed_drops:
+        i = dropped.pop(rng.randrange(len(dropped)))
+        genome[i] = problem.genes[i].choices.index("none")
+    while len(dropped) < problem.fixed_drops:
+        i = kept.pop(rng.randrange(len(kept)))
+        genome[i] = problem.genes[i].choices.index("layer")
+        dropped.append(i)
+
+
+def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
+    """Bring a genome under budget by lowering bit-widths one level at a time, on a random gene
+    each step (sparsity and drops are left to the search: they cost quality in jumps)."""
+    fixed = list(genome)
+    fix_drops(fixed, problem, rng)
+    size = problem.size_of(tuple(fixed))
+    while size > problem.budget_bytes:
+        candidates = [i for i, gene in enumerate(problem.genes) if gene.kind in SHRINK_KINDS and fixed[i] > 0]
+        if not candidates:
+            raise EvoError(
+                f"no genome of this space fits {problem.budget_bytes / 1e6:.3f} MB "
+                f"(this one is {size / 1e6:.3f} MB at the lowest bit-widths): raise --budget-mb"
+            )
+        i = rng.choice(candidates)
+        fixed[i] -= 1
+        size = problem.size_of(tuple(fixed))
+    return tuple(fixed)
+
+
+def level_move(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
+    """EvoPress's level switch: one bits gene up one level and another down one level, so the
+    size stays near the budget while the allocation moves."""
+    bits_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "bits" and len(gene.choices) > 1]
+    if len(bits_genes) < 2:
+        return genome
+    moved = list(genome)
+    up = [i for i in bits_genes if moved[i] < len(problem.genes[i].choices) - 1]
+    down = [i for i in bits_genes if moved[i] > 0]
+    if up and down:
+        i = rng.choice(up)
+        j = rng.choice([k for k in down if k != i] or down)
+        if i != j:
+            moved[i] += 1
+            moved[j] -= 1
+    return tuple(moved)
+
+
+def drop_swap(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
+    """EvoP's move: keep one dropped layer and drop a kept one (same count of drops)."""
+    drop_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "drop" and "layer" in gene.choices]
+    dropped = [i for i in drop_genes if problem.genes[i].choices[genome[i]] == "layer"]
+    kept = [i for i in drop_genes if problem.genes[i].choices[genome[i]] == "none"]
+    if not dropped or not kept:
+        return genome
+    moved = list(genome)
+    i, j = rng.choice(dropped), rng.choice(kept)
+    moved[i] = problem.genes[i].choices.index("none")
+    moved[j] = problem.genes[j].choices.index("layer")
+    return tuple(moved)
+
+
+def resample_genes(genome: Genome, problem: Problem, rng: random.Random, rate: float) -> Genome:
+    """Each gene other than bits (and drops under a fixed count) redrawn with probability `rate`;
+    drop genes move with a quarter of it, since a drop is a large step."""
+    mutated = list(genome)
+    for i, gene in enumerate(problem.genes):
+        if len(gene.choices) < 2 or gene.kind == "bits":
+            continue
+        if gene.kind == "drop":
+            if problem.fixed_drops is not None or rng.random() >= rate / 4:
+                continue
+            mutated[i] = 0 if mutated[i] else rng.randrange(1, len(gene.choices))
+        elif rng.random() < rate:
+            mutated[i] = rng.randrange(len(gene.choices))
+    return tuple(mutated)
+
+
+def random_genome(problem: Problem, rng: random.Random) -> Genome:
+    """A random genome with no drops except EvoP's fixed count, then repaired."""
+    genome = []
+    for gene in problem.genes:
+        if gene.kind == "drop":
+            genome.append(0)
+        else:
+            genome.append(rng.randrange(len(gene.choices)))
+    return repair(tuple(genome), problem, rng)

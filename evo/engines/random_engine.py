@@ -1,0 +1,64 @@
+"""Random search: uniformly drawn genomes repaired to the budget, each scored at the final stage.
+The baseline evo's DEAP search must beat at the same number of evaluations."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from evo.engines.base import Genome, Problem, Request, Score, register_engine
+from evo.engines.deap_engine import FINAL_STAGE, _pair, _rng_state, _set_rng_state, _unpair, pareto_front
+from evo.engines.operators import random_genome
+
+
+@register_engine("random")
+class RandomEngine:
+    name = "random"
+
+    def __init__(self, problem: Problem, *, population: int = 12, seed: int = 0, **_ignored: Any) -> None:
+        self.problem = problem
+        self.batch = population
+        self.rng = random.Random(seed)
+        self.generation = 0
+        self.archive: dict[Genome, Score] = {}
+        self._pending: list[Request] = []
+
+    def ask(self) -> list[Request]:
+        if not self._pending:
+            genomes: list[Genome] = []
+            for _ in range(50 * self.batch):
+                genome = random_genome(self.problem, self.rng)
+                if genome not in self.archive and genome not in genomes:
+                    genomes.append(genome)
+                if len(genomes) == self.batch:
+                    break
+            self._pending = [Request(g, FINAL_STAGE) for g in genomes]
+        return list(self._pending)
+
+    def tell(self, results: list[tuple[Request, Score]]) -> None:
+        for request, score in results:
+            self.archive[request.genome] = score
+        self._pending = []
+        self.generation += 1
+
+    def at_generation_boundary(self) -> bool:
+        return not self._pending
+
+    def front(self) -> list[tuple[Genome, Score]]:
+        return pareto_front(self.archive, self.problem.budget_bytes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"engine": self.name, "generation": self.generation, "rng": _rng_state(self.rng),
+                "archive": [_pair(g, s) for g, s in sorted(self.archive.items())],
+                "pending": [[list(r.genome), r.stage] for r in self._pending]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from evo.errors import EvoError
+
+        if state.get("engine") != self.name:
+            raise EvoError(f"checkpoint was written by engine {state.get('engine')!r}, not {self.name!r}: "
+                           f"resume with --engine {state.get('engine')}")
+        self.generation = int(state["generation"])
+        _set_rng_state(self.rng, state["rng"])
+        self.archive = dict(_unpair(p) for p in state["archive"])
+        self._pending = [Request(tuple(g), int(s)) for g, s in state["pending"]]

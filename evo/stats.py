@@ -1,0 +1,96 @@
+"""Per-input-channel activation statistics of every decoder linear, from forward pre-hooks.
+
+They feed activation-aware pruning (wanda: ‖X_j‖₂, linf: max|X_j|); a digest names them in caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from evo.compress.prune import ActivationStats
+from evo.errors import EvoError
+from evo.types import ModelInfo
+
+
+class _Accumulator:
+    """Running sum of squares (float64: millions of tokens lose float32 precision) and max |x|."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.sum_squares = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.absmax = torch.zeros(in_features, dtype=torch.float32, device=device)
+        self.calls = 0
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        x = args[0].detach().reshape(-1, args[0].shape[-1])
+        self.sum_squares += x.double().pow(2).sum(dim=0)
+        self.absmax = torch.maximum(self.absmax, x.abs().amax(dim=0).float())
+        self.calls += 1
+
+    def stats(self) -> ActivationStats:
+        return ActivationStats(
+            l2=self.sum_squares.sqrt().float().cpu(),
+            absmax=self.absmax.cpu(),
+        )
+
+
+def _check_tokens(token_ids: np.ndarray) -> np.ndarray:
+    token_ids = np.asarray(token_ids)
+    if token_ids.ndim != 2 or token_ids.shape[0] == 0 or token_ids.shape[1] == 0:
+        raise EvoError(f"token ids must be a non-empty [n_sequences, length] array, got shape {token_ids.shape}")
+    if not np.issubdtype(token_ids.dtype, np.integer):
+        raise EvoError(f"token ids must be integers, got {token_ids.dtype}")
+    return token_ids
+
+
+@torch.inference_mode()
+def collect_activation_stats(
+    model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4
+) -> dict[str, ActivationStats]:
+    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name.
+
+    `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
+    the forward never reaches (a dropped block) gets no entry.
+    """
+    token_ids = _check_tokens(token_ids)
+    if batch_size < 1:
+        raise EvoError(f"batch_size must be at least 1, got {batch_size}")
+    if int(token_ids.min()) < 0 or int(token_ids.max()) >= info.vocab_size:
+        raise EvoError(f"token ids must lie in [0, {info.vocab_size}) for model {info.model_id}")
+    device = next(model.parameters()).device
+    accumulators: dict[str, _Accumulator] = {}
+    handles = []
+    try:
+        for lin in info.linears():
+            module = model.get_submodule(lin.module)
+            if not isinstance(module, nn.Linear):
+                continue  # replaced by a structural drop
+            accumulator = _Accumulator(lin.shape[1], device)
+            accumulators[lin.name] = accumulator
+            handles.append(module.register_forward_pre_hook(accumulator))
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, token_ids.shape[0], batch_size):
+                batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
+                model(input_ids=batch, use_cache=False)
+        finally:
+            model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: acc.stats() for name, acc in accumulators.items() if acc.calls}
+
+
+def stats_digest(model_id: str, token_ids: np.ndarray) -> str:
+    """A short hash naming the statistics a model gives on these tokens (for cache keys and run
+    records); two calibration sets with the same ids in the same order share it."""
+    token_ids = _check_tokens(token_ids)
+    h = hashlib.sha256()
+    h.update(json.dumps([model_id, list(token_ids.shape)]).encode())
+    h.update(np.ascontiguousarray(token_ids, dtype="<i8").tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,208 @@
+"""The run directory: spec, append-only fsync'd journal of finished evaluations, atomic
+per-generation checkpoints, Pareto front and best config. JSON/TOML only, no pickle.
+
+A run killed at any instant resumes from the last checkpoint; evaluations finished after it are
+read back from the journal, so nothing is lost and nothing is evaluated twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from evo.errors import EvoError
+
+SPEC_FILE = "spec.json"
+JOURNAL_FILE = "journal.jsonl"
+CHECKPOINT_FILE = "checkpoint.json"
+FRONT_FILE = "front.json"
+BEST_FILE = "best.toml"
+CALIBRATION_FILE = "calibration.json"
+SIZE_CACHE_DIR = "size_cache"
+MANIFEST_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
+STORE_FORMAT = 1
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then os.replace: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One finished evaluation: which genome, at which stage, and what it scored."""
+
+    key: str  # genome key + stage: the identity of an evaluation
+    genome: tuple[int, ...]
+    stage: int
+    quality: float
+    size_bytes: int
+    seconds: float
+    index: int  # position in the journal: evaluations are numbered in the order they finished
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "genome": list(self.genome), "stage": self.stage, "quality": self.quality,
+                "size_bytes": self.size_bytes, "seconds": round(self.seconds, 4), "index": self.index}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JournalEntry":
+        return cls(key=str(data["key"]), genome=tuple(int(g) for g in data["genome"]), stage=int(data["stage"]),
+                   quality=float(data["quality"]), size_bytes=int(data["size_bytes"]),
+                   seconds=float(data["seconds"]), index=int(data["index"]))
+
+
+def evaluation_key(genome: tuple[int, ...], stage: int) -> str:
+    return f"s{stage}:" + ".".join(str(g) for g in genome)
+
+
+class RunStore:
+    """Files of one run directory. Create with `create` (new run) or `open` (resume)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._journal: dict[str, JournalEntry] = {}
+
+    # --- creation and opening ------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, spec: dict) -> "RunStore":
+        directory = Path(directory)
+        if (directory / MANIFEST_FILE).exists() or (directory / SPEC_FILE).exists():
+            raise EvoError(f"run directory {directory} already holds a run: resume it with --resume {directory}, "
+                           "or pass another --run-dir")
+        directory.mkdir(parents=True, exist_ok=True)
+        store = cls(directory)
+        atomic_write_text(directory / SPEC_FILE, json.dumps(spec, sort_keys=True, indent=2) + "\n")
+        atomic_write_text(directory / MANIFEST_FILE, dumps({"format": STORE_FORMAT, "kind": "evo.run"}) + "\n")
+        return store
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "RunStore":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise EvoError(f"run directory {directory} does not exist: check the path or start a new search")
+        if not (directory / MANIFEST_FILE).is_file() or not (directory / SPEC_FILE).is_file():
+            raise EvoError(f"{directory} is not an evo run directory (no {MANIFEST_FILE} / {SPEC_FILE})")
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{directory / MANIFEST_FILE} is corrupt: this run cannot be resumed") from None
+        if manifest.get("format") != STORE_FORMAT:
+            raise EvoError(f"{directory} was written by an incompatible evo (run format {manifest.get('format')})")
+        store = cls(directory)
+        store._read_journal()
+        return store
+
+    def spec(self) -> dict:
+        try:
+            return json.loads((self.directory / SPEC_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            raise EvoError(f"{self.directory / SPEC_FILE} is corrupt: this run cannot be resumed") from None
+
+    # --- journal -------------------------------------------------------------------------------
+
+    def _read_journal(self) -> None:
+        path = self.directory / JOURNAL_FILE
+        if not path.exists():
+            return
+        lines = path.read_bytes().split(b"\n")
+        good_bytes = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                good_bytes += len(line) + 1
+                continue
+            try:
+                entry = JournalEntry.from_dict(json.loads(line))
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError, UnicodeDecodeError):
+                if number >= len(lines) - 1:
+                    # a torn last line: the process died mid-append; that evaluation was not finished
+                    with open(path, "r+b") as handle:
+                        handle.truncate(good_bytes)
+                    break
+                raise EvoError(f"{path}:{number} is corrupt (not the last line, so not a torn write): "
+                               "this run cannot be resumed safely") from None
+            self._journal[entry.key] = entry
+            good_bytes += len(line) + 1
+
+    def lookup(self, key: str) -> JournalEntry | None:
+        return self._journal.get(key)
+
+    def entries(self) -> list[JournalEntry]:
+        return sorted(self._journal.values(), key=lambda e: e.index)
+
+    def __len__(self) -> int:
+        return len(self._journal)
+
+    def append(self, genome: tuple[int, ...], stage: int, quality: float, size_bytes: int, seconds: float) -> JournalEntry:
+        key = evaluation_key(genome, stage)
+        if key in self._journal:
+            raise RuntimeError(f"evaluation {key} is already journaled")  # a bug, never user input
+        entry = JournalEntry(key=key, genome=tuple(genome), stage=stage, quality=float(quality),
+                             size_bytes=int(size_bytes), seconds=seconds, index=len(self._journal))
+        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+            handle.write(dumps(entry.to_dict()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._journal[key] = entry
+        return entry
+
+    # --- checkpoint, front, best ---------------------------------------------------------------
+
+    def write_checkpoint(self, state: dict) -> None:
+        atomic_write_text(self.directory / CHECKPOINT_FILE, dumps({"format": STORE_FORMAT, **state}) + "\n")
+
+    def read_checkpoint(self) -> dict | None:
+        path = self.directory / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{path} is corrupt: this run cannot be resumed (the journal is intact; start a new "
+                           "run with the same seed to reuse nothing, or restore the file)") from None
+        if data.get("format") != STORE_FORMAT:
+            raise EvoError(f"{path} has an unknown format: this run cannot be resumed")
+        return data
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.directory / name
+        atomic_write_text(path, json.dumps(data, sort_keys=True, indent=2) + "\n")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.directory / name
+        atomic_write_text(path, text)
+        return path
+
+    def read_json(self, name: str) -> Any:
+        path = self.directory / name
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise EvoError(f"{path} is missing: the run has not finished a generation yet") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{path} is corrupt") from None
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def __iter__(self) -> Iterator[JournalEntry]:
+        return iter(self.entries())
