@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seq-len", type=int, default=512, help="tokens per sequence (default 512)")
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--strategy", default="ccds", choices=["ccds", "random"], help="ccds, or random for ablations")
-    cal.add_argument("--within", default="nearest", choices=["nearest", "random"],
-                     help="which sequences of a cluster: nearest to the centroid or random")
+    cal.add_argument("--within", default="spread", choices=["spread", "nearest", "random"],
+                     help="which sequences of a cluster: spread (nearest to sub-cluster centroids, default), "
+                          "nearest to the centroid, or random")
     cal.add_argument("--layer", type=int, default=None, help="decoder layer embedded (default num_layers // 4)")
     cal.add_argument("--embed-tokens", type=int, default=128, help="tokens of each sequence mean-pooled (default 128)")
     cal.add_argument("--max-candidates", type=int, default=4096, help="embed at most this many sequences (default 4096)")
@@ -161,7 +162,8 @@ def render_calibration(calibration_set) -> None:
     table = Table(title="CCDS clusters")
     for name, justify in (("cluster", "right"), ("size", "right"), ("drawn", "right"),
                           ("dominant source", "left"), ("share", "right"), ("snippet", "left")):
-        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=name == "snippet")
+        table.add_column(name, justify=justify, overflow="ellipsis", no_wrap=True,
+                         max_width=40 if name == "snippet" else None)
     for c in calibration_set.clusters:
         table.add_row(str(c.cluster), str(c.size), str(c.drawn), c.dominant_source,
                       f"{c.dominant_share:.0%}", c.snippet)

@@ -152,6 +152,30 @@ class SearchSpace:
         head = self.setting(values["head.bits"], 1.0, 0.0, key="head.bits") if "head.bits" in values else KEPT
         return CompressionConfig(default=KEPT, embedding=embedding, head=head, layers=layers)
 
+    def encode(self, config: CompressionConfig, info: ModelInfo) -> tuple[int, ...] | None:
+        """The genome of a config, or None when the space cannot express it (inverse of decode)."""
+        genome = []
+        for gene in self.genes(info):
+            if gene.kind == "drop":
+                value = config.drop_for(gene.layer)
+            elif gene.kind in ("embedding_bits", "head_bits"):
+                setting = config.embedding if gene.kind == "embedding_bits" else config.head
+                if setting.bits not in gene.choices or setting != self.setting(setting.bits, 1.0, 0.0):
+                    return None
+                value = setting.bits
+            else:
+                entry = config.layer(gene.layer)
+                group = gene.name.split(".")[1] if self.granularity == "group" else "attention"
+                setting = getattr(entry, group) or config.default
+                if setting != self.setting(setting.bits, setting.rescale, setting.sparsity):
+                    return None
+                value = {"bits": setting.bits, "rescale": setting.rescale, "sparsity": setting.sparsity}[gene.kind]
+            if value not in gene.choices:
+                return None
+            genome.append(gene.choices.index(value))
+        genome = tuple(genome)
+        return genome if self.decode(genome, info) == _normalised(config, info) else None
+
     def _unit_setting(self, values: Mapping[str, Any], prefix: str) -> TensorSetting:
         return self.setting(values[f"{prefix}.bits"], values[f"{prefix}.rescale"], values[f"{prefix}.sparsity"])
 
@@ -249,6 +273,17 @@ class SearchSpace:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise EvoError(f"search space {path} is not valid TOML ({exc}): fix the file") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _normalised(config: CompressionConfig, info: ModelInfo) -> CompressionConfig:
+    """The config with every layer's attention and MLP settings spelled out, as decode writes it."""
+    layers = {}
+    for layer in info.layers:
+        entry = config.layer(layer.index)
+        layers[layer.index] = LayerConfig(attention=entry.attention or config.default,
+                                          mlp=entry.mlp or config.default, drop=entry.drop)
+    return CompressionConfig(default=KEPT, embedding=config.embedding, head=config.head, layers=layers,
+                             tensors=config.tensors)
 
 
 def _nearest_index(choices: tuple, value) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,3 +96,29 @@ def stats_digest(model_id: str, token_ids: np.ndarray) -> str:
     h.update(json.dumps([model_id, list(token_ids.shape)]).encode())
     h.update(np.ascontiguousarray(token_ids, dtype="<i8").tobytes())
     return h.hexdigest()[:16]
+
+
+def save_stats(stats: dict[str, ActivationStats], path: str | os.PathLike) -> None:
+    """Write statistics as safetensors (two tensors per linear), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, value in stats.items():
+        tensors[f"{name}::l2"] = value.l2.detach().float().cpu().contiguous()
+        tensors[f"{name}::absmax"] = value.absmax.detach().float().cpu().contiguous()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> dict[str, ActivationStats]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise EvoError(f"{path} is corrupt ({exc}): delete it and the statistics will be recollected") from None
+    names = sorted({key.rsplit("::", 1)[0] for key in tensors})
+    return {name: ActivationStats(l2=tensors[f"{name}::l2"], absmax=tensors[f"{name}::absmax"]) for name in names}

@@ -37,11 +37,24 @@ def test_ccds_covers_every_cluster_even_small_ones():
 
 def test_nearest_picks_the_most_central_member():
     points, _ = blobs()
-    sampler = CCDSSampler(n_samples=4, n_clusters=4, n_heldout=0, random_state=0).fit(points)
+    sampler = CCDSSampler(n_samples=4, n_clusters=4, n_heldout=0, within_cluster="nearest", random_state=0).fit(points)
     chosen = sampler.sample().calibration
     for index in chosen:
         members = np.flatnonzero(sampler.labels_ == sampler.labels_[index])
         assert sampler.distances_[index] == sampler.distances_[members].min()
+
+
+def test_spread_reaches_every_mode_inside_a_cluster():
+    # one cluster made of a big and a small sub-blob: "nearest" takes only the big one's centre
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(90, 2)) * 0.3
+    small = rng.normal(size=(10, 2)) * 0.3 + np.array([4.0, 0.0])
+    points = np.concatenate([big, small])
+    spread = CCDSSampler(n_samples=2, n_clusters=1, n_heldout=0, random_state=0).fit(points).sample().calibration
+    nearest = CCDSSampler(n_samples=2, n_clusters=1, n_heldout=0, within_cluster="nearest",
+                          random_state=0).fit(points).sample().calibration
+    assert {int(i >= 90) for i in spread} == {0, 1}
+    assert {int(i >= 90) for i in nearest} == {0}
 
 
 def test_random_strategy_draws_same_sizes_disjoint():

@@ -34,13 +34,21 @@ def fix_drops(genome: list[int], problem: Problem, rng: random.Random) -> None:
 
 def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     """Bring a genome under budget by lowering bit-widths one level at a time, on a random gene
-    each step (sparsity and drops are left to the search: they cost quality in jumps)."""
+    each step; only when every width is at its lowest, raise sparsity. Drops are left to the
+    search: they cost quality in jumps."""
     fixed = list(genome)
     fix_drops(fixed, problem, rng)
     size = problem.size_of(tuple(fixed))
     while size > problem.budget_bytes:
         candidates = [i for i, gene in enumerate(problem.genes) if gene.kind in SHRINK_KINDS and fixed[i] > 0]
         if not candidates:
+            candidates = [i for i, gene in enumerate(problem.genes)
+                          if gene.kind == "sparsity" and fixed[i] < len(gene.choices) - 1]
+            if candidates:
+                i = rng.choice(candidates)
+                fixed[i] += 1
+                size = problem.size_of(tuple(fixed))
+                continue
             raise EvoError(
                 f"no genome of this space fits {problem.budget_bytes / 1e6:.3f} MB "
                 f"(this one is {size / 1e6:.3f} MB at the lowest bit-widths): raise --budget-mb"
@@ -108,3 +116,22 @@ def random_genome(problem: Problem, rng: random.Random) -> Genome:
         else:
             genome.append(rng.randrange(len(gene.choices)))
     return repair(tuple(genome), problem, rng)
+
+
+def extreme_genome(problem: Problem, *, smallest: bool) -> Genome:
+    """The smallest genome repair can reach (lowest widths, highest sparsity, EvoP's drops) or the
+    largest one (highest widths, no sparsity, no drops) — the budget's sensible range."""
+    genome = []
+    for gene in problem.genes:
+        last = len(gene.choices) - 1
+        if gene.kind in SHRINK_KINDS:
+            genome.append(0 if smallest else last)
+        elif gene.kind == "sparsity":
+            genome.append(last if smallest else 0)
+        elif gene.kind == "rescale":
+            genome.append(gene.choices.index(1.0) if 1.0 in gene.choices else 0)
+        else:
+            genome.append(0)
+    fixed = list(genome)
+    fix_drops(fixed, problem, random.Random(0))  # all drop genes are equal in size: any K will do
+    return tuple(fixed)

@@ -1,0 +1,362 @@
+"""The search loop: an engine asks for genomes, the evaluator scores them (quality, exact bytes),
+the run store journals every evaluation and checkpoints every generation.
+
+It knows nothing about DEAP: any engine with the ask/tell protocol of evo.engines plugs in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from evo import __version__
+from evo.errors import EvoError
+from evo.store import (
+    BEST_FILE,
+    CALIBRATION_FILE,
+    FRONT_FILE,
+    SIZE_CACHE_DIR,
+    RunStore,
+    evaluation_key,
+)
+
+REFERENCE_FILE = "reference.safetensors"
+STATS_FILE = "activation_stats.safetensors"
+MB = 1_000_000  # budgets are in MB = 10^6 bytes of the whole artifact on disk
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Everything that determines a run. A resumed run must be given the same spec (only
+    `generations` may grow, to extend a finished run)."""
+
+    budget_bytes: int
+    model: str = "smollm2-135m"
+    corpus: tuple[str, ...] = ("calibration_mix",)
+    space: str = "default"
+    engine: str = "deap"
+    generations: int = 10
+    population: int = 12
+    fitness: str = "kl"
+    seed: int = 0
+    samples: int = 16
+    clusters: int = 8
+    seq_len: int = 256
+    screen_sequences: int = 4
+    screen_tokens: int = 128
+    top_k: int = 64
+    multi_stage: bool = True
+    seed_configs: tuple[str, ...] = ()
+    evo_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes <= 0:
+            raise EvoError("--budget-mb must be positive")
+        if self.fitness not in ("kl", "ppl"):
+            raise EvoError(f"--fitness {self.fitness!r} is unknown: use kl or ppl")
+        if self.generations < 0:
+            raise EvoError("--generations must be 0 or more")
+        if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
+            raise EvoError("the screening stage must use at most the calibration set (sequences and tokens)")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["corpus"] = list(self.corpus)
+        data["seed_configs"] = list(self.seed_configs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSpec":
+        data = dict(data)
+        data["corpus"] = tuple(data["corpus"])
+        data["seed_configs"] = tuple(data.get("seed_configs", ()))
+        return cls(**data)
+
+    def mismatches(self, other: "SearchSpec") -> list[str]:
+        ignored = {"generations", "evo_version"}
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in ignored and mine[k] != theirs.get(k)]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports after each evaluation (the CLI renders it)."""
+
+    generation: int
+    generations: int
+    evaluations_done: int
+    evaluations_total: int
+    new_evaluations: int  # run in this process (not read back from the journal)
+    best_quality: float | None
+    best_bytes: int | None
+    front_size: int
+    evals_per_second: float
+    eta_seconds: float | None
+    stage: int
+    phase: str = "search"
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    front: list[dict]
+    best: dict | None
+    evaluations: int
+    new_evaluations: int
+    interrupted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[Progress], None]
+StatusCallback = Callable[[str], None]
+
+
+def evaluations_planned(spec: SearchSpec) -> int:
+    """Evaluations an uninterrupted run makes: the initial population, then per generation the
+    screened offspring and the survivors re-scored (DEAP), or one batch (random)."""
+    if spec.engine == "random":
+        return spec.population * (spec.generations + 1)
+    offspring = 2 * spec.population
+    survivors = max(1, spec.population // 2) if spec.multi_stage else 0
+    return spec.population + spec.generations * (offspring + survivors)
+
+
+class SearchSession:
+    """A run directory opened with everything needed to evaluate genomes (model, calibration,
+    stats, dense reference, size model). Built by `open_session`; used by search and export."""
+
+    def __init__(self, store, spec, loaded, space, calibration, evaluator, size_model, genes, status):
+        self.store = store
+        self.spec = spec
+        self.loaded = loaded
+        self.space = space
+        self.calibration = calibration
+        self.evaluator = evaluator
+        self.size_model = size_model
+        self.genes = genes
+        self.status = status
+
+    def config_of(self, genome):
+        return self.space.decode(tuple(genome), self.loaded.info)
+
+    def size_of(self, genome) -> int:
+        return self.size_model.artifact_bytes(self.config_of(genome))
+
+
+def open_session(
+    spec: SearchSpec,
+    run_dir: Path,
+    *,
+    resume: bool,
+    device: str = "cpu",
+    dtype: str = "auto",
+    status: StatusCallback | None = None,
+) -> SearchSession:
+    """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
+    when the spec does not match the run or the budget is out of the space's reach."""
+    from evo.calibration import CalibrationConfig, build_calibration_set
+    from evo.calibset import CalibrationSet
+    from evo.data import read_corpus
+    from evo.modelio import load_model, resolve_model_source
+    from evo.space import SearchSpace
+
+    say = status or (lambda message: None)
+    space = SearchSpace.load(spec.space)  # a bad space fails before anything is written
+    resolve_model_source(spec.model)
+    if resume:
+        store = RunStore.open(run_dir)
+        stored = SearchSpec.from_dict(store.spec()["search"])
+        differing = stored.mismatches(spec)
+        if differing:
+            raise EvoError(
+                f"run {run_dir} was started with other settings ({', '.join(differing)} differ): "
+                f"resume with the same options, or start a new run with another --run-dir"
+            )
+        if spec.generations < stored.generations:
+            spec = replace(spec, generations=stored.generations)
+        if spec.generations != stored.generations:
+            store.write_json("spec.json", {"search": spec.to_dict(), "space": space.to_dict()})
+    else:
+        store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
+    say(f"loading model {spec.model}")
+    loaded = load_model(spec.model, dtype=dtype, device=device)
+
+    calibration_path = store.path(CALIBRATION_FILE)
+    if calibration_path.exists():
+        calibration = CalibrationSet.load(calibration_path)
+    else:
+        say("drawing the CCDS calibration set")
+        corpus = read_corpus(list(spec.corpus))
+        config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
+                                   seq_len=spec.seq_len, seed=spec.seed)
+        calibration = build_calibration_set(loaded, corpus, config)
+        calibration.save(calibration_path)
+
+    evaluator, size_model = _build_evaluator(store, spec, loaded, calibration, say)
+    genes = space.genes(loaded.info)
+    return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, genes, say)
+
+
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
+    from evo.fitness import DenseReference, Evaluator, FitnessConfig
+    from evo.size import SizeCache
+    from evo.sizemodel import SizeModel
+    from evo.stats import collect_activation_stats, load_stats, save_stats
+
+    tokens = calibration.calibration.token_ids
+    stats_path = store.path(STATS_FILE)
+    if stats_path.exists():
+        stats = load_stats(stats_path)
+    else:
+        say("collecting activation statistics")
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        save_stats(stats, stats_path)
+    fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
+                            screen_tokens=spec.screen_tokens, top_k=spec.top_k)
+    reference_path = store.path(REFERENCE_FILE)
+    if reference_path.exists():
+        reference = DenseReference.load(reference_path)
+    else:
+        say("computing the dense model's reference outputs")
+        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
+        reference.save(reference_path)
+    size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
+    evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats)
+    return evaluator, size_model
+
+
+def make_problem(session: SearchSession):
+    from evo.engines import Problem
+    from evo.engines.operators import extreme_genome
+
+    spec = session.spec
+    seeds = tuple(_seed_genomes(session))
+    problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
+                      fixed_drops=session.space.fixed_drops, seeds=seeds)
+    smallest = session.size_of(extreme_genome(problem, smallest=True))
+    if spec.budget_bytes < smallest:
+        raise EvoError(
+            f"budget {spec.budget_bytes / MB:.3f} MB is below the smallest artifact this space can reach, "
+            f"{smallest / MB:.3f} MB: raise --budget-mb or use a space with lower bit-widths"
+        )
+    largest = session.size_of(extreme_genome(problem, smallest=False))
+    if spec.budget_bytes >= largest and session.space.fixed_drops is None:
+        raise EvoError(
+            f"budget {spec.budget_bytes / MB:.3f} MB is at or above the largest artifact of this space, "
+            f"{largest / MB:.3f} MB: everything fits, nothing to search; lower --budget-mb"
+        )
+    return problem
+
+
+def _seed_genomes(session: SearchSession):
+    """Genomes of known configs given with --seed-configs: only configs the space can express."""
+    from evo.config import CompressionConfig
+
+    for path in session.spec.seed_configs:
+        config = CompressionConfig.load(path)
+        genome = session.space.encode(config, session.loaded.info)
+        if genome is None:
+            raise EvoError(f"seed config {path} is not expressible in space {session.space.name!r}: "
+                           "use a config with the space's bit-widths, rescales and sparsities")
+        yield genome
+
+
+def run_search(
+    session: SearchSession,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> SearchResult:
+    """Run (or continue) the search until spec.generations generations are done."""
+    from evo.engines import Request, Score, make_engine
+
+    spec, store = session.spec, session.store
+    problem = make_problem(session)
+    engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
+                         **({"multi_stage": spec.multi_stage} if spec.engine == "deap" else {}))
+    checkpoint = store.read_checkpoint()
+    if checkpoint is not None:
+        engine.load_state_dict(checkpoint["engine"])
+    total = evaluations_planned(spec)
+    new_evaluations = 0
+    started = time.perf_counter()
+    seconds_per_new: list[float] = []
+
+    def report(stage: int) -> None:
+        if on_progress is None:
+            return
+        front = engine.front()
+        best = min(front, key=lambda item: item[1].quality) if front else None
+        done = len(store)
+        rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
+        eta = (total - done) / rate if rate > 0 and done < total else None
+        on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
+                             evaluations_total=total, new_evaluations=new_evaluations,
+                             best_quality=best[1].quality if best else None,
+                             best_bytes=best[1].size_bytes if best else None, front_size=len(front),
+                             evals_per_second=rate, eta_seconds=eta, stage=stage))
+
+    while engine.generation < spec.generations or not engine.at_generation_boundary():
+        requests = engine.ask()
+        results = []
+        for request in requests:
+            entry = store.lookup(evaluation_key(request.genome, request.stage))
+            if entry is None:
+                tic = time.perf_counter()
+                config = session.config_of(request.genome)
+                quality = session.evaluator.evaluate(config, request.stage)
+                size = session.size_model.artifact_bytes(config)
+                seconds = time.perf_counter() - tic
+                entry = store.append(request.genome, request.stage, quality, size, seconds)
+                new_evaluations += 1
+                seconds_per_new.append(seconds)
+            results.append((request, Score(entry.quality, entry.size_bytes)))
+            report(request.stage)
+        engine.tell(results)
+        if engine.at_generation_boundary():
+            _checkpoint(session, engine)
+    result = _result(session, engine, new_evaluations)
+    result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
+    return result
+
+
+def _checkpoint(session: SearchSession, engine) -> None:
+    """Front and best first, the checkpoint last: a checkpoint never points past what is written."""
+    front = [_front_entry(session, genome, score) for genome, score in engine.front()]
+    session.store.write_json(FRONT_FILE, {"budget_bytes": session.spec.budget_bytes, "metric": session.spec.fitness,
+                                          "generation": engine.generation, "front": front})
+    best = min(front, key=lambda item: item["quality"]) if front else None
+    if best is not None:
+        from evo.config import CompressionConfig
+
+        session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best["config"]).to_toml())
+    session.store.write_checkpoint({"generation": engine.generation, "engine": engine.state_dict()})
+
+
+def _front_entry(session: SearchSession, genome, score) -> dict:
+    return {"genome": list(genome), "quality": score.quality, "size_bytes": score.size_bytes,
+            "config": session.config_of(genome).to_dict()}
+
+
+def _result(session: SearchSession, engine, new_evaluations: int) -> SearchResult:
+    front = [_front_entry(session, g, s) for g, s in engine.front()]
+    best = min(front, key=lambda item: item["quality"]) if front else None
+    return SearchResult(run_dir=session.store.directory, front=front, best=best,
+                        evaluations=len(session.store), new_evaluations=new_evaluations)
+
+
+def choose_from_front(run_dir: Path, budget_bytes: int | None = None) -> tuple[dict, int]:
+    """The best front point under a budget (default: the run's), and that budget."""
+    store = RunStore.open(run_dir)
+    front = store.read_json(FRONT_FILE)
+    budget = budget_bytes if budget_bytes is not None else int(front["budget_bytes"])
+    fitting = [p for p in front["front"] if p["size_bytes"] <= budget]
+    if not fitting:
+        smallest = min((p["size_bytes"] for p in front["front"]), default=None)
+        raise EvoError(
+            f"no configuration of run {run_dir} fits {budget / MB:.3f} MB"
+            + (f"; its smallest is {smallest / MB:.3f} MB: raise --budget-mb" if smallest else "")
+        )
+    return min(fitting, key=lambda p: (p["quality"], p["size_bytes"])), budget
