@@ -112,6 +112,50 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--max-candidates", type=int, default=4096, help="embed at most this many sequences (default 4096)")
     cal.add_argument("--batch-size", type=int, default=8)
     cal.add_argument("--out", default="runs/calibration.json", help="output JSON file (default runs/calibration.json)")
+    comp = sub.add_parser("compress", help="write the compressed artifact of a configuration (TOML or JSON)")
+    _add_model_options(comp)
+    comp.add_argument("--config", required=True, help="compression config (.toml or .json), e.g. a run's best.toml")
+    comp.add_argument("--out", required=True, help="artifact directory to write")
+    comp.add_argument("--calibration", default=None,
+                      help="calibration set (evo calibrate) for wanda/linf pruning statistics; default: the embedded corpus")
+    comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
+
+    ev = sub.add_parser("eval", help="perplexity of a model or an artifact, the standard way")
+    ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
+    ev.add_argument("--dataset", default="wikitext2", help="wikitext2, c4, calibration_mix or a PATH (default wikitext2)")
+    ev.add_argument("--seq-len", type=int, default=512)
+    ev.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens (whole windows)")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    se = sub.add_parser("search", help="evolutionary search for the best compressed model under a budget")
+    se.add_argument("--budget-mb", type=float, required=True,
+                    help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
+    _add_model_options(se)
+    se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
+    se.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a .toml file")
+    se.add_argument("--engine", default="deap", help="deap (NSGA-II, default) or random")
+    se.add_argument("--generations", type=int, default=10)
+    se.add_argument("--population", type=int, default=12)
+    se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--samples", type=int, default=16, help="calibration sequences (CCDS)")
+    se.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
+    se.add_argument("--clusters", type=int, default=8)
+    se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
+    se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
+    se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
+    se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
+    se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
+    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+
+    ex = sub.add_parser("export", help="write the best config of a run under a budget, and its artifact")
+    ex.add_argument("run_dir")
+    ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
+    ex.add_argument("--out", required=True, help="output directory: best.toml and the artifact in it")
+    ex.add_argument("--device", default="cpu")
+    ex.add_argument("--overwrite", action="store_true")
     return parser
 
 
@@ -155,6 +199,190 @@ def calibrate_command(args: argparse.Namespace) -> int:
         f"sources covered {len(set(calibration_set.calibration.sources))}/{len(prov.corpus_files)}, "
         f"{elapsed:.1f} s → {path}"
     )
+    return 0
+
+
+@command("compress")
+def compress_command(args: argparse.Namespace) -> int:
+    from evo.calibset import CalibrationSet
+    from evo.config import CompressionConfig
+    from evo.export import compress_and_write, default_stats_tokens, needs_stats
+    from evo.stats import collect_activation_stats
+
+    config = CompressionConfig.load(args.config)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    config.validate_against(loaded.info)
+    stats = None
+    if needs_stats(config, loaded):
+        tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
+                  else default_stats_tokens(loaded.tokenizer))
+        with step(f"collecting activation statistics on {len(tokens)} sequences"):
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+    with step("compressing and writing the artifact"):
+        summary = compress_and_write(loaded, config, args.out, stats=stats, overwrite=args.overwrite)
+    render_artifact(summary)
+    return 0
+
+
+def render_artifact(summary) -> None:
+    out.print(f"artifact {summary.path}: {summary.total_bytes:,} bytes ({summary.total_bytes / 1e6:.3f} MB) = "
+              f"{summary.tensor_bytes:,} tensor bytes + {summary.metadata_bytes:,} metadata bytes")
+
+
+def is_artifact(path: str) -> bool:
+    from pathlib import Path
+
+    return (Path(path) / "manifest.json").is_file()
+
+
+def load_for_eval(spec: str, *, device: str, dtype: str):
+    """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
+    if is_artifact(spec):
+        from evo.artifact import load
+
+        with step(f"loading artifact {spec}"):
+            return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    return loaded.model, loaded.tokenizer
+
+
+@command("eval")
+def eval_command(args: argparse.Namespace) -> int:
+    import json
+
+    from evo.data import read_text
+    from evo.evaluate import perplexity, tokenize_for_eval
+
+    text = read_text(args.dataset)  # an unknown dataset fails before the model loads
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    token_ids = tokenize_for_eval(tokenizer, text)
+    with progress_bar() as progress:
+        task = progress.add_task("perplexity", total=None)
+        result = perplexity(model, token_ids, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                            batch_size=args.batch_size,
+                            progress=lambda done, total: progress.update(task, completed=done, total=total))
+    record = {"model": args.model, "dataset": args.dataset, **result.to_dict()}
+    if args.json:
+        print(json.dumps(record))
+    else:
+        table = Table(title=f"perplexity on {args.dataset}")
+        for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
+            table.add_column(key)
+        table.add_row(args.model, f"{result.ppl:.3f}", f"{result.mean_nll:.4f}", str(result.tokens_predicted),
+                      str(result.windows), str(result.seq_len))
+        out.print(table)
+    return 0
+
+
+def _search_spec(args: argparse.Namespace):
+    from evo.search import MB, SearchSpec
+
+    return SearchSpec(
+        budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
+        engine=args.engine, generations=args.generations, population=args.population, fitness=args.fitness,
+        seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
+        screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
+        multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs),
+    )
+
+
+@command("search")
+def search_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evo.search import open_session, run_search
+
+    spec = _search_spec(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+    elif args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        run_dir = Path("runs") / f"{Path(args.model).stem}-{args.budget_mb:g}MB-{args.space}-s{args.seed}"
+    session = open_session(spec, run_dir, resume=bool(args.resume), device=args.device, dtype=args.dtype,
+                           status=lambda message: console.print(message))
+    try:
+        with SearchDisplay(session.spec) as display:
+            result = run_search(session, on_progress=display.update)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
+                      f"continue with `evo search --resume {run_dir} --budget-mb {args.budget_mb:g}` "
+                      "and the same options")
+        return EXIT_INTERRUPTED
+    render_front(result, session.spec)
+    out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
+              f"export with `evo export {run_dir} --out {run_dir / 'export'}`")
+    return 0
+
+
+class SearchDisplay:
+    """Rich live progress on a terminal, one plain line per evaluation otherwise."""
+
+    def __init__(self, spec) -> None:
+        self.spec = spec
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
+                                 disable=not console.is_terminal)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("search", total=None, detail="")
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, p) -> None:
+        best = f"{p.best_quality:.4f} at {p.best_bytes / 1e6:.3f} MB" if p.best_quality is not None else "-"
+        eta = f"{p.eta_seconds / 60:.1f} min" if p.eta_seconds is not None else "-"
+        detail = (f"gen {p.generation}/{p.generations} stage {p.stage} best {self.spec.fitness} {best} "
+                  f"front {p.front_size} {p.evals_per_second:.2f} eval/s ETA {eta}")
+        if console.is_terminal:
+            self.progress.update(self.task, completed=p.evaluations_done, total=p.evaluations_total, detail=detail)
+        else:
+            console.print(f"[{p.evaluations_done}/{p.evaluations_total}] {detail}", highlight=False)
+
+
+def render_front(result, spec) -> None:
+    table = Table(title=f"Pareto front under {spec.budget_bytes / 1e6:.3f} MB ({spec.fitness}, lower is better)")
+    for name in ("MB", spec.fitness, "chosen"):
+        table.add_column(name, justify="right")
+    for point in result.front:
+        chosen = "*" if result.best is not None and point["genome"] == result.best["genome"] else ""
+        table.add_row(f"{point['size_bytes'] / 1e6:.3f}", f"{point['quality']:.4f}", chosen)
+    out.print(table)
+
+
+@command("export")
+def export_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evo.config import CompressionConfig
+    from evo.export import compress_and_write
+    from evo.search import MB, SearchSpec, choose_from_front, open_session
+    from evo.store import RunStore
+
+    run_dir = Path(args.run_dir)
+    budget = int(round(args.budget_mb * MB)) if args.budget_mb is not None else None
+    point, budget = choose_from_front(run_dir, budget)  # fails before loading anything
+    spec = SearchSpec.from_dict(RunStore.open(run_dir).spec()["search"])
+    session = open_session(spec, run_dir, resume=True, device=args.device,
+                           status=lambda message: console.print(message))
+    config = CompressionConfig.from_dict(point["config"])
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "best.toml"
+    config.save(config_path)
+    with step("compressing and writing the artifact"):
+        summary = compress_and_write(session.loaded, config, out_dir / "artifact", stats=session.evaluator.stats,
+                                     size_cache=session.size_model.size_cache, overwrite=args.overwrite)
+    render_artifact(summary)
+    if summary.total_bytes != point["size_bytes"]:
+        raise EvoError(f"the artifact has {summary.total_bytes} bytes but the run recorded {point['size_bytes']}: "
+                       "the size cache is stale; delete the run's size_cache and export again")
+    out.print(f"config {config_path} ({spec.fitness} {point['quality']:.4f} recorded); artifact bytes "
+              f"{summary.total_bytes:,} <= budget {budget:,}")
     return 0
 
 

@@ -93,6 +93,8 @@ class ModelSource:
 
     @property
     def model_id(self) -> str:
+        if self.kind == "alias":  # portable: the same alias names the same weights on any machine
+            return self.spec.strip().lower()
         if self.kind == "hub":
             return self.location
         if self.gguf_file:

@@ -1,0 +1,63 @@
+import pytest
+
+from evo.errors import EvoError
+from evo.modelio import describe_model
+from evo.space import SPACES_DIR, SearchSpace
+
+
+@pytest.mark.parametrize("name", ["default", "bits", "evop", "double_compression"])
+def test_shipped_spaces_parse_and_lay_out(name, tiny_llama):
+    space = SearchSpace.load(name)
+    info = describe_model(tiny_llama)
+    genes = space.genes(info)
+    per_layer = 3 * (2 if space.granularity == "group" else 1) + 1
+    assert len(genes) == per_layer * info.num_layers + 1  # tied embedding: no head gene
+    genome = space.uniform_genome(info, bits=space.bits[-1])
+    config = space.decode(genome, info)
+    config.validate_against(info)
+    assert space.encode(config, info) == genome
+
+
+def test_every_shipped_space_is_commented():
+    for path in SPACES_DIR.glob("*.toml"):
+        assert path.read_text().lstrip().startswith("#"), path
+
+
+def test_decode_puts_genes_where_they_belong(tiny_llama):
+    space = SearchSpace.load("default")
+    info = describe_model(tiny_llama)
+    genes = space.genes(info)
+    genome = list(space.uniform_genome(info, bits=4))
+    names = [g.name for g in genes]
+    genome[names.index("layer2.mlp.bits")] = genes[names.index("layer2.mlp.bits")].choices.index(2)
+    genome[names.index("layer1.drop")] = genes[names.index("layer1.drop")].choices.index("attention")
+    config = space.decode(tuple(genome), info)
+    assert config.layer(2).mlp.bits == 2 and config.layer(2).attention.bits == 4
+    assert config.drops == {1: "attention"}
+    assert config.layer(0).mlp.prune_criterion == "wanda" and config.layer(0).mlp.group_size == 128
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('granularity = "tensor"', "granularity"),
+        ("[genes]\nbits = [3, 2]", "ascending"),
+        ("[genes]\nbits = [7]", "genes.bits"),
+        ("[genes]\nsparsity = [0.0, 0.99]", "sparsity"),
+        ("[genes]\nbitz = [4]", "genes.bitz"),
+        ('[structure]\ndrop = ["attention"]', "none"),
+        ('[structure]\ndrop = ["none", "mlp"]\nfixed_drops = 2', "fixed_drops"),
+        ("[quantization]\ngroup_size = 100", "group_size"),
+        ("this is not toml", "not valid TOML"),
+    ],
+)
+def test_malformed_spaces_name_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(EvoError, match=message):
+        SearchSpace.load(path)
+
+
+def test_unknown_space_lists_the_shipped_ones():
+    with pytest.raises(EvoError, match="default"):
+        SearchSpace.load("nope")
