@@ -34,6 +34,7 @@ from evo.compress_model import CompressionResult
 from evo.config import CompressionConfig
 from evo.errors import EvoError
 from evo.size import EncodedTensor, decode_tensor, encode_tensor
+from evo.types import ModelInfo
 
 ARTIFACT_FORMAT = "evo-artifact"
 ARTIFACT_VERSION = 1
@@ -269,20 +270,8 @@ def write_artifact(
             path.relative_to(tmp).as_posix(): path.stat().st_size for path in sorted(tmp.rglob("*")) if path.is_file()
         }
         tensor_bytes = sum(t.compressed_bytes for t in tensors)
-        manifest = ArtifactManifest(
-            base_model=base_model or result.info.model_id,
-            evo_version=__version__,
-            architecture=result.info.architecture,
-            model_type=result.info.model_type,
-            dtype=str(result.dtype).removeprefix("torch."),
-            tied_embeddings=result.info.tied_embeddings,
-            base_num_layers=result.info.num_layers,
-            kept_layers=result.kept_layers,
-            config=result.config,
-            tensors=tensors,
-            files=files,
-            tensor_bytes=tensor_bytes,
-            total_bytes=0,
+        manifest = build_manifest(
+            result.info, result.config, result.kept_layers, result.dtype, tensors, files, base_model=base_model
         )
         manifest_bytes = _self_sized_manifest(manifest, sum(files.values()))
         _write_bytes(tmp / MANIFEST, manifest_bytes)  # written last: its presence marks a whole artifact
@@ -300,6 +289,37 @@ def write_artifact(
         metadata_bytes=total - tensor_bytes,
         files=all_files,
         predicted_tensor_bytes=predicted,
+    )
+
+
+def build_manifest(
+    info: ModelInfo,
+    config: CompressionConfig,
+    kept_layers: tuple[int, ...],
+    dtype: torch.dtype,
+    tensors: tuple[StoredTensor, ...],
+    files: dict[str, int],
+    *,
+    base_model: str | None = None,
+) -> ArtifactManifest:
+    """The manifest write_artifact records, total_bytes still 0 (_self_sized_manifest fills it).
+
+    One constructor for the writer and for evo.sizemodel, which predicts the manifest's length.
+    """
+    return ArtifactManifest(
+        base_model=base_model or info.model_id,
+        evo_version=__version__,
+        architecture=info.architecture,
+        model_type=info.model_type,
+        dtype=str(dtype).removeprefix("torch."),
+        tied_embeddings=info.tied_embeddings,
+        base_num_layers=info.num_layers,
+        kept_layers=tuple(kept_layers),
+        config=config,
+        tensors=tuple(tensors),
+        files=dict(files),
+        tensor_bytes=sum(t.compressed_bytes for t in tensors),
+        total_bytes=0,
     )
 
 

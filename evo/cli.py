@@ -375,7 +375,7 @@ def export_command(args: argparse.Namespace) -> int:
     config_path = out_dir / "best.toml"
     config.save(config_path)
     with step("compressing and writing the artifact"):
-        summary = compress_and_write(session.loaded, config, out_dir / "artifact", stats=session.evaluator.stats,
+        summary = compress_and_write(session.loaded, config, out_dir / "artifact", stats=session.activation_stats,
                                      size_cache=session.size_model.size_cache, overwrite=args.overwrite)
     render_artifact(summary)
     if summary.total_bytes != point["size_bytes"]:

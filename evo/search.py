@@ -25,6 +25,7 @@ from evo.store import (
 
 REFERENCE_FILE = "reference.safetensors"
 STATS_FILE = "activation_stats.safetensors"
+CCDS_CANDIDATES = 1024  # sequences embedded for CCDS in a search: enough for k ≤ 16 clusters, ~1 min on CPU
 MB = 1_000_000  # budgets are in MB = 10^6 bytes of the whole artifact on disk
 
 
@@ -128,7 +129,8 @@ class SearchSession:
     """A run directory opened with everything needed to evaluate genomes (model, calibration,
     stats, dense reference, size model). Built by `open_session`; used by search and export."""
 
-    def __init__(self, store, spec, loaded, space, calibration, evaluator, size_model, genes, status):
+    def __init__(self, store, spec, loaded, space, calibration, evaluator, size_model, activation_stats, genes,
+                 status):
         self.store = store
         self.spec = spec
         self.loaded = loaded
@@ -136,6 +138,7 @@ class SearchSession:
         self.calibration = calibration
         self.evaluator = evaluator
         self.size_model = size_model
+        self.activation_stats = activation_stats
         self.genes = genes
         self.status = status
 
@@ -191,13 +194,13 @@ def open_session(
         say("drawing the CCDS calibration set")
         corpus = read_corpus(list(spec.corpus))
         config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
-                                   seq_len=spec.seq_len, seed=spec.seed)
+                                   seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
         calibration = build_calibration_set(loaded, corpus, config)
         calibration.save(calibration_path)
 
-    evaluator, size_model = _build_evaluator(store, spec, loaded, calibration, say)
+    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say)
     genes = space.genes(loaded.info)
-    return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, genes, say)
+    return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
 
 
 def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
@@ -225,7 +228,7 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         reference.save(reference_path)
     size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
     evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats)
-    return evaluator, size_model
+    return evaluator, size_model, stats
 
 
 def make_problem(session: SearchSession):
