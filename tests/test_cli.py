@@ -49,3 +49,41 @@ def test_empty_corpus_is_refused(tiny_model_dir, tmp_path):
     result = run_cli("calibrate", "--model", str(tiny_model_dir("llama")), "--corpus", str(tmp_path / "empty.txt"),
                      "--out", str(tmp_path / "c.json"))
     assert result.returncode == 2 and "corpus is empty" in result.stderr
+
+
+def test_analyze_writes_csv_png_and_table(tiny_model_dir, tmp_path, capsys):
+    import csv
+
+    code = main(["analyze", "--model", str(tiny_model_dir("llama")), "--out", str(tmp_path), "--bits", "3", "8",
+                 "--rescales", "1", "--sparsities", "0", "--layers", "2"])
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "analysis.csv").open()))
+    assert len(rows) == 2 * 7  # two settings × seven Llama roles
+    assert (tmp_path / "analysis.png").stat().st_size > 1000
+    assert "compressibility" in capsys.readouterr().out
+
+
+def test_eval_unknown_dataset_is_one_line(tiny_model_dir):
+    result = run_cli("eval", str(tiny_model_dir("llama")), "--dataset", "no-such-dataset")
+    assert result.returncode == 2 and "no-such-dataset" in result.stderr
+
+
+def test_compress_then_eval_an_artifact(tiny_model_dir, tmp_path):
+    config = tmp_path / "u4.toml"
+    config.write_text("[default]\nbits = 4\ngroup_size = 32\n[embedding]\nbits = 8\ngroup_size = 32\n")
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog. " * 50)
+    assert main(["compress", "--model", str(tiny_model_dir("llama")), "--config", str(config),
+                 "--out", str(tmp_path / "art")]) == 0
+    result = run_cli("eval", str(tmp_path / "art"), "--dataset", str(tmp_path / "text.txt"), "--seq-len", "64",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["windows"] > 0 and record["ppl"] > 1
+
+
+def test_compress_with_a_config_naming_a_missing_tensor(tiny_model_dir, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[tensors."model.layers.99.mlp.up_proj.weight"]\nbits = 4\n')
+    result = run_cli("compress", "--model", str(tiny_model_dir("llama")), "--config", str(config),
+                     "--out", str(tmp_path / "art"))
+    assert result.returncode == 2 and "lacks" in result.stderr
