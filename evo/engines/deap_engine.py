@@ -14,7 +14,7 @@ from typing import Any
 from deap import base, creator, tools
 
 from evo.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.engines.operators import drop_swap, level_move, random_genome, repair, resample_genes
+from evo.engines.operators import drop_swap, fill, level_move, random_genome, repair, resample_genes
 from evo.errors import EvoError
 
 SCREEN_STAGE = 1
@@ -191,7 +191,7 @@ class DeapEngine:
             genome = resample_genes(genome, problem, rng, self.mutation_rate)
             if problem.fixed_drops is not None:
                 genome = drop_swap(genome, problem, rng)
-            genome = repair(genome, problem, rng)
+            genome = fill(repair(genome, problem, rng), problem, rng)
             if genome in seen:
                 continue
             seen.add(genome)

@@ -59,6 +59,24 @@ def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     return tuple(fixed)
 
 
+def fill(genome: Genome, problem: Problem, rng: random.Random, tries: int = 8) -> Genome:
+    """Spend what the budget leaves: raise random bit-widths one level while the genome still
+    fits, giving up after `tries` raises that would not fit. Keeps offspring near the budget."""
+    filled = list(genome)
+    failures = 0
+    while failures < tries:
+        candidates = [i for i, gene in enumerate(problem.genes)
+                      if gene.kind in SHRINK_KINDS and filled[i] < len(gene.choices) - 1]
+        if not candidates:
+            break
+        i = rng.choice(candidates)
+        filled[i] += 1
+        if problem.size_of(tuple(filled)) > problem.budget_bytes:
+            filled[i] -= 1
+            failures += 1
+    return tuple(filled)
+
+
 def level_move(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     """EvoPress's level switch: one bits gene up one level and another down one level, so the
     size stays near the budget while the allocation moves."""
@@ -91,15 +109,19 @@ def drop_swap(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     return tuple(moved)
 
 
+DROP_CHANGES_PER_CHILD = 0.2  # expected drop-gene flips per offspring: a drop is a large step
+
+
 def resample_genes(genome: Genome, problem: Problem, rng: random.Random, rate: float) -> Genome:
     """Each gene other than bits (and drops under a fixed count) redrawn with probability `rate`;
-    drop genes move with a quarter of it, since a drop is a large step."""
+    a drop gene flips with a probability that makes DROP_CHANGES_PER_CHILD flips per child."""
     mutated = list(genome)
+    drop_genes = sum(1 for gene in problem.genes if gene.kind == "drop" and len(gene.choices) > 1)
     for i, gene in enumerate(problem.genes):
         if len(gene.choices) < 2 or gene.kind == "bits":
             continue
         if gene.kind == "drop":
-            if problem.fixed_drops is not None or rng.random() >= rate / 4:
+            if problem.fixed_drops is not None or rng.random() >= DROP_CHANGES_PER_CHILD / drop_genes:
                 continue
             mutated[i] = 0 if mutated[i] else rng.randrange(1, len(gene.choices))
         elif rng.random() < rate:
@@ -108,14 +130,14 @@ def resample_genes(genome: Genome, problem: Problem, rng: random.Random, rate: f
 
 
 def random_genome(problem: Problem, rng: random.Random) -> Genome:
-    """A random genome with no drops except EvoP's fixed count, then repaired."""
+    """A random genome with no drops except EvoP's fixed count, repaired, then filled to the budget."""
     genome = []
     for gene in problem.genes:
         if gene.kind == "drop":
             genome.append(0)
         else:
             genome.append(rng.randrange(len(gene.choices)))
-    return repair(tuple(genome), problem, rng)
+    return fill(repair(tuple(genome), problem, rng), problem, rng)
 
 
 def extreme_genome(problem: Problem, *, smallest: bool) -> Genome:
