@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from evo.errors import EvoError
+from evo.fileio import atomic_write_text
 
 FORMAT = "evo.calibration_set"
 FORMAT_VERSION = 1
@@ -137,18 +137,8 @@ class CalibrationSet:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temp file, then rename): a crash never leaves half a file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text + "\n")
         return path
 
     @classmethod

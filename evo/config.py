@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +45,7 @@ from typing import Any, Mapping
 from evo.compress.settings import TensorSetting
 from evo.compress.structure import DROPS
 from evo.errors import EvoError
+from evo.fileio import atomic_write_text
 from evo.types import ATTENTION_ROLES, MLP_ROLES, ModelInfo
 
 try:
@@ -314,7 +314,7 @@ class CompressionConfig:
         """The config as JSON text; also written atomically to `path` when given."""
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text)
         return text
 
     @classmethod
@@ -334,7 +334,7 @@ class CompressionConfig:
         """The config as TOML text; also written atomically to `path` when given."""
         text = _write_toml(self.to_dict())
         if path is not None:
-            _atomic_write_text(Path(path), text)
+            atomic_write_text(Path(path), text)
         return text
 
     @classmethod
@@ -399,20 +399,6 @@ def tensor_shapes(info: ModelInfo) -> dict[str, tuple[int, ...]]:
     for tensor in info.non_decoder:
         shapes[tensor.name] = tuple(tensor.shape)
     return shapes
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- a TOML writer for the fixed shape of to_dict() ----------------------------------------------

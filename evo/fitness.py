@@ -37,6 +37,7 @@ FINAL_STAGE = 2
 # Measured on SmolLM2-135M (see the module's tests and the PR notes): top-64 KL is within ~1% of
 # the exact KL for 3/4-bit and layer-dropped candidates, and costs 64/49152 of full logits.
 DEFAULT_TOP_K = 64
+DEFAULT_TAIL_SAMPLES = 16
 DEFAULT_CACHE_BYTES = 2 << 30  # dequantized weights kept for reuse, per Evaluator
 REFERENCE_FORMAT = "evo.dense_reference"
 REFERENCE_VERSION = "1"
@@ -59,6 +60,8 @@ class FitnessConfig:
     screen_sequences, screen_tokens: stage 1 scores the first screen_sequences calibration
         sequences truncated to screen_tokens tokens; stage 2 scores all of them in full.
     top_k: dense log-probabilities kept per position (the rest is one tail outcome).
+    tail_samples: tokens drawn from the rest per position, for the unbiased tail term of the KL
+        (0 keeps only the top-k lower bound; see topk_kl).
     batch_size: sequences per forward pass.
     """
 
@@ -66,6 +69,7 @@ class FitnessConfig:
     screen_sequences: int = 4
     screen_tokens: int = 128
     top_k: int = DEFAULT_TOP_K
+    tail_samples: int = DEFAULT_TAIL_SAMPLES
     batch_size: int = 4
 
     def __post_init__(self) -> None:
@@ -73,6 +77,8 @@ class FitnessConfig:
             raise EvoError(f"FitnessConfig.metric={self.metric!r} is unknown: use one of {list(METRICS)}")
         for name in ("screen_sequences", "top_k", "batch_size"):
             _positive_int(name, getattr(self, name))
+        if isinstance(self.tail_samples, bool) or not isinstance(self.tail_samples, int) or self.tail_samples < 0:
+            raise EvoError(f"FitnessConfig.tail_samples={self.tail_samples!r} must be a non-negative integer")
         if _positive_int("screen_tokens", self.screen_tokens) < 2:
             raise EvoError("FitnessConfig.screen_tokens must be at least 2: perplexity needs a predicted token")
 
@@ -99,27 +105,45 @@ def exact_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
 
 
 def topk_kl(
-    logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, tail_logprob: torch.Tensor
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """KL(p ‖ q) with p coarse-grained to its top-k tokens plus one tail outcome (everything else),
-    at every position: Σ_topk p_i (log p_i − log q_i) + p_tail (log p_tail − log q_tail).
+    """KL(p ‖ q) at every position from p's top-k tokens, its tail mass and (optionally) tokens
+    sampled from its tail; q = softmax(logits). float32 [...] for logits [..., vocab], top-k
+    tensors [..., k], tail_logprob [...], tail samples [..., m].
 
-    A lower bound of the exact KL (coarse-graining never increases it), equal to it when k covers
-    the vocabulary. q's tail is a log-sum-exp over the tokens outside the top k, not 1 − Σ q_i, so
-    it stays accurate when the top k hold nearly all the mass. logits [..., vocab]; the reference
-    tensors [..., k] and [...]; float32 [...].
+    By the chain rule KL(p ‖ q) = KL(p̄ ‖ q̄) + p_tail · KL(p̃ ‖ q̃), where p̄, q̄ are coarse-grained
+    to the k tokens plus one tail outcome and p̃, q̃ are the distributions inside the tail.
+    Without samples only the first term is returned: a lower bound of the KL (coarse-graining
+    never increases it), exact when k covers the vocabulary. With m samples i ~ p̃ the second
+    term is estimated without bias as p_tail · mean(ρ − 1 − log ρ), ρ = q̃_i / p̃_i (every term
+    is ≥ 0 and ≈ (log ρ)²/2, so the estimate has a small variance; E[ρ] = 1 makes it unbiased).
+    q's tail mass is a log-sum-exp over the tokens outside the top k, not 1 − Σ q_i, so it stays
+    accurate when the top k hold nearly all the mass.
     """
     log_q = torch.log_softmax(logits.float(), dim=-1)
     ids = topk_ids.long()
     log_q_top = log_q.gather(-1, ids)
+    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
     log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
     log_q_tail = torch.logsumexp(log_q, dim=-1)
     log_p_top = topk_logprobs.float()
     log_p_tail = tail_logprob.float()
     kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
+    empty_tail = torch.isneginf(log_p_tail)  # k = vocab: 0 · (−inf − x) would be nan
     tail = log_p_tail.exp() * (log_p_tail - log_q_tail)
-    # An empty tail (k = vocab) contributes nothing; 0 · (−inf − x) would be nan.
-    return kl + torch.where(torch.isneginf(log_p_tail), torch.zeros_like(tail), tail)
+    if log_q_sampled is not None:
+        # log ρ in float64: ρ − 1 − log ρ cancels to (log ρ)²/2, tiny for a good candidate.
+        log_rho = (log_q_sampled.double() - log_q_tail.double()[..., None]) - (
+            tail_logprobs.double() - log_p_tail.double()[..., None]
+        )
+        inside = (torch.expm1(log_rho) - log_rho).mean(-1)
+        tail = tail + (log_p_tail.double().exp() * inside).float()
+    return kl + torch.where(empty_tail, torch.zeros_like(tail), tail)
 
 
 # --- the dense reference -------------------------------------------------------------------------------
@@ -128,26 +152,32 @@ def topk_kl(
 @dataclass(frozen=True, eq=False)
 class DenseReference:
     """The dense model's next-token distributions on the calibration tokens, compactly: per position
-    the top-k token ids and log-probabilities (sorted, most likely first) and the log of the
-    remaining mass, plus the log-probability of the token that follows (for the dense perplexity).
+    the top-k token ids and log-probabilities (sorted, most likely first), the log of the remaining
+    (tail) mass, m tokens drawn from the tail with their log-probabilities (for topk_kl's unbiased
+    tail term), and the log-probability of the token that follows (for the dense perplexity).
 
-    32 sequences × 512 positions × k=64 take 8 MB; full float32 logits of a 49k vocabulary would
-    take 3.2 GB, which is why only the top of each distribution is kept.
+    32 sequences × 512 positions × (k=64 + m=16) take 11 MB; full float32 logits of a 49k
+    vocabulary would take 3.2 GB, which is why only this much of each distribution is kept.
     """
 
     token_ids: torch.Tensor  # int32 [n, L]
     topk_ids: torch.Tensor  # int32 [n, L, k]
     topk_logprobs: torch.Tensor  # float32 [n, L, k]
     tail_logprob: torch.Tensor  # float32 [n, L]; -inf when k covers the vocabulary
+    tail_ids: torch.Tensor  # int32 [n, L, m], drawn with replacement from p restricted to the tail
+    tail_logprobs: torch.Tensor  # float32 [n, L, m]
     target_logprob: torch.Tensor  # float32 [n, L - 1]: log p(token t+1 | tokens ≤ t)
 
     def __post_init__(self) -> None:
         n, length = self.token_ids.shape
         k = self.topk_ids.shape[-1] if self.topk_ids.ndim == 3 else -1
+        m = self.tail_ids.shape[-1] if self.tail_ids.ndim == 3 else -1
         expected = {
             "topk_ids": (n, length, k),
             "topk_logprobs": (n, length, k),
             "tail_logprob": (n, length),
+            "tail_ids": (n, length, m),
+            "tail_logprobs": (n, length, m),
             "target_logprob": (n, length - 1),
         }
         for name, shape in expected.items():
@@ -161,6 +191,10 @@ class DenseReference:
     def top_k(self) -> int:
         return int(self.topk_ids.shape[-1])
 
+    @property
+    def tail_samples(self) -> int:
+        return int(self.tail_ids.shape[-1])
+
     @classmethod
     @torch.no_grad()
     def compute(
@@ -169,27 +203,44 @@ class DenseReference:
         token_ids,
         *,
         top_k: int = DEFAULT_TOP_K,
+        tail_samples: int = DEFAULT_TAIL_SAMPLES,
         batch_size: int = 4,
+        seed: int = 0,
         progress: ProgressCallback | None = None,
     ) -> DenseReference:
-        """Run the dense model once over token_ids [n, L] on its device and keep the top-k of every
-        next-token distribution (top_k above the vocabulary keeps all of it)."""
+        """Run the dense model once over token_ids [n, L] on its device and keep, per position, the
+        top-k and `tail_samples` tokens drawn from the rest (top_k at or above the vocabulary keeps
+        the whole distribution and draws nothing). `seed` makes the draws reproducible."""
         ids = _as_token_batch(token_ids)
         _positive_int("top_k", top_k)
         _positive_int("batch_size", batch_size)
+        if isinstance(tail_samples, bool) or not isinstance(tail_samples, int) or tail_samples < 0:
+            raise EvoError(f"tail_samples={tail_samples!r} must be a non-negative integer")
         device = next(model.parameters()).device
-        parts: dict[str, list[torch.Tensor]] = {"ids": [], "logprobs": [], "tail": [], "target": []}
+        generator = torch.Generator(device=device).manual_seed(seed)
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("ids", "logprobs", "tail", "samples",
+                                                                       "sample_logprobs", "target")}
         batches = range(0, ids.shape[0], batch_size)
         for done, start in enumerate(batches, 1):
             batch = ids[start : start + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits
             k = min(top_k, logits.shape[-1])
+            m = tail_samples if k < logits.shape[-1] else 0
             for row in range(batch.shape[0]):  # one float32 [L, vocab] at a time
                 log_p = torch.log_softmax(logits[row].float(), dim=-1)
                 values, indices = log_p.topk(k, dim=-1)
                 parts["target"].append(log_p[:-1].gather(-1, batch[row, 1:, None]).squeeze(-1).cpu())
                 log_p.scatter_(-1, indices, float("-inf"))
-                parts["tail"].append(torch.logsumexp(log_p, dim=-1).cpu())
+                tail = torch.logsumexp(log_p, dim=-1)
+                samples = torch.empty(log_p.shape[0], m, dtype=torch.long, device=device)
+                if m:
+                    # The top-k have probability 0 here, so every draw lands in the tail.
+                    inside = torch.exp(log_p - tail[:, None])
+                    samples = torch.multinomial(inside, m, replacement=True, generator=generator)
+                    del inside
+                parts["sample_logprobs"].append(log_p.gather(-1, samples).cpu())
+                parts["samples"].append(samples.to(torch.int32).cpu())
+                parts["tail"].append(tail.cpu())
                 parts["ids"].append(indices.to(torch.int32).cpu())
                 parts["logprobs"].append(values.cpu())
             del logits
@@ -200,23 +251,9 @@ class DenseReference:
             topk_ids=torch.stack(parts["ids"]),
             topk_logprobs=torch.stack(parts["logprobs"]),
             tail_logprob=torch.stack(parts["tail"]),
+            tail_ids=torch.stack(parts["samples"]),
+            tail_logprobs=torch.stack(parts["sample_logprobs"]),
             target_logprob=torch.stack(parts["target"]),
-        )
-
-    def truncated(self, top_k: int) -> DenseReference:
-        """The same reference with fewer tokens kept: the dropped ones join the tail."""
-        if top_k > self.top_k:
-            raise EvoError(f"the dense reference keeps the top {self.top_k} tokens, fewer than {top_k}: recompute it")
-        if top_k == self.top_k:
-            return self
-        dropped = self.topk_logprobs[..., top_k:]
-        tail = torch.logsumexp(torch.cat([dropped, self.tail_logprob[..., None]], dim=-1), dim=-1)
-        return DenseReference(
-            token_ids=self.token_ids,
-            topk_ids=self.topk_ids[..., :top_k].contiguous(),
-            topk_logprobs=self.topk_logprobs[..., :top_k].contiguous(),
-            tail_logprob=tail,
-            target_logprob=self.target_logprob,
         )
 
     def perplexity(self, sequences: int | None = None, tokens: int | None = None) -> float:
@@ -230,13 +267,7 @@ class DenseReference:
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {
-            "token_ids": self.token_ids,
-            "topk_ids": self.topk_ids,
-            "topk_logprobs": self.topk_logprobs,
-            "tail_logprob": self.tail_logprob,
-            "target_logprob": self.target_logprob,
-        }
+        tensors = {name: getattr(self, name) for name in _REFERENCE_FIELDS}
         tmp = path.with_name(f".{path.name}.tmp")
         save_file(
             {name: value.contiguous().cpu() for name, value in tensors.items()},
@@ -261,11 +292,15 @@ class DenseReference:
             raise EvoError(f"dense reference {path} is corrupt ({exc}): delete it and it is recomputed") from None
         if metadata.get("format") != REFERENCE_FORMAT or metadata.get("format_version") != REFERENCE_VERSION:
             raise EvoError(f"{path} is not a dense reference of this evo version: delete it and it is recomputed")
-        fields = ("token_ids", "topk_ids", "topk_logprobs", "tail_logprob", "target_logprob")
-        missing = [name for name in fields if name not in tensors]
+        missing = [name for name in _REFERENCE_FIELDS if name not in tensors]
         if missing:
             raise EvoError(f"dense reference {path} lacks {missing}: delete it and it is recomputed")
-        return cls(**{name: tensors[name] for name in fields})
+        return cls(**{name: tensors[name] for name in _REFERENCE_FIELDS})
+
+
+_REFERENCE_FIELDS = (
+    "token_ids", "topk_ids", "topk_logprobs", "tail_logprob", "tail_ids", "tail_logprobs", "target_logprob"
+)
 
 
 def _as_token_batch(token_ids) -> torch.Tensor:
@@ -394,17 +429,24 @@ class Evaluator:
                 "the dense reference was computed on other tokens than the calibration set: delete it and it is "
                 "recomputed"
             )
-        reference = reference.truncated(min(self.fitness.top_k, reference.top_k))
-        if reference.top_k < self.fitness.top_k and reference.top_k < self.info.vocab_size:
+        whole = reference.top_k >= self.info.vocab_size  # no tail: nothing to sample
+        if reference.top_k != min(self.fitness.top_k, self.info.vocab_size) or (
+            reference.tail_samples < self.fitness.tail_samples and not whole
+        ):
             raise EvoError(
-                f"the dense reference keeps the top {reference.top_k} tokens but top_k={self.fitness.top_k} is asked: "
-                "delete it and it is recomputed"
+                f"the dense reference keeps the top {reference.top_k} tokens and {reference.tail_samples} tail samples, "
+                f"but top_k={self.fitness.top_k} and tail_samples={self.fitness.tail_samples} are asked: delete it and "
+                "it is recomputed"
             )
+        # The draws are independent, so the first m of them are m draws.
+        m = min(self.fitness.tail_samples, reference.tail_samples)
         # Kept on the model's device, in the dtypes the KL reads: sliced per row, never copied back.
         self._reference_rows = (
             reference.topk_ids.to(self.device, torch.long),
             reference.topk_logprobs.to(self.device, torch.float32),
             reference.tail_logprob.to(self.device, torch.float32),
+            reference.tail_ids[..., :m].to(self.device, torch.long),
+            reference.tail_logprobs[..., :m].to(self.device, torch.float32),
         )
         return reference
 
@@ -570,15 +612,12 @@ class Evaluator:
                 progress(done, len(starts))
 
     def _kl(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:
-        topk_ids, topk_logprobs, tail_logprob = self._reference_rows
         sequences, tokens = ids.shape
         total = 0.0  # a Python float (float64): thousands of positions lose nothing
         for start, batch, logits in self._batches(ids, progress):
             for row in range(batch.shape[0]):  # one float32 [tokens, vocab] at a time
                 seq = start + row
-                kl = topk_kl(
-                    logits[row], topk_ids[seq, :tokens], topk_logprobs[seq, :tokens], tail_logprob[seq, :tokens]
-                )
+                kl = topk_kl(logits[row], *(part[seq, :tokens] for part in self._reference_rows))
                 total += float(kl.double().sum())
         return total / (sequences * tokens)
 

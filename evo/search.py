@@ -273,7 +273,7 @@ def run_search(
     on_progress: ProgressCallback | None = None,
 ) -> SearchResult:
     """Run (or continue) the search until spec.generations generations are done."""
-    from evo.engines import Request, Score, make_engine
+    from evo.engines import Score, make_engine
 
     spec, store = session.spec, session.store
     problem = make_problem(session)

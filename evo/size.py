@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from evo.compress.quantize import QuantizedTensor
 from evo.compress.rescale import num_groups
 from evo.compress.settings import TensorSetting
 from evo.errors import EvoError
+from evo.fileio import atomic_write_text
 
 # Bump when frames or coders change: sizes cached under an older format are then recomputed.
 SIZE_FORMAT = 1
@@ -168,18 +168,8 @@ class SizeCache:
 
     def put(self, key: SizeKey, entry: SizeEntry) -> None:
         path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
         record = {"format": SIZE_FORMAT, "key": asdict(key), "entry": asdict(entry)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps(record, sort_keys=True))
         self._memory[key] = entry
 
 

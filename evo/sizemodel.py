@@ -31,7 +31,7 @@ from evo.artifact import (
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.structure import _shrink_config, is_replaced, replaced_modules
 from evo.compress_model import _needs_stats, plan_model, size_model_id
-from evo.config import CompressionConfig, LayerConfig
+from evo.config import CONFIG_FORMAT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.size import SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
 from evo.types import DecoderLayerInfo, ModelInfo
@@ -143,6 +143,7 @@ class _Row:
     name: str
     source: str
     setting: TensorSetting
+    setting_key: str  # setting.key(), which is slow to recompute for every config
     compressed_bytes: int
     frames: tuple[tuple[str, str, int], ...]  # (kind, coder, length) in tensors.bin order
     entry_chars: int  # its manifest entry's JSON length with every frame offset written as 0
@@ -191,8 +192,13 @@ class SizeModel:
         self._memo: dict[CompressionConfig, ArtifactSize] = {}
         self._shapes = {name: shape for layer in info.layers for name, shape in _layer_tensors(layer)}
         self._shapes.update({t.name: tuple(t.shape) for t in info.non_decoder})
-        # An empty manifest: the per-tensor entry lengths are measured inside it.
+        # An empty manifest: the per-tensor entry lengths are measured inside it, and the manifest's
+        # length is this one's plus what a config adds.
         self._template = build_manifest(info, CompressionConfig(), (), self.dtype, (), {}, base_model=base_model)
+        self._empty_manifest_chars = len(self._template.to_bytes())
+        self._json_memo: dict[object, int] = {}
+        self._default_config_chars = _json_chars(CompressionConfig().to_dict())
+        self._checked = False
 
     @classmethod
     def for_model(
@@ -225,17 +231,18 @@ class SizeModel:
 
     def size(self, config: CompressionConfig) -> ArtifactSize:
         """The artifact's bytes by file kind, memoised per config."""
+        if not isinstance(config, CompressionConfig):
+            raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
         found = self._memo.get(config)
         if found is not None:
             return found
-        if not isinstance(config, CompressionConfig):
-            raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
         config.validate_against(self.info)
         kept, rows = self._plan_rows(config)
         tensor_bytes = sum(row.compressed_bytes for row in rows)
         files = self.metadata.files(kept, tensor_bytes)
         other = sum(files.values())
         manifest = self._manifest_length(config, kept, rows, files, tensor_bytes, other)
+        self._check_arithmetic(config, manifest)
         model_config = files[MODEL_CONFIG]
         result = ArtifactSize(
             tensor_bytes=tensor_bytes,
@@ -373,7 +380,7 @@ class SizeModel:
             )
             data = replace(self._template, tensors=(stored,)).to_dict()["tensors"][0]
             chars = len(json.dumps(data, separators=_JSON_SEPARATORS)) - len(frames)  # each "0" offset
-            row = _Row(name, source, setting, entry.compressed_bytes, frames, chars)
+            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames, chars)
             self._rows[(name, source, setting)] = row
         return row
 
@@ -386,16 +393,20 @@ class SizeModel:
         tensor_bytes: int,
         other_bytes: int,
     ) -> int:
-        """len(manifest.json) as write_artifact writes it: an empty manifest with the same config,
-        files and totals, plus the settings table and the tensor entries, whose offsets' digits
-        are the only part that depends on the tensors before them."""
-        skeleton = replace(
-            build_manifest(self.info, config, kept, self.dtype, (), files, base_model=self.base_model),
-            tensor_bytes=tensor_bytes,
-        )
-        empty = len(skeleton.to_bytes())  # holds "settings":{}, "tensors":[] and "total_bytes":0
-        settings = {row.setting.key(): row.setting.to_dict() for row in rows}
-        chars = empty + len(json.dumps(settings, separators=_JSON_SEPARATORS)) - 2
+        """len(manifest.json) as write_artifact writes it, from the length of an empty manifest and
+        the lengths of what fills it: kept layers, files, totals, the config, the settings table
+        and the tensor entries (whose offsets' digits are all that depends on earlier tensors).
+
+        Compact JSON's length adds up over a dict's items; the config's and the settings' pieces
+        are memoised, since TensorSetting.to_dict is slow. Checked once per SizeModel against the
+        manifest built the obvious way (manifest()), and by the tests.
+        """
+        chars = self._empty_manifest_chars
+        chars += _json_chars(list(kept)) - 2 + _json_chars(dict(sorted(files.items()))) - 2
+        chars += self._config_chars(config) - self._default_config_chars
+        chars += len(str(tensor_bytes)) - 1
+        last_setting = {row.setting_key: row.setting for row in rows}  # to_dict's {key: last setting}
+        chars += _dict_chars((key, self._setting_chars(setting)) for key, setting in last_setting.items()) - 2
         if rows:
             offset_digits = 0
             offset = 0
@@ -413,6 +424,53 @@ class SizeModel:
                 return length
             total = other_bytes + length
         raise RuntimeError("the manifest's recorded total did not settle")
+
+    def _setting_chars(self, setting: TensorSetting) -> int:
+        chars = self._json_memo.get(setting)
+        if chars is None:
+            chars = self._json_memo[setting] = _json_chars(setting.to_dict())
+        return chars
+
+    def _layer_chars(self, layer: LayerConfig) -> int:
+        chars = self._json_memo.get(layer)
+        if chars is None:
+            chars = self._json_memo[layer] = _json_chars(layer.to_dict())
+        return chars
+
+    def _config_chars(self, config: CompressionConfig) -> int:
+        """len(json of config.to_dict()), following its layout."""
+        return _dict_chars(
+            [
+                ("format", _json_chars(CONFIG_FORMAT)),
+                ("default", self._setting_chars(config.default)),
+                ("embedding", self._setting_chars(config.embedding)),
+                ("head", self._setting_chars(config.head)),
+                ("layers", _dict_chars((str(i), self._layer_chars(layer)) for i, layer in config.layers)),
+                ("tensors", _dict_chars((name, self._setting_chars(setting)) for name, setting in config.tensors)),
+            ]
+        )
+
+    def _check_arithmetic(self, config: CompressionConfig, predicted: int) -> None:
+        """Once per SizeModel: the fast manifest length must be the built manifest's. A mismatch
+        means artifact.py or config.py changed their JSON and this module was not updated."""
+        if self._checked:
+            return
+        if self._config_chars(config) != _json_chars(config.to_dict()) or predicted != len(self.manifest(config)):
+            raise RuntimeError(
+                "evo.sizemodel predicts another manifest length than evo.artifact writes: the manifest or config "
+                "JSON layout changed; update SizeModel._manifest_length"
+            )
+        self._checked = True
+
+
+def _json_chars(value) -> int:
+    return len(json.dumps(value, separators=_JSON_SEPARATORS))
+
+
+def _dict_chars(items) -> int:
+    """Length of a compact JSON object from its keys and the lengths of its values' JSON."""
+    items = list(items)
+    return 2 + sum(_json_chars(key) + 1 + chars for key, chars in items) + max(len(items) - 1, 0)
 
 
 def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:

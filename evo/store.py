@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from evo.errors import EvoError
+from evo.fileio import atomic_write_text
 
 SPEC_FILE = "spec.json"
 JOURNAL_FILE = "journal.jsonl"
@@ -25,21 +25,6 @@ CALIBRATION_FILE = "calibration.json"
 SIZE_CACHE_DIR = "size_cache"
 MANIFEST_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
 STORE_FORMAT = 1
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then os.replace: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dumps(data: Any) -> str:

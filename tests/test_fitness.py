@@ -123,21 +123,30 @@ def test_kl_matches_the_full_logits_kl(llama_dir, stats):
     got = evaluator.evaluate(config)
     assert got == pytest.approx(exact, rel=1e-5)
     evaluator.restore()  # the model is uncompressed again, so another evaluator may take it
-    # Top-8 (the reference truncated) is a lower bound of it.
-    coarse = Evaluator(loaded.model, loaded.info, TOKENS, KL, full, stats=stats).evaluate(config)
-    assert 0 < coarse <= exact * (1 + 1e-6)
+    # Top-8 alone is a lower bound of it; with tail samples the estimate is unbiased and lands close.
+    bound_fitness = FitnessConfig(metric="kl", screen_sequences=2, screen_tokens=12, top_k=8, tail_samples=0)
+    top8 = DenseReference.compute(loaded.model, TOKENS, top_k=8, tail_samples=256)
+    bound = Evaluator(loaded.model, loaded.info, TOKENS, bound_fitness, top8, stats=stats)
+    coarse = bound.evaluate(config)
+    bound.restore()
+    sampled_fitness = FitnessConfig(metric="kl", screen_sequences=2, screen_tokens=12, top_k=8, tail_samples=256)
+    sampled = Evaluator(loaded.model, loaded.info, TOKENS, sampled_fitness, top8, stats=stats).evaluate(config)
+    assert 0 < coarse < 0.5 * exact  # a near-uniform random model keeps most of its KL in the tail
+    assert sampled == pytest.approx(exact, rel=0.02)
 
 
 def test_the_screen_stage_is_a_prefix_of_the_full_reference(llama_dir, stats):
+    # Without tail samples: the two references would draw different samples for the prefix.
     config = _configs()["uniform3"]
     loaded = load_model(str(llama_dir))
-    reference = DenseReference.compute(loaded.model, TOKENS, top_k=KL.top_k)
-    screened = Evaluator(loaded.model, loaded.info, TOKENS, KL, reference, stats=stats).evaluate(config, SCREEN_STAGE)
+    reference = DenseReference.compute(loaded.model, TOKENS, top_k=KL.top_k, tail_samples=0)
+    bound = FitnessConfig(metric="kl", screen_sequences=2, screen_tokens=12, top_k=KL.top_k, tail_samples=0)
+    screened = Evaluator(loaded.model, loaded.info, TOKENS, bound, reference, stats=stats).evaluate(config, SCREEN_STAGE)
 
-    prefix = TOKENS[: KL.screen_sequences, : KL.screen_tokens]
+    prefix = TOKENS[: bound.screen_sequences, : bound.screen_tokens]
     other = load_model(str(llama_dir))
-    own = DenseReference.compute(other.model, prefix, top_k=KL.top_k)
-    fitness = FitnessConfig(metric="kl", screen_sequences=1, screen_tokens=2, top_k=KL.top_k)
+    own = DenseReference.compute(other.model, prefix, top_k=KL.top_k, tail_samples=0)
+    fitness = FitnessConfig(metric="kl", screen_sequences=1, screen_tokens=2, top_k=KL.top_k, tail_samples=0)
     direct = Evaluator(other.model, other.info, prefix, fitness, own, stats=stats).evaluate(config, FINAL_STAGE)
     # Only float rounding differs (attention over 12 vs 24 keys); the tiny model's KL is ~1e-4 nats.
     torch.testing.assert_close(reference.topk_logprobs[:2, :12], own.topk_logprobs, rtol=0, atol=1e-5)
@@ -167,20 +176,26 @@ def test_weight_cache_and_counters(llama_dir, stats):
     assert uncached.stats.last_compressed == 3 and uncached.stats.cache_entries == 0
 
 
-def test_reference_round_trips_and_truncates(llama_dir, tmp_path):
+def test_reference_round_trips_and_holds_the_dense_distribution(llama_dir, tmp_path):
     loaded = load_model(str(llama_dir))
-    reference = DenseReference.compute(loaded.model, TOKENS, top_k=16, batch_size=3)
+    reference = DenseReference.compute(loaded.model, TOKENS, top_k=16, tail_samples=8, batch_size=3)
     again = DenseReference.load(reference.save(tmp_path / "reference.safetensors"))
-    for name in ("token_ids", "topk_ids", "topk_logprobs", "tail_logprob", "target_logprob"):
+    for name in ("token_ids", "topk_ids", "topk_logprobs", "tail_logprob", "tail_ids", "tail_logprobs",
+                 "target_logprob"):
         assert torch.equal(getattr(again, name), getattr(reference, name))
-    small = DenseReference.compute(loaded.model, TOKENS, top_k=4)
-    cut = reference.truncated(4)
-    assert torch.equal(cut.topk_ids, small.topk_ids)
-    torch.testing.assert_close(cut.tail_logprob, small.tail_logprob, rtol=1e-5, atol=1e-5)
+    assert torch.equal(DenseReference.compute(loaded.model, TOKENS, top_k=16, tail_samples=8).tail_ids,
+                       reference.tail_ids)  # the draws are seeded
+    log_p = torch.cat(list(next_token_logprobs(loaded.model, TOKENS, batch_size=4)))
+    torch.testing.assert_close(reference.topk_logprobs, log_p.topk(16, -1).values)
+    torch.testing.assert_close(reference.tail_logprobs, log_p.gather(-1, reference.tail_ids.long()))
+    in_top = (reference.tail_ids[..., :, None] == reference.topk_ids[..., None, :]).any(-1)
+    assert not bool(in_top.any())  # every draw is from the tail
+    mass = torch.logsumexp(torch.cat([reference.topk_logprobs, reference.tail_logprob[..., None]], -1), -1)
+    torch.testing.assert_close(mass, torch.zeros_like(mass), rtol=0, atol=1e-5)
     dense_ppl = perplexity(loaded.model, TOKENS.reshape(-1), seq_len=TOKENS.shape[1]).ppl
     assert reference.perplexity() == pytest.approx(dense_ppl, rel=1e-5)
-    with pytest.raises(EvoError, match="recompute"):
-        reference.truncated(32)
+    with pytest.raises(EvoError, match="recomputed"):  # fewer tail samples than the fitness asks
+        Evaluator(loaded.model, loaded.info, TOKENS, FitnessConfig(screen_tokens=12, top_k=16), reference)
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(EvoError, match="corrupt"):
         DenseReference.load(tmp_path / "bad.safetensors")
@@ -202,6 +217,22 @@ def test_topk_kl_is_a_lower_bound_reaching_the_exact_kl():
         previous = approx
     torch.testing.assert_close(previous, exact, rtol=1e-5, atol=1e-6)
     assert math.isfinite(float(previous.sum()))
+
+
+def test_tail_samples_make_the_kl_unbiased():
+    torch.manual_seed(0)
+    p_logits = torch.randn(200, 1000) * 2
+    q_logits = p_logits + 0.3 * torch.randn(200, 1000)  # a perturbed copy, like a compressed model
+    exact = float(exact_kl(p_logits, q_logits).mean())
+    log_p = torch.log_softmax(p_logits, -1)
+    values, ids = log_p.topk(16, -1)
+    rest = log_p.scatter(-1, ids, float("-inf"))
+    tail = torch.logsumexp(rest, -1)
+    draws = torch.multinomial(torch.exp(rest - tail[:, None]), 64, replacement=True)
+    bound = float(topk_kl(q_logits, ids, values, tail).mean())
+    estimate = float(topk_kl(q_logits, ids, values, tail, draws, log_p.gather(-1, draws)).mean())
+    assert bound < 0.5 * exact  # most of this KL sits in the tail
+    assert estimate == pytest.approx(exact, rel=0.02)
 
 
 def test_bad_settings_are_user_errors(llama_dir):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo.errors import EvoError
-from evo.search import SearchSpec, make_problem, open_session
+from evo.search import SearchSpec, open_session
 
 GENERATIONS = 4
 POPULATION = 6
