@@ -307,7 +307,10 @@ def search_command(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir)
     else:
         run_dir = Path("runs") / f"{Path(args.model).stem}-{args.budget_mb:g}MB-{args.space}-s{args.seed}"
-    session = open_session(spec, run_dir, resume=bool(args.resume), device=args.device, dtype=args.dtype,
+    resume = bool(args.resume) or (run_dir / "run.json").exists()
+    if resume and not args.resume:
+        console.print(f"{run_dir} already holds a run with these options: resuming it")
+    session = open_session(spec, run_dir, resume=resume, device=args.device, dtype=args.dtype,
                            status=lambda message: console.print(message))
     try:
         with SearchDisplay(session.spec) as display:
