@@ -80,11 +80,11 @@ def _int_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
     from evo.modelio import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
 
 
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="evolutionary search for the best compressed model under a budget")
     se.add_argument("--budget-mb", type=float, required=True,
                     help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
-    _add_model_options(se)
+    _add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
     se.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II, default) or random")
