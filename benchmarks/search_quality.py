@@ -235,7 +235,7 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     _free_gpu()
 
     # exactly the DEAP run's number of evaluations, all of them full ones, in one batch
-    random_spec = dataclasses.replace(spec, engine="random", population=evaluations, generations=1)
+    random_spec = dataclasses.replace(spec, engine="random", population=evaluations, generations=0)
     session, rand, seconds = _search(random_spec, out / "random", args, _say(f"seed{seed} random"),
                                      share_from=out / "deap")
     best = CompressionConfig.from_dict(rand.best["config"])

@@ -136,3 +136,15 @@ def test_wrong_engine_checkpoint_is_refused():
 def test_unknown_engine():
     with pytest.raises(EvoError, match="unknown engine"):
         make_engine("cmaes", make_problem())
+
+
+@pytest.mark.parametrize("engine_name", ["deap", "random"])
+@pytest.mark.parametrize("generations", [0, 1, 3])
+def test_evaluation_count_matches_the_plan(engine_name, generations):
+    """The progress bar's total and a benchmark's "equal evaluations" rely on this count."""
+    from evo.search import SearchSpec, evaluations_planned
+
+    problem = make_problem()
+    engine = make_engine(engine_name, problem, population=6, seed=2)
+    spec = SearchSpec(budget_bytes=problem.budget_bytes, engine=engine_name, generations=generations, population=6)
+    assert drive(engine, problem, generations) == evaluations_planned(spec)

@@ -1,5 +1,8 @@
 """Random search: uniformly drawn genomes repaired to the budget, each scored at the final stage.
-The baseline evo's DEAP search must beat at the same number of evaluations."""
+The baseline evo's DEAP search must beat at the same number of evaluations.
+
+Counted like DEAP: a first batch (the "initial population"), then one batch per generation, so
+`--generations G --population P` makes P × (G + 1) evaluations."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class RandomEngine:
         self.batch = population
         self.rng = random.Random(seed)
         self.generation = 0
+        self.initialised = False  # the first batch is generation 0's population, not a generation
         self.archive: dict[Genome, Score] = {}
         self._pending: list[Request] = []
 
@@ -39,16 +43,19 @@ class RandomEngine:
         for request, score in results:
             self.archive[request.genome] = score
         self._pending = []
-        self.generation += 1
+        if self.initialised:
+            self.generation += 1
+        self.initialised = True
 
     def at_generation_boundary(self) -> bool:
-        return not self._pending
+        return self.initialised and not self._pending
 
     def front(self) -> list[tuple[Genome, Score]]:
         return pareto_front(self.archive, self.problem.budget_bytes)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"engine": self.name, "generation": self.generation, "rng": _rng_state(self.rng),
+        return {"engine": self.name, "generation": self.generation,
+                "initialised": self.initialised, "rng": _rng_state(self.rng),
                 "archive": [_pair(g, s) for g, s in sorted(self.archive.items())],
                 "pending": [[list(r.genome), r.stage] for r in self._pending]}
 
@@ -59,6 +66,7 @@ class RandomEngine:
             raise EvoError(f"checkpoint was written by engine {state.get('engine')!r}, not {self.name!r}: "
                            f"resume with --engine {state.get('engine')}")
         self.generation = int(state["generation"])
+        self.initialised = bool(state["initialised"])
         _set_rng_state(self.rng, state["rng"])
         self.archive = dict(_unpair(p) for p in state["archive"])
         self._pending = [Request(tuple(g), int(s)) for g, s in state["pending"]]
