@@ -1,0 +1,239 @@
+"""Shared pieces of the search benchmarks (search_quality.py, compare_engines.py): run a search in
+its own run directory with a size cache shared by every run, write a config's artifact from a copy
+of the model and measure its WikiText-2 perplexity, and run named jobs in parallel processes that
+each leave their result as JSON (so a second call resumes where the first stopped)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _common import bytes_on_disk
+from evo import artifact
+from evo.baselines import uniform_config
+from evo.config import CompressionConfig
+from evo.data import read_text
+from evo.evaluate import perplexity, tokenize_for_eval
+from evo.export import compress_and_write
+from evo.modelio import load_model
+from evo.search import REFERENCE_FILE, STATS_FILE, SearchSpec, open_session, run_search
+from evo.size import SizeCache
+from evo.sizemodel import SizeModel
+from evo.store import CALIBRATION_FILE, MANIFEST_FILE, SIZE_CACHE_DIR
+from evo.types import ATTENTION_ROLES
+
+MB = 1_000_000
+SEQ_LEN = 512  # WikiText-2 windows, the usual protocol
+UNIFORM_LOW, UNIFORM_HIGH = 3, 4  # the budget's width and the one shown for scale
+
+
+def say_as(tag: str):
+    def say(message: str) -> None:
+        print(f"[{tag} {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    return say
+
+
+def free_gpu() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def wikitext_ids(tokenizer) -> np.ndarray:
+    return tokenize_for_eval(tokenizer, read_text("wikitext2"))
+
+
+def artifact_ppl(directory: Path, ids: np.ndarray, args) -> float:
+    model, _ = artifact.load(directory, device=args.device)
+    ppl = perplexity(model, ids, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
+    del model
+    free_gpu()
+    return ppl
+
+
+def write_and_measure(loaded, config: CompressionConfig, directory: Path, ids: np.ndarray, args, *, stats=None,
+                       size_cache=None) -> dict:
+    """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL."""
+    twin = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+    summary = compress_and_write(twin, config, directory, stats=stats, size_cache=size_cache, overwrite=True)
+    del twin
+    free_gpu()
+    on_disk = bytes_on_disk(directory)
+    if on_disk != summary.total_bytes:
+        raise RuntimeError(f"{directory}: {on_disk} bytes on disk but the artifact summary says {summary.total_bytes}")
+    return {"bytes": summary.total_bytes, "ppl": artifact_ppl(directory, ids, args)}
+
+
+def describe_choice(config: CompressionConfig, info) -> dict:
+    """What a config spends its bytes on: embedding bits, per-layer bits of attention and MLP (a
+    digit per layer, '-' where the block is dropped), sparsity and rescale of the quantized units,
+    drops, and the parameter-weighted mean bit-width of the decoder linears that are kept."""
+    attention, mlp, sparsity, rescale = [], [], [], []
+    weighted = numel = 0
+    for layer in info.layers:
+        entry, drop = config.layer(layer.index), config.drop_for(layer.index)
+        for block, gone, out in (("attention", drop in ("attention", "layer"), attention),
+                                 ("mlp", drop in ("mlp", "layer"), mlp)):
+            setting = getattr(entry, block) or config.default
+            out.append("-" if gone else ("F" if setting.bits == 16 else str(setting.bits)))
+            if gone:
+                continue
+            if setting.quantized:
+                sparsity.append(setting.sparsity)
+                rescale.append(setting.rescale)
+            for lin in layer.linears:
+                if (lin.role in ATTENTION_ROLES) == (block == "attention"):
+                    weighted += setting.bits * lin.numel
+                    numel += lin.numel
+    return {
+        "embedding_bits": config.embedding.bits,
+        "attention_bits": "".join(attention),
+        "mlp_bits": "".join(mlp),
+        "drops": {str(k): v for k, v in config.drops.items()},
+        "mean_linear_bits": weighted / numel if numel else 0.0,
+        "sparse_units": sum(1 for s in sparsity if s > 0),
+        "sparsity_values": sorted({s for s in sparsity if s > 0}),
+        "rescaled_units": {repr(r): sum(1 for x in rescale if x == r) for r in sorted(set(rescale)) if r != 1.0},
+        "quantized_units": len(sparsity),
+    }
+
+
+def progress_printer(say, every: int):
+    state = {"next": 0}
+
+    def on_progress(p) -> None:
+        if p.evaluations_done >= state["next"] or p.evaluations_done == p.evaluations_total:
+            state["next"] = p.evaluations_done + every
+            best = f"best {p.best_quality:.4f} at {p.best_bytes / MB:.3f} MB" if p.best_quality is not None else "none yet"
+            say(f"gen {p.generation}/{p.generations} eval {p.evaluations_done}/{p.evaluations_total} {best}, "
+                f"{p.evals_per_second:.2f} new eval/s")
+
+    return on_progress
+
+
+def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None = None) -> bool:
+    """Make a run directory whose size cache is the benchmark's shared one; a new run may start from
+    another run's calibration set, statistics and dense reference. Returns whether it resumes."""
+    resume = (run_dir / MANIFEST_FILE).exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    link = run_dir / SIZE_CACHE_DIR
+    if not link.exists() and not link.is_symlink():
+        link.symlink_to(shared_cache.resolve(), target_is_directory=True)
+    if share_from is not None and not resume:
+        for name in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE):
+            if (share_from / name).exists() and not (run_dir / name).exists():
+                shutil.copy2(share_from / name, run_dir / name)
+    return resume
+
+
+def search(spec: SearchSpec, run_dir: Path, args, say, share_from: Path | None = None):
+    resume = prepare_run_dir(run_dir, Path(args.out) / SIZE_CACHE_DIR, share_from)
+    tic = time.perf_counter()
+    session = open_session(spec, run_dir, resume=resume, device=args.device, status=say)
+    searching = time.perf_counter()
+    result = run_search(session, on_progress=progress_printer(say, every=max(1, spec.population * 2)))
+    seconds = time.perf_counter() - tic
+    result.extra["search_seconds"] = time.perf_counter() - searching
+    say(f"{spec.engine} search: {result.evaluations} evaluations ({result.new_evaluations} new) in {seconds:.0f} s; "
+        f"best {result.best['quality']:.4f} at {result.best['size_bytes']:,} bytes")
+    session.evaluator.restore()
+    return session, result, seconds
+
+
+def journal(run_dir: Path) -> list[dict]:
+    path = run_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def job_baselines(args) -> dict:
+    say = say_as("baselines")
+    out = Path(args.out)
+    loaded = load_model(args.model, device=args.device)
+    ids = wikitext_ids(loaded.tokenizer)
+    cache = SizeCache(out / SIZE_CACHE_DIR)
+    result = {"model": loaded.info.model_id, "wikitext_tokens": int(min(ids.size, args.max_tokens))}
+    dense_ppl = perplexity(loaded.model, ids, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
+    dense_bytes = SizeModel.for_model(loaded, cache).artifact_bytes(uniform_config(16, embedding_bits=16))
+    result["dense"] = {"bytes": dense_bytes, "ppl": dense_ppl}
+    say(f"dense: {dense_bytes:,} bytes as a bf16 artifact, WikiText-2 PPL {dense_ppl:.3f}")
+    for bits in (UNIFORM_LOW, UNIFORM_HIGH):
+        measured = write_and_measure(loaded, uniform_config(bits), out / "artifacts" / f"uniform{bits}", ids, args,
+                                      size_cache=cache)
+        result[f"uniform{bits}"] = measured
+        say(f"uniform {bits}-bit: {measured['bytes']:,} bytes, WikiText-2 PPL {measured['ppl']:.3f}")
+    return result
+
+
+def read_baselines(args) -> dict:
+    return json.loads((Path(args.out) / "results" / "baselines.json").read_text())
+
+
+def run_job(args, name: str, job: Callable[[], dict]) -> dict:
+    """Run one job unless its result is already on disk; return the result."""
+    path = Path(args.out) / "results" / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    tic = time.perf_counter()
+    result = job()
+    result["wall_seconds"] = time.perf_counter() - tic
+    result["device"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, result)
+    return result
+
+
+def run_parallel(args, names: list[str], script_argv: list[str]) -> None:
+    """Each job in its own process (the script's own command line + `--only NAME`), at most --jobs at
+    a time, the CPU threads split between them; logs under out/logs."""
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(names), {}
+    base = [sys.executable, *script_argv, "--threads", str(max(1, (os.cpu_count() or 2) // args.jobs))]
+    failed = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            log = open(logs / f"{name}.log", "a")
+            running[name] = (subprocess.Popen(base + ["--only", name], stdout=log, stderr=subprocess.STDOUT), log,
+                             time.perf_counter())
+            print(f"started {name} (log {logs / (name + '.log')})", flush=True)
+        time.sleep(2)
+        for name, (proc, log, tic) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            print(f"{name} finished with exit code {proc.returncode} in {time.perf_counter() - tic:.0f} s", flush=True)
+            if proc.returncode != 0:
+                failed.append(name)
+                print("".join((logs / f"{name}.log").read_text().splitlines(keepends=True)[-30:]), flush=True)
+    if failed:
+        raise SystemExit(f"jobs failed: {', '.join(failed)}")
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 1:
+        return f"{values[0]:.4g}"
+    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+
+
