@@ -120,9 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="calibration set (evo calibrate) for wanda/linf pruning statistics; default: the embedded corpus")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
 
-    ev = sub.add_parser("eval", help="perplexity of a model or an artifact, the standard way")
+    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
     ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
-    ev.add_argument("--dataset", default="wikitext2", help="wikitext2, c4, calibration_mix or a PATH (default wikitext2)")
+    ev.add_argument("--dataset", default=None,
+                    help="perplexity on wikitext2, c4, calibration_mix or a PATH (default wikitext2 unless --tasks)")
+    ev.add_argument("--tasks", default=None,
+                    help="zero-shot tasks, comma-separated: hellaswag, piqa, arc_easy, arc_challenge, winogrande, "
+                         "boolq (name=PATH for another file)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
     ev.add_argument("--seq-len", type=int, default=512)
     ev.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens (whole windows)")
     ev.add_argument("--batch-size", type=int, default=4)
@@ -143,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
     se.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a .toml file")
-    se.add_argument("--engine", default="deap", help="deap (NSGA-II, default) or random")
+    se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
+    se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
     se.add_argument("--generations", type=int, default=10)
     se.add_argument("--population", type=int, default=12)
     se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
@@ -259,27 +265,64 @@ def eval_command(args: argparse.Namespace) -> int:
     import json
 
     from evo.data import read_text
+
+    tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
+    dataset = args.dataset or (None if tasks else "wikitext2")
+    text = read_text(dataset) if dataset else None
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    record: dict = {"model": args.model}
+    if text is not None:
+        record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
+    if tasks:
+        record["tasks"] = {name: result.to_dict() for name, result in _zero_shot(model, tokenizer, tasks, args)}
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    if text is not None:
+        table = Table(title=f"perplexity on {dataset}")
+        for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
+            table.add_column(key)
+        table.add_row(args.model, f"{record['ppl']:.3f}", f"{record['mean_nll']:.4f}", str(record["tokens_predicted"]),
+                      str(record["windows"]), str(record["seq_len"]))
+        out.print(table)
+    if tasks:
+        table = Table(title=f"zero-shot accuracy of {args.model}" + (f" (first {args.limit} items)" if args.limit else ""))
+        for key in ("task", "n", "acc", "acc_norm"):
+            table.add_column(key, justify="right")
+        for name, result in record["tasks"].items():
+            norm = f"{result['acc_norm']:.4f} ± {result['acc_norm_stderr']:.4f}" if result["acc_norm"] is not None else "-"
+            table.add_row(name, str(result["n"]), f"{result['acc']:.4f} ± {result['acc_stderr']:.4f}", norm)
+        out.print(table)
+    return 0
+
+
+def _load_tasks(args: argparse.Namespace):
+    from evo.tasks import TASKS, load_task, parse_tasks
+
+    if args.limit is not None and args.limit < 1:
+        raise EvoError("--limit must be at least 1")
+    return [(name, TASKS[name].metrics, load_task(name, path, args.limit)) for name, path in parse_tasks(args.tasks)]
+
+
+def _perplexity(model, tokenizer, text: str, args: argparse.Namespace):
     from evo.evaluate import perplexity, tokenize_for_eval
 
-    text = read_text(args.dataset)  # an unknown dataset fails before the model loads
-    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
     token_ids = tokenize_for_eval(tokenizer, text)
     with progress_bar() as progress:
         task = progress.add_task("perplexity", total=None)
-        result = perplexity(model, token_ids, seq_len=args.seq_len, max_tokens=args.max_tokens,
-                            batch_size=args.batch_size,
-                            progress=lambda done, total: progress.update(task, completed=done, total=total))
-    record = {"model": args.model, "dataset": args.dataset, **result.to_dict()}
-    if args.json:
-        print(json.dumps(record))
-    else:
-        table = Table(title=f"perplexity on {args.dataset}")
-        for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
-            table.add_column(key)
-        table.add_row(args.model, f"{result.ppl:.3f}", f"{result.mean_nll:.4f}", str(result.tokens_predicted),
-                      str(result.windows), str(result.seq_len))
-        out.print(table)
-    return 0
+        return perplexity(model, token_ids, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                          batch_size=args.batch_size,
+                          progress=lambda done, total: progress.update(task, completed=done, total=total))
+
+
+def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
+    from evo.zeroshot import score_task
+
+    with progress_bar() as progress:
+        for name, metrics, examples in tasks:
+            bar = progress.add_task(name, total=None)
+            yield name, score_task(name, model, tokenizer, examples, metrics=metrics, batch_size=4 * args.batch_size,
+                                   progress=lambda done, total, bar=bar: progress.update(bar, completed=done, total=total))
 
 
 def _search_spec(args: argparse.Namespace):
@@ -287,7 +330,7 @@ def _search_spec(args: argparse.Namespace):
 
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
-        engine=args.engine, generations=args.generations, population=args.population, fitness=args.fitness,
+        engine=args.engine, sampler=args.sampler, generations=args.generations, population=args.population, fitness=args.fitness,
         seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
         screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
         multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs),

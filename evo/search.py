@@ -39,6 +39,7 @@ class SearchSpec:
     corpus: tuple[str, ...] = ("calibration_mix",)
     space: str = "default"
     engine: str = "deap"
+    sampler: str | None = None  # optuna's sampler (tpe, nsga2, random); only with engine "optuna"
     generations: int = 10
     population: int = 12
     fitness: str = "kl"
@@ -60,6 +61,15 @@ class SearchSpec:
             raise EvoError(f"--fitness {self.fitness!r} is unknown: use kl or ppl")
         if self.generations < 0:
             raise EvoError("--generations must be 0 or more")
+        from evo.engines.base import check_engine
+
+        check_engine(self.engine)
+        if self.sampler is not None and self.engine != "optuna":
+            raise EvoError(f"--sampler applies to --engine optuna only (this run's engine is {self.engine})")
+        if self.engine == "optuna":
+            from evo.engines.optuna_engine import check_sampler
+
+            object.__setattr__(self, "sampler", check_sampler(self.sampler or "tpe"))
         if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
             raise EvoError("the screening stage must use at most the calibration set (sequences and tokens)")
 
@@ -117,8 +127,8 @@ StatusCallback = Callable[[str], None]
 
 def evaluations_planned(spec: SearchSpec) -> int:
     """Evaluations an uninterrupted run makes: the initial population, then per generation the
-    screened offspring and the survivors re-scored (DEAP), or one batch (random)."""
-    if spec.engine == "random":
+    screened offspring and the survivors re-scored (DEAP), or one batch (random, optuna)."""
+    if spec.engine != "deap":
         return spec.population * (spec.generations + 1)
     offspring = 2 * spec.population
     survivors = max(1, spec.population // 2) if spec.multi_stage else 0
@@ -174,9 +184,11 @@ def open_session(
         stored = SearchSpec.from_dict(store.spec()["search"])
         differing = stored.mismatches(spec)
         if differing:
+            stored_values, asked = stored.to_dict(), spec.to_dict()
+            details = ", ".join(f"{k} {stored_values[k]!r} in the run, {asked[k]!r} asked" for k in differing)
             raise EvoError(
-                f"run {run_dir} was started with other settings ({', '.join(differing)} differ): "
-                f"resume with the same options, or start a new run with another --run-dir"
+                f"run {run_dir} was started with other settings ({details}): "
+                f"resume with the run's options, or start a new run with another --run-dir"
             )
         if spec.generations < stored.generations:
             spec = replace(spec, generations=stored.generations)
@@ -240,7 +252,7 @@ def make_problem(session: SearchSession):
     spec = session.spec
     seeds = tuple(_seed_genomes(session))
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
-                      fixed_drops=session.space.fixed_drops, seeds=seeds)
+                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory)
     smallest = session.size_of(extreme_genome(problem, smallest=True))
     if spec.budget_bytes < smallest:
         raise EvoError(
@@ -280,7 +292,7 @@ def run_search(
     spec, store = session.spec, session.store
     problem = make_problem(session)
     engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
-                         **({"multi_stage": spec.multi_stage} if spec.engine == "deap" else {}))
+                         multi_stage=spec.multi_stage, sampler=spec.sampler)
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])

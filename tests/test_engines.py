@@ -84,7 +84,7 @@ def test_level_move_keeps_the_number_of_levels():
     assert sum(moved[i] for i in bits) == sum(genome[i] for i in bits) and moved != genome
 
 
-@pytest.mark.parametrize("engine_name", ["deap", "random"])
+@pytest.mark.parametrize("engine_name", ["deap", "random", "optuna"])
 def test_same_seed_same_front(engine_name):
     problem = make_problem()
     fronts = []
@@ -96,7 +96,7 @@ def test_same_seed_same_front(engine_name):
     assert all(score.size_bytes <= problem.budget_bytes for _, score in fronts[0])
 
 
-@pytest.mark.parametrize("engine_name", ["deap", "random"])
+@pytest.mark.parametrize("engine_name", ["deap", "random", "optuna"])
 def test_checkpoint_round_trip_continues_identically(engine_name):
     problem = make_problem()
     straight = make_engine(engine_name, problem, population=6, seed=5)
@@ -138,7 +138,7 @@ def test_unknown_engine():
         make_engine("cmaes", make_problem())
 
 
-@pytest.mark.parametrize("engine_name", ["deap", "random"])
+@pytest.mark.parametrize("engine_name", ["deap", "random", "optuna"])
 @pytest.mark.parametrize("generations", [0, 1, 3])
 def test_evaluation_count_matches_the_plan(engine_name, generations):
     """The progress bar's total and a benchmark's "equal evaluations" rely on this count."""
@@ -148,3 +148,47 @@ def test_evaluation_count_matches_the_plan(engine_name, generations):
     engine = make_engine(engine_name, problem, population=6, seed=2)
     spec = SearchSpec(budget_bytes=problem.budget_bytes, engine=engine_name, generations=generations, population=6)
     assert drive(engine, problem, generations) == evaluations_planned(spec)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_optuna_samplers_ask_under_budget_and_resume_exactly(sampler, tmp_path):
+    problem = make_problem()
+    problem = Problem(**{**problem.__dict__, "workdir": tmp_path})
+    straight = make_engine("optuna", problem, population=6, seed=3, sampler=sampler)
+    drive(straight, problem, generations=3)
+    assert all(score.size_bytes <= problem.budget_bytes for _, score in straight.front())
+    assert len(straight.told) == 6 * 4
+
+    first = make_engine("optuna", problem, population=6, seed=3, sampler=sampler)
+    drive(first, problem, generations=3, stop_after=1)
+    resumed = make_engine("optuna", problem, population=6, seed=3, sampler=sampler)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    drive(resumed, problem, generations=3)
+    assert [t["genome"] for t in resumed.told] == [t["genome"] for t in straight.told]
+
+
+def test_optuna_journal_opens_as_a_study(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    problem = make_problem()
+    problem = Problem(**{**problem.__dict__, "workdir": tmp_path})
+    engine = make_engine("optuna", problem, population=4, seed=0, sampler="tpe")
+    drive(engine, problem, generations=1)
+    study = optuna.load_study(study_name="evo", storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna_journal.log"))))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(engine.told) == 8
+    assert all(t.constraints["budget"] <= 0 for t in complete)
+    assert study.metric_names == ["quality", "size_bytes"]
+
+
+def test_unknown_sampler_and_sampler_without_optuna():
+    from evo.search import SearchSpec
+
+    with pytest.raises(EvoError, match="unknown sampler 'cmaes'"):
+        SearchSpec(budget_bytes=10, engine="optuna", sampler="cmaes")
+    with pytest.raises(EvoError, match="--engine optuna only"):
+        SearchSpec(budget_bytes=10, engine="deap", sampler="tpe")
+    with pytest.raises(EvoError, match="unknown engine"):
+        SearchSpec(budget_bytes=10, engine="cmaes")
+    assert SearchSpec(budget_bytes=10, engine="optuna").sampler == "tpe"

@@ -60,9 +60,10 @@ def journal_lines(run_dir: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path, budget_mb):
+@pytest.mark.parametrize("engine_args", [[], ["--engine", "optuna", "--sampler", "tpe"]], ids=["deap", "optuna"])
+def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path, budget_mb, engine_args):
     corpus = _corpus(tmp_path)
-    args = spec_args(tiny_model_dir("llama"), corpus, budget_mb[0])
+    args = spec_args(tiny_model_dir("llama"), corpus, budget_mb[0]) + engine_args
     straight = evo("search", *args, "--run-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     total = journal_lines(tmp_path / "straight")
@@ -87,6 +88,14 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path, bu
     front = json.loads((run_dir / "front.json").read_text())
     assert front == json.loads((tmp_path / "straight" / "front.json").read_text())
     assert (run_dir / "best.toml").read_text() == (tmp_path / "straight" / "best.toml").read_text()
+    if engine_args:  # the study the dashboard opens holds every evaluation once
+        optuna = pytest.importorskip("optuna")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna_journal.log")))
+        study = optuna.load_study(study_name="evo", storage=storage)
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(complete) == total
 
 
 def test_budget_out_of_reach_fails_before_any_evaluation(tiny_model_dir, tmp_path, budget_mb):
@@ -111,6 +120,15 @@ def test_resume_with_other_settings_is_refused(tiny_model_dir, tmp_path, budget_
     result = evo("search", *other, "--resume", str(run_dir))
     assert result.returncode == 2 and "seed" in result.stderr
     assert (run_dir / "journal.jsonl").read_bytes() == before
+    result = evo("search", *args, "--engine", "optuna", "--resume", str(run_dir))
+    assert result.returncode == 2 and "engine 'deap' in the run, 'optuna' asked" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (run_dir / "journal.jsonl").read_bytes() == before
+    for bad, message in ((["--engine", "cmaes"], "unknown engine 'cmaes'"),
+                         (["--engine", "optuna", "--sampler", "cmaes"], "unknown sampler 'cmaes'")):
+        result = evo("search", *args, *bad, "--run-dir", str(tmp_path / "bad"))
+        assert result.returncode == 2 and message in result.stderr
+        assert not (tmp_path / "bad").exists()
 
 
 def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, budget_mb):

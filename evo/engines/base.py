@@ -7,6 +7,7 @@ and exposes its state as JSON so a run directory can checkpoint and resume it ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from evo.errors import EvoError
@@ -40,6 +41,7 @@ class Problem:
     budget_bytes: int
     fixed_drops: int | None = None
     seeds: tuple[Genome, ...] = ()  # known configs to start from (warm start, --seed-configs)
+    workdir: Path | None = None  # the run directory, for engines that keep files of their own there
 
 
 class Engine(Protocol):
@@ -70,10 +72,15 @@ def register_engine(name: str):
     return wrap
 
 
-def make_engine(name: str, problem: Problem, **settings) -> Engine:
-    if not ENGINES:
-        import evo.engines.deap_engine  # noqa: F401  (each registers itself)
-        import evo.engines.random_engine  # noqa: F401
+def check_engine(name: str) -> str:
+    import evo.engines.deap_engine  # noqa: F401  (each registers itself; optuna is imported when used)
+    import evo.engines.optuna_engine  # noqa: F401
+    import evo.engines.random_engine  # noqa: F401
+
     if name not in ENGINES:
         raise EvoError(f"unknown engine {name!r}: use one of {', '.join(sorted(ENGINES))}")
-    return ENGINES[name](problem, **settings)
+    return name
+
+
+def make_engine(name: str, problem: Problem, **settings) -> Engine:
+    return ENGINES[check_engine(name)](problem, **settings)

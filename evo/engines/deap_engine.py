@@ -14,7 +14,7 @@ from typing import Any
 from deap import base, creator, tools
 
 from evo.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.engines.operators import drop_swap, fill, level_move, random_genome, repair, resample_genes
+from evo.engines.operators import drop_swap, fill, level_move, repair, resample_genes, warm_start
 from evo.errors import EvoError
 
 SCREEN_STAGE = 1
@@ -75,6 +75,7 @@ class DeapEngine:
         max_level_moves: int = 3,
         multi_stage: bool = True,
         seed: int = 0,
+        **_ignored: Any,  # settings meant for other engines (e.g. sampler)
     ) -> None:
         if population < 2:
             raise EvoError(f"--population {population} is too small: use at least 2")
@@ -142,36 +143,7 @@ class DeapEngine:
     # --- population building ------------------------------------------------------------------
 
     def _initial_population(self) -> list[Genome]:
-        """Warm start: seeds from a file, then uniform genomes at every bit-width that fits and
-        the next one repaired down to the budget, then random repaired genomes."""
-        problem, rng = self.problem, self.rng
-        chosen: list[Genome] = []
-
-        def add(genome: Genome) -> None:
-            genome = repair(genome, problem, rng)
-            if genome not in chosen:
-                chosen.append(genome)
-
-        for seed_genome in problem.seeds:
-            add(tuple(seed_genome))
-        bits_gene = next((g for g in problem.genes if g.kind == "bits"), None)
-        if bits_gene is not None:
-            for level in reversed(range(len(bits_gene.choices))):
-                uniform = tuple(
-                    level if gene.kind == "bits" else (len(gene.choices) - 1 if gene.kind in ("embedding_bits", "head_bits")
-                                                       else (gene.choices.index(1.0) if gene.kind == "rescale" and 1.0 in gene.choices else 0))
-                    for gene in problem.genes
-                )
-                if len(chosen) >= self.population_size:
-                    break
-                add(uniform)
-                if problem.size_of(uniform) <= problem.budget_bytes:
-                    break  # the largest uniform width that fits is in; narrower ones are dominated
-        attempts = 0
-        while len(chosen) < self.population_size and attempts < 50 * self.population_size:
-            add(random_genome(problem, rng))
-            attempts += 1
-        return chosen[: self.population_size]
+        return warm_start(self.problem, self.rng, self.population_size)
 
     def _offspring(self) -> list[Genome]:
         problem, rng = self.problem, self.rng

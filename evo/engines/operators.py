@@ -157,3 +157,40 @@ def extreme_genome(problem: Problem, *, smallest: bool) -> Genome:
     fixed = list(genome)
     fix_drops(fixed, problem, random.Random(0))  # all drop genes are equal in size: any K will do
     return tuple(fixed)
+
+
+def warm_start(problem: Problem, rng: random.Random, size: int) -> list[Genome]:
+    """A first population: seeds from a file, then uniform genomes at every bit-width that fits and
+    the next one repaired down to the budget, then random repaired genomes."""
+    chosen: list[Genome] = []
+
+    def add(genome: Genome) -> None:
+        genome = repair(genome, problem, rng)
+        if genome not in chosen:
+            chosen.append(genome)
+
+    for seed_genome in problem.seeds:
+        add(tuple(seed_genome))
+    bits_gene = next((g for g in problem.genes if g.kind == "bits"), None)
+    if bits_gene is not None:
+        for level in reversed(range(len(bits_gene.choices))):
+            if len(chosen) >= size:
+                break
+            uniform = tuple(level if gene.kind == "bits" else _uniform_value(gene) for gene in problem.genes)
+            add(uniform)
+            if problem.size_of(uniform) <= problem.budget_bytes:
+                break  # the largest uniform width that fits is in; narrower ones are dominated
+    attempts = 0
+    while len(chosen) < size and attempts < 50 * size:
+        add(random_genome(problem, rng))
+        attempts += 1
+    return chosen[:size]
+
+
+def _uniform_value(gene) -> int:
+    """A uniform configuration's other genes: widest embedding/head, no rescale, no sparsity or drop."""
+    if gene.kind in ("embedding_bits", "head_bits"):
+        return len(gene.choices) - 1
+    if gene.kind == "rescale" and 1.0 in gene.choices:
+        return gene.choices.index(1.0)
+    return 0
