@@ -164,6 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
 
+    rep = sub.add_parser("report", help="a run's Pareto front (table, PNG), convergence curve and evaluations CSV")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", default=None, help="folder for the report (default RUN_DIR/report)")
+    rep.add_argument("--baseline", action="append", default=[], metavar="NAME=MB:QUALITY",
+                     help="a reference point on the plot: NAME=MB:QUALITY or NAME=ARTIFACT_DIR:QUALITY (repeatable)")
+    bl = sub.add_parser("baseline", help="write the artifact of a baseline: uniform RTN or ShortGPT layer removal")
+    bls = bl.add_subparsers(dest="baseline", required=True, metavar="{uniform,shortgpt}")
+    uni = bls.add_parser("uniform", help="every decoder linear at --bits (RTN, asymmetric, int zero points)")
+    uni.add_argument("--bits", type=int, required=True, help="2, 3, 4, 5, 6, 8 (16 keeps bf16)")
+    uni.add_argument("--group-size", default="128", help="inputs per scale: 32, 64, 128 or channel (default 128)")
+    uni.add_argument("--embedding-bits", type=int, default=8, help="token embedding / tied head bits (default 8)")
+    sg = bls.add_parser("shortgpt", help="drop the --drop layers of lowest block influence (ShortGPT), rest bf16")
+    sg.add_argument("--drop", type=int, required=True, help="how many decoder layers to remove")
+    sg.add_argument("--calibration", default=None,
+                    help="CalibrationSet JSON (evo calibrate) for block influence (default: the embedded corpus)")
+    for baseline in (uni, sg):
+        _add_model_options(baseline)
+        baseline.add_argument("--out", required=True, help="artifact directory to write (config beside it as OUT.toml)")
+        baseline.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
     ex = sub.add_parser("export", help="write the best config of a run under a budget, and its artifact")
     ex.add_argument("run_dir")
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
@@ -438,6 +457,93 @@ def export_command(args: argparse.Namespace) -> int:
     out.print(f"config {config_path} ({spec.fitness} {point['quality']:.4f} recorded); artifact bytes "
               f"{summary.total_bytes:,} <= budget {budget:,}")
     return 0
+
+
+@command("report")
+def report_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evo.report import Baseline, build_report, write_report
+
+    baselines = tuple(Baseline.parse(text) for text in args.baseline)
+    report = build_report(args.run_dir)
+    paths = write_report(report, Path(args.out) if args.out else Path(args.run_dir) / "report", baselines)
+    table = Table(title=f"Pareto front of {args.run_dir} under {report.budget_bytes / 1e6:.3f} MB "
+                        f"({report.metric}, lower is better)")
+    for name in ("MB", report.metric, "evaluation #", "chosen"):
+        table.add_column(name, justify="right")
+    for entry in report.front:
+        table.add_row(f"{entry.size_bytes / 1e6:.3f}", f"{entry.quality:.4f}", str(entry.index),
+                      "*" if entry is report.chosen else "")
+    out.print(table)
+    summary = report.summary()
+    out.print(f"{summary['evaluations']} evaluations ({summary['final_stage_evaluations']} at the final stage), "
+              f"{summary['evaluation_seconds']:.0f} s evaluating, engine {report.engine}")
+    for kind, path in paths.items():
+        out.print(f"{kind}: {path}", soft_wrap=True, highlight=False)
+    return 0
+
+
+@command("baseline")
+def baseline_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from evo.export import compress_and_write
+
+    make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    config = make_config(loaded)
+    with step("compressing and writing the artifact"):
+        summary = compress_and_write(loaded, config, args.out, overwrite=args.overwrite)
+    config_path = Path(str(Path(args.out)).rstrip("/") + ".toml")
+    config.save(config_path)
+    render_artifact(summary)
+    out.print(f"config {config_path}; evaluate with `evo eval {args.out}`")
+    return 0
+
+
+def _uniform_baseline(args: argparse.Namespace):
+    from evo.baselines import uniform_config
+
+    group = args.group_size if args.group_size == "channel" else _positive_int(args.group_size, "--group-size")
+    config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits)
+    return lambda loaded: config
+
+
+def _shortgpt_baseline(args: argparse.Namespace):
+    from evo.baselines import block_influence, shortgpt_config
+    from evo.calibset import CalibrationSet
+    from evo.export import default_stats_tokens
+
+    if args.drop < 1:
+        raise EvoError(f"--drop {args.drop}: drop at least one layer")
+    calibration = CalibrationSet.load(args.calibration) if args.calibration else None
+
+    def make(loaded):
+        if args.drop >= loaded.info.num_layers:
+            raise EvoError(f"--drop {args.drop}: the model has {loaded.info.num_layers} decoder layers; "
+                           f"drop between 1 and {loaded.info.num_layers - 1}")
+        tokens = calibration.calibration.token_ids if calibration else default_stats_tokens(loaded.tokenizer)
+        with step(f"block influence of {loaded.info.num_layers} layers on {len(tokens)} sequences"):
+            influence = block_influence(loaded.model, loaded.info, tokens)
+        config = shortgpt_config(influence, args.drop)
+        out.print("dropping layers " + ", ".join(f"{i} (BI {influence[i]:.4f})" for i in sorted(config.drops)))
+        return config
+
+    return make
+
+
+BASELINES = {"uniform": _uniform_baseline, "shortgpt": _shortgpt_baseline}
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EvoError(f"{option} {text!r}: use a positive integer or 'channel'")
+    return value
 
 
 @command("analyze")

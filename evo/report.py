@@ -1,0 +1,200 @@
+"""What a run found, for people: the Pareto front (table + PNG), the convergence curve, and every
+evaluation as CSV. Reads the run directory only (journal, spec); never loads the model.
+
+The front is recomputed from the journal's final-stage evaluations (the engines' archive), so a
+report of a run still in progress is up to date; the chosen point is the one `evo export` takes:
+the best quality under the budget, the smaller artifact on a tie.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from evo.errors import EvoError
+from evo.store import JournalEntry, RunStore
+
+FINAL_STAGE = 2  # evo.engines.deap_engine.FINAL_STAGE; screens (stage 1) are on fewer tokens
+MB = 1_000_000
+CSV_COLUMNS = ("index", "stage", "quality", "size_bytes", "size_mb", "seconds", "under_budget", "on_front", "genome")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A reference point drawn on the Pareto plot: `NAME=MB:QUALITY` or `NAME=ARTIFACT_DIR:QUALITY`."""
+
+    name: str
+    size_bytes: int
+    quality: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Baseline":
+        name, sep, rest = text.partition("=")
+        where, colon, quality = rest.rpartition(":")
+        if not sep or not colon or not name.strip():
+            raise EvoError(f"--baseline {text!r}: write NAME=MB:QUALITY or NAME=ARTIFACT_DIR:QUALITY")
+        try:
+            value = float(quality)
+        except ValueError:
+            raise EvoError(f"--baseline {text!r}: quality {quality!r} is not a number") from None
+        return cls(name.strip(), _baseline_bytes(where, text), value)
+
+
+def _baseline_bytes(where: str, text: str) -> int:
+    path = Path(where)
+    if path.is_dir():
+        from evo.artifact import read_manifest
+
+        return int(read_manifest(path).total_bytes)
+    try:
+        return int(round(float(where) * MB))
+    except ValueError:
+        raise EvoError(f"--baseline {text!r}: {where!r} is neither a size in MB nor an artifact directory") from None
+
+
+@dataclass(frozen=True)
+class RunReport:
+    run_dir: Path
+    metric: str
+    budget_bytes: int
+    engine: str
+    entries: tuple[JournalEntry, ...]
+    front: tuple[JournalEntry, ...]  # final-stage, under budget, non-dominated, by size
+    chosen: JournalEntry | None
+
+    @property
+    def final(self) -> list[JournalEntry]:
+        return [e for e in self.entries if e.stage == FINAL_STAGE]
+
+    def convergence(self) -> list[tuple[int, float]]:
+        """(evaluations so far, best final-stage quality under budget) at each improvement."""
+        best, points = float("inf"), []
+        for count, entry in enumerate(self.entries, start=1):
+            if entry.stage == FINAL_STAGE and entry.size_bytes <= self.budget_bytes and entry.quality < best:
+                best = entry.quality
+                points.append((count, best))
+        return points
+
+    def summary(self) -> dict:
+        chosen = self.chosen
+        return {
+            "run_dir": str(self.run_dir), "engine": self.engine, "metric": self.metric,
+            "budget_bytes": self.budget_bytes, "evaluations": len(self.entries),
+            "final_stage_evaluations": len(self.final), "front_size": len(self.front),
+            "evaluation_seconds": round(sum(e.seconds for e in self.entries), 3),
+            "best": None if chosen is None else {"index": chosen.index, "quality": chosen.quality,
+                                                 "size_bytes": chosen.size_bytes, "genome": list(chosen.genome)},
+        }
+
+
+def build_report(run_dir: str | Path) -> RunReport:
+    store = RunStore.open(run_dir)  # a directory that is not a run fails here, on one line
+    search = store.spec()["search"]
+    budget = int(search["budget_bytes"])
+    entries = tuple(store.entries())
+    if not entries:
+        raise EvoError(f"run {run_dir} has no finished evaluation yet: nothing to report")
+    front = _front([e for e in entries if e.stage == FINAL_STAGE], budget)
+    chosen = min(front, key=lambda e: (e.quality, e.size_bytes)) if front else None
+    return RunReport(Path(run_dir), str(search.get("fitness", "kl")), budget, str(search.get("engine", "deap")),
+                     entries, tuple(front), chosen)
+
+
+def _front(entries: list[JournalEntry], budget: int) -> list[JournalEntry]:
+    best, front = float("inf"), []
+    for entry in sorted((e for e in entries if e.size_bytes <= budget), key=lambda e: (e.size_bytes, e.quality, e.index)):
+        if entry.quality < best:
+            front.append(entry)
+            best = entry.quality
+    return front
+
+
+def write_csv(report: RunReport, path: Path) -> Path:
+    on_front = {e.index for e in report.front}
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for e in report.entries:
+            writer.writerow([e.index, e.stage, repr(e.quality), e.size_bytes, f"{e.size_bytes / MB:.6f}",
+                             f"{e.seconds:.4f}", int(e.size_bytes <= report.budget_bytes), int(e.index in on_front),
+                             ".".join(str(g) for g in e.genome)])
+    return path
+
+
+def plot_pareto(report: RunReport, path: Path, baselines: tuple[Baseline, ...] = ()) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    final = report.final
+    ax.scatter([e.size_bytes / MB for e in final], [e.quality for e in final], s=10, color="0.7",
+               label=f"evaluations ({len(final)}, final stage)", zorder=1)
+    if report.front:
+        xs = [e.size_bytes / MB for e in report.front]
+        ys = [e.quality for e in report.front]
+        ax.step(xs, ys, where="post", color="tab:blue", zorder=2)
+        ax.scatter(xs, ys, s=22, color="tab:blue", label=f"Pareto front ({len(xs)})", zorder=3)
+    ax.axvline(report.budget_bytes / MB, color="tab:red", linestyle="--", label=f"budget {report.budget_bytes / MB:.3f} MB")
+    if report.chosen is not None:
+        c = report.chosen
+        ax.scatter([c.size_bytes / MB], [c.quality], s=140, marker="*", color="tab:orange", zorder=4,
+                   label=f"chosen: {report.metric} {c.quality:.4g} at {c.size_bytes / MB:.3f} MB")
+    markers = "sD^vP"
+    for i, b in enumerate(baselines):
+        ax.scatter([b.size_bytes / MB], [b.quality], s=60, marker=markers[i % len(markers)], zorder=4,
+                   label=f"{b.name}: {b.quality:.4g} at {b.size_bytes / MB:.3f} MB")
+    qualities = [e.quality for e in final] + [b.quality for b in baselines]
+    if qualities and min(qualities) > 0 and max(qualities) / min(qualities) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel("artifact size on disk (MB = 10^6 bytes)")
+    ax.set_ylabel(f"{report.metric} (lower is better)")
+    ax.set_title(f"{report.run_dir.name}: {report.engine}, {len(report.entries)} evaluations")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_convergence(report: RunReport, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    points = report.convergence()
+    if points:
+        xs, ys = zip(*points)
+        xs, ys = list(xs) + [len(report.entries)], list(ys) + [ys[-1]]
+        ax.step(xs, ys, where="post", color="tab:blue")
+    ax.set_xlabel("evaluations (journal order; stage-1 screens counted)")
+    ax.set_ylabel(f"best {report.metric} under budget")
+    ax.set_title(f"{report.run_dir.name}: convergence")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: RunReport, out_dir: Path, baselines: tuple[Baseline, ...] = ()) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": write_csv(report, out_dir / "evaluations.csv"),
+        "pareto": plot_pareto(report, out_dir / "pareto.png", baselines),
+        "convergence": plot_convergence(report, out_dir / "convergence.png"),
+    }
+    summary = {**report.summary(), "baselines": [asdict(b) for b in baselines],
+               "front": [{"index": e.index, "quality": e.quality, "size_bytes": e.size_bytes} for e in report.front]}
+    paths["json"] = out_dir / "report.json"
+    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
