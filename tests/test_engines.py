@@ -192,3 +192,11 @@ def test_unknown_sampler_and_sampler_without_optuna():
     with pytest.raises(EvoError, match="unknown engine"):
         SearchSpec(budget_bytes=10, engine="cmaes")
     assert SearchSpec(budget_bytes=10, engine="optuna").sampler == "tpe"
+
+
+def test_repair_keeps_at_least_one_layer():
+    problem = make_problem()
+    everything_dropped = tuple(1 if gene.kind == "drop" else 0 for gene in problem.genes)
+    repaired = repair(everything_dropped, problem, random.Random(0))
+    drops = [problem.genes[i].choices[v] for i, v in enumerate(repaired) if problem.genes[i].kind == "drop"]
+    assert drops.count("none") == 1 and drops.count("layer") == len(drops) - 1

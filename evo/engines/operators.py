@@ -32,12 +32,21 @@ def fix_drops(genome: list[int], problem: Problem, rng: random.Random) -> None:
         dropped.append(i)
 
 
+def keep_a_layer(genome: list[int], problem: Problem, rng: random.Random) -> None:
+    """A model needs at least one decoder layer: when every layer is dropped, keep a random one."""
+    drop_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "drop"]
+    if drop_genes and all(problem.genes[i].choices[genome[i]] == "layer" for i in drop_genes):
+        i = rng.choice(drop_genes)
+        genome[i] = problem.genes[i].choices.index("none")
+
+
 def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     """Bring a genome under budget by lowering bit-widths one level at a time, on a random gene
     each step; only when every width is at its lowest, raise sparsity. Drops are left to the
     search: they cost quality in jumps."""
     fixed = list(genome)
     fix_drops(fixed, problem, rng)
+    keep_a_layer(fixed, problem, rng)
     size = problem.size_of(tuple(fixed))
     while size > problem.budget_bytes:
         candidates = [i for i, gene in enumerate(problem.genes) if gene.kind in SHRINK_KINDS and fixed[i] > 0]
