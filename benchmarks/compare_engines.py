@@ -14,7 +14,10 @@ CCDS calibration draw (the same for every engine of that seed) and the engine's 
 For the best configuration under budget of each run: calibration KL (the run's record), WikiText-2
 perplexity of its artifact written and reloaded, and its bytes. Per engine: wall seconds per
 evaluation, and the engine's own overhead per evaluation = (time inside the search loop − time
-spent evaluating) / evaluations, which covers ask/tell, the journal and the checkpoints.
+spent evaluating) / evaluations. It covers ask/tell, the journal, the checkpoints and, above all,
+the exact size of every genome a repair step tries (new (tensor, setting) pairs are coded on the
+CPU inside ask()). `--engine-overhead` measures the engines alone on a synthetic problem shaped like
+the default space on SmolLM2-135M (211 genes, sizes and qualities from formulas, no model).
 """
 
 from __future__ import annotations
@@ -151,7 +154,48 @@ def render(baselines: dict, runs: dict[str, list[dict]]) -> str:
             lines.append(f"  {name:<14} / deap {mean_std(ppl):>24} {mean_std(kl):>14}")
     lines.append("")
     lines.append("s / eval: wall time inside the search loop per evaluation (4 engines x seeds sharing one machine); "
-                 "overhead: that minus the time spent evaluating, i.e. ask/tell + journal + checkpoints")
+                 "overhead: that minus the time spent evaluating = engine + journal + checkpoints + the exact "
+                 "size of every genome repair tries (see --engine-overhead for the engines alone)")
+    return "\n".join(lines)
+
+
+def engine_overhead(population: int = 16, generations: int = 12) -> str:
+    """ask + tell time per evaluation of each engine alone, on a synthetic 211-gene problem."""
+    import tempfile
+
+    from evo.engines import Problem, Score, make_engine
+    from evo.space import Gene
+
+    bits, embedding = (2, 3, 4, 5, 6, 8), (3, 4, 5, 6, 8)
+    genes = []
+    for unit in range(60):
+        genes += [Gene(f"u{unit}.bits", "bits", bits, unit, unit // 2),
+                  Gene(f"u{unit}.rescale", "rescale", (0.9, 1.0, 1.25), unit, unit // 2),
+                  Gene(f"u{unit}.sparsity", "sparsity", (0.0, 0.1, 0.25), unit, unit // 2)]
+    genes += [Gene(f"layer{i}.drop", "drop", ("none", "attention", "mlp", "layer"), None, i) for i in range(30)]
+    genes.append(Gene("embedding.bits", "embedding_bits", embedding))
+
+    def size_of(g):
+        return int(sum(bits[g[3 * u]] * (1 - 0.1 * g[3 * u + 2]) for u in range(60)) * 1000 + embedding[g[-1]] * 5000)
+
+    def quality(g):
+        return sum((1 + u / 60) / bits[g[3 * u]] for u in range(60)) + 0.1 * sum(g[3 * u + 2] for u in range(60))
+
+    budget = size_of(tuple([1] * 180 + [0] * 30 + [4]))
+    lines = [f"engine overhead alone (synthetic {len(genes)}-gene problem, population {population}, "
+             f"{generations} generations; ask + tell + optuna journal, no model)"]
+    for name in ENGINES:
+        engine_name, sampler = ENGINES[name]
+        with tempfile.TemporaryDirectory() as workdir:
+            problem = Problem(genes=tuple(genes), size_of=size_of, budget_bytes=budget, workdir=Path(workdir))
+            engine = make_engine(engine_name, problem, population=population, seed=0, sampler=sampler)
+            count, tic = 0, time.perf_counter()
+            while engine.generation < generations or not engine.at_generation_boundary():
+                requests = engine.ask()
+                engine.tell([(r, Score(quality(r.genome), size_of(r.genome))) for r in requests])
+                count += len(requests)
+            seconds = time.perf_counter() - tic
+        lines.append(f"  {name:<14} {count:>4} evaluations  {1000 * seconds / count:7.1f} ms / evaluation")
     return "\n".join(lines)
 
 
@@ -168,8 +212,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/compare_engines", help="run directories and results go here")
     parser.add_argument("--jobs", type=int, default=1, help="(seed, engine) runs in this many parallel processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--engine-overhead", action="store_true", help="only time the engines on a synthetic problem")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers
     args = parser.parse_args()
+    if args.engine_overhead:
+        print(engine_overhead())
+        return
     unknown = [e for e in args.engines if e not in ENGINES]
     if unknown:
         parser.error(f"unknown engine(s) {', '.join(unknown)}: use {', '.join(ENGINES)}")
