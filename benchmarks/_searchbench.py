@@ -201,6 +201,13 @@ def run_job(args, name: str, job: Callable[[], dict]) -> dict:
     return result
 
 
+def common_argv(script: str, args) -> list[str]:
+    """The command line a job process is started with: the script and the options every job shares."""
+    return [script, "--device", args.device, "--model", args.model, "--out", args.out, "--generations",
+            str(args.generations), "--population", str(args.population), "--max-tokens", str(args.max_tokens),
+            "--seeds", str(args.seeds)]
+
+
 def run_parallel(args, names: list[str], script_argv: list[str]) -> None:
     """Each job in its own process (the script's own command line + `--only NAME`), at most --jobs at
     a time, the CPU threads split between them; logs under out/logs."""

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from _searchbench import (
+    common_argv,
     MB,
     SEQ_LEN,
     UNIFORM_LOW,
@@ -115,9 +116,7 @@ def job(args, job_name: str) -> dict:
 
 
 def script_argv(args) -> list[str]:
-    return [__file__, "--device", args.device, "--model", args.model, "--out", args.out, "--generations",
-            str(args.generations), "--population", str(args.population), "--max-tokens", str(args.max_tokens),
-            "--seeds", str(args.seeds), "--engines", ",".join(args.engines)]
+    return common_argv(__file__, args) + ["--engines", ",".join(args.engines)]
 
 
 def render(baselines: dict, runs: dict[str, list[dict]]) -> str:

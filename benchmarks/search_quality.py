@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from _searchbench import (
+    common_argv,
     MB,
     SEQ_LEN,
     UNIFORM_HIGH,
@@ -220,9 +221,7 @@ def job(args, name: str) -> dict:
 
 
 def script_argv(args) -> list[str]:
-    return [__file__, "--device", args.device, "--model", args.model, "--out", args.out, "--generations",
-            str(args.generations), "--population", str(args.population), "--max-tokens", str(args.max_tokens),
-            "--seeds", str(args.seeds)]
+    return common_argv(__file__, args)
 
 
 def main() -> None:

@@ -95,25 +95,28 @@ def _single_context(context: str, choices: list[str], label: int, path: Path, li
         raise _fail(path, line, str(exc)) from None
 
 
-def _query_choices(path: Path) -> list[Example]:
-    """llm-foundry's {"query", "choices", "gold"} (ARC), prompted as lm-eval's "Question: ...\\nAnswer:"."""
+def _query_records(path: Path, *, strip_prefix: str = "", fixed_choices: tuple[str, ...] | None = None) -> list[Example]:
+    """llm-foundry's {"query", "choices", "gold"} records, prompted as lm-eval prompts them:
+    the query (less `strip_prefix`) + "\nAnswer:", each choice after a space."""
     examples = []
     for line, record in _jsonl(path):
         query = _field(record, "query", str, path, line)
-        choices = _field(record, "choices", list, path, line)
+        choices = list(fixed_choices) if fixed_choices else _field(record, "choices", list, path, line)
         gold = _field(record, "gold", int, path, line)
+        if strip_prefix and query.startswith(strip_prefix):
+            query = query[len(strip_prefix):]
         examples.append(_single_context(f"{query}\nAnswer:", [f" {c}" for c in choices], gold, path, line))
     return examples
 
 
+def _query_choices(path: Path) -> list[Example]:
+    """ARC: "Question: {question}\nAnswer:" and the answer texts."""
+    return _query_records(path)
+
+
 def _boolq(path: Path) -> list[Example]:
-    examples = []
-    for line, record in _jsonl(path):
-        query = _field(record, "query", str, path, line)
-        gold = _field(record, "gold", int, path, line)
-        passage = query[len("Passage: "):] if query.startswith("Passage: ") else query
-        examples.append(_single_context(f"{passage}\nAnswer:", [" no", " yes"], gold, path, line))
-    return examples
+    """BoolQ: "{passage}\nQuestion: {question}?\nAnswer:" and " no" / " yes"."""
+    return _query_records(path, strip_prefix="Passage: ", fixed_choices=("no", "yes"))
 
 
 def _winogrande(path: Path) -> list[Example]:
