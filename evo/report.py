@@ -148,7 +148,7 @@ def plot_pareto(report: RunReport, path: Path, baselines: tuple[Baseline, ...] =
         ax.set_yscale("log")
     ax.set_xlabel("artifact size on disk (MB = 10^6 bytes)")
     ax.set_ylabel(f"{report.metric} (lower is better)")
-    ax.set_title(f"{report.run_dir.name}: {report.engine}, {len(report.entries)} evaluations")
+    ax.set_title(f"{_run_name(report.run_dir)}: {report.engine}, {len(report.entries)} evaluations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -167,7 +167,7 @@ def plot_convergence(report: RunReport, path: Path) -> Path:
         ax.step(xs, ys, where="post", color="tab:blue")
     ax.set_xlabel("evaluations (journal order; stage-1 screens counted)")
     ax.set_ylabel(f"best {report.metric} under budget")
-    ax.set_title(f"{report.run_dir.name}: convergence")
+    ax.set_title(f"{_run_name(report.run_dir)}: convergence")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -198,3 +198,8 @@ def _pyplot():
     return plt
 
 
+
+
+def _run_name(run_dir: Path) -> str:
+    """The run directory's last two parts: `runs/NAME` or, for benchmark runs, `seed0/deap`."""
+    return "/".join(run_dir.resolve().parts[-2:])
