@@ -60,6 +60,26 @@ def tiny_opt():
 
 
 @pytest.fixture
+def tiny_mistral():
+    """Mistral: Llama's layout with a sliding window (the KV cache holds sliding-window layers)."""
+    from transformers import MistralConfig
+
+    return _build(
+        MistralConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=128,
+            sliding_window=6,
+            tie_word_embeddings=False,
+        )
+    )
+
+
+@pytest.fixture
 def tiny_qwen2():
     """Qwen2: q/k/v biases and per-layer layer_types."""
     from transformers import Qwen2Config

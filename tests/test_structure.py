@@ -93,23 +93,67 @@ def test_drop_mlp_equals_zero_down_projection(fixture, request):
     torch.testing.assert_close(_logits(model), expected, rtol=0, atol=1e-6)
 
 
-def test_cached_decoding_matches_full_forward_after_drops(tiny_llama):
-    info = describe_model(tiny_llama)
-    # Layer 0 is where transformers reads the past length from: with its attention dropped, the
-    # placeholder cache must still grow, or later positions get wrong rotary angles and masks.
-    kept = apply_drops(tiny_llama, info, {0: "attention", 1: "layer", 2: "mlp"})
-    assert kept == (0, 2, 3)
+def _cache_kwarg(model) -> str:
+    """The keyword this transformers version takes the KV cache by (`cache` from 5.24 on)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+# Layer 0 is where transformers reads the past length from: with its attention dropped, the
+# placeholder cache must still grow, or later positions get wrong rotary angles and masks.
+FAMILY_DROPS = {
+    "tiny_llama": {0: "attention", 1: "layer", 2: "mlp"},
+    "tiny_qwen2": {0: "attention", 1: "layer", 2: "mlp"},
+    "tiny_mistral": {0: "attention", 1: "layer", 2: "mlp"},
+    "tiny_opt": {0: "attention", 1: "layer"},
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(FAMILY_DROPS))
+def test_cached_decoding_matches_full_forward_after_drops(fixture, request):
+    model = request.getfixturevalue(fixture)
+    info = describe_model(model)
+    drops = FAMILY_DROPS[fixture]
+    kept = apply_drops(model, info, drops)
+    assert kept == tuple(i for i in range(info.num_layers) if drops.get(i) != "layer")
     ids = torch.arange(3, 13)[None]
+    cache_kwarg = _cache_kwarg(model)
     with torch.no_grad():
-        full = tiny_llama(input_ids=ids).logits
-        out = tiny_llama(input_ids=ids[:, :6], use_cache=True)
-        past, steps = out.past_key_values, []
+        full = model(input_ids=ids).logits
+        out = model(input_ids=ids[:, :6], use_cache=True)
+        cache, steps = out.past_key_values, []
         for t in range(6, 10):
-            out = tiny_llama(input_ids=ids[:, t : t + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_kwarg: cache})
+            cache = out.past_key_values
             steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 6:10], rtol=0, atol=1e-5)
-    assert tiny_llama.generate(ids[:, :4], max_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+@pytest.mark.parametrize("fixture", sorted(FAMILY_DROPS))
+def test_generate_with_drops_equals_full_forward_token_for_token(fixture, request):
+    """model.generate (KV cache on) picks the tokens greedy decoding over full forwards picks."""
+    model = request.getfixturevalue(fixture)
+    apply_drops(model, describe_model(model), FAMILY_DROPS[fixture])
+    prompt = torch.arange(3, 8)[None]
+    new_tokens = 10  # past Mistral's sliding window of 6
+    with torch.no_grad():
+        generated = model.generate(
+            prompt,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
+        ids, expected_scores = prompt, []
+        for _ in range(new_tokens):
+            logits = model(input_ids=ids).logits[:, -1]
+            expected_scores.append(logits)
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    assert generated.sequences.tolist() == ids.tolist()
+    torch.testing.assert_close(torch.stack(generated.scores, 1), torch.stack(expected_scores, 1), rtol=0, atol=1e-5)
 
 
 def test_bad_drops_are_refused(tiny_llama):

@@ -39,7 +39,7 @@ class ZeroAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor | None = None, *args, **kwargs):
         if hidden_states is None:
             hidden_states = args[0]
-        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        cache = _cache_argument(kwargs)
         if cache is not None and self.layer_idx is not None and hasattr(cache, "update"):
             placeholder = hidden_states.new_zeros(hidden_states.shape[0], 1, hidden_states.shape[1], 1)
             cache.update(placeholder, placeholder, self.layer_idx)
@@ -47,6 +47,20 @@ class ZeroAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}"
+
+
+# The name under which decoder layers hand the KV cache to their attention block: `past_key_value`
+# (transformers 4.45-4.55), `past_key_values` (4.56-5.23), `cache` (5.24+, the older name
+# deprecated). The newest first; a layer passes exactly one of them.
+_CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+
+
+def _cache_argument(kwargs: Mapping[str, object]):
+    for name in _CACHE_KWARGS:
+        cache = kwargs.get(name)
+        if cache is not None:
+            return cache
+    return None
 
 
 class ZeroBlock(nn.Module):
