@@ -9,7 +9,7 @@ Steps, each cached in --build-dir / --work-dir so a second run redoes nothing it
 1. Build llama-quantize, llama-imatrix and llama-perplexity (CMake, static, CPU with -march=native;
    `--cuda` adds the CUDA backend) from the llama.cpp source vendored in the llama-cpp-python sdist:
    --source takes the sdist (.tar.gz, `pip download --no-deps --no-binary :all: llama-cpp-python`),
-   the pruned tarball scripts/device/prepare_local.sh writes (.llamacpp/llama.cpp.tar.zst), or a
+   the pruned tarball scripts/device/prepare_local.sh writes (.llamacpp/llama.cpp.tar.xz), or a
    source directory. `--llama-bin DIR` uses binaries built elsewhere.
 2. An importance matrix of the source GGUF on evo's embedded calibration corpus (the six domains
    interleaved in slices of --slice-chars, so the first --imatrix-chunks chunks cover all of them).
@@ -123,17 +123,24 @@ def _find_llamacpp_root(top: Path) -> Path:
 def _extract(archive: Path, dest: Path) -> None:
     name = archive.name.lower()
     if name.endswith((".tar.zst", ".tzst")):
-        import zstandard
-
+        try:
+            import zstandard
+        except ImportError:  # the zstd program does as well
+            if shutil.which("zstd") is None:
+                raise BenchError(f"--source {archive}: install zstandard or zstd, or pass the .tar.xz") from None
+            with subprocess.Popen(["zstd", "-dc", "--long=31", str(archive)], stdout=subprocess.PIPE) as proc:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                    tar.extractall(dest, filter="data")
+            return
         with open(archive, "rb") as raw:
             reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(raw)
             with tarfile.open(fileobj=reader, mode="r|") as tar:
                 tar.extractall(dest, filter="data")
-    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+    elif name.endswith((".tar.xz", ".txz", ".tar.gz", ".tgz", ".tar")):  # the standard library reads these
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")
     else:
-        raise BenchError(f"--source {archive}: use a llama.cpp directory, a .tar.zst or the llama-cpp-python sdist (.tar.gz)")
+        raise BenchError(f"--source {archive}: use a llama.cpp directory, a .tar.xz/.tar.zst or the llama-cpp-python sdist (.tar.gz)")
 
 
 def prepare_source(source: Path, build_dir: Path) -> Path:
@@ -168,7 +175,7 @@ def build_llamacpp(src: Path, build_dir: Path, *, jobs: int, cuda: bool, cuda_ar
         raise BenchError("cmake is not on PATH: install it (pip install cmake) or pass --llama-bin DIR")
     options = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_OPENSSL=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-               "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_TOOLS=ON"]
+               "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DGGML_CCACHE=OFF"]
     if cuda:
         options += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
@@ -349,6 +356,14 @@ def _load(path: str, kind: str, device: str, dtype: str):
     return loaded.model, loaded.tokenizer
 
 
+def _quiet_transformers() -> None:
+    """No per-tensor progress bars from transformers' GGUF loader in a log of dozens of loads."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def evaluate_inproc(task: dict) -> dict:
     """evo's perplexity of one file on each dataset: {dataset: result dict}, or {'error': ...}."""
     import torch
@@ -357,6 +372,7 @@ def evaluate_inproc(task: dict) -> dict:
 
     if task["deadline"] is not None and time.time() > task["deadline"]:
         return {"status": "not run", "detail": "deadline reached before evaluation"}
+    _quiet_transformers()
     torch.set_num_threads(task["threads"])
     tic = time.perf_counter()
     try:
@@ -407,7 +423,7 @@ def evaluate_rows(rows: list[Row], args, deadline: float | None) -> None:
     """Fill row.eval for every row with a file, from the cache in work_dir/eval when its key matches."""
     cache_dir = args.work_dir / "eval"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
+    todo, cached = [], 0
     for row in rows:
         if row.status != "ok":
             continue
@@ -419,13 +435,14 @@ def evaluate_rows(rows: list[Row], args, deadline: float | None) -> None:
         key["via"] = args.eval_via
         cache = cache_dir / (hashlib.sha256(row.path.encode()).hexdigest()[:16] + ".json")
         if cache.is_file():
-            cached = json.loads(cache.read_text())
-            if cached["key"] == key:
-                _apply(row, cached["result"])
+            record = json.loads(cache.read_text())
+            if record["key"] == key:
+                _apply(row, record["result"])
+                cached += 1
                 continue
         todo.append((row, task, key, cache))
     worker = evaluate_cli if args.eval_via == "cli" else evaluate_inproc
-    print(f"evaluating {len(todo)} files ({len(rows) - len(todo)} cached) with {args.eval_workers} worker(s) "
+    print(f"evaluating {len(todo)} files ({cached} cached) with {args.eval_workers} worker(s) "
           f"on {args.device}", flush=True)
 
     def finish(row, key, cache, result, done):
@@ -527,11 +544,13 @@ def render_plain(rows: list[Row], datasets: list[str]) -> str:
 
 
 def _versions() -> dict:
+    from importlib import metadata
+
     versions = {"python": sys.version.split()[0]}
     for name in ("torch", "transformers", "gguf", "numpy"):
         try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # a missing package is reported, not fatal, here
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             versions[name] = "missing"
     try:
         import torch
@@ -549,8 +568,8 @@ def _versions() -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="source GGUF: evo alias or .gguf path (default smollm2-135m)")
-    p.add_argument("--source", type=Path, default=REPO / ".llamacpp" / "llama.cpp.tar.zst",
-                   help="llama.cpp source: directory, pruned .tar.zst, or llama-cpp-python sdist .tar.gz")
+    p.add_argument("--source", type=Path, default=REPO / ".llamacpp" / "llama.cpp.tar.xz",
+                   help="llama.cpp source: directory, pruned .tar.xz/.tar.zst, or the llama-cpp-python sdist .tar.gz")
     p.add_argument("--llama-bin", type=Path, default=None, help="directory with prebuilt llama-quantize/imatrix/perplexity")
     p.add_argument("--build-dir", type=Path, default=REPO / ".evo_cache" / "llamacpp", help="build cache")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "llamacpp_peer", help="GGUFs, imatrix, logs, caches")

@@ -5,8 +5,10 @@
 # device call names them in `carry`:
 #   .whl/       cp312 manylinux x86_64 wheels of what evo imports and the device image lacks
 #   .llamacpp/  llama.cpp source vendored in the llama-cpp-python sdist, pruned to what a build of
-#               llama-quantize / llama-imatrix / llama-perplexity needs (tar.zst)
-#   .gguf/      the default model's GGUF, zstd --long=27 -19, split in two parts (gguf.zst.00/.01)
+#               llama-quantize / llama-imatrix / llama-perplexity needs (tar.xz: Python's standard
+#               library unpacks it on the device before the zstandard wheel is installed)
+#   .gguf/      the default model's GGUF, zstd -19 --long=27, split in two parts that travel in two
+#               calls: .gguf/p0/gguf.zst.00 and .gguf/p1/gguf.zst.01, each with SHA256SUMS
 #   .data/      WikiText-2 test and C4 validation, laid out as evo's shared data folder
 # Usage: bash scripts/device/prepare_local.sh [REPO_ROOT]   (default: the current directory)
 set -euo pipefail
@@ -43,12 +45,14 @@ commit=$(git -C "$src" log -1 --format=%H 2>/dev/null || echo unknown)
   echo "$commit" > LLAMACPP_COMMIT
   echo "llama-cpp-python $LLAMACPP_PY_VERSION" > LLAMACPP_SOURCE )
 rm -rf .llamacpp && mkdir .llamacpp
-tar -C "$(dirname "$src")" -cf - llama.cpp | zstd -q -19 -T2 -o .llamacpp/llama.cpp.tar.zst
+tar -C "$(dirname "$src")" -cf - llama.cpp | xz -9e -T2 > .llamacpp/llama.cpp.tar.xz
 
 # 3. the GGUF in two parts
-rm -rf .gguf && mkdir .gguf
+rm -rf .gguf && mkdir -p .gguf/p0 .gguf/p1
 zstd -q -19 --long=27 -T2 -c "$GGUF" | split -b 45M -d -a 2 - .gguf/gguf.zst.
-sha256sum "$GGUF" | awk '{print $1"  SmolLM2-135M-Instruct.Q4_1.gguf"}' > .gguf/SHA256SUMS
+[ ! -e .gguf/gguf.zst.02 ] || { echo "the GGUF needs more than two 45 MiB parts" >&2; exit 1; }
+mv .gguf/gguf.zst.00 .gguf/p0/ && mv .gguf/gguf.zst.01 .gguf/p1/
+sha256sum "$GGUF" | awk '{print $1"  SmolLM2-135M-Instruct.Q4_1.gguf"}' | tee .gguf/p0/SHA256SUMS > .gguf/p1/SHA256SUMS
 
 # 4. evaluation data (the files evo's built-in names wikitext2 and c4 read)
 rm -rf .data && mkdir -p .data/wikitext-2-raw .data/c4
@@ -56,4 +60,3 @@ cp "$DATA/wikitext-2-raw/wiki.test.raw" .data/wikitext-2-raw/
 cp "$DATA/c4/c4_validation_2k.parquet" .data/c4/
 
 du -b --max-depth=1 .whl .llamacpp .gguf .data | sort -k2
-ls -l .gguf
