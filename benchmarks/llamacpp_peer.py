@@ -419,53 +419,80 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else ""
 
 
-def evaluate_rows(rows: list[Row], args, deadline: float | None) -> None:
-    """Fill row.eval for every row with a file, from the cache in work_dir/eval when its key matches."""
-    cache_dir = args.work_dir / "eval"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    todo, cached = [], 0
-    for row in rows:
+class Evaluator:
+    """evo's perplexity of every file handed to `add`: read from work_dir/eval when its cache key
+    matches, else run in a pool of worker processes that starts at once, so that files are scored
+    while llama-quantize is still writing others (one worker: run in order in `wait`)."""
+
+    def __init__(self, args, deadline: float | None) -> None:
+        import threading
+
+        self.args, self.deadline = args, deadline
+        self.cache_dir = args.work_dir / "eval"
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.worker = evaluate_cli if args.eval_via == "cli" else evaluate_inproc
+        self.lock = threading.Lock()
+        self.queued: list[tuple] = []  # (row, task, key, cache, future or None)
+        self.cached = 0
+        self.pool = None
+        if args.eval_workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self.pool = cf.ProcessPoolExecutor(max_workers=args.eval_workers, mp_context=context)
+        print(f"evaluating with {args.eval_workers} worker(s) on {args.device}, {args.dtype}", flush=True)
+
+    def add(self, row: Row) -> None:
+        """Thread-safe: quantization threads call it as each file is written."""
         if row.status != "ok":
-            continue
+            return
+        args = self.args
         task = {"path": row.path, "kind": row.kind, "datasets": list(args.datasets), "seq_len": args.seq_len,
                 "max_tokens": args.max_tokens or None, "batch_size": args.batch_size, "device": args.device,
-                "dtype": args.dtype, "threads": args.eval_threads, "deadline": deadline}
+                "dtype": args.dtype, "threads": args.eval_threads, "deadline": self.deadline}
         key = {k: task[k] for k in ("datasets", "seq_len", "max_tokens", "batch_size", "device", "dtype")}
         key["file"] = _tree_key(Path(row.path))
         key["via"] = args.eval_via
-        cache = cache_dir / (hashlib.sha256(row.path.encode()).hexdigest()[:16] + ".json")
+        cache = self.cache_dir / (hashlib.sha256(row.path.encode()).hexdigest()[:16] + ".json")
         if cache.is_file():
             record = json.loads(cache.read_text())
             if record["key"] == key:
                 _apply(row, record["result"])
-                cached += 1
-                continue
-        todo.append((row, task, key, cache))
-    worker = evaluate_cli if args.eval_via == "cli" else evaluate_inproc
-    print(f"evaluating {len(todo)} files ({cached} cached) with {args.eval_workers} worker(s) "
-          f"on {args.device}", flush=True)
+                with self.lock:
+                    self.cached += 1
+                return
+        future = self.pool.submit(self.worker, task) if self.pool else None
+        with self.lock:
+            self.queued.append((row, task, key, cache, future))
 
-    def finish(row, key, cache, result, done):
-        _apply(row, result)
-        if result["status"] != "not run":
-            cache.write_text(json.dumps({"key": key, "result": result}))
-        ppl = " ".join(f"{d} {v['ppl']:.3f}" for d, v in row.eval.items()) if row.eval else row.detail
-        print(f"[{done}/{len(todo)}] {row.method}: {row.status} {ppl}", flush=True)
-
-    if args.eval_workers <= 1:
-        for done, (row, task, key, cache) in enumerate(todo, 1):
-            finish(row, key, cache, worker(task), done)
-        return
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=args.eval_workers, mp_context=context) as pool:
-        futures = {pool.submit(worker, task): (row, key, cache) for row, task, key, cache in todo}
-        for done, future in enumerate(cf.as_completed(futures), 1):
-            row, key, cache = futures[future]
+    def wait(self) -> None:
+        """Collect every result (in order of completion), write the caches, print one line each."""
+        total = len(self.queued)
+        print(f"{total} files to evaluate, {self.cached} from the cache", flush=True)
+        if self.pool is None:
+            for done, (row, task, key, cache, _) in enumerate(self.queued, 1):
+                self._finish(row, key, cache, self.worker(task), done, total)
+            return
+        by_future = {future: (row, key, cache) for row, _, key, cache, future in self.queued}
+        for done, future in enumerate(cf.as_completed(by_future), 1):
+            row, key, cache = by_future[future]
             try:
                 result = future.result()
             except Exception as exc:  # a worker that died (out of memory, a crash in a native library)
                 result = {"status": "evaluation failed", "detail": f"{type(exc).__name__}: {_first_line(exc)}"}
-            finish(row, key, cache, result, done)
+            self._finish(row, key, cache, result, done, total)
+        self.pool.shutdown()
+
+    def close(self) -> None:
+        """Drop what has not started (after an error); a no-op after wait."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _finish(row: Row, key: dict, cache: Path, result: dict, done: int, total: int) -> None:
+        _apply(row, result)
+        if result["status"] != "not run":
+            cache.write_text(json.dumps({"key": key, "result": result}))
+        ppl = " ".join(f"{d} {v['ppl']:.3f}" for d, v in row.eval.items()) if row.eval else row.detail
+        print(f"[{done}/{total}] {row.method}: {row.status} {ppl}", flush=True)
 
 
 def _tree_key(path: Path) -> list:
@@ -601,7 +628,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="inproc: evo's load_model + perplexity in worker processes, both datasets per load; "
                         "cli: python -m evo.cli eval --json per file and dataset")
     p.add_argument("--llama-perplexity", action="store_true", help="also llama-perplexity PPL and tokens/s on WikiText-2")
-    p.add_argument("--llama-ppl-chunks", type=int, default=32)
+    p.add_argument("--llama-ppl-chunks", type=int, default=16, help="chunks of --seq-len tokens (default 16)")
     p.add_argument("--llama-ppl-ngl", type=int, default=None, help="layers on the GPU (default 99 with --cuda, else 0)")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no new quantization or evaluation after this many seconds; rerun to finish (cached)")
@@ -652,6 +679,36 @@ def main(argv=None) -> int:
         return 2
 
 
+def quantize_and_evaluate(args, rows: list[Row], evaluator: Evaluator, bin_dir: Path | None, source: Path, meta: dict,
+                          deadline: float | None) -> None:
+    """Imatrix, every llama-quantize variant (appended to rows), and evo's perplexity of every row."""
+    for row in rows:
+        evaluator.add(row)
+    if bin_dir is not None:
+        variants = [Variant(t, "imatrix" in v, EMB_TYPE if "emb" in v else None) for t in args.types for v in args.variants]
+        imatrix = None
+        if any(v.imatrix for v in variants):
+            imatrix = compute_imatrix(bin_dir, source, args.work_dir, chunks=args.imatrix_chunks, ctx=args.imatrix_ctx,
+                                      threads=args.jobs, ngl=args.llama_ppl_ngl, slice_chars=args.slice_chars)
+            meta["imatrix"] = {"chunks": args.imatrix_chunks, "ctx": args.imatrix_ctx, "corpus": "calibration_mix"}
+        gguf_dir = args.work_dir / "gguf"
+        gguf_dir.mkdir(exist_ok=True)
+        threads = max(1, args.jobs // args.quant_jobs)
+
+        def quantize_and_queue(variant: Variant) -> Row:
+            row = quantize_one(bin_dir, source, variant, imatrix, gguf_dir, threads, deadline)
+            evaluator.add(row)
+            return row
+
+        tic = time.perf_counter()
+        with cf.ThreadPoolExecutor(max_workers=args.quant_jobs) as pool:
+            quantized = list(pool.map(quantize_and_queue, variants))
+        print(f"llama-quantize: {sum(r.status == 'ok' for r in quantized)} of {len(quantized)} files "
+              f"in {time.perf_counter() - tic:.0f} s", flush=True)
+        rows += quantized
+    evaluator.wait()
+
+
 def run(args, started: float, deadline: float | None) -> int:
     from evo.data import find_builtin
 
@@ -682,24 +739,11 @@ def run(args, started: float, deadline: float | None) -> int:
             raise BenchError(f"--extra {name}={path}: no such file or directory")
         kind = "artifact" if (path / "manifest.json").is_file() else "gguf"
         rows.append(Row(method=name, path=str(path), kind=kind, bytes=_bytes_of(path)))
-    if bin_dir is not None:
-        variants = [Variant(t, "imatrix" in v, EMB_TYPE if "emb" in v else None) for t in args.types for v in args.variants]
-        imatrix = None
-        if any(v.imatrix for v in variants):
-            imatrix = compute_imatrix(bin_dir, source, args.work_dir, chunks=args.imatrix_chunks, ctx=args.imatrix_ctx,
-                                      threads=args.jobs, ngl=args.llama_ppl_ngl, slice_chars=args.slice_chars)
-            meta["imatrix"] = {"chunks": args.imatrix_chunks, "ctx": args.imatrix_ctx, "corpus": "calibration_mix"}
-        gguf_dir = args.work_dir / "gguf"
-        gguf_dir.mkdir(exist_ok=True)
-        threads = max(1, args.jobs // args.quant_jobs)
-        tic = time.perf_counter()
-        with cf.ThreadPoolExecutor(max_workers=args.quant_jobs) as pool:
-            quantized = list(pool.map(lambda v: quantize_one(bin_dir, source, v, imatrix, gguf_dir, threads, deadline),
-                                      variants))
-        print(f"llama-quantize: {sum(r.status == 'ok' for r in quantized)} of {len(quantized)} files "
-              f"in {time.perf_counter() - tic:.0f} s", flush=True)
-        rows += quantized
-    evaluate_rows(rows, args, deadline)
+    evaluator = Evaluator(args, deadline)
+    try:
+        quantize_and_evaluate(args, rows, evaluator, bin_dir, source, meta, deadline)
+    finally:
+        evaluator.close()
     if args.llama_perplexity and bin_dir is not None:
         from evo.data import find_builtin as _find
 

