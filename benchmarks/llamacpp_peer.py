@@ -209,16 +209,32 @@ def _run(cmd: list[str], what: str) -> None:
 # 2. importance matrix
 
 
+def _pieces(text: str, size: int) -> list[str]:
+    """text cut into pieces of at most `size` characters, at a line break where there is one, else a space."""
+    out, start = [], 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start + 1, start + size)
+        if cut <= start:
+            cut = text.rfind(" ", start + 1, start + size)
+        if cut <= start:
+            cut = start + size
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return [piece.strip() for piece in out if piece.strip()]
+
+
 def write_calibration_text(path: Path, slice_chars: int) -> dict:
     """evo's embedded calibration corpus as one text file, its sources interleaved: each round takes
-    about slice_chars characters of whole documents from every source still holding some."""
+    about slice_chars characters from every source still holding some (documents longer than that
+    are cut at line breaks), so llama-imatrix's first chunks already see all six domains."""
     from evo.data import read_corpus
 
     corpus = read_corpus(["calibration_mix"])
     queues: dict[str, list[str]] = {}
     for doc in corpus.documents:
-        if doc.text.strip():
-            queues.setdefault(doc.source, []).append(doc.text.strip())
+        queues.setdefault(doc.source, []).extend(_pieces(doc.text.strip(), slice_chars))
+    queues = {source: pieces for source, pieces in queues.items() if pieces}
     positions = {source: 0 for source in queues}
     pieces: list[str] = []
     while any(positions[s] < len(queues[s]) for s in queues):
