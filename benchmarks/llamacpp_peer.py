@@ -729,9 +729,10 @@ def run(args, started: float, deadline: float | None) -> int:
     from evo.data import find_builtin
 
     meta = {"argv": sys.argv, "versions": _versions()}
-    for dataset in args.datasets:  # fail before any work if a dataset is missing
-        if dataset in DATASET_LABELS:
-            meta[f"data_{dataset}"] = str(find_builtin(dataset))
+    if not args.build_only:
+        for dataset in args.datasets:  # fail before any work if a dataset is missing
+            if dataset in DATASET_LABELS:
+                meta[f"data_{dataset}"] = str(find_builtin(dataset))
     bin_dir = None
     if not args.skip_llamacpp:
         if args.llama_bin:
@@ -744,8 +745,8 @@ def run(args, started: float, deadline: float | None) -> int:
             src = prepare_source(args.source, args.build_dir)
             meta["llamacpp_commit"] = llamacpp_commit(src)
             bin_dir = build_llamacpp(src, args.build_dir, jobs=args.jobs, cuda=args.cuda, cuda_arch=args.cuda_arch)
-        if args.build_only:
-            return 0
+    if args.build_only:
+        return 0
     source = source_gguf(args.model)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
