@@ -21,17 +21,17 @@ import numpy as np
 import torch
 
 from _common import bytes_on_disk
-from evo import artifact
+from evo.compress import artifact
 from evo.baselines import uniform_config
-from evo.config import CompressionConfig
-from evo.data import read_text
-from evo.evaluate import perplexity, tokenize_for_eval
-from evo.export import compress_and_write
+from evo.compress.config import CompressionConfig
+from evo.data.corpus import read_text
+from evo.evaluate.perplexity import perplexity, tokenize_for_eval
+from evo.compress.export import compress_and_write
 from evo.modelio import load_model
-from evo.search import REFERENCE_FILE, STATS_FILE, SearchSpec, open_session, run_search
-from evo.size import SizeCache
-from evo.sizemodel import SizeModel
-from evo.store import CALIBRATION_FILE, MANIFEST_FILE, SIZE_CACHE_DIR
+from evo.search.loop import REFERENCE_FILE, STATS_FILE, SearchSpec, open_session, run_search
+from evo.compress.size import SizeCache
+from evo.compress.sizemodel import SizeModel
+from evo.search.store import CALIBRATION_FILE, MANIFEST_FILE, SIZE_CACHE_DIR
 from evo.types import ATTENTION_ROLES
 
 MB = 1_000_000

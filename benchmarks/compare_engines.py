@@ -48,8 +48,8 @@ from _searchbench import (
     write_and_measure,
     write_json,
 )
-from evo.config import CompressionConfig
-from evo.search import SearchSpec, evaluations_planned
+from evo.compress.config import CompressionConfig
+from evo.search.loop import SearchSpec, evaluations_planned
 
 # name -> (engine, sampler): what `evo search --engine E --sampler S` runs
 ENGINES = {
@@ -162,8 +162,8 @@ def engine_overhead(population: int = 16, generations: int = 12) -> str:
     """ask + tell time per evaluation of each engine alone, on a synthetic 211-gene problem."""
     import tempfile
 
-    from evo.engines import Problem, Score, make_engine
-    from evo.space import Gene
+    from evo.search.engines import Problem, Score, make_engine
+    from evo.search.space import Gene
 
     bits, embedding = (2, 3, 4, 5, 6, 8), (3, 4, 5, 6, 8)
     genes = []

@@ -14,7 +14,7 @@ What it runs (every search in its own run directory under --out, so a second cal
   evop       EvoP (space `evop`: 3 whole layers removed, bf16 otherwise, budget just under the
              dense artifact) and ShortGPT's 3 layers of lowest block influence on the same
              calibration tokens.
-Every compared model is written as an artifact and reloaded with evo.artifact.load; its WikiText-2
+Every compared model is written as an artifact and reloaded with evo.compress.artifact.load; its WikiText-2
 perplexity is measured on --max-tokens tokens in 512-token windows, its calibration KL by the
 run's own evaluator at the final stage. Seeds change the calibration draw and the search.
 With --jobs N the seeds and evop run in N processes sharing the GPU and one size cache.
@@ -51,10 +51,10 @@ from _searchbench import (
     write_json,
 )
 from evo.baselines import block_influence, shortgpt_config, uniform_config
-from evo.config import CompressionConfig
-from evo.fitness import FINAL_STAGE
-from evo.search import SearchSpec
-from evo.space import SearchSpace
+from evo.compress.config import CompressionConfig
+from evo.evaluate.evaluator import FINAL_STAGE
+from evo.search.loop import SearchSpec
+from evo.search.space import SearchSpace
 
 
 def job_seed(args, seed: int, baselines: dict) -> dict:

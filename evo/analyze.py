@@ -22,13 +22,13 @@ import torch
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.settings import KEPT_BITS
 from evo.errors import EvoError
-from evo.size import encode_tensor
+from evo.compress.size import encode_tensor
 from evo.types import ATTENTION_ROLES, MLP_ROLES
 
 if TYPE_CHECKING:
     from evo.modelio import LoadedModel
 
-ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.calibration
+ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.data.ccds
 
 # Where each role is plotted and summed: attention and MLP projections differ in shape and input
 # statistics (MLP matrices hold ~3/4 of a Llama layer's weights), so they are shown apart.
@@ -256,7 +256,7 @@ def _value(row: AnalysisRow, name: str) -> Any:
 def default_calibration_ids(tokenizer, sequences: int = 4, seq_len: int = 128) -> np.ndarray:
     """`sequences` token sequences of `seq_len`, evenly spaced over the embedded calibration mix
     (so every domain it holds is likely represented), int64 [sequences, seq_len]."""
-    from evo.data import read_corpus, tokenize_corpus
+    from evo.data.corpus import read_corpus, tokenize_corpus
 
     pool = tokenize_corpus(read_corpus(), tokenizer, seq_len)
     if len(pool) < sequences:

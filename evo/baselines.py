@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from evo.compress.settings import KEPT_BITS, TensorSetting
-from evo.config import KEPT, CompressionConfig, LayerConfig
+from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.types import ModelInfo
 

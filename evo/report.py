@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from evo.errors import EvoError
-from evo.store import JournalEntry, RunStore
+from evo.search.store import JournalEntry, RunStore
 
-FINAL_STAGE = 2  # evo.engines.deap_engine.FINAL_STAGE; screens (stage 1) are on fewer tokens
+FINAL_STAGE = 2  # evo.search.engines.deap_engine.FINAL_STAGE; screens (stage 1) are on fewer tokens
 MB = 1_000_000
 CSV_COLUMNS = ("index", "stage", "quality", "size_bytes", "size_mb", "seconds", "under_budget", "on_front", "genome")
 
@@ -45,7 +45,7 @@ class Baseline:
 def _baseline_bytes(where: str, text: str) -> int:
     path = Path(where)
     if path.is_dir():
-        from evo.artifact import read_manifest
+        from evo.compress.artifact import read_manifest
 
         return int(read_manifest(path).total_bytes)
     try:

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import evo
-from evo.artifact import MANIFEST, TENSORS, load, read_manifest, write_artifact
+from evo.compress.artifact import MANIFEST, TENSORS, load, read_manifest, write_artifact
 from evo.compress import TensorSetting
-from evo.compress_model import compress_model, plan_model
-from evo.config import CompressionConfig, LayerConfig
+from evo.compress.model import compress_model, plan_model
+from evo.compress.config import CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.modelio import describe_model
-from evo.size import SizeCache
-from evo.stats import collect_activation_stats, stats_digest
+from evo.compress.size import SizeCache
+from evo.evaluate.stats import collect_activation_stats, stats_digest
 
 IDS = torch.arange(5, 37).reshape(2, 16)
 

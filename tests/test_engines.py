@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from evo.engines import Problem, Score, make_engine
-from evo.engines.operators import extreme_genome, level_move, random_genome, repair
+from evo.search.engines import Problem, Score, make_engine
+from evo.search.engines.operators import extreme_genome, level_move, random_genome, repair
 from evo.errors import EvoError
-from evo.space import Gene
+from evo.search.space import Gene
 
 BITS = (2, 3, 4, 8)
 NUMEL = [100, 200, 300, 400, 500, 600]
@@ -142,7 +142,7 @@ def test_unknown_engine():
 @pytest.mark.parametrize("generations", [0, 1, 3])
 def test_evaluation_count_matches_the_plan(engine_name, generations):
     """The progress bar's total and a benchmark's "equal evaluations" rely on this count."""
-    from evo.search import SearchSpec, evaluations_planned
+    from evo.search.loop import SearchSpec, evaluations_planned
 
     problem = make_problem()
     engine = make_engine(engine_name, problem, population=6, seed=2)
@@ -183,7 +183,7 @@ def test_optuna_journal_opens_as_a_study(tmp_path):
 
 
 def test_unknown_sampler_and_sampler_without_optuna():
-    from evo.search import SearchSpec
+    from evo.search.loop import SearchSpec
 
     with pytest.raises(EvoError, match="unknown sampler 'cmaes'"):
         SearchSpec(budget_bytes=10, engine="optuna", sampler="cmaes")

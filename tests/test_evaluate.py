@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from evo.errors import EvoError
-from evo.evaluate import (
+from evo.evaluate.perplexity import (
     eval_windows,
     kl_to_reference,
     next_token_logprobs,

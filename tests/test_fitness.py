@@ -12,11 +12,11 @@ import torch
 
 from evo.compress import TensorSetting
 from evo.compress.structure import apply_block_drop, drop_layers
-from evo.compress_model import compress_model
-from evo.config import CompressionConfig, LayerConfig
+from evo.compress.model import compress_model
+from evo.compress.config import CompressionConfig, LayerConfig
 from evo.errors import EvoError
-from evo.evaluate import kl_to_reference, next_token_logprobs, perplexity
-from evo.fitness import (
+from evo.evaluate.perplexity import kl_to_reference, next_token_logprobs, perplexity
+from evo.evaluate.evaluator import (
     FINAL_STAGE,
     SCREEN_STAGE,
     DenseReference,
@@ -26,7 +26,7 @@ from evo.fitness import (
     topk_kl,
 )
 from evo.modelio import describe_model, load_model
-from evo.stats import collect_activation_stats
+from evo.evaluate.stats import collect_activation_stats
 
 TOKENS = np.random.default_rng(1).integers(3, 259, size=(4, 24))
 PPL = FitnessConfig(metric="ppl", screen_sequences=2, screen_tokens=12, batch_size=3)

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from evo.artifact import load, read_manifest
+from evo.compress.artifact import load, read_manifest
 from evo.cli import main
 from evo.report import CSV_COLUMNS, Baseline, build_report
-from evo.search import choose_from_front
+from evo.search.loop import choose_from_front
 from test_search import _corpus, budget_mb, spec_args  # noqa: F401  (budget_mb is a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo.errors import EvoError
-from evo.search import SearchSpec, open_session
+from evo.search.loop import SearchSpec, open_session
 
 GENERATIONS = 4
 POPULATION = 6
@@ -39,8 +39,8 @@ def budget_mb(tiny_model_dir, tmp_path_factory):
     spec = SearchSpec(budget_bytes=10**9, model=str(tiny_model_dir("llama")), corpus=(str(corpus),), samples=6,
                       seq_len=32, clusters=3, screen_sequences=2, screen_tokens=16, fitness="ppl")
     session = open_session(spec, tmp_path_factory.mktemp("probe") / "run", resume=False)
-    from evo.engines.operators import extreme_genome
-    from evo.engines import Problem
+    from evo.search.engines.operators import extreme_genome
+    from evo.search.engines import Problem
 
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes)
     low = session.size_of(extreme_genome(problem, smallest=True))
@@ -151,8 +151,8 @@ def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, 
 
     import torch
 
-    from evo.artifact import load
-    from evo.calibset import CalibrationSet
+    from evo.compress.artifact import load
+    from evo.data.calibset import CalibrationSet
 
     model, _ = load(artifact)
     tokens = torch.as_tensor(CalibrationSet.load(run_dir / "calibration.json").calibration.token_ids).long()
@@ -165,6 +165,6 @@ def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, 
 
 def test_export_budget_below_the_front_is_refused(tmp_path):
     with pytest.raises(EvoError, match="does not exist"):
-        from evo.search import choose_from_front
+        from evo.search.loop import choose_from_front
 
         choose_from_front(tmp_path / "missing")

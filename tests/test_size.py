@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from evo import coding
+from evo.compress import coding
 from evo.compress import TensorSetting, compress_tensor
 from evo.errors import EvoError
-from evo.size import SizeCache, SizeEntry, SizeKey, cached_size, decode_tensor, encode_tensor
+from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size, decode_tensor, encode_tensor
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -2,7 +2,7 @@ import pytest
 
 from evo.errors import EvoError
 from evo.modelio import describe_model
-from evo.space import SPACES_DIR, SearchSpace
+from evo.search.space import SPACES_DIR, SearchSpace
 
 
 @pytest.mark.parametrize("name", ["default", "bits", "evop", "double_compression"])

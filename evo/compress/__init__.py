@@ -1,6 +1,6 @@
 """Per-tensor compression operators: prune → rescale → quantize, composed through a registry.
 
-`compress_tensor(weight, TensorSetting(...))` is the entry point; evo.size measures the result.
+`compress_tensor(weight, TensorSetting(...))` is the entry point; evo.compress.size measures the result.
 """
 
 from evo.compress.apply import CompressedTensor, compress_tensor

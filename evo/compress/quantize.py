@@ -17,7 +17,7 @@ from evo.errors import EvoError
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """One matrix as stored: what evo.size encodes and evo.compress.dequantize reads.
+    """One matrix as stored: what evo.compress.size encodes and evo.compress.dequantize reads.
 
     codes: uint8 [out, in] in [0, 2^b - 1] (symmetric: offset by 2^(b-1) - 1 so 0.0 is the
         middle code); for bits=16 the bf16 matrix itself.

@@ -1,4 +1,4 @@
-"""Search spaces: parse search_spaces/*.toml into a typed SearchSpace, lay out a model's genome
+"""Search spaces: parse evo/search/spaces/*.toml into a typed SearchSpace, lay out a model's genome
 (one gene per layer or per attention/MLP group), and decode a genome into a CompressionConfig.
 
 A genome is a tuple of choice indices, one per gene; choices are ordered so that a larger index
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from evo.compress.settings import ALLOWED_BITS, TensorSetting
-from evo.config import KEPT, CompressionConfig, LayerConfig
+from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.types import ModelInfo
 
@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # package data: found by any install
 GRANULARITIES = ("layer", "group")
 GROUPS = ("attention", "mlp")
 DROP_CHOICES = ("none", "attention", "mlp", "layer")
@@ -46,7 +46,7 @@ class Gene:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Which genes exist and their allowed values; see search_spaces/default.toml for the format."""
+    """Which genes exist and their allowed values; see evo/search/spaces/default.toml for the format."""
 
     name: str
     description: str
@@ -259,7 +259,7 @@ class SearchSpace:
 
     @classmethod
     def load(cls, spec: str | Path) -> "SearchSpace":
-        """A space by file path or by name of a file in search_spaces/ ('default', 'bits', ...)."""
+        """A space by file path or by name of a file in evo/search/spaces/ ('default', 'bits', ...)."""
         path = Path(spec)
         if not path.is_file():
             named = SPACES_DIR / f"{spec}.toml"

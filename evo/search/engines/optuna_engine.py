@@ -28,9 +28,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from evo.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.engines.deap_engine import FINAL_STAGE, pareto_front
-from evo.engines.operators import fill, repair, warm_start
+from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
+from evo.search.engines.deap_engine import FINAL_STAGE, pareto_front
+from evo.search.engines.operators import fill, repair, warm_start
 from evo.errors import EvoError
 
 JOURNAL_FILE = "optuna_journal.log"

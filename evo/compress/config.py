@@ -450,7 +450,7 @@ def _toml_table(lines: list[str], header: str, table: Mapping[str, Any]) -> None
 
 def _write_toml(data: Mapping[str, Any]) -> str:
     lines = [
-        "# evo compression config: see evo/config.py for the meaning of each section",
+        "# evo compression config: see evo/compress/config.py for the meaning of each section",
         f"format = {data['format']}",
     ]
     for section in ("default", "embedding", "head"):

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
     _add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
-    se.add_argument("--space", default="default", help="search space: a name in search_spaces/ or a .toml file")
+    se.add_argument("--space", default="default", help="search space: a name in evo/search/spaces/ (default, bits, evop, double_compression) or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
     se.add_argument("--generations", type=int, default=10)
@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @command("calibrate")
 def calibrate_command(args: argparse.Namespace) -> int:
-    from evo.calibration import CalibrationConfig, build_calibration_set
-    from evo.data import read_corpus
+    from evo.data.ccds import CalibrationConfig, build_calibration_set
+    from evo.data.corpus import read_corpus
 
     config = CalibrationConfig(
         samples=args.samples,
@@ -237,10 +237,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 @command("compress")
 def compress_command(args: argparse.Namespace) -> int:
-    from evo.calibset import CalibrationSet
-    from evo.config import CompressionConfig
-    from evo.export import compress_and_write, default_stats_tokens, needs_stats
-    from evo.stats import collect_activation_stats
+    from evo.data.calibset import CalibrationSet
+    from evo.compress.config import CompressionConfig
+    from evo.compress.export import compress_and_write, default_stats_tokens, needs_stats
+    from evo.evaluate.stats import collect_activation_stats
 
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
@@ -271,7 +271,7 @@ def is_artifact(path: str) -> bool:
 def load_for_eval(spec: str, *, device: str, dtype: str):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
-        from evo.artifact import load
+        from evo.compress.artifact import load
 
         with step(f"loading artifact {spec}"):
             return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
@@ -283,7 +283,7 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
 def eval_command(args: argparse.Namespace) -> int:
     import json
 
-    from evo.data import read_text
+    from evo.data.corpus import read_text
 
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
     dataset = args.dataset or (None if tasks else "wikitext2")
@@ -316,7 +316,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _load_tasks(args: argparse.Namespace):
-    from evo.tasks import TASKS, load_task, parse_tasks
+    from evo.data.tasks import TASKS, load_task, parse_tasks
 
     if args.limit is not None and args.limit < 1:
         raise EvoError("--limit must be at least 1")
@@ -324,7 +324,7 @@ def _load_tasks(args: argparse.Namespace):
 
 
 def _perplexity(model, tokenizer, text: str, args: argparse.Namespace):
-    from evo.evaluate import perplexity, tokenize_for_eval
+    from evo.evaluate.perplexity import perplexity, tokenize_for_eval
 
     token_ids = tokenize_for_eval(tokenizer, text)
     with progress_bar() as progress:
@@ -335,7 +335,7 @@ def _perplexity(model, tokenizer, text: str, args: argparse.Namespace):
 
 
 def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
-    from evo.zeroshot import score_task
+    from evo.evaluate.zeroshot import score_task
 
     with progress_bar() as progress:
         for name, metrics, examples in tasks:
@@ -345,7 +345,7 @@ def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
 
 
 def _search_spec(args: argparse.Namespace):
-    from evo.search import MB, SearchSpec
+    from evo.search.loop import MB, SearchSpec
 
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
@@ -360,7 +360,7 @@ def _search_spec(args: argparse.Namespace):
 def search_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evo.search import open_session, run_search
+    from evo.search.loop import open_session, run_search
 
     spec = _search_spec(args)
     if args.resume:
@@ -431,10 +431,10 @@ def render_front(result, spec) -> None:
 def export_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evo.config import CompressionConfig
-    from evo.export import compress_and_write
-    from evo.search import MB, SearchSpec, choose_from_front, open_session
-    from evo.store import RunStore
+    from evo.compress.config import CompressionConfig
+    from evo.compress.export import compress_and_write
+    from evo.search.loop import MB, SearchSpec, choose_from_front, open_session
+    from evo.search.store import RunStore
 
     run_dir = Path(args.run_dir)
     budget = int(round(args.budget_mb * MB)) if args.budget_mb is not None else None
@@ -488,7 +488,7 @@ def report_command(args: argparse.Namespace) -> int:
 def baseline_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evo.export import compress_and_write
+    from evo.compress.export import compress_and_write
 
     make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
@@ -512,8 +512,8 @@ def _uniform_baseline(args: argparse.Namespace):
 
 def _shortgpt_baseline(args: argparse.Namespace):
     from evo.baselines import block_influence, shortgpt_config
-    from evo.calibset import CalibrationSet
-    from evo.export import default_stats_tokens
+    from evo.data.calibset import CalibrationSet
+    from evo.compress.export import default_stats_tokens
 
     if args.drop < 1:
         raise EvoError(f"--drop {args.drop}: drop at least one layer")
@@ -599,6 +599,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("interrupted")
         return EXIT_INTERRUPTED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evo.config import CompressionConfig
+from evo.compress.config import CompressionConfig
 
 DEFAULT_STATS_SEQUENCES = 16
 DEFAULT_STATS_SEQ_LEN = 256
@@ -16,7 +16,7 @@ DEFAULT_STATS_SEQ_LEN = 256
 
 def needs_stats(config: CompressionConfig, loaded) -> bool:
     """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf)."""
-    from evo.compress_model import plan_model
+    from evo.compress.model import plan_model
 
     return any(t.setting.quantized and t.setting.sparsity > 0 and t.setting.prune_criterion != "magnitude"
                for t in plan_model(loaded.info, config).tensors)
@@ -25,7 +25,7 @@ def needs_stats(config: CompressionConfig, loaded) -> bool:
 def default_stats_tokens(tokenizer) -> np.ndarray:
     """Token ids for activation statistics when no calibration set is given: the first sequences
     of every source of the embedded corpus, round-robin (deterministic, no model pass needed)."""
-    from evo.data import read_corpus, tokenize_corpus
+    from evo.data.corpus import read_corpus, tokenize_corpus
 
     pool = tokenize_corpus(read_corpus(), tokenizer, DEFAULT_STATS_SEQ_LEN)
     by_source: dict[str, list[int]] = {}
@@ -39,8 +39,8 @@ def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *
                        overwrite: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
     The model is modified: reload it before compressing it with another config."""
-    from evo.artifact import write_artifact
-    from evo.compress_model import compress_model
+    from evo.compress.artifact import write_artifact
+    from evo.compress.model import compress_model
 
     result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,

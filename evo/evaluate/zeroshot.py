@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from evo.tasks import Example
+from evo.data.tasks import Example
 
 ProgressCallback = Callable[[int, int], None]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evo.artifact import (
+from evo.compress.artifact import (
     MANIFEST,
     MODEL_CONFIG,
     TENSORS,
@@ -30,10 +30,10 @@ from evo.artifact import (
 )
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.structure import _shrink_config, is_replaced, replaced_modules
-from evo.compress_model import _needs_stats, plan_model, size_model_id
-from evo.config import CONFIG_FORMAT, CompressionConfig, LayerConfig
+from evo.compress.model import _needs_stats, plan_model, size_model_id
+from evo.compress.config import CONFIG_FORMAT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
-from evo.size import SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
+from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
 from evo.types import DecoderLayerInfo, ModelInfo
 
 # encode_tensor's frame order, which write_artifact keeps in tensors.bin and the manifest.
@@ -457,7 +457,7 @@ class SizeModel:
             return
         if self._config_chars(config) != _json_chars(config.to_dict()) or predicted != len(self.manifest(config)):
             raise RuntimeError(
-                "evo.sizemodel predicts another manifest length than evo.artifact writes: the manifest or config "
+                "evo.compress.sizemodel predicts another manifest length than evo.compress.artifact writes: the manifest or config "
                 "JSON layout changed; update SizeModel._manifest_length"
             )
         self._checked = True
@@ -483,7 +483,7 @@ def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]
 def _frames(entry: SizeEntry) -> tuple[tuple[str, str, int], ...]:
     unknown = set(entry.frame_bytes) - set(FRAME_ORDER)
     if unknown:
-        raise RuntimeError(f"size entries have frames {sorted(unknown)} that evo.sizemodel does not place")
+        raise RuntimeError(f"size entries have frames {sorted(unknown)} that evo.compress.sizemodel does not place")
     return tuple(
         (kind, entry.coders[kind], entry.frame_bytes[kind]) for kind in FRAME_ORDER if kind in entry.frame_bytes
     )

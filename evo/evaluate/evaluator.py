@@ -25,14 +25,14 @@ from torch import nn
 
 from evo.compress import ActivationStats, compress_tensor
 from evo.compress.structure import apply_block_drop, replaced_modules
-from evo.compress_model import _check_matches, plan_model
-from evo.config import CompressionConfig, tensor_shapes
+from evo.compress.model import _check_matches, plan_model
+from evo.compress.config import CompressionConfig, tensor_shapes
 from evo.errors import EvoError
-from evo.sizemodel import stats_for
+from evo.compress.sizemodel import stats_for
 from evo.types import ModelInfo
 
 METRICS = ("kl", "ppl")
-SCREEN_STAGE = 1  # the engines' stage numbers (evo.engines.deap_engine)
+SCREEN_STAGE = 1  # the engines' stage numbers (evo.search.engines.deap_engine)
 FINAL_STAGE = 2
 # Measured on SmolLM2-135M, 8 × 512 calibration tokens, against the exact KL from full logits, for
 # uniform 8/4/3/2-bit and one-layer-dropped candidates: the top-k bound alone reads 4-11 % low at

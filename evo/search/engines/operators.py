@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from evo.engines.base import Genome, Problem
+from evo.search.engines.base import Genome, Problem
 from evo.errors import EvoError
 
 SHRINK_KINDS = ("bits", "embedding_bits", "head_bits")  # a lower index is fewer bytes

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from evo import coding
+from evo.compress import coding
 from evo.compress.quantize import QuantizedTensor
 from evo.compress.rescale import num_groups
 from evo.compress.settings import TensorSetting

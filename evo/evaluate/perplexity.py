@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from evo.errors import EvoError
 
-ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.calibration
+ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.data.ccds
 
 DEFAULT_SEQ_LEN = 512
 DEFAULT_BATCH_SIZE = 4

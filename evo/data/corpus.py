@@ -1,7 +1,7 @@
 """Read corpora (plain text, JSON lines, parquet, built-in names) into documents, and cut them
 into fixed-length token sequences that remember which file and document they came from.
 
-The embedded default calibration corpus lives in evo/corpus/ (zstd-compressed, MIT, see its SOURCE.md).
+The embedded default calibration corpus lives in evo/data/calibration_mix/ (zstd-compressed, MIT, see its SOURCE.md).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def shared_data_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("EVO_DATA_DIR"):
         dirs.append(Path(os.environ["EVO_DATA_DIR"]))
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     for base in (Path.cwd(), checkout):
         dirs += [base / "shared" / "data", base.parent / "shared" / "data"]
     return dirs
@@ -195,7 +195,7 @@ def _source_name(path: Path) -> str:
 def _embedded_files() -> Iterable[tuple[str, str, bytes]]:
     import zstandard
 
-    folder = resources.files("evo.corpus")
+    folder = resources.files("evo.data") / "calibration_mix"
     entries = sorted((p for p in folder.iterdir() if p.name.endswith(".utf8.zst")), key=lambda p: p.name)
     if not entries:
         raise EvoError("the embedded calibration corpus is missing from this install: reinstall evo")

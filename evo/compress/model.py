@@ -14,9 +14,9 @@ from torch import nn
 from evo.compress import ActivationStats, CompressedTensor, TensorSetting, compress_tensor
 from evo.compress.prune import CRITERION_STATISTIC
 from evo.compress.structure import apply_drops, is_replaced, replaced_modules
-from evo.config import CompressionConfig
+from evo.compress.config import CompressionConfig
 from evo.errors import EvoError
-from evo.size import EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
+from evo.compress.size import EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
 from evo.types import ModelInfo
 
 

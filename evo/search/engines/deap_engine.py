@@ -13,8 +13,8 @@ from typing import Any
 
 from deap import base, creator, tools
 
-from evo.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.engines.operators import drop_swap, fill, level_move, repair, resample_genes, warm_start
+from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
+from evo.search.engines.operators import drop_swap, fill, level_move, repair, resample_genes, warm_start
 from evo.errors import EvoError
 
 SCREEN_STAGE = 1

@@ -300,8 +300,8 @@ def build_calibration_set(
     from sklearn.metrics import adjusted_rand_score
 
     from evo import __version__
-    from evo.calibset import CalibrationSet, ClusterSummary, Provenance, SequenceSet
-    from evo.data import tokenize_corpus
+    from evo.data.calibset import CalibrationSet, ClusterSummary, Provenance, SequenceSet
+    from evo.data.corpus import tokenize_corpus
     from evo.modelio import find_decoder_layers
 
     pool = tokenize_corpus(corpus, loaded.tokenizer, config.seq_len)

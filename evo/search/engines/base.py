@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from evo.errors import EvoError
-from evo.space import Gene
+from evo.search.space import Gene
 
 Genome = tuple[int, ...]
 
@@ -73,9 +73,9 @@ def register_engine(name: str):
 
 
 def check_engine(name: str) -> str:
-    import evo.engines.deap_engine  # noqa: F401  (each registers itself; optuna is imported when used)
-    import evo.engines.optuna_engine  # noqa: F401
-    import evo.engines.random_engine  # noqa: F401
+    import evo.search.engines.deap_engine  # noqa: F401  (each registers itself; optuna is imported when used)
+    import evo.search.engines.optuna_engine  # noqa: F401
+    import evo.search.engines.random_engine  # noqa: F401
 
     if name not in ENGINES:
         raise EvoError(f"unknown engine {name!r}: use one of {', '.join(sorted(ENGINES))}")

@@ -3,6 +3,6 @@
 The search loop only sees `Engine`; DEAP's globals stay inside deap_engine.py.
 """
 
-from evo.engines.base import ENGINES, Engine, Problem, Request, Score, make_engine
+from evo.search.engines.base import ENGINES, Engine, Problem, Request, Score, make_engine
 
 __all__ = ["ENGINES", "Engine", "Problem", "Request", "Score", "make_engine"]

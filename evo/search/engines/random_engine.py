@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from evo.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.engines.deap_engine import FINAL_STAGE, _pair, _rng_state, _set_rng_state, _unpair, pareto_front
-from evo.engines.operators import random_genome
+from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
+from evo.search.engines.deap_engine import FINAL_STAGE, _pair, _rng_state, _set_rng_state, _unpair, pareto_front
+from evo.search.engines.operators import random_genome
 
 
 @register_engine("random")

@@ -30,10 +30,10 @@ from torch import nn
 from evo import __version__
 from evo.compress import TensorSetting, dequantize
 from evo.compress.structure import apply_block_drop
-from evo.compress_model import CompressionResult
-from evo.config import CompressionConfig
+from evo.compress.model import CompressionResult
+from evo.compress.config import CompressionConfig
 from evo.errors import EvoError
-from evo.size import EncodedTensor, decode_tensor, encode_tensor
+from evo.compress.size import EncodedTensor, decode_tensor, encode_tensor
 from evo.types import ModelInfo
 
 ARTIFACT_FORMAT = "evo-artifact"
@@ -304,7 +304,7 @@ def build_manifest(
 ) -> ArtifactManifest:
     """The manifest write_artifact records, total_bytes still 0 (_self_sized_manifest fills it).
 
-    One constructor for the writer and for evo.sizemodel, which predicts the manifest's length.
+    One constructor for the writer and for evo.compress.sizemodel, which predicts the manifest's length.
     """
     return ArtifactManifest(
         base_model=base_model or info.model_id,

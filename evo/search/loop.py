@@ -1,7 +1,7 @@
 """The search loop: an engine asks for genomes, the evaluator scores them (quality, exact bytes),
 the run store journals every evaluation and checkpoints every generation.
 
-It knows nothing about DEAP: any engine with the ask/tell protocol of evo.engines plugs in.
+It knows nothing about DEAP: any engine with the ask/tell protocol of evo.search.engines plugs in.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from evo import __version__
 from evo.errors import EvoError
-from evo.store import (
+from evo.search.store import (
     BEST_FILE,
     CALIBRATION_FILE,
     FRONT_FILE,
@@ -61,13 +61,13 @@ class SearchSpec:
             raise EvoError(f"--fitness {self.fitness!r} is unknown: use kl or ppl")
         if self.generations < 0:
             raise EvoError("--generations must be 0 or more")
-        from evo.engines.base import check_engine
+        from evo.search.engines.base import check_engine
 
         check_engine(self.engine)
         if self.sampler is not None and self.engine != "optuna":
             raise EvoError(f"--sampler applies to --engine optuna only (this run's engine is {self.engine})")
         if self.engine == "optuna":
-            from evo.engines.optuna_engine import check_sampler
+            from evo.search.engines.optuna_engine import check_sampler
 
             object.__setattr__(self, "sampler", check_sampler(self.sampler or "tpe"))
         if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
@@ -170,11 +170,11 @@ def open_session(
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
     when the spec does not match the run or the budget is out of the space's reach."""
-    from evo.calibration import CalibrationConfig, build_calibration_set
-    from evo.calibset import CalibrationSet
-    from evo.data import read_corpus
+    from evo.data.ccds import CalibrationConfig, build_calibration_set
+    from evo.data.calibset import CalibrationSet
+    from evo.data.corpus import read_corpus
     from evo.modelio import load_model, resolve_model_source
-    from evo.space import SearchSpace
+    from evo.search.space import SearchSpace
 
     say = status or (lambda message: None)
     space = SearchSpace.load(spec.space)  # a bad space fails before anything is written
@@ -216,10 +216,10 @@ def open_session(
 
 
 def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
-    from evo.fitness import DenseReference, Evaluator, FitnessConfig
-    from evo.size import SizeCache
-    from evo.sizemodel import SizeModel
-    from evo.stats import collect_activation_stats, load_stats, save_stats
+    from evo.evaluate.evaluator import DenseReference, Evaluator, FitnessConfig
+    from evo.compress.size import SizeCache
+    from evo.compress.sizemodel import SizeModel
+    from evo.evaluate.stats import collect_activation_stats, load_stats, save_stats
 
     tokens = calibration.calibration.token_ids
     stats_path = store.path(STATS_FILE)
@@ -246,8 +246,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
 
 
 def make_problem(session: SearchSession):
-    from evo.engines import Problem
-    from evo.engines.operators import extreme_genome
+    from evo.search.engines import Problem
+    from evo.search.engines.operators import extreme_genome
 
     spec = session.spec
     seeds = tuple(_seed_genomes(session))
@@ -270,7 +270,7 @@ def make_problem(session: SearchSession):
 
 def _seed_genomes(session: SearchSession):
     """Genomes of known configs given with --seed-configs: only configs the space can express."""
-    from evo.config import CompressionConfig
+    from evo.compress.config import CompressionConfig
 
     for path in session.spec.seed_configs:
         config = CompressionConfig.load(path)
@@ -287,7 +287,7 @@ def run_search(
     on_progress: ProgressCallback | None = None,
 ) -> SearchResult:
     """Run (or continue) the search until spec.generations generations are done."""
-    from evo.engines import Score, make_engine
+    from evo.search.engines import Score, make_engine
 
     spec, store = session.spec, session.store
     problem = make_problem(session)
@@ -346,7 +346,7 @@ def _checkpoint(session: SearchSession, engine) -> None:
                                           "generation": engine.generation, "front": front})
     best = min(front, key=lambda item: item["quality"]) if front else None
     if best is not None:
-        from evo.config import CompressionConfig
+        from evo.compress.config import CompressionConfig
 
         session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best["config"]).to_toml())
     session.store.write_checkpoint({"generation": engine.generation, "engine": engine.state_dict()})

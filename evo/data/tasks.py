@@ -1,7 +1,7 @@
 """Zero-shot multiple-choice tasks read from local files, formatted as lm-eval-harness formats them.
 
 Each task is a loader registered by name that turns its file(s) into `Example`s: for every choice a
-(context, continuation) pair whose continuation log-likelihood is scored (evo.zeroshot). The files
+(context, continuation) pair whose continuation log-likelihood is scored (evo.evaluate.zeroshot). The files
 are the ones in the shared data folder (see each folder's SOURCE.md), found under $EVO_DATA_DIR,
 ./shared/data or ../shared/data, or given as `name=PATH`.
 
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from evo.data import shared_data_dirs
+from evo.data.corpus import shared_data_dirs
 from evo.errors import EvoError
 
 
