@@ -89,17 +89,17 @@ def job_run(args, seed: int, name: str) -> dict:
     session, found, seconds = search(spec, run_dir, args, say)
     entries = journal(run_dir)
     evaluating = sum(e["seconds"] for e in entries)
-    best = CompressionConfig.from_dict(found.best["config"])
+    best = CompressionConfig.from_dict(found.best.config)
     ids = wikitext_ids(session.loaded.tokenizer)
     measured = write_and_measure(session.loaded, best, run_dir / "export", ids, args,
                                  stats=session.activation_stats, size_cache=session.size_model.size_cache)
     result = {
-        **measured, "seed": seed, "engine": name, "budget_bytes": budget, "kl": found.best["quality"],
-        "recorded_bytes": found.best["size_bytes"], "evaluations": len(entries),
+        **measured, "seed": seed, "engine": name, "budget_bytes": budget, "kl": found.best.quality,
+        "recorded_bytes": found.best.size_bytes, "evaluations": len(entries),
         "full_evaluations": sum(1 for e in entries if e["stage"] == 2),
         "new_evaluations": found.new_evaluations, "seconds": seconds,
         "search_seconds": found.extra["search_seconds"], "evaluation_seconds": evaluating,
-        "config": found.best["config"], "choice": describe_choice(best, session.loaded.info),
+        "config": found.best.config, "choice": describe_choice(best, session.loaded.info),
         "population": spec.population, "generations": spec.generations,
     }
     if found.new_evaluations == len(entries):  # overhead only means something for a run made in one go
@@ -163,7 +163,7 @@ def engine_overhead(population: int = 16, generations: int = 12) -> str:
     import tempfile
 
     from evo.search.engines import Problem, Score, make_engine
-    from evo.search.space import Gene
+    from evo.types import Gene
 
     bits, embedding = (2, 3, 4, 5, 6, 8), (3, 4, 5, 6, 8)
     genes = []

@@ -18,8 +18,7 @@ from _common import ArtifactBench, setup_threads
 from evo.compress.settings import TensorSetting
 from evo.compress.config import KEPT, CompressionConfig
 from evo.modelio import load_model
-from evo.compress.size import SizeCache
-from evo.compress.sizemodel import SizeModel
+from evo.compress.size import SizeCache, SizeModel
 
 ROWS = {
     "bf16 (dense)": CompressionConfig(default=KEPT, embedding=KEPT),

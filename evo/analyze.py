@@ -22,7 +22,8 @@ import torch
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.settings import KEPT_BITS
 from evo.errors import EvoError
-from evo.compress.size import encode_tensor
+from evo.evaluate.forward import Hook, run_forward, token_batch
+from evo.compress.coding import encode_tensor
 from evo.types import ATTENTION_ROLES, MLP_ROLES
 
 if TYPE_CHECKING:
@@ -268,7 +269,6 @@ def default_calibration_ids(tokenizer, sequences: int = 4, seq_len: int = 128) -
     return pool.token_ids[picks].astype(np.int64)
 
 
-@torch.no_grad()
 def capture_linear_inputs(
     model: torch.nn.Module, modules: Sequence[str], token_ids: np.ndarray, *, batch_size: int = 8
 ) -> dict[str, torch.Tensor]:
@@ -283,15 +283,8 @@ def capture_linear_inputs(
 
         return hook
 
-    handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in modules]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, token_ids.shape[0], batch_size):
-            batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
-            model(input_ids=batch, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_forward(model, token_ids, batch_size,
+                hooks=[Hook(model.get_submodule(name), hook_for(name), pre=True) for name in modules])
     return {name: torch.cat(parts) for name, parts in captured.items()}
 
 
@@ -327,9 +320,7 @@ def analyze(
         calibration_token_ids = default_calibration_ids(
             loaded.tokenizer, grid.calibration_sequences, grid.calibration_seq_len
         )
-    ids = np.asarray(calibration_token_ids)
-    if ids.ndim != 2 or ids.size == 0 or ids.dtype.kind not in "iu":
-        raise EvoError(f"calibration token ids must be a non-empty integer array [sequences, seq_len], got {ids.shape}")
+    ids = token_batch(calibration_token_ids)
 
     targets = {role: [(layer.index, layer.linear(role)) for layer in layers if _has(layer, role)] for role in roles}
     inputs = capture_linear_inputs(loaded.model, [lin.module for lins in targets.values() for _, lin in lins], ids)

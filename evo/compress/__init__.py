@@ -13,7 +13,7 @@ from evo.compress.registry import (
     register_operator,
     run_pipeline,
 )
-from evo.compress.rescale import QuantGrid, code_max, compute_grid, num_groups, symmetric_midpoint
+from evo.compress.grid import QuantGrid, code_max, compute_grid, num_groups, symmetric_midpoint
 from evo.compress.settings import TensorSetting
 
 __all__ = [

@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +30,18 @@ from torch import nn
 
 from evo import __version__
 from evo.compress import TensorSetting, dequantize
-from evo.compress.structure import apply_block_drop
-from evo.compress.model import CompressionResult
+from evo.compress.coding import EncodedTensor, decode_tensor, encode_tensor
 from evo.compress.config import CompressionConfig
+from evo.compress.structure import apply_block_drop, shrink_config
+from evo.constants import DTYPES, MANIFEST_FILE, MODEL_CONFIG_FILE, TENSORS_FILE
 from evo.errors import EvoError
-from evo.compress.size import EncodedTensor, decode_tensor, encode_tensor
 from evo.types import ModelInfo
+
+# write_artifact takes evo.compress.model's CompressionResult, named and not imported: that module
+# imports this one to write the artifacts of the models it compresses.
 
 ARTIFACT_FORMAT = "evo-artifact"
 ARTIFACT_VERSION = 1
-MANIFEST = "manifest.json"
-TENSORS = "tensors.bin"
-MODEL_CONFIG = "config.json"
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -122,9 +121,6 @@ class ArtifactManifest:
             "tensor_bytes": self.tensor_bytes,
             "total_bytes": self.total_bytes,
         }
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode() + b"\n"
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ArtifactManifest:
@@ -248,7 +244,7 @@ def write_artifact(
         raise EvoError("this CompressionResult kept no tensors: run compress_model(..., keep_tensors=True) to export")
     if out_dir.exists() and not overwrite:
         raise EvoError(f"{out_dir} already exists: choose another directory or pass overwrite")
-    if out_dir.exists() and not (out_dir / MANIFEST).is_file() and any(out_dir.iterdir()):
+    if out_dir.exists() and not (out_dir / MANIFEST_FILE).is_file() and any(out_dir.iterdir()):
         raise EvoError(f"{out_dir} is a non-empty directory that is not an evo artifact: refusing to replace it")
     layers = model.get_submodule(result.info.layers_path)
     if len(layers) != len(result.kept_layers):
@@ -260,9 +256,9 @@ def write_artifact(
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an exported model is meant to be shared
-        tensors = _write_tensors(tmp / TENSORS, result)
-        _write_model_config(tmp / MODEL_CONFIG, model)
-        _save_tokenizer(tmp, tokenizer)
+        tensors = _write_tensors(tmp / TENSORS_FILE, result)
+        write_model_config(tmp / MODEL_CONFIG_FILE, model)
+        save_tokenizer(tmp, tokenizer)
         generation_config = getattr(model, "generation_config", None)
         if generation_config is not None:
             generation_config.save_pretrained(tmp)
@@ -273,13 +269,13 @@ def write_artifact(
         manifest = build_manifest(
             result.info, result.config, result.kept_layers, result.dtype, tensors, files, base_model=base_model
         )
-        manifest_bytes = _self_sized_manifest(manifest, sum(files.values()))
-        _write_bytes(tmp / MANIFEST, manifest_bytes)  # written last: its presence marks a whole artifact
+        manifest_bytes = ManifestWriter().encode(manifest, sum(files.values()))
+        _write_bytes(tmp / MANIFEST_FILE, manifest_bytes)  # written last: its presence marks a whole artifact
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    all_files = {**files, MANIFEST: len(manifest_bytes)}
+    all_files = {**files, MANIFEST_FILE: len(manifest_bytes)}
     total = sum(all_files.values())
     predicted = result.tensor_bytes if result.measured else None
     return ArtifactSummary(
@@ -302,9 +298,9 @@ def build_manifest(
     *,
     base_model: str | None = None,
 ) -> ArtifactManifest:
-    """The manifest write_artifact records, total_bytes still 0 (_self_sized_manifest fills it).
+    """The manifest write_artifact records, total_bytes still 0 (ManifestWriter.encode fills it).
 
-    One constructor for the writer and for evo.compress.sizemodel, which predicts the manifest's length.
+    One constructor for the writer and for evo.compress.size, which measures the manifest's length.
     """
     return ArtifactManifest(
         base_model=base_model or info.model_id,
@@ -349,7 +345,7 @@ def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor,
     return tuple(stored)
 
 
-def _write_model_config(path: Path, model: nn.Module) -> None:
+def write_model_config(path: Path, model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_json_string"):
         raise EvoError(f"{type(model).__name__} has no transformers config; evo artifacts need a transformers model")
@@ -361,22 +357,172 @@ def _write_model_config(path: Path, model: nn.Module) -> None:
     _write_bytes(path, config.to_json_string(use_diff=True).encode())
 
 
-def _save_tokenizer(directory: Path, tokenizer) -> None:
+def save_tokenizer(directory: Path, tokenizer) -> None:
     if tokenizer is None:
         raise EvoError("an artifact needs the tokenizer: pass the tokenizer the model was loaded with")
     tokenizer.save_pretrained(str(directory))
 
 
-def _self_sized_manifest(manifest: ArtifactManifest, other_bytes: int) -> bytes:
-    """The manifest whose total_bytes counts the manifest itself: the total's digit count can
-    change the manifest's length, so iterate to the fixed point (two or three rounds)."""
-    total = other_bytes
-    for _ in range(10):
-        data = replace(manifest, total_bytes=total).to_bytes()
-        if other_bytes + len(data) == total:
-            return data
-        total = other_bytes + len(data)
-    raise RuntimeError("the manifest's recorded total did not settle")
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))  # compact: every byte counts toward the budget
+
+
+_OFFSET = "\x00"  # stands for a frame's offset while an entry's template is made
+Entry = tuple[tuple[str, ...], Sequence[int]]  # (an entry's text around its frame offsets, the offsets)
+
+
+class ManifestWriter:
+    """manifest.json's bytes, for write_artifact and for the size model: one code path.
+
+    The file is the compact JSON of ArtifactManifest.to_dict(), joined here from the JSON of its
+    parts, and its total_bytes counts the file itself. Parts that repeat across the configs of a
+    search (settings, configs, tensor entries without their offsets) are memoised, so the size
+    model measures a config's manifest by writing it, thousands of times per search, cheaply.
+    """
+
+    def __init__(self) -> None:
+        self._settings: dict[TensorSetting, str] = {}
+        self._configs: dict[CompressionConfig, str] = {}
+
+    def setting_json(self, setting: TensorSetting) -> str:
+        text = self._settings.get(setting)
+        if text is None:
+            text = self._settings[setting] = _json(setting.to_dict())
+        return text
+
+    def config_json(self, config: CompressionConfig) -> str:
+        text = self._configs.get(config)
+        if text is None:
+            if len(self._configs) >= 1 << 12:
+                self._configs.clear()
+            text = self._configs[config] = _json(config.to_dict())
+        return text
+
+    @staticmethod
+    def entry_template(tensor: StoredTensor) -> tuple[str, ...]:
+        """A tensor's manifest entry, cut at its frames' offsets (the only part that depends on the
+        tensors before it): the entry is the pieces joined by the offsets' digits."""
+        data = {
+            "name": tensor.name,
+            "source": tensor.source,
+            "shape": list(tensor.shape),
+            "setting": tensor.setting.key(),
+            "frames": [{"kind": f.kind, "coder": f.coder, "offset": _OFFSET, "length": f.length, "sha256": f.sha256}
+                       for f in tensor.frames],
+        }
+        return tuple(_json(data).split(_json(_OFFSET)))
+
+    def encode(
+        self,
+        manifest: ArtifactManifest,
+        other_bytes: int,
+        *,
+        entries: Iterable[Entry] | None = None,
+        settings: dict[str, TensorSetting] | None = None,
+    ) -> bytes:
+        """manifest.json for `manifest`, total_bytes = other_bytes + the file's own length.
+
+        entries and settings default to those of manifest.tensors; the size model passes its
+        memoised templates and the settings table (key → setting, by first use, the last setting
+        of a key winning, as to_dict builds it) instead of building StoredTensors."""
+        if entries is None:
+            entries = [(self.entry_template(t), [f.offset for f in t.frames]) for t in manifest.tensors]
+        if settings is None:
+            settings = {}
+            for tensor in manifest.tensors:
+                settings[tensor.setting.key()] = tensor.setting
+        head = _json({
+            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_VERSION, "evo_version": manifest.evo_version,
+            "base_model": manifest.base_model, "architecture": manifest.architecture,
+            "model_type": manifest.model_type, "dtype": manifest.dtype, "tied_embeddings": manifest.tied_embeddings,
+            "base_num_layers": manifest.base_num_layers, "kept_layers": list(manifest.kept_layers),
+        })[:-1]
+        setting_items = ",".join(f"{_json(key)}:{self.setting_json(s)}" for key, s in settings.items())
+        entry_items = ",".join(_fill(template, offsets) for template, offsets in entries)
+        body = (f'{head},"config":{self.config_json(manifest.config)},"settings":{{{setting_items}}},'
+                f'"tensors":[{entry_items}],"files":{_json(dict(sorted(manifest.files.items())))},'
+                f'"tensor_bytes":{manifest.tensor_bytes},"total_bytes":')
+        tail = "}\n"
+        # The total's digit count can change the file's length: iterate to the fixed point (ASCII
+        # JSON, so characters are bytes).
+        total = other_bytes
+        for _ in range(10):
+            length = len(body) + len(str(total)) + len(tail)
+            if other_bytes + length == total:
+                return f"{body}{total}{tail}".encode()
+            total = other_bytes + length
+        raise RuntimeError("the manifest's recorded total did not settle")
+
+
+def _fill(template: tuple[str, ...], offsets: Sequence[int]) -> str:
+    if len(template) != len(offsets) + 1:
+        raise RuntimeError("a manifest entry's template does not match its frames")
+    parts = [template[0]]
+    for offset, piece in zip(offsets, template[1:]):
+        parts += [str(offset), piece]
+    return "".join(parts)
+
+
+class ArtifactMetadata:
+    """The files write_artifact writes beside tensors.bin and the manifest, measured by writing them
+    once with the artifact's own writers: tokenizer files, generation_config.json, and config.json,
+    whose size depends on the layers kept (measured once per distinct layer count / layer types)."""
+
+    def __init__(self, model: nn.Module, tokenizer, info: ModelInfo) -> None:
+        self.num_layers = info.num_layers
+        # A shallow copy shares the modules but not the attribute dict, so config.json can be written
+        # for a shrunk config without touching the model (which an Evaluator may be using).
+        self._shell = copy.copy(model)
+        self._config = copy.deepcopy(getattr(model, "config", None))
+        with tempfile.TemporaryDirectory() as tmp:
+            directory = Path(tmp)
+            save_tokenizer(directory, tokenizer)
+            generation_config = getattr(model, "generation_config", None)
+            if generation_config is not None:
+                generation_config.save_pretrained(directory)
+            self.fixed_files: dict[str, int] = {
+                path.relative_to(directory).as_posix(): path.stat().st_size
+                for path in sorted(directory.rglob("*"))
+                if path.is_file()
+            }
+        clash = {MANIFEST_FILE, TENSORS_FILE, MODEL_CONFIG_FILE} & set(self.fixed_files)
+        if clash:
+            raise RuntimeError(f"the tokenizer writes {sorted(clash)}, which the artifact writes itself")
+        self._model_config_bytes: dict[tuple, int] = {}
+
+    def model_config_bytes(self, kept_layers: tuple[int, ...]) -> int:
+        """Bytes of config.json when these base-model layers are kept."""
+        layer_types = getattr(self._config, "layer_types", None)
+        # drop_layers changes only num_hidden_layers and layer_types (structure._shrink_config),
+        # so those name the file's content; the kept indices themselves would be a far larger key.
+        types_kept = (
+            tuple(layer_types[i] for i in kept_layers)
+            if isinstance(layer_types, (list, tuple)) and len(layer_types) == self.num_layers
+            else None
+        )
+        key = (len(kept_layers), types_kept)
+        size = self._model_config_bytes.get(key)
+        if size is None:
+            shell = copy.copy(self._shell)
+            shell.config = copy.deepcopy(self._config)
+            if len(kept_layers) != self.num_layers:  # apply_drops leaves the config alone otherwise
+                shrink_config(shell.config, tuple(kept_layers), self.num_layers)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / MODEL_CONFIG_FILE
+                write_model_config(path, shell)
+                size = path.stat().st_size
+            self._model_config_bytes[key] = size
+        return size
+
+    def files(self, kept_layers: tuple[int, ...], tensor_bytes: int) -> dict[str, int]:
+        """The manifest's `files` table: every file but the manifest → its size."""
+        return {
+            **self.fixed_files,
+            MODEL_CONFIG_FILE: self.model_config_bytes(kept_layers),
+            TENSORS_FILE: tensor_bytes,
+        }
+
+
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -411,18 +557,18 @@ def read_manifest(path: str | os.PathLike[str]) -> ArtifactManifest:
     path = Path(path)
     if not path.is_dir():
         raise EvoError(f"artifact {path} does not exist or is not a directory: check the path, or export one first")
-    manifest_path = path / MANIFEST
+    manifest_path = path / MANIFEST_FILE
     try:
         text = manifest_path.read_bytes()
     except FileNotFoundError:
         raise EvoError(
-            f"artifact {path} has no {MANIFEST}: it is incomplete or not an evo artifact; re-export it"
+            f"artifact {path} has no {MANIFEST_FILE}: it is incomplete or not an evo artifact; re-export it"
         ) from None
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EvoError(f"artifact {path}: {MANIFEST} is truncated or corrupt; re-export it") from None
-    return ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST}")
+        raise EvoError(f"artifact {path}: {MANIFEST_FILE} is truncated or corrupt; re-export it") from None
+    return ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST_FILE}")
 
 
 def check_base_model(manifest: ArtifactManifest, expected_base_model: str, path: str | os.PathLike[str] = "") -> None:
@@ -436,13 +582,13 @@ def check_base_model(manifest: ArtifactManifest, expected_base_model: str, path:
 
 def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
     try:
-        data = (path / TENSORS).read_bytes()
+        data = (path / TENSORS_FILE).read_bytes()
     except FileNotFoundError:
-        raise EvoError(f"artifact {path} has no {TENSORS}: it is incomplete; re-export it") from None
+        raise EvoError(f"artifact {path} has no {TENSORS_FILE}: it is incomplete; re-export it") from None
     end = max((f.offset + f.length for t in manifest.tensors for f in t.frames), default=0)
     if len(data) != manifest.tensor_bytes or end > len(data):
         raise EvoError(
-            f"artifact {path}: {TENSORS} holds {len(data)} bytes but the manifest expects {manifest.tensor_bytes}; "
+            f"artifact {path}: {TENSORS_FILE} holds {len(data)} bytes but the manifest expects {manifest.tensor_bytes}; "
             "it is truncated or corrupt: re-export it"
         )
     return data
@@ -450,9 +596,9 @@ def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
 
 def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
     if dtype is None:
-        if manifest.dtype not in _DTYPES:
+        if manifest.dtype not in DTYPES:
             raise EvoError(f"artifact dtype {manifest.dtype!r} is unknown; pass dtype= explicitly")
-        return _DTYPES[manifest.dtype]
+        return getattr(torch, DTYPES[manifest.dtype])
     if isinstance(dtype, torch.dtype):
         return dtype
     from evo.modelio import resolve_dtype
@@ -506,11 +652,11 @@ def load(
         with _no_init_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
-        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG} ({exc}); re-export it") from None
+        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG_FILE} ({exc}); re-export it") from None
     info = describe_model(model, model_id=manifest.base_model)
     if info.num_layers != len(manifest.kept_layers):
         raise EvoError(
-            f"artifact {path}: {MODEL_CONFIG} builds {info.num_layers} layers but the manifest keeps "
+            f"artifact {path}: {MODEL_CONFIG_FILE} builds {info.num_layers} layers but the manifest keeps "
             f"{len(manifest.kept_layers)}; re-export it"
         )
     for new_index, base_index in enumerate(manifest.kept_layers):

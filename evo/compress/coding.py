@@ -1,4 +1,5 @@
-"""Lossless coders for one array of small integer codes (zstd, bit-packed zstd, ANS) and of 16-bit values.
+"""Lossless coders for one array of small integer codes (zstd, bit-packed zstd, ANS) and of 16-bit values,
+and the frames that store one compressed matrix (encode_tensor / decode_tensor).
 
 Every frame starts with a header (coder id, bits, count) so `decode(frame)` needs nothing else.
 
@@ -18,12 +19,17 @@ then the value count as a LEB128 varint, then the coder's payload:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import constriction
 import numpy as np
+import torch
 import zstandard
 
+from evo.compress.grid import num_groups
+from evo.compress.quantize import QuantizedTensor
+from evo.compress.settings import TensorSetting
 from evo.errors import EvoError
 
 # Codes are near-i.i.d. symbols, so zstd's gain is mostly its Huffman literal coder: on SmolLM2
@@ -307,3 +313,84 @@ def order0_entropy_bits(values: np.ndarray) -> float:
     counts = counts[counts > 0].astype(np.float64)
     n = float(values.size)
     return float(n * np.log2(n) - np.sum(counts * np.log2(counts)))
+
+
+# --- the frames of one compressed matrix -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """The frames that store one matrix: "codes" always, "scales" and "zeros" when quantized.
+
+    entropy_bits is the order-0 entropy of the codes (of the bf16 bit patterns for bits=16),
+    the bound the codes frame is measured against.
+    """
+
+    frames: dict[str, bytes]
+    coders: dict[str, str]
+    entropy_bits: float
+
+    @property
+    def frame_bytes(self) -> dict[str, int]:
+        return {name: len(frame) for name, frame in self.frames.items()}
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(len(frame) for frame in self.frames.values())
+
+
+def _u16(tensor: torch.Tensor) -> np.ndarray:
+    # numpy has no bf16; the 16-bit pattern is what gets stored anyway.
+    return tensor.detach().cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _from_u16(values: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(values.astype(np.uint16).view(np.int16).copy()).view(dtype).reshape(shape)
+
+
+def encode_tensor(q: QuantizedTensor) -> EncodedTensor:
+    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes."""
+    setting = q.setting
+    frames: dict[str, bytes] = {}
+    coders: dict[str, str] = {}
+    if not setting.quantized:
+        values = _u16(q.codes)
+        coders["codes"], frames["codes"] = encode_u16(values)
+        return EncodedTensor(frames, coders, order0_entropy_bits(values))
+    codes = q.codes.detach().cpu().contiguous().numpy().reshape(-1)
+    coders["codes"], frames["codes"] = encode_best(codes, setting.bits)
+    coders["scales"], frames["scales"] = encode_u16(_u16(q.scales))
+    if q.zeros is not None:
+        if q.zeros.dtype == torch.uint8:  # integer zero points are codes of the same width
+            zeros = q.zeros.detach().cpu().contiguous().numpy().reshape(-1)
+            coders["zeros"], frames["zeros"] = encode_best(zeros, setting.bits)
+        else:
+            coders["zeros"], frames["zeros"] = encode_u16(_u16(q.zeros))
+    return EncodedTensor(frames, coders, order0_entropy_bits(codes))
+
+
+def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
+    """The exact QuantizedTensor that encode_tensor was given."""
+    shape = tuple(shape)
+    _, bits, count = frame_info(encoded.frames["codes"])
+    if bits != (setting.bits if setting.quantized else 16) or count != int(np.prod(shape)):
+        raise EvoError(
+            f"encoded codes hold {count} values of {bits} bits; setting {setting.key()} and shape {shape} "
+            "do not match them"
+        )
+    values = decode(encoded.frames["codes"])
+    if not setting.quantized:
+        return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
+    groups = (shape[0], num_groups(shape[1], setting.group_size))
+    codes = torch.from_numpy(values).reshape(shape)
+    scales = _from_u16(decode(encoded.frames["scales"]), torch.float16, groups)
+    zeros = None
+    if not setting.symmetric:
+        if "zeros" not in encoded.frames:
+            raise EvoError(f"encoded tensor lacks the zero-point frame its setting {setting.key()} needs")
+        raw = decode(encoded.frames["zeros"])
+        if setting.zero_point == "int":
+            zeros = torch.from_numpy(raw.astype(np.uint8)).reshape(groups)
+        else:
+            zeros = _from_u16(raw, torch.float16, groups)
+    return QuantizedTensor(codes, scales, zeros, shape, setting)

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from evo.compress.settings import TensorSetting
-from evo.compress.structure import DROPS
+from evo.compress.settings import ALLOWED_BITS, ALLOWED_GROUP_SIZES, TensorSetting
+from evo.constants import DROPS
 from evo.errors import EvoError
 from evo.fileio import atomic_write_text
 from evo.types import ATTENTION_ROLES, MLP_ROLES, ModelInfo
@@ -399,6 +399,40 @@ def tensor_shapes(info: ModelInfo) -> dict[str, tuple[int, ...]]:
     for tensor in info.non_decoder:
         shapes[tensor.name] = tuple(tensor.shape)
     return shapes
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One stored tensor of a model as a config sees it (what `evo inspect` lists)."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: str  # attn_q, mlp_down, ..., embedding, head, norm, bias, other
+    section: str  # the config key that sets it unless [tensors] names it
+    quantizable: bool  # a matrix: any TensorSetting; otherwise bits = 16 only
+
+    def allowed(self) -> str:
+        if not self.quantizable:
+            return "bits = 16 only (1-D)"
+        groups = "/".join("channel" if g is None else str(g) for g in ALLOWED_GROUP_SIZES)
+        return f"bits {'/'.join(map(str, ALLOWED_BITS))}, group_size {groups}, rescale, sparsity"
+
+
+def tensor_entries(info: ModelInfo) -> tuple[TensorEntry, ...]:
+    """Every tensor the model stores once, in plan order, with the config section that governs it."""
+    entries = []
+    for layer in info.layers:
+        for lin in layer.linears:
+            group = "attention" if lin.role in ATTENTION_ROLES else "mlp" if lin.role in MLP_ROLES else None
+            section = f"layers.{layer.index}.{group} (else default)" if group else "default"
+            entries.append(TensorEntry(lin.name, tuple(lin.shape), lin.role, section, True))
+        for name, shape in layer.other_tensors:
+            role = "bias" if name.endswith(".bias") else "norm"
+            entries.append(TensorEntry(name, tuple(shape), role, "tensors (kept in bf16)", len(shape) == 2))
+    for tensor in info.non_decoder:
+        section = {"embedding": "embedding", "head": "head"}.get(tensor.role, "tensors (kept in bf16)")
+        entries.append(TensorEntry(tensor.name, tuple(tensor.shape), tensor.role, section, len(tensor.shape) == 2))
+    return tuple(entries)
 
 
 # --- a TOML writer for the fixed shape of to_dict() ----------------------------------------------

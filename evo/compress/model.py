@@ -1,5 +1,7 @@
-"""Apply a CompressionConfig to a whole model in place: every stored tensor is compressed and
-replaced by the weight it decodes to, blocks and layers are dropped, exact sizes are measured.
+"""Compress a whole model with a CompressionConfig: plan what it stores, compress every tensor in
+place (replaced by the weight it decodes to), drop blocks and layers, measure exact sizes, and
+write the artifact: the one path shared by `evo compress`, `evo export` and the baselines, so all
+of them produce identical bytes.
 
 The model that comes out is the one an artifact of the same config loads back, bit for bit.
 """
@@ -7,84 +9,25 @@ The model that comes out is the one an artifact of the same config loads back, b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from evo.compress import ActivationStats, CompressedTensor, TensorSetting, compress_tensor
-from evo.compress.prune import CRITERION_STATISTIC
-from evo.compress.structure import apply_drops, is_replaced, replaced_modules
+from evo.compress.apply import CompressedTensor, compress_tensor
+from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig
+from evo.compress.plan import TensorPlan, plan_model, size_model_id, stats_for
+from evo.compress.prune import ActivationStats
+from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
+from evo.compress.structure import apply_drops
 from evo.errors import EvoError
-from evo.compress.size import EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
 from evo.types import ModelInfo
 
 
-@dataclass(frozen=True)
-class TensorPlan:
-    """One tensor the compressed model stores.
-
-    source: its name in the base model (what configs, statistics and size keys use);
-    name: its name in the compressed model, which differs once earlier layers are dropped.
-    """
-
-    name: str
-    source: str
-    shape: tuple[int, ...]
-    setting: TensorSetting
-
-    @property
-    def numel(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """Every stored tensor, and the base-model indices of the decoder layers that remain."""
-
-    tensors: tuple[TensorPlan, ...]
-    kept_layers: tuple[int, ...]
-
-
-def plan_model(info: ModelInfo, config: CompressionConfig) -> ModelPlan:
-    """What a config stores, from the model's description alone (no weights needed).
-
-    Tensors of dropped layers and blocks are left out; a tied head is the embedding, stored once.
-    """
-    config.validate_against(info)
-    drops = config.drops
-    kept = tuple(layer.index for layer in info.layers if drops.get(layer.index) != "layer")
-    new_index = {old: new for new, old in enumerate(kept)}
-    tensors = []
-    for layer in info.layers:
-        drop = drops.get(layer.index, "none")
-        if drop == "layer":
-            continue
-        removed = replaced_modules(layer, drop)
-        old_prefix = f"{layer.module}."
-        new_prefix = f"{info.layers_path}.{new_index[layer.index]}."
-        names = [(lin.name, tuple(lin.shape)) for lin in layer.linears] + list(layer.other_tensors)
-        for source, shape in names:
-            if is_replaced(source, removed):
-                continue
-            if not source.startswith(old_prefix):
-                raise EvoError(f"tensor {source} of layer {layer.index} is not under {layer.module}")
-            tensors.append(
-                TensorPlan(
-                    name=new_prefix + source[len(old_prefix) :],
-                    source=source,
-                    shape=tuple(shape),
-                    setting=config.setting_for(source, info),
-                )
-            )
-    for tensor in info.non_decoder:
-        tensors.append(
-            TensorPlan(tensor.name, tensor.name, tuple(tensor.shape), config.setting_for(tensor.name, info))
-        )
-    return ModelPlan(tensors=tuple(tensors), kept_layers=kept)
+DEFAULT_STATS_SEQUENCES = 16
+DEFAULT_STATS_SEQ_LEN = 256
 
 
 @dataclass(frozen=True)
@@ -124,15 +67,6 @@ class CompressionResult:
         return sum(t.size.compressed_bytes for t in self.tensors)  # type: ignore[union-attr]
 
 
-def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
-    """The model id for size keys: the same checkpoint in bf16 and fp32 rounds to other codes."""
-    return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
-
-
-def _needs_stats(setting: TensorSetting) -> bool:
-    return setting.quantized and setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
-
-
 def _unwrap(model) -> tuple[nn.Module, ModelInfo | None]:
     # A LoadedModel (evo.modelio) carries its own description.
     if hasattr(model, "model") and hasattr(model, "info") and isinstance(getattr(model, "model"), nn.Module):
@@ -169,7 +103,7 @@ def compress_model(
     if not isinstance(config, CompressionConfig):
         raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
     plan = plan_model(info, config)
-    _check_matches(module, info)
+    check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
     key_model_id = model_id or size_model_id(info, dtype)
@@ -177,14 +111,7 @@ def compress_model(
     results = []
     for tensor in plan.tensors:
         setting = tensor.setting
-        act = None
-        if _needs_stats(setting):
-            act = (stats or {}).get(tensor.source)
-            if act is None:
-                raise EvoError(
-                    f"tensor {tensor.source} is pruned with {setting.prune_criterion!r}, which needs activation "
-                    "statistics: pass stats=collect_activation_stats(...) or use prune_criterion='magnitude'"
-                )
+        act = stats_for(stats, tensor.source, setting)
         param = params[tensor.source]
         compressed = compress_tensor(param.detach(), setting, act)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
@@ -219,7 +146,7 @@ def compress_model(
     )
 
 
-def _check_matches(module: nn.Module, info: ModelInfo) -> None:
+def check_matches(module: nn.Module, info: ModelInfo) -> None:
     """Refuse a model that no longer looks as described: compressing twice would re-quantize
     decoded weights and drop blocks by indices that have shifted."""
     params = dict(module.named_parameters())
@@ -257,3 +184,30 @@ def _measure(
     key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
     entry = cached_size(size_cache, key, encode)
     return entry, (fresh[0] if fresh else None)
+
+
+# --- the artifact of a config ------------------------------------------------------------------------
+
+
+def default_stats_tokens(tokenizer) -> np.ndarray:
+    """Token ids for activation statistics when no calibration set is given: the first sequences
+    of every source of the embedded corpus, round-robin (deterministic, no model pass needed)."""
+    from evo.data.corpus import read_corpus, tokenize_corpus
+
+    pool = tokenize_corpus(read_corpus(), tokenizer, DEFAULT_STATS_SEQ_LEN)
+    by_source: dict[str, list[int]] = {}
+    for index, source in enumerate(pool.sources):
+        by_source.setdefault(source, []).append(index)
+    order = [rows[i] for i in range(max(map(len, by_source.values()))) for rows in by_source.values() if i < len(rows)]
+    return pool.token_ids[order[:DEFAULT_STATS_SEQUENCES]]
+
+
+def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
+                       overwrite: bool = False):
+    """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
+    The model is modified: reload it before compressing it with another config."""
+    from evo.compress.artifact import write_artifact
+
+    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
+                          overwrite=overwrite)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from evo.compress.registry import CompressionState, register_operator
-from evo.compress.rescale import QuantGrid, column_group, compute_grid, num_groups, symmetric_midpoint
+from evo.compress.grid import QuantGrid, column_group, compute_grid, num_groups, symmetric_midpoint
 from evo.compress.settings import TensorSetting
 from evo.errors import EvoError
 

@@ -19,6 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from evo.errors import EvoError
+from evo.evaluate.forward import Hook, StopForward, forward_batches
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -28,11 +29,6 @@ AUTO_K_RANGE = (2, 16)  # k tried when n_clusters="auto", bounded by the number 
 SILHOUETTE_SAMPLE = 2000  # silhouette is O(n²): score a fixed random subset
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end the forward pass once the embedding layer has run."""
-
-
-@torch.no_grad()
 def embed_sequences(
     model: torch.nn.Module,
     layers: torch.nn.ModuleList,
@@ -50,25 +46,12 @@ def embed_sequences(
     def hook(_module, _inputs, output):
         hidden = output[0] if isinstance(output, tuple) else output
         captured.append(hidden.float().mean(dim=1))
-        raise _StopForward
+        raise StopForward  # the layers above it are not needed
 
-    device = next(model.parameters()).device
-    handle = layers[layer].register_forward_hook(hook)
     rows = []
-    try:
-        total = token_ids.shape[0]
-        for start in range(0, total, batch_size):
-            batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
-            try:
-                model(input_ids=batch, use_cache=False)
-            except _StopForward:
-                pass
-            pooled = captured.pop()
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-            if progress:
-                progress(min(start + batch_size, total), total)
-    finally:
-        handle.remove()
+    for _ in forward_batches(model, token_ids, batch_size, hooks=[Hook(layers[layer], hook)], progress=progress):
+        pooled = captured.pop()
+        rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
     return np.concatenate(rows, axis=0).astype(np.float32)
 
 

@@ -10,39 +10,29 @@ sliced); stage 2 uses every calibration sequence at full length.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from evo.compress import ActivationStats, compress_tensor
-from evo.compress.structure import apply_block_drop, replaced_modules
-from evo.compress.model import _check_matches, plan_model
 from evo.compress.config import CompressionConfig, tensor_shapes
+from evo.compress.model import check_matches
+from evo.compress.plan import plan_model, stats_for
+from evo.compress.structure import apply_block_drop, replaced_modules
+from evo.constants import FINAL_STAGE, SCREEN_STAGE
 from evo.errors import EvoError
-from evo.compress.sizemodel import stats_for
+from evo.evaluate.forward import Hook, forward_batches, per_batch, run_forward, token_batch
+from evo.evaluate.metrics import nll_sum, topk_kl
+from evo.evaluate.reference import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K, DenseReference
 from evo.types import ModelInfo
 
 METRICS = ("kl", "ppl")
-SCREEN_STAGE = 1  # the engines' stage numbers (evo.search.engines.deap_engine)
-FINAL_STAGE = 2
-# Measured on SmolLM2-135M, 8 × 512 calibration tokens, against the exact KL from full logits, for
-# uniform 8/4/3/2-bit and one-layer-dropped candidates: the top-k bound alone reads 4-11 % low at
-# k=256 (8-20 % at k=64); adding 16 tail samples brings every estimate within 0.3 % at k=256
-# (0.7 % at k=64, but one draw 4.8 % high on a 3-bit model). 272 numbers per position, not 49152.
-DEFAULT_TOP_K = 256
-DEFAULT_TAIL_SAMPLES = 16
 DEFAULT_CACHE_BYTES = 2 << 30  # dequantized weights kept for reuse, per Evaluator
-REFERENCE_FORMAT = "evo.dense_reference"
-REFERENCE_VERSION = "1"
 
 ProgressCallback = Callable[[int, int], None]  # (batches done, batches total)
 
@@ -93,232 +83,6 @@ class FitnessConfig:
         if unknown:
             raise EvoError(f"unknown FitnessConfig field(s) {unknown}")
         return cls(**data)
-
-
-# --- KL from full logits and from the compact reference ----------------------------------------------
-
-
-def exact_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) in nats at every position, p = softmax(reference_logits), q = softmax(logits),
-    both [..., vocab]; float32 [...]."""
-    log_p = torch.log_softmax(reference_logits.float(), dim=-1)
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
-
-
-def topk_kl(
-    logits: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    tail_logprob: torch.Tensor,
-    tail_ids: torch.Tensor | None = None,
-    tail_logprobs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """KL(p ‖ q) at every position from p's top-k tokens, its tail mass and (optionally) tokens
-    sampled from its tail; q = softmax(logits). float32 [...] for logits [..., vocab], top-k
-    tensors [..., k], tail_logprob [...], tail samples [..., m].
-
-    By the chain rule KL(p ‖ q) = KL(p̄ ‖ q̄) + p_tail · KL(p̃ ‖ q̃), where p̄, q̄ are coarse-grained
-    to the k tokens plus one tail outcome and p̃, q̃ are the distributions inside the tail.
-    Without samples only the first term is returned: a lower bound of the KL (coarse-graining
-    never increases it), exact when k covers the vocabulary. With m samples i ~ p̃ the second
-    term is estimated without bias as p_tail · mean(ρ − 1 − log ρ), ρ = q̃_i / p̃_i: E[ρ] = 1
-    makes it unbiased, and every term is ≥ 0 and ≈ (log ρ)²/2, which keeps the variance small
-    except where q lifts a token p finds rare far above p (terms ≈ ρ); a larger k tames that.
-    q's tail mass is a log-sum-exp over the tokens outside the top k, not 1 − Σ q_i, so it stays
-    accurate when the top k hold nearly all the mass.
-    """
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    ids = topk_ids.long()
-    log_q_top = log_q.gather(-1, ids)
-    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
-    log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
-    log_q_tail = torch.logsumexp(log_q, dim=-1)
-    log_p_top = topk_logprobs.float()
-    log_p_tail = tail_logprob.float()
-    kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
-    empty_tail = torch.isneginf(log_p_tail)  # k = vocab: 0 · (−inf − x) would be nan
-    tail = log_p_tail.exp() * (log_p_tail - log_q_tail)
-    if log_q_sampled is not None:
-        # log ρ in float64: ρ − 1 − log ρ cancels to (log ρ)²/2, tiny for a good candidate.
-        log_rho = (log_q_sampled.double() - log_q_tail.double()[..., None]) - (
-            tail_logprobs.double() - log_p_tail.double()[..., None]
-        )
-        inside = (torch.expm1(log_rho) - log_rho).mean(-1)
-        tail = tail + (log_p_tail.double().exp() * inside).float()
-    return kl + torch.where(empty_tail, torch.zeros_like(tail), tail)
-
-
-# --- the dense reference -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class DenseReference:
-    """The dense model's next-token distributions on the calibration tokens, compactly: per position
-    the top-k token ids and log-probabilities (sorted, most likely first), the log of the remaining
-    (tail) mass, m tokens drawn from the tail with their log-probabilities (for topk_kl's unbiased
-    tail term), and the log-probability of the token that follows (for the dense perplexity).
-
-    32 sequences × 512 positions × (k=256 + m=16) take 36 MB; full float32 logits of a 49k
-    vocabulary would take 3.2 GB, which is why only this much of each distribution is kept.
-    """
-
-    token_ids: torch.Tensor  # int32 [n, L]
-    topk_ids: torch.Tensor  # int32 [n, L, k]
-    topk_logprobs: torch.Tensor  # float32 [n, L, k]
-    tail_logprob: torch.Tensor  # float32 [n, L]; -inf when k covers the vocabulary
-    tail_ids: torch.Tensor  # int32 [n, L, m], drawn with replacement from p restricted to the tail
-    tail_logprobs: torch.Tensor  # float32 [n, L, m]
-    target_logprob: torch.Tensor  # float32 [n, L - 1]: log p(token t+1 | tokens ≤ t)
-
-    def __post_init__(self) -> None:
-        n, length = self.token_ids.shape
-        k = self.topk_ids.shape[-1] if self.topk_ids.ndim == 3 else -1
-        m = self.tail_ids.shape[-1] if self.tail_ids.ndim == 3 else -1
-        expected = {
-            "topk_ids": (n, length, k),
-            "topk_logprobs": (n, length, k),
-            "tail_logprob": (n, length),
-            "tail_ids": (n, length, m),
-            "tail_logprobs": (n, length, m),
-            "target_logprob": (n, length - 1),
-        }
-        for name, shape in expected.items():
-            if tuple(getattr(self, name).shape) != shape:
-                raise EvoError(
-                    f"DenseReference.{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}: "
-                    "the reference is corrupt; delete it and it is recomputed"
-                )
-
-    @property
-    def top_k(self) -> int:
-        return int(self.topk_ids.shape[-1])
-
-    @property
-    def tail_samples(self) -> int:
-        return int(self.tail_ids.shape[-1])
-
-    @classmethod
-    @torch.no_grad()
-    def compute(
-        cls,
-        model: nn.Module,
-        token_ids,
-        *,
-        top_k: int = DEFAULT_TOP_K,
-        tail_samples: int = DEFAULT_TAIL_SAMPLES,
-        batch_size: int = 4,
-        seed: int = 0,
-        progress: ProgressCallback | None = None,
-    ) -> DenseReference:
-        """Run the dense model once over token_ids [n, L] on its device and keep, per position, the
-        top-k and `tail_samples` tokens drawn from the rest (top_k at or above the vocabulary keeps
-        the whole distribution and draws nothing). `seed` makes the draws reproducible."""
-        ids = _as_token_batch(token_ids)
-        _positive_int("top_k", top_k)
-        _positive_int("batch_size", batch_size)
-        if isinstance(tail_samples, bool) or not isinstance(tail_samples, int) or tail_samples < 0:
-            raise EvoError(f"tail_samples={tail_samples!r} must be a non-negative integer")
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(seed)
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("ids", "logprobs", "tail", "samples",
-                                                                       "sample_logprobs", "target")}
-        batches = range(0, ids.shape[0], batch_size)
-        for done, start in enumerate(batches, 1):
-            batch = ids[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits
-            k = min(top_k, logits.shape[-1])
-            m = tail_samples if k < logits.shape[-1] else 0
-            for row in range(batch.shape[0]):  # one float32 [L, vocab] at a time
-                log_p = torch.log_softmax(logits[row].float(), dim=-1)
-                values, indices = log_p.topk(k, dim=-1)
-                parts["target"].append(log_p[:-1].gather(-1, batch[row, 1:, None]).squeeze(-1).cpu())
-                log_p.scatter_(-1, indices, float("-inf"))
-                tail = torch.logsumexp(log_p, dim=-1)
-                samples = torch.empty(log_p.shape[0], m, dtype=torch.long, device=device)
-                if m:
-                    # The top-k have probability 0 here, so every draw lands in the tail.
-                    inside = torch.exp(log_p - tail[:, None])
-                    samples = torch.multinomial(inside, m, replacement=True, generator=generator)
-                    del inside
-                parts["sample_logprobs"].append(log_p.gather(-1, samples).cpu())
-                parts["samples"].append(samples.to(torch.int32).cpu())
-                parts["tail"].append(tail.cpu())
-                parts["ids"].append(indices.to(torch.int32).cpu())
-                parts["logprobs"].append(values.cpu())
-            del logits
-            if progress:
-                progress(done, len(batches))
-        return cls(
-            token_ids=ids.to(torch.int32),
-            topk_ids=torch.stack(parts["ids"]),
-            topk_logprobs=torch.stack(parts["logprobs"]),
-            tail_logprob=torch.stack(parts["tail"]),
-            tail_ids=torch.stack(parts["samples"]),
-            tail_logprobs=torch.stack(parts["sample_logprobs"]),
-            target_logprob=torch.stack(parts["target"]),
-        )
-
-    def perplexity(self, sequences: int | None = None, tokens: int | None = None) -> float:
-        """The dense model's perplexity on the first `sequences` sequences cut to `tokens` tokens."""
-        n = sequences or self.token_ids.shape[0]
-        length = tokens or self.token_ids.shape[1]
-        return math.exp(float(-self.target_logprob[:n, : length - 1].double().mean()))
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write as safetensors, atomically (a temp file renamed into place)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        tensors = {name: getattr(self, name) for name in _REFERENCE_FIELDS}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(
-            {name: value.contiguous().cpu() for name, value in tensors.items()},
-            str(tmp),
-            metadata={"format": REFERENCE_FORMAT, "format_version": REFERENCE_VERSION},
-        )
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DenseReference:
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except FileNotFoundError:
-            raise EvoError(f"dense reference {path} does not exist: compute it with DenseReference.compute") from None
-        except (SafetensorError, OSError) as exc:
-            raise EvoError(f"dense reference {path} is corrupt ({exc}): delete it and it is recomputed") from None
-        if metadata.get("format") != REFERENCE_FORMAT or metadata.get("format_version") != REFERENCE_VERSION:
-            raise EvoError(f"{path} is not a dense reference of this evo version: delete it and it is recomputed")
-        missing = [name for name in _REFERENCE_FIELDS if name not in tensors]
-        if missing:
-            raise EvoError(f"dense reference {path} lacks {missing}: delete it and it is recomputed")
-        return cls(**{name: tensors[name] for name in _REFERENCE_FIELDS})
-
-
-_REFERENCE_FIELDS = (
-    "token_ids", "topk_ids", "topk_logprobs", "tail_logprob", "tail_ids", "tail_logprobs", "target_logprob"
-)
-
-
-def _as_token_batch(token_ids) -> torch.Tensor:
-    if isinstance(token_ids, torch.Tensor):
-        ids = token_ids.detach().cpu()
-    else:
-        array = np.asarray(token_ids)
-        if array.dtype.kind not in "iu":
-            raise EvoError(f"token ids must be integers, got {array.dtype}")
-        ids = torch.from_numpy(array.astype(np.int64))
-    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
-        raise EvoError(f"token ids must be [sequences, length ≥ 2], got shape {tuple(ids.shape)}")
-    if ids.is_floating_point():
-        raise EvoError(f"token ids must be integers, got {ids.dtype}")
-    return ids.long()
 
 
 # --- the evaluator -------------------------------------------------------------------------------------
@@ -390,12 +154,12 @@ class Evaluator:
     ) -> None:
         if not isinstance(fitness, FitnessConfig):
             raise EvoError(f"fitness must be a FitnessConfig, got {type(fitness).__name__}")
-        _check_matches(model, info)
+        check_matches(model, info)
         self.model = model.eval()
         self.info = info
         self.fitness = fitness
         self.activation_stats = stats
-        self.token_ids = _as_token_batch(token_ids)
+        self.token_ids = token_batch(token_ids, min_length=2)
         n, length = self.token_ids.shape
         if fitness.screen_sequences > n or fitness.screen_tokens > length:
             raise EvoError(
@@ -586,12 +350,8 @@ class Evaluator:
 
             return check
 
-        handles = [layers[i].register_forward_hook(hook(i), with_kwargs=True) for i in dropped]
-        try:
-            self.model(input_ids=ids[:1, : min(8, ids.shape[1])].to(self.device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+        run_forward(self.model, ids[:1, : min(8, ids.shape[1])], 1,
+                    hooks=[Hook(layers[i], hook(i), with_kwargs=True) for i in dropped])
         if failures:
             raise EvoError(
                 f"layer {failures[0]} of {self.info.architecture} does not reduce to the identity when its attention "
@@ -605,14 +365,7 @@ class Evaluator:
     def _batches(self, ids: torch.Tensor, progress: ProgressCallback | None):
         self._check_layer_drops(ids)
         size = self.fitness.batch_size
-        starts = range(0, ids.shape[0], size)
-        for done, start in enumerate(starts, 1):
-            batch = ids[start : start + size].to(self.device)
-            logits = self.model(input_ids=batch, use_cache=False).logits
-            yield start, batch, logits
-            del logits
-            if progress:
-                progress(done, len(starts))
+        return forward_batches(self.model, ids, size, progress=per_batch(progress, size))
 
     def _kl(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:
         sequences, tokens = ids.shape
@@ -629,5 +382,5 @@ class Evaluator:
         total = 0.0
         for _, batch, logits in self._batches(ids, progress):
             for row in range(batch.shape[0]):  # evaluate.perplexity's reduction, row by row
-                total += float(F.cross_entropy(logits[row, :-1].float(), batch[row, 1:], reduction="sum"))
+                total += nll_sum(logits[row], batch[row])
         return math.exp(total / (sequences * (tokens - 1)))

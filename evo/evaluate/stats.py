@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +15,8 @@ from torch import nn
 
 from evo.compress.prune import ActivationStats
 from evo.errors import EvoError
+from evo.evaluate.forward import Hook, run_forward, token_batch
+from evo.fileio import atomic_path
 from evo.types import ModelInfo
 
 
@@ -40,16 +41,6 @@ class _Accumulator:
         )
 
 
-def _check_tokens(token_ids: np.ndarray) -> np.ndarray:
-    token_ids = np.asarray(token_ids)
-    if token_ids.ndim != 2 or token_ids.shape[0] == 0 or token_ids.shape[1] == 0:
-        raise EvoError(f"token ids must be a non-empty [n_sequences, length] array, got shape {token_ids.shape}")
-    if not np.issubdtype(token_ids.dtype, np.integer):
-        raise EvoError(f"token ids must be integers, got {token_ids.dtype}")
-    return token_ids
-
-
-@torch.inference_mode()
 def collect_activation_stats(
     model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4
 ) -> dict[str, ActivationStats]:
@@ -58,40 +49,24 @@ def collect_activation_stats(
     `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
     the forward never reaches (a dropped block) gets no entry.
     """
-    token_ids = _check_tokens(token_ids)
-    if batch_size < 1:
-        raise EvoError(f"batch_size must be at least 1, got {batch_size}")
-    if int(token_ids.min()) < 0 or int(token_ids.max()) >= info.vocab_size:
-        raise EvoError(f"token ids must lie in [0, {info.vocab_size}) for model {info.model_id}")
+    token_ids = token_batch(token_ids, vocab_size=info.vocab_size)
     device = next(model.parameters()).device
     accumulators: dict[str, _Accumulator] = {}
-    handles = []
-    try:
-        for lin in info.linears():
-            module = model.get_submodule(lin.module)
-            if not isinstance(module, nn.Linear):
-                continue  # replaced by a structural drop
-            accumulator = _Accumulator(lin.shape[1], device)
-            accumulators[lin.name] = accumulator
-            handles.append(module.register_forward_pre_hook(accumulator))
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, token_ids.shape[0], batch_size):
-                batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
-                model(input_ids=batch, use_cache=False)
-        finally:
-            model.train(was_training)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = []
+    for lin in info.linears():
+        module = model.get_submodule(lin.module)
+        if not isinstance(module, nn.Linear):
+            continue  # replaced by a structural drop
+        accumulators[lin.name] = _Accumulator(lin.shape[1], device)
+        hooks.append(Hook(module, accumulators[lin.name], pre=True))
+    run_forward(model, token_ids, batch_size, hooks=hooks)
     return {name: acc.stats() for name, acc in accumulators.items() if acc.calls}
 
 
 def stats_digest(model_id: str, token_ids: np.ndarray) -> str:
     """A short hash naming the statistics a model gives on these tokens (for cache keys and run
     records); two calibration sets with the same ids in the same order share it."""
-    token_ids = _check_tokens(token_ids)
+    token_ids = token_batch(token_ids).numpy()
     h = hashlib.sha256()
     h.update(json.dumps([model_id, list(token_ids.shape)]).encode())
     h.update(np.ascontiguousarray(token_ids, dtype="<i8").tobytes())
@@ -106,10 +81,8 @@ def save_stats(stats: dict[str, ActivationStats], path: str | os.PathLike) -> No
     for name, value in stats.items():
         tensors[f"{name}::l2"] = value.l2.detach().float().cpu().contiguous()
         tensors[f"{name}::absmax"] = value.absmax.detach().float().cpu().contiguous()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_stats(path: str | os.PathLike) -> dict[str, ActivationStats]:

@@ -13,20 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from evo import __version__
-from evo.errors import EvoError
-from evo.search.store import (
+from evo.constants import (
     BEST_FILE,
     CALIBRATION_FILE,
-    FRONT_FILE,
+    MB,
+    REFERENCE_FILE,
+    RUN_FILE,
     SIZE_CACHE_DIR,
-    RunStore,
-    evaluation_key,
+    SPEC_FILE,
+    STATS_FILE,
 )
+from evo.errors import EvoError
+from evo.search.store import RunStore, best_under_budget, evaluation_key
+from evo.types import FrontPoint
 
-REFERENCE_FILE = "reference.safetensors"
-STATS_FILE = "activation_stats.safetensors"
 CCDS_CANDIDATES = 1024  # sequences embedded for CCDS in a search: enough for k ≤ 16 clusters, ~1 min on CPU
-MB = 1_000_000  # budgets are in MB = 10^6 bytes of the whole artifact on disk
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class SearchSpec:
     top_k: int = 256  # dense reference: top-256 log-probs + tail mass + 16 tail samples (±0.3 % of exact KL)
     multi_stage: bool = True
     seed_configs: tuple[str, ...] = ()
+    # The dtype the model is loaded in: its weights' bits decide every size and quality of the run.
+    # "auto" is resolved when the run starts (bfloat16 on CUDA, float32 on CPU) and recorded, so a
+    # resume or an export loads the same weights on any device.
+    dtype: str = "auto"
     evo_version: str = __version__
 
     def __post_init__(self) -> None:
@@ -72,6 +77,10 @@ class SearchSpec:
             object.__setattr__(self, "sampler", check_sampler(self.sampler or "tpe"))
         if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
             raise EvoError("the screening stage must use at most the calibration set (sequences and tokens)")
+        if self.dtype != "auto":
+            from evo.modelio import dtype_name
+
+            object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -87,7 +96,8 @@ class SearchSpec:
         return cls(**data)
 
     def mismatches(self, other: "SearchSpec") -> list[str]:
-        ignored = {"generations", "evo_version"}
+        """The settings in which `other` (asked on resume) differs; "auto" dtype asks for the run's."""
+        ignored = {"generations", "evo_version"} | ({"dtype"} if "auto" in (self.dtype, other.dtype) else set())
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if k not in ignored and mine[k] != theirs.get(k)]
 
@@ -113,8 +123,8 @@ class Progress:
 @dataclass
 class SearchResult:
     run_dir: Path
-    front: list[dict]
-    best: dict | None
+    front: list[FrontPoint]
+    best: FrontPoint | None
     evaluations: int
     new_evaluations: int
     interrupted: bool = False
@@ -126,13 +136,11 @@ StatusCallback = Callable[[str], None]
 
 
 def evaluations_planned(spec: SearchSpec) -> int:
-    """Evaluations an uninterrupted run makes: the initial population, then per generation the
-    screened offspring and the survivors re-scored (DEAP), or one batch (random, optuna)."""
-    if spec.engine != "deap":
-        return spec.population * (spec.generations + 1)
-    offspring = 2 * spec.population
-    survivors = max(1, spec.population // 2) if spec.multi_stage else 0
-    return spec.population + spec.generations * (offspring + survivors)
+    """Evaluations an uninterrupted run makes, as its engine counts them."""
+    from evo.search.engines.base import engine_class
+
+    return engine_class(spec.engine).evaluations_planned(population=spec.population, generations=spec.generations,
+                                                         multi_stage=spec.multi_stage)
 
 
 class SearchSession:
@@ -165,15 +173,15 @@ def open_session(
     *,
     resume: bool,
     device: str = "cpu",
-    dtype: str = "auto",
     status: StatusCallback | None = None,
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
-    when the spec does not match the run or the budget is out of the space's reach."""
+    when the spec does not match the run or the budget is out of the space's reach. The model is
+    loaded in the run's dtype (spec.dtype; "auto" takes the run's recorded one on resume)."""
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import read_corpus
-    from evo.modelio import load_model, resolve_model_source
+    from evo.modelio import auto_dtype_name, load_model, resolve_model_source
     from evo.search.space import SearchSpace
 
     say = status or (lambda message: None)
@@ -192,12 +200,16 @@ def open_session(
             )
         if spec.generations < stored.generations:
             spec = replace(spec, generations=stored.generations)
+        if spec.dtype == "auto":
+            spec = replace(spec, dtype=stored.dtype)  # runs from before the dtype was recorded: "auto"
         if spec.generations != stored.generations:
-            store.write_json("spec.json", {"search": spec.to_dict(), "space": space.to_dict()})
-    else:
+            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+    if spec.dtype == "auto":
+        spec = replace(spec, dtype=auto_dtype_name(device))
+    if not resume:
         store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
     say(f"loading model {spec.model}")
-    loaded = load_model(spec.model, dtype=dtype, device=device)
+    loaded = load_model(spec.model, dtype=spec.dtype, device=device)
 
     calibration_path = store.path(CALIBRATION_FILE)
     if calibration_path.exists():
@@ -215,10 +227,30 @@ def open_session(
     return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
 
 
+def run_spec(run_dir: Path, *, dtype: str = "auto") -> tuple[RunStore, SearchSpec]:
+    """An existing run and the spec that reopens it exactly, in the dtype it recorded. Another
+    dtype is refused: the run's sizes and qualities hold for the weights it searched."""
+    from evo.modelio import dtype_name
+
+    store = RunStore.open(run_dir)
+    spec = SearchSpec.from_dict(store.spec()["search"])
+    if dtype != "auto":
+        if spec.dtype not in ("auto", dtype_name(dtype)):
+            raise EvoError(f"run {run_dir} was searched in {spec.dtype}; its sizes and qualities hold for those "
+                           f"weights, not {dtype_name(dtype)}: leave --dtype out (or pass --dtype {spec.dtype})")
+        spec = replace(spec, dtype=dtype_name(dtype))
+    return store, spec
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether a directory holds a run (to resume it instead of refusing to start one there)."""
+    return (Path(run_dir) / RUN_FILE).exists()
+
+
 def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
-    from evo.evaluate.evaluator import DenseReference, Evaluator, FitnessConfig
-    from evo.compress.size import SizeCache
-    from evo.compress.sizemodel import SizeModel
+    from evo.evaluate.evaluator import Evaluator, FitnessConfig
+    from evo.evaluate.reference import DenseReference
+    from evo.compress.size import SizeCache, SizeModel
     from evo.evaluate.stats import collect_activation_stats, load_stats, save_stats
 
     tokens = calibration.calibration.token_ids
@@ -247,7 +279,7 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
 
 def make_problem(session: SearchSession):
     from evo.search.engines import Problem
-    from evo.search.engines.operators import extreme_genome
+    from evo.search.space import extreme_genome
 
     spec = session.spec
     seeds = tuple(_seed_genomes(session))
@@ -265,6 +297,8 @@ def make_problem(session: SearchSession):
             f"budget {spec.budget_bytes / MB:.3f} MB is at or above the largest artifact of this space, "
             f"{largest / MB:.3f} MB: everything fits, nothing to search; lower --budget-mb"
         )
+    session.status(f"budget check: {spec.budget_bytes / MB:.3f} MB lies within the space's reach, "
+                   f"{smallest / MB:.3f} to {largest / MB:.3f} MB")
     return problem
 
 
@@ -305,14 +339,14 @@ def run_search(
         if on_progress is None:
             return
         front = engine.front()
-        best = min(front, key=lambda item: item[1].quality) if front else None
+        best = best_under_budget((score for _, score in front), spec.budget_bytes)
         done = len(store)
         rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
         eta = (total - done) / rate if rate > 0 and done < total else None
         on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
                              evaluations_total=total, new_evaluations=new_evaluations,
-                             best_quality=best[1].quality if best else None,
-                             best_bytes=best[1].size_bytes if best else None, front_size=len(front),
+                             best_quality=best.quality if best else None,
+                             best_bytes=best.size_bytes if best else None, front_size=len(front),
                              evals_per_second=rate, eta_seconds=eta, stage=stage))
 
     while engine.generation < spec.generations or not engine.at_generation_boundary():
@@ -341,39 +375,24 @@ def run_search(
 
 def _checkpoint(session: SearchSession, engine) -> None:
     """Front and best first, the checkpoint last: a checkpoint never points past what is written."""
-    front = [_front_entry(session, genome, score) for genome, score in engine.front()]
-    session.store.write_json(FRONT_FILE, {"budget_bytes": session.spec.budget_bytes, "metric": session.spec.fitness,
-                                          "generation": engine.generation, "front": front})
-    best = min(front, key=lambda item: item["quality"]) if front else None
+    front = _front(session, engine)
+    session.store.write_front(front, budget_bytes=session.spec.budget_bytes, metric=session.spec.fitness,
+                              generation=engine.generation)
+    best = best_under_budget(front, session.spec.budget_bytes)
     if best is not None:
         from evo.compress.config import CompressionConfig
 
-        session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best["config"]).to_toml())
+        session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best.config).to_toml())
     session.store.write_checkpoint({"generation": engine.generation, "engine": engine.state_dict()})
 
 
-def _front_entry(session: SearchSession, genome, score) -> dict:
-    return {"genome": list(genome), "quality": score.quality, "size_bytes": score.size_bytes,
-            "config": session.config_of(genome).to_dict()}
+def _front(session: SearchSession, engine) -> list[FrontPoint]:
+    return [FrontPoint(tuple(genome), score.quality, score.size_bytes, session.config_of(genome).to_dict())
+            for genome, score in engine.front()]
 
 
 def _result(session: SearchSession, engine, new_evaluations: int) -> SearchResult:
-    front = [_front_entry(session, g, s) for g, s in engine.front()]
-    best = min(front, key=lambda item: item["quality"]) if front else None
-    return SearchResult(run_dir=session.store.directory, front=front, best=best,
+    front = _front(session, engine)
+    return SearchResult(run_dir=session.store.directory, front=front,
+                        best=best_under_budget(front, session.spec.budget_bytes),
                         evaluations=len(session.store), new_evaluations=new_evaluations)
-
-
-def choose_from_front(run_dir: Path, budget_bytes: int | None = None) -> tuple[dict, int]:
-    """The best front point under a budget (default: the run's), and that budget."""
-    store = RunStore.open(run_dir)
-    front = store.read_json(FRONT_FILE)
-    budget = budget_bytes if budget_bytes is not None else int(front["budget_bytes"])
-    fitting = [p for p in front["front"] if p["size_bytes"] <= budget]
-    if not fitting:
-        smallest = min((p["size_bytes"] for p in front["front"]), default=None)
-        raise EvoError(
-            f"no configuration of run {run_dir} fits {budget / MB:.3f} MB"
-            + (f"; its smallest is {smallest / MB:.3f} MB: raise --budget-mb" if smallest else "")
-        )
-    return min(fitting, key=lambda p: (p["quality"], p["size_bytes"])), budget

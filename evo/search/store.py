@@ -11,19 +11,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterable
+from typing import Any, Iterator, Protocol, TypeVar
 
+from evo.constants import CHECKPOINT_FILE, FRONT_FILE, JOURNAL_FILE, MB, RUN_FILE, SPEC_FILE
 from evo.errors import EvoError
 from evo.fileio import atomic_write_text
+from evo.types import FrontPoint
 
-SPEC_FILE = "spec.json"
-JOURNAL_FILE = "journal.jsonl"
-CHECKPOINT_FILE = "checkpoint.json"
-FRONT_FILE = "front.json"
-BEST_FILE = "best.toml"
-CALIBRATION_FILE = "calibration.json"
-SIZE_CACHE_DIR = "size_cache"
-MANIFEST_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
 STORE_FORMAT = 1
 
 
@@ -54,6 +49,21 @@ class JournalEntry:
                    seconds=float(data["seconds"]), index=int(data["index"]))
 
 
+class Scored(Protocol):
+    quality: float
+    size_bytes: int
+
+
+Point = TypeVar("Point", bound=Scored)
+
+
+def best_under_budget(points: Iterable[Point], budget_bytes: int) -> Point | None:
+    """The point a run stands for under a budget: the best quality among those that fit, the
+    smaller artifact on a tie. The one rule for the search's best.toml, evo report and evo export."""
+    fitting = [p for p in points if p.size_bytes <= budget_bytes]
+    return min(fitting, key=lambda p: (p.quality, p.size_bytes)) if fitting else None
+
+
 def evaluation_key(genome: tuple[int, ...], stage: int) -> str:
     return f"s{stage}:" + ".".join(str(g) for g in genome)
 
@@ -70,13 +80,13 @@ class RunStore:
     @classmethod
     def create(cls, directory: str | os.PathLike, spec: dict) -> "RunStore":
         directory = Path(directory)
-        if (directory / MANIFEST_FILE).exists() or (directory / SPEC_FILE).exists():
+        if (directory / RUN_FILE).exists() or (directory / SPEC_FILE).exists():
             raise EvoError(f"run directory {directory} already holds a run: resume it with --resume {directory}, "
                            "or pass another --run-dir")
         directory.mkdir(parents=True, exist_ok=True)
         store = cls(directory)
         atomic_write_text(directory / SPEC_FILE, json.dumps(spec, sort_keys=True, indent=2) + "\n")
-        atomic_write_text(directory / MANIFEST_FILE, dumps({"format": STORE_FORMAT, "kind": "evo.run"}) + "\n")
+        atomic_write_text(directory / RUN_FILE, dumps({"format": STORE_FORMAT, "kind": "evo.run"}) + "\n")
         return store
 
     @classmethod
@@ -84,12 +94,12 @@ class RunStore:
         directory = Path(directory)
         if not directory.is_dir():
             raise EvoError(f"run directory {directory} does not exist: check the path or start a new search")
-        if not (directory / MANIFEST_FILE).is_file() or not (directory / SPEC_FILE).is_file():
-            raise EvoError(f"{directory} is not an evo run directory (no {MANIFEST_FILE} / {SPEC_FILE})")
+        if not (directory / RUN_FILE).is_file() or not (directory / SPEC_FILE).is_file():
+            raise EvoError(f"{directory} is not an evo run directory (no {RUN_FILE} / {SPEC_FILE})")
         try:
-            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+            manifest = json.loads((directory / RUN_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise EvoError(f"{directory / MANIFEST_FILE} is corrupt: this run cannot be resumed") from None
+            raise EvoError(f"{directory / RUN_FILE} is corrupt: this run cannot be resumed") from None
         if manifest.get("format") != STORE_FORMAT:
             raise EvoError(f"{directory} was written by an incompatible evo (run format {manifest.get('format')})")
         store = cls(directory)
@@ -185,6 +195,28 @@ class RunStore:
             raise EvoError(f"{path} is missing: the run has not finished a generation yet") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise EvoError(f"{path} is corrupt") from None
+
+    def write_front(self, front: list[FrontPoint], *, budget_bytes: int, metric: str, generation: int) -> Path:
+        return self.write_json(FRONT_FILE, {"budget_bytes": budget_bytes, "metric": metric, "generation": generation,
+                                            "front": [point.to_dict() for point in front]})
+
+    def read_front(self) -> tuple[list[FrontPoint], int]:
+        """The front of the last finished generation and the run's budget."""
+        data = self.read_json(FRONT_FILE)
+        return [FrontPoint.from_dict(p) for p in data["front"]], int(data["budget_bytes"])
+
+    def choose(self, budget_bytes: int | None = None) -> tuple[FrontPoint, int]:
+        """The best front point under a budget (default: the run's), and that budget."""
+        front, budget = self.read_front()
+        budget = budget_bytes if budget_bytes is not None else budget
+        best = best_under_budget(front, budget)
+        if best is None:
+            smallest = min((p.size_bytes for p in front), default=None)
+            raise EvoError(
+                f"no configuration of run {self.directory} fits {budget / MB:.3f} MB"
+                + (f"; its smallest is {smallest / MB:.3f} MB: raise --budget-mb" if smallest else "")
+            )
+        return best, budget
 
     def path(self, name: str) -> Path:
         return self.directory / name

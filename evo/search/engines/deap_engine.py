@@ -13,13 +13,14 @@ from typing import Any
 
 from deap import base, creator, tools
 
-from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.search.engines.operators import drop_swap, fill, level_move, repair, resample_genes, warm_start
 from evo.errors import EvoError
+from evo.search.engines.base import (FINAL_STAGE, SCREEN_STAGE, Genome, Problem, Request, Score, check_engine_state,
+                                     fits_budget, pair, pareto_front, pending_from_json, pending_to_json,
+                                     register_engine, rng_state, set_rng_state, unpair)
+from evo.search.space import drop_swap, fill, level_move, repair, resample_genes, warm_start
 
-SCREEN_STAGE = 1
-FINAL_STAGE = 2
 INFEASIBLE_QUALITY = 1e12  # quality given to a genome over budget, scaled by how far over it is
+TRIES_PER_CHILD = 50  # offspring drawn per wanted child before a generation settles for fewer (duplicates)
 
 if not hasattr(creator, "EvoFitness"):
     creator.create("EvoFitness", base.Fitness, weights=(-1.0, -1.0))  # minimise quality and bytes
@@ -27,34 +28,13 @@ if not hasattr(creator, "EvoIndividual"):
     creator.create("EvoIndividual", list, fitness=creator.EvoFitness)
 
 
-def _rng_state(rng: random.Random) -> list:
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def _set_rng_state(rng: random.Random, state: list) -> None:
-    rng.setstate((state[0], tuple(state[1]), state[2]))
-
-
 def constrained_fitness(score: Score, budget_bytes: int) -> tuple[float, float]:
     """(quality, bytes); over budget, quality becomes a penalty that grows with the excess, so
     any feasible genome dominates every infeasible one."""
-    if score.size_bytes <= budget_bytes:
+    if fits_budget(score, budget_bytes):
         return (score.quality, float(score.size_bytes))
     excess = (score.size_bytes - budget_bytes) / budget_bytes
     return (INFEASIBLE_QUALITY * (1.0 + excess), float(score.size_bytes))
-
-
-def pareto_front(archive: dict[Genome, Score], budget_bytes: int) -> list[tuple[Genome, Score]]:
-    """Non-dominated (quality, bytes) points among evaluations under budget, by size ascending."""
-    points = sorted(((g, s) for g, s in archive.items() if s.size_bytes <= budget_bytes),
-                    key=lambda item: (item[1].size_bytes, item[1].quality, item[0]))
-    front, best_quality = [], float("inf")
-    for genome, score in points:
-        if score.quality < best_quality:
-            front.append((genome, score))
-            best_quality = score.quality
-    return front
 
 
 @register_engine("deap")
@@ -94,6 +74,14 @@ class DeapEngine:
         self.archive: dict[Genome, Score] = {}  # every final-stage score: the Pareto front's source
         self._pending: list[Request] = []
         self._screened: list[tuple[Genome, Score]] = []
+
+    @classmethod
+    def evaluations_planned(cls, *, population: int, generations: int, multi_stage: bool = True) -> int:
+        """The initial population, then per generation the screened offspring and the survivors
+        re-scored (without multi-stage, the offspring once)."""
+        offspring = 2 * population
+        survivors = max(1, population // 2) if multi_stage else 0
+        return population + generations * (offspring + survivors)
 
     # --- ask / tell ----------------------------------------------------------------------------
 
@@ -138,7 +126,7 @@ class DeapEngine:
         return self.phase == "screen" and not self._pending
 
     def front(self) -> list[tuple[Genome, Score]]:
-        return pareto_front(self.archive, self.problem.budget_bytes)
+        return pareto_front(self.archive.items(), self.problem.budget_bytes)
 
     # --- population building ------------------------------------------------------------------
 
@@ -150,7 +138,7 @@ class DeapEngine:
         seen = {g for g, _ in self.population} | set(self.archive)
         children: list[Genome] = []
         attempts = 0
-        while len(children) < self.offspring_size and attempts < 50 * self.offspring_size:
+        while len(children) < self.offspring_size and attempts < TRIES_PER_CHILD * self.offspring_size:
             attempts += 1
             first, second = self._tournament(), self._tournament()
             child = list(first)
@@ -202,29 +190,19 @@ class DeapEngine:
             "engine": self.name,
             "generation": self.generation,
             "phase": self.phase,
-            "rng": _rng_state(self.rng),
-            "population": [_pair(g, s) for g, s in self.population],
-            "screened": [_pair(g, s) for g, s in self._screened],
-            "archive": [_pair(g, s) for g, s in sorted(self.archive.items())],
-            "pending": [[list(r.genome), r.stage] for r in self._pending],
+            "rng": rng_state(self.rng),
+            "population": [pair(g, s) for g, s in self.population],
+            "screened": [pair(g, s) for g, s in self._screened],
+            "archive": [pair(g, s) for g, s in sorted(self.archive.items())],
+            "pending": pending_to_json(self._pending),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("engine") != self.name:
-            raise EvoError(f"checkpoint was written by engine {state.get('engine')!r}, not {self.name!r}: "
-                           f"resume with --engine {state.get('engine')}")
+        check_engine_state(state, self.name)
         self.generation = int(state["generation"])
         self.phase = state["phase"]
-        _set_rng_state(self.rng, state["rng"])
-        self.population = [_unpair(p) for p in state["population"]]
-        self._screened = [_unpair(p) for p in state["screened"]]
-        self.archive = dict(_unpair(p) for p in state["archive"])
-        self._pending = [Request(tuple(g), int(stage)) for g, stage in state["pending"]]
-
-
-def _pair(genome: Genome, score: Score) -> list:
-    return [list(genome), score.quality, score.size_bytes]
-
-
-def _unpair(item: list) -> tuple[Genome, Score]:
-    return tuple(int(g) for g in item[0]), Score(float(item[1]), int(item[2]))
+        set_rng_state(self.rng, state["rng"])
+        self.population = [unpair(p) for p in state["population"]]
+        self._screened = [unpair(p) for p in state["screened"]]
+        self.archive = dict(unpair(p) for p in state["archive"])
+        self._pending = pending_from_json(state["pending"])

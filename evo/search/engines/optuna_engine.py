@@ -22,18 +22,18 @@ run directory as the DEAP engine, behind evo's ask/tell protocol.
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.search.engines.deap_engine import FINAL_STAGE, pareto_front
-from evo.search.engines.operators import fill, repair, warm_start
+from evo.constants import OPTUNA_JOURNAL_FILE
 from evo.errors import EvoError
+from evo.fileio import atomic_path
+from evo.search.engines.base import (FINAL_STAGE, Genome, Problem, Request, Score, check_engine_state, pareto_front,
+                                     pending_from_json, pending_to_json, register_engine)
+from evo.search.space import fill, repair, warm_start
 
-JOURNAL_FILE = "optuna_journal.log"
 STUDY_NAME = "evo"
 SIZE_ATTR = "size_bytes"
 GENOME_ATTR = "genome"
@@ -63,6 +63,7 @@ def _random(seed: int, population: int) -> Any:
 # optuna 5 reads each trial's constraints (Trial.set_constraint / create_trial(constraints=...));
 # its samplers' `constraints_func` is deprecated, so evo records the budget constraint on every trial
 SAMPLERS: dict[str, Callable[[int, int], Any]] = {"tpe": _tpe, "nsga2": _nsga2, "random": _random}
+ASKS_PER_TRIAL = 20  # trials asked per wanted genome before a batch settles for fewer (repeats)
 
 
 def check_sampler(name: str) -> str:
@@ -91,7 +92,11 @@ class OptunaEngine:
         self._pending_attrs: list[dict[str, Any]] = []
         self._frozen: list[Any] = []  # optuna FrozenTrials of `told`, built lazily
         self._distribution_cache: dict[str, Any] | None = None
-        self.journal_path = Path(problem.workdir) / JOURNAL_FILE if problem.workdir is not None else None
+        self.journal_path = Path(problem.workdir) / OPTUNA_JOURNAL_FILE if problem.workdir is not None else None
+
+    @classmethod
+    def evaluations_planned(cls, *, population: int, generations: int, multi_stage: bool = True) -> int:
+        return population * (generations + 1)  # one batch of trials per generation, after the first
 
     # --- ask / tell ----------------------------------------------------------------------------
 
@@ -109,7 +114,7 @@ class OptunaEngine:
         genomes: list[Genome] = []
         attrs: list[dict[str, Any]] = []
         attempts = 0
-        while len(genomes) < self.batch and attempts < 20 * self.batch:
+        while len(genomes) < self.batch and attempts < ASKS_PER_TRIAL * self.batch:
             attempts += 1
             trial = study.ask(distributions)
             proposal = self._genome(trial.params)
@@ -150,7 +155,7 @@ class OptunaEngine:
 
     def front(self) -> list[tuple[Genome, Score]]:
         archive = {tuple(t[GENOME_ATTR]): Score(t["quality"], t[SIZE_ATTR]) for t in self.told}
-        return pareto_front(archive, self.problem.budget_bytes)
+        return pareto_front(archive.items(), self.problem.budget_bytes)
 
     # --- the study -----------------------------------------------------------------------------
 
@@ -201,28 +206,24 @@ class OptunaEngine:
         optuna = _optuna()
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        tmp = self.journal_path.with_name(f".{self.journal_path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        storage = JournalStorage(JournalFileBackend(str(tmp)))
-        study = self._study(storage, optuna.samplers.RandomSampler(seed=0))
-        study.set_user_attr("budget_bytes", self.problem.budget_bytes)
-        study.set_user_attr("sampler", self.sampler_name)
-        study.set_user_attr("repaired_proposals", len(self.proposals))
-        del study, storage
-        os.replace(tmp, self.journal_path)
+        with atomic_path(self.journal_path) as tmp:
+            storage = JournalStorage(JournalFileBackend(str(tmp)))
+            study = self._study(storage, optuna.samplers.RandomSampler(seed=0))
+            study.set_user_attr("budget_bytes", self.problem.budget_bytes)
+            study.set_user_attr("sampler", self.sampler_name)
+            study.set_user_attr("repaired_proposals", len(self.proposals))
+            del study, storage
 
     # --- checkpoint ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.name, "sampler": self.sampler_name, "generation": self.generation,
                 "initialised": self.initialised, "told": self.told, "proposals": len(self.proposals),
-                "pending": [[list(r.genome), r.stage] for r in self._pending],
+                "pending": pending_to_json(self._pending),
                 "pending_attrs": [_jsonable(a) for a in self._pending_attrs]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("engine") != self.name:
-            raise EvoError(f"checkpoint was written by engine {state.get('engine')!r}, not {self.name!r}: "
-                           f"resume with --engine {state.get('engine')}")
+        check_engine_state(state, self.name)
         if state.get("sampler") != self.sampler_name:
             raise EvoError(f"checkpoint was written with sampler {state.get('sampler')!r}, not "
                            f"{self.sampler_name!r}: resume with --sampler {state.get('sampler')}")
@@ -231,7 +232,7 @@ class OptunaEngine:
         self.told = list(state["told"])
         self._frozen = []
         self.proposals = [{}] * int(state.get("proposals", 0))
-        self._pending = [Request(tuple(g), int(s)) for g, s in state["pending"]]
+        self._pending = pending_from_json(state["pending"])
         self._pending_attrs = list(state.get("pending_attrs", []))
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from evo.search.engines.base import Genome, Problem, Request, Score, register_engine
-from evo.search.engines.deap_engine import FINAL_STAGE, _pair, _rng_state, _set_rng_state, _unpair, pareto_front
-from evo.search.engines.operators import random_genome
+from evo.search.engines.base import (FINAL_STAGE, Genome, Problem, Request, Score, check_engine_state, pair,
+                                     pareto_front, pending_from_json, pending_to_json, register_engine, rng_state,
+                                     set_rng_state, unpair)
+from evo.search.space import random_genome
+
+TRIES_PER_GENOME = 50  # random draws per wanted genome before a batch settles for fewer (duplicates)
 
 
 @register_engine("random")
@@ -27,10 +30,14 @@ class RandomEngine:
         self.archive: dict[Genome, Score] = {}
         self._pending: list[Request] = []
 
+    @classmethod
+    def evaluations_planned(cls, *, population: int, generations: int, multi_stage: bool = True) -> int:
+        return population * (generations + 1)
+
     def ask(self) -> list[Request]:
         if not self._pending:
             genomes: list[Genome] = []
-            for _ in range(50 * self.batch):
+            for _ in range(TRIES_PER_GENOME * self.batch):
                 genome = random_genome(self.problem, self.rng)
                 if genome not in self.archive and genome not in genomes:
                     genomes.append(genome)
@@ -51,22 +58,18 @@ class RandomEngine:
         return self.initialised and not self._pending
 
     def front(self) -> list[tuple[Genome, Score]]:
-        return pareto_front(self.archive, self.problem.budget_bytes)
+        return pareto_front(self.archive.items(), self.problem.budget_bytes)
 
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.name, "generation": self.generation,
-                "initialised": self.initialised, "rng": _rng_state(self.rng),
-                "archive": [_pair(g, s) for g, s in sorted(self.archive.items())],
-                "pending": [[list(r.genome), r.stage] for r in self._pending]}
+                "initialised": self.initialised, "rng": rng_state(self.rng),
+                "archive": [pair(g, s) for g, s in sorted(self.archive.items())],
+                "pending": pending_to_json(self._pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        from evo.errors import EvoError
-
-        if state.get("engine") != self.name:
-            raise EvoError(f"checkpoint was written by engine {state.get('engine')!r}, not {self.name!r}: "
-                           f"resume with --engine {state.get('engine')}")
+        check_engine_state(state, self.name)
         self.generation = int(state["generation"])
         self.initialised = bool(state["initialised"])
-        _set_rng_state(self.rng, state["rng"])
-        self.archive = dict(_unpair(p) for p in state["archive"])
-        self._pending = [Request(tuple(g), int(s)) for g, s in state["pending"]]
+        set_rng_state(self.rng, state["rng"])
+        self.archive = dict(unpair(p) for p in state["archive"])
+        self._pending = pending_from_json(state["pending"])

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evo.compress.artifact import MANIFEST, read_manifest, write_artifact
+from evo.compress.artifact import read_manifest, write_artifact
+from evo.constants import MANIFEST_FILE as MANIFEST
 from evo.compress import TensorSetting
-from evo.compress.model import compress_model, plan_model
+from evo.compress.model import compress_model
+from evo.compress.plan import plan_model
 from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.modelio import load_model
-from evo.compress.size import SizeCache
-from evo.compress.sizemodel import SizeModel
+from evo.compress.size import SizeCache, SizeModel
 from evo.evaluate.stats import collect_activation_stats
 
 TOKENS = np.random.default_rng(0).integers(3, 259, size=(4, 32))
