@@ -17,7 +17,7 @@ from _common import ArtifactBench, setup_threads
 from evo.compress.settings import TensorSetting
 from evo.compress.artifact import read_manifest
 from evo.compress.config import KEPT, CompressionConfig
-from evo.compress.model import default_stats_tokens
+from evo.data.corpus import default_stats_tokens
 from evo.modelio import load_model
 from evo.evaluate.stats import collect_activation_stats
 

@@ -1,6 +1,6 @@
 """Frozen, typed objects shared across evo's modules.
 
-They are plain data: what a model looks like (ModelInfo), what a corpus holds (Document), what a
+They are plain data: what a model looks like (ModelInfo), what a corpus holds (Document), a zero-shot task item (Example), what a
 search evolves (Gene, Genome) and what an evaluation measured (Score, FrontPoint).
 """
 
@@ -91,6 +91,21 @@ class Document:
     source: str  # short name of the source, e.g. the file stem "code"
     path: str  # the file it was read from
     index: int  # position of the document inside its file (0-based)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item of a zero-shot task: per choice a context and the continuation scored after it; the gold choice."""
+
+    contexts: tuple[str, ...]
+    continuations: tuple[str, ...]
+    label: int
+
+    def __post_init__(self) -> None:
+        if len(self.contexts) != len(self.continuations) or not self.contexts:
+            raise ValueError("an example needs one context and one continuation per choice")
+        if not 0 <= self.label < len(self.contexts):
+            raise ValueError(f"label {self.label} is not one of the {len(self.contexts)} choices")
 
 
 # --- the search ----------------------------------------------------------------------------------------

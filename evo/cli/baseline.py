@@ -52,8 +52,8 @@ def _uniform_baseline(args: argparse.Namespace):
 
 def _shortgpt_baseline(args: argparse.Namespace):
     from evo.baselines import block_influence, shortgpt_config
-    from evo.compress.model import default_stats_tokens
     from evo.data.calibset import CalibrationSet
+    from evo.data.corpus import default_stats_tokens
 
     if args.drop < 1:
         raise EvoError(f"--drop {args.drop}: drop at least one layer")

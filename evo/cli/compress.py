@@ -19,9 +19,10 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from evo.compress.config import CompressionConfig
-    from evo.compress.model import compress_and_write, default_stats_tokens
+    from evo.compress.model import compress_and_write
     from evo.compress.plan import config_needs_stats
     from evo.data.calibset import CalibrationSet
+    from evo.data.corpus import default_stats_tokens
     from evo.evaluate.stats import collect_activation_stats
 
     config = CompressionConfig.load(args.config)

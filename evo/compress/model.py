@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,10 +23,6 @@ from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
 from evo.compress.structure import apply_drops
 from evo.errors import EvoError
 from evo.types import ModelInfo
-
-
-DEFAULT_STATS_SEQUENCES = 16
-DEFAULT_STATS_SEQ_LEN = 256
 
 
 @dataclass(frozen=True)
@@ -187,19 +182,6 @@ def _measure(
 
 
 # --- the artifact of a config ------------------------------------------------------------------------
-
-
-def default_stats_tokens(tokenizer) -> np.ndarray:
-    """Token ids for activation statistics when no calibration set is given: the first sequences
-    of every source of the embedded corpus, round-robin (deterministic, no model pass needed)."""
-    from evo.data.corpus import read_corpus, tokenize_corpus
-
-    pool = tokenize_corpus(read_corpus(), tokenizer, DEFAULT_STATS_SEQ_LEN)
-    by_source: dict[str, list[int]] = {}
-    for index, source in enumerate(pool.sources):
-        by_source.setdefault(source, []).append(index)
-    order = [rows[i] for i in range(max(map(len, by_source.values()))) for rows in by_source.values() if i < len(rows)]
-    return pool.token_ids[order[:DEFAULT_STATS_SEQUENCES]]
 
 
 def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,

@@ -360,3 +360,18 @@ def tokenize_corpus(corpus: Corpus, tokenizer, seq_len: int) -> SequencePool:
         documents=tuple(documents),
         seq_len=seq_len,
     )
+
+
+DEFAULT_STATS_SEQUENCES = 16
+DEFAULT_STATS_SEQ_LEN = 256
+
+
+def default_stats_tokens(tokenizer) -> np.ndarray:
+    """Token ids for activation statistics when no calibration set is given: the first sequences
+    of every source of the embedded corpus, round-robin (deterministic, no model pass needed)."""
+    pool = tokenize_corpus(read_corpus(), tokenizer, DEFAULT_STATS_SEQ_LEN)
+    by_source: dict[str, list[int]] = {}
+    for index, source in enumerate(pool.sources):
+        by_source.setdefault(source, []).append(index)
+    order = [rows[i] for i in range(max(map(len, by_source.values()))) for rows in by_source.values() if i < len(rows)]
+    return pool.token_ids[order[:DEFAULT_STATS_SEQUENCES]]

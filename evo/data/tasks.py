@@ -27,21 +27,7 @@ from pathlib import Path
 
 from evo.data.corpus import shared_data_dirs
 from evo.errors import EvoError
-
-
-@dataclass(frozen=True)
-class Example:
-    """One item: per choice a context and the continuation scored after it; the gold choice."""
-
-    contexts: tuple[str, ...]
-    continuations: tuple[str, ...]
-    label: int
-
-    def __post_init__(self) -> None:
-        if len(self.contexts) != len(self.continuations) or not self.contexts:
-            raise ValueError("an example needs one context and one continuation per choice")
-        if not 0 <= self.label < len(self.contexts):
-            raise ValueError(f"label {self.label} is not one of the {len(self.contexts)} choices")
+from evo.types import Example
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from evo.data.tasks import Example
+from evo.types import Example
 
 ProgressCallback = Callable[[int, int], None]
 
