@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from evo.artifact import load
-from evo.config import CompressionConfig
-from evo.data import read_text
-from evo.evaluate import perplexity, tokenize_for_eval
-from evo.export import compress_and_write
+from evo.compress.artifact import load
+from evo.compress.config import CompressionConfig
+from evo.data.corpus import read_text
+from evo.evaluate.perplexity import perplexity, tokenize_for_eval
+from evo.compress.model import compress_and_write
 
 
 def bytes_on_disk(directory: Path) -> int:

@@ -21,20 +21,19 @@ import numpy as np
 import torch
 
 from _common import bytes_on_disk
-from evo import artifact
+from evo.compress import artifact
 from evo.baselines import uniform_config
-from evo.config import CompressionConfig
-from evo.data import read_text
-from evo.evaluate import perplexity, tokenize_for_eval
-from evo.export import compress_and_write
+from evo.compress.config import CompressionConfig
+from evo.data.corpus import read_text
+from evo.evaluate.perplexity import perplexity, tokenize_for_eval
+from evo.compress.model import compress_and_write
 from evo.modelio import load_model
-from evo.search import REFERENCE_FILE, STATS_FILE, SearchSpec, open_session, run_search
-from evo.size import SizeCache
-from evo.sizemodel import SizeModel
-from evo.store import CALIBRATION_FILE, MANIFEST_FILE, SIZE_CACHE_DIR
+from evo.search.loop import SearchSpec, is_run, open_session, run_search
+from evo.compress.size import SizeCache, SizeModel
+from evo.constants import CALIBRATION_FILE, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE
 from evo.types import ATTENTION_ROLES
 
-MB = 1_000_000
+from evo.constants import MB  # noqa: E402
 SEQ_LEN = 512  # WikiText-2 windows, the usual protocol
 UNIFORM_LOW, UNIFORM_HIGH = 3, 4  # the budget's width and the one shown for scale
 
@@ -133,7 +132,7 @@ def progress_printer(say, every: int):
 def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None = None) -> bool:
     """Make a run directory whose size cache is the benchmark's shared one; a new run may start from
     another run's calibration set, statistics and dense reference. Returns whether it resumes."""
-    resume = (run_dir / MANIFEST_FILE).exists()
+    resume = is_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     link = run_dir / SIZE_CACHE_DIR
     if not link.exists() and not link.is_symlink():
@@ -154,7 +153,7 @@ def search(spec: SearchSpec, run_dir: Path, args, say, share_from: Path | None =
     seconds = time.perf_counter() - tic
     result.extra["search_seconds"] = time.perf_counter() - searching
     say(f"{spec.engine} search: {result.evaluations} evaluations ({result.new_evaluations} new) in {seconds:.0f} s; "
-        f"best {result.best['quality']:.4f} at {result.best['size_bytes']:,} bytes")
+        f"best {result.best.quality:.4f} at {result.best.size_bytes:,} bytes")
     session.evaluator.restore()
     return session, result, seconds
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from evo.calibration import CalibrationConfig, CCDSSampler, embed_sequences
-from evo.data import read_corpus, tokenize_corpus
+from evo.data.ccds import CalibrationConfig, CCDSSampler, embed_sequences
+from evo.data.corpus import read_corpus, tokenize_corpus
 from evo.modelio import find_decoder_layers, load_model
 
 

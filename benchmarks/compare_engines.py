@@ -48,8 +48,8 @@ from _searchbench import (
     write_and_measure,
     write_json,
 )
-from evo.config import CompressionConfig
-from evo.search import SearchSpec, evaluations_planned
+from evo.compress.config import CompressionConfig
+from evo.search.loop import SearchSpec, evaluations_planned
 
 # name -> (engine, sampler): what `evo search --engine E --sampler S` runs
 ENGINES = {
@@ -89,17 +89,17 @@ def job_run(args, seed: int, name: str) -> dict:
     session, found, seconds = search(spec, run_dir, args, say)
     entries = journal(run_dir)
     evaluating = sum(e["seconds"] for e in entries)
-    best = CompressionConfig.from_dict(found.best["config"])
+    best = CompressionConfig.from_dict(found.best.config)
     ids = wikitext_ids(session.loaded.tokenizer)
     measured = write_and_measure(session.loaded, best, run_dir / "export", ids, args,
                                  stats=session.activation_stats, size_cache=session.size_model.size_cache)
     result = {
-        **measured, "seed": seed, "engine": name, "budget_bytes": budget, "kl": found.best["quality"],
-        "recorded_bytes": found.best["size_bytes"], "evaluations": len(entries),
+        **measured, "seed": seed, "engine": name, "budget_bytes": budget, "kl": found.best.quality,
+        "recorded_bytes": found.best.size_bytes, "evaluations": len(entries),
         "full_evaluations": sum(1 for e in entries if e["stage"] == 2),
         "new_evaluations": found.new_evaluations, "seconds": seconds,
         "search_seconds": found.extra["search_seconds"], "evaluation_seconds": evaluating,
-        "config": found.best["config"], "choice": describe_choice(best, session.loaded.info),
+        "config": found.best.config, "choice": describe_choice(best, session.loaded.info),
         "population": spec.population, "generations": spec.generations,
     }
     if found.new_evaluations == len(entries):  # overhead only means something for a run made in one go
@@ -162,8 +162,8 @@ def engine_overhead(population: int = 16, generations: int = 12) -> str:
     """ask + tell time per evaluation of each engine alone, on a synthetic 211-gene problem."""
     import tempfile
 
-    from evo.engines import Problem, Score, make_engine
-    from evo.space import Gene
+    from evo.search.engines import Problem, Score, make_engine
+    from evo.types import Gene
 
     bits, embedding = (2, 3, 4, 5, 6, 8), (3, 4, 5, 6, 8)
     genes = []

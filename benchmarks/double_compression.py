@@ -15,11 +15,11 @@ import argparse
 from _common import ArtifactBench, setup_threads
 
 from evo.compress.settings import TensorSetting
-from evo.artifact import read_manifest
-from evo.config import KEPT, CompressionConfig
-from evo.export import default_stats_tokens
+from evo.compress.artifact import read_manifest
+from evo.compress.config import KEPT, CompressionConfig
+from evo.data.corpus import default_stats_tokens
 from evo.modelio import load_model
-from evo.stats import collect_activation_stats
+from evo.evaluate.stats import collect_activation_stats
 
 RESCALES = (1.0, 1.5, 2.0, 4.0)
 SPARSITIES = (0.0, 0.2, 0.4)

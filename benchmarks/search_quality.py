@@ -14,7 +14,7 @@ What it runs (every search in its own run directory under --out, so a second cal
   evop       EvoP (space `evop`: 3 whole layers removed, bf16 otherwise, budget just under the
              dense artifact) and ShortGPT's 3 layers of lowest block influence on the same
              calibration tokens.
-Every compared model is written as an artifact and reloaded with evo.artifact.load; its WikiText-2
+Every compared model is written as an artifact and reloaded with evo.compress.artifact.load; its WikiText-2
 perplexity is measured on --max-tokens tokens in 512-token windows, its calibration KL by the
 run's own evaluator at the final stage. Seeds change the calibration draw and the search.
 With --jobs N the seeds and evop run in N processes sharing the GPU and one size cache.
@@ -51,10 +51,10 @@ from _searchbench import (
     write_json,
 )
 from evo.baselines import block_influence, shortgpt_config, uniform_config
-from evo.config import CompressionConfig
-from evo.fitness import FINAL_STAGE
-from evo.search import SearchSpec
-from evo.space import SearchSpace
+from evo.compress.config import CompressionConfig
+from evo.constants import FINAL_STAGE
+from evo.search.loop import SearchSpec
+from evo.search.space import SearchSpace
 
 
 def job_seed(args, seed: int, baselines: dict) -> dict:
@@ -70,17 +70,17 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     for bits in (UNIFORM_LOW, UNIFORM_HIGH):
         result[f"uniform{bits}_kl"] = session.evaluator.evaluate(uniform_config(bits), FINAL_STAGE)
     session.evaluator.restore()
-    best = CompressionConfig.from_dict(deap.best["config"])
+    best = CompressionConfig.from_dict(deap.best.config)
     measured = write_and_measure(session.loaded, best, out / "deap" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache)
     entries = journal(out / "deap")
     evaluations = len(entries)
-    result["deap"] = {**measured, "kl": deap.best["quality"], "recorded_bytes": deap.best["size_bytes"],
+    result["deap"] = {**measured, "kl": deap.best.quality, "recorded_bytes": deap.best.size_bytes,
                       "evaluations": evaluations, "seconds": seconds,
                       "stage1": sum(1 for e in entries if e["stage"] == 1),
                       "stage2": sum(1 for e in entries if e["stage"] == 2),
                       "choice": describe_choice(best, session.loaded.info)}
-    say(f"deap best: KL {deap.best['quality']:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
+    say(f"deap best: KL {deap.best.quality:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
     del session
     free_gpu()
 
@@ -88,13 +88,13 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     random_spec = dataclasses.replace(spec, engine="random", population=evaluations, generations=0)
     session, rand, seconds = search(random_spec, out / "random", args, say_as(f"seed{seed} random"),
                                      share_from=out / "deap")
-    best = CompressionConfig.from_dict(rand.best["config"])
+    best = CompressionConfig.from_dict(rand.best.config)
     measured = write_and_measure(session.loaded, best, out / "random" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache)
-    result["random"] = {**measured, "kl": rand.best["quality"], "recorded_bytes": rand.best["size_bytes"],
+    result["random"] = {**measured, "kl": rand.best.quality, "recorded_bytes": rand.best.size_bytes,
                         "evaluations": len(journal(out / "random")), "seconds": seconds,
                         "choice": describe_choice(best, session.loaded.info)}
-    say(f"random best: KL {rand.best['quality']:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
+    say(f"random best: KL {rand.best.quality:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
     del session
     free_gpu()
     return result
@@ -116,12 +116,12 @@ def job_evop(args, baselines: dict) -> dict:
     shortgpt = shortgpt_config(influence, space.fixed_drops)
     shortgpt_kl = session.evaluator.evaluate(shortgpt, FINAL_STAGE)
     session.evaluator.restore()
-    best = CompressionConfig.from_dict(evop.best["config"])
+    best = CompressionConfig.from_dict(evop.best.config)
     result = {"layers_removed": space.fixed_drops, "budget_bytes": budget,
               "influence": [float(x) for x in influence]}
     result["evop"] = {**write_and_measure(session.loaded, best, out / "export_evop", ids, args,
                                            size_cache=session.size_model.size_cache),
-                      "kl": evop.best["quality"], "dropped": sorted(int(i) for i in best.drops),
+                      "kl": evop.best.quality, "dropped": sorted(int(i) for i in best.drops),
                       "evaluations": len(journal(out / "search")), "seconds": seconds}
     result["shortgpt"] = {**write_and_measure(session.loaded, shortgpt, out / "export_shortgpt", ids, args,
                                                size_cache=session.size_model.size_cache),

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evo import coding
+from evo.compress import coding
 from evo.compress import TensorSetting, compress_tensor
-from evo.size import encode_tensor
+from evo.compress.coding import encode_tensor
 
 DEFAULT_MODEL = "smollm2-135m-instruct-q4_1"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -16,10 +16,9 @@ import sys
 from _common import ArtifactBench, setup_threads
 
 from evo.compress.settings import TensorSetting
-from evo.config import KEPT, CompressionConfig
+from evo.compress.config import KEPT, CompressionConfig
 from evo.modelio import load_model
-from evo.size import SizeCache
-from evo.sizemodel import SizeModel
+from evo.compress.size import SizeCache, SizeModel
 
 ROWS = {
     "bf16 (dense)": CompressionConfig(default=KEPT, embedding=KEPT),

@@ -22,13 +22,14 @@ import torch
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.settings import KEPT_BITS
 from evo.errors import EvoError
-from evo.size import encode_tensor
+from evo.evaluate.forward import Hook, run_forward, token_batch
+from evo.compress.coding import encode_tensor
 from evo.types import ATTENTION_ROLES, MLP_ROLES
 
 if TYPE_CHECKING:
     from evo.modelio import LoadedModel
 
-ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.calibration
+ProgressCallback = Callable[[int, int], None]  # (done, total), the convention of evo.data.ccds
 
 # Where each role is plotted and summed: attention and MLP projections differ in shape and input
 # statistics (MLP matrices hold ~3/4 of a Llama layer's weights), so they are shown apart.
@@ -256,7 +257,7 @@ def _value(row: AnalysisRow, name: str) -> Any:
 def default_calibration_ids(tokenizer, sequences: int = 4, seq_len: int = 128) -> np.ndarray:
     """`sequences` token sequences of `seq_len`, evenly spaced over the embedded calibration mix
     (so every domain it holds is likely represented), int64 [sequences, seq_len]."""
-    from evo.data import read_corpus, tokenize_corpus
+    from evo.data.corpus import read_corpus, tokenize_corpus
 
     pool = tokenize_corpus(read_corpus(), tokenizer, seq_len)
     if len(pool) < sequences:
@@ -268,7 +269,6 @@ def default_calibration_ids(tokenizer, sequences: int = 4, seq_len: int = 128) -
     return pool.token_ids[picks].astype(np.int64)
 
 
-@torch.no_grad()
 def capture_linear_inputs(
     model: torch.nn.Module, modules: Sequence[str], token_ids: np.ndarray, *, batch_size: int = 8
 ) -> dict[str, torch.Tensor]:
@@ -283,15 +283,8 @@ def capture_linear_inputs(
 
         return hook
 
-    handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in modules]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, token_ids.shape[0], batch_size):
-            batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
-            model(input_ids=batch, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_forward(model, token_ids, batch_size,
+                hooks=[Hook(model.get_submodule(name), hook_for(name), pre=True) for name in modules])
     return {name: torch.cat(parts) for name, parts in captured.items()}
 
 
@@ -327,9 +320,7 @@ def analyze(
         calibration_token_ids = default_calibration_ids(
             loaded.tokenizer, grid.calibration_sequences, grid.calibration_seq_len
         )
-    ids = np.asarray(calibration_token_ids)
-    if ids.ndim != 2 or ids.size == 0 or ids.dtype.kind not in "iu":
-        raise EvoError(f"calibration token ids must be a non-empty integer array [sequences, seq_len], got {ids.shape}")
+    ids = token_batch(calibration_token_ids)
 
     targets = {role: [(layer.index, layer.linear(role)) for layer in layers if _has(layer, role)] for role in roles}
     inputs = capture_linear_inputs(loaded.model, [lin.module for lins in targets.values() for _, lin in lins], ids)

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from evo.compress.settings import KEPT_BITS, TensorSetting
-from evo.config import KEPT, CompressionConfig, LayerConfig
+from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
+from evo.evaluate.forward import Hook, check_batch_size, run_forward, token_batch
 from evo.types import ModelInfo
 
 
@@ -26,16 +27,12 @@ def uniform_config(bits: int, group_size: int | None = 128, embedding_bits: int 
     return CompressionConfig(default=linear, embedding=embedding)
 
 
-@torch.no_grad()
 def block_influence(model: nn.Module, info: ModelInfo, token_ids, *, batch_size: int = 4) -> np.ndarray:
     """ShortGPT's Block Influence of every decoder layer, float64 [num_layers]: 1 minus the mean,
     over all positions of `token_ids` [n, L] (no padding), of the cosine similarity between the
     hidden state a layer receives and the one it returns. ~0 for a layer that changes nothing."""
-    ids = np.asarray(token_ids)
-    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
-        raise EvoError(f"token ids must be a non-empty integer array [sequences, length], got shape {ids.shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise EvoError(f"batch_size={batch_size!r} must be a positive integer")
+    ids = token_batch(token_ids)
+    check_batch_size(batch_size)
     layers = model.get_submodule(info.layers_path)
     if len(layers) != info.num_layers:
         raise EvoError(f"the model has {len(layers)} decoder layers but its description {info.num_layers}: "
@@ -53,18 +50,9 @@ def block_influence(model: nn.Module, info: ModelInfo, token_ids, *, batch_size:
 
         return record
 
-    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, ids.shape[0], batch_size):
-            batch = torch.as_tensor(ids[start : start + batch_size], dtype=torch.long, device=device)
-            model(input_ids=batch, use_cache=False)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return 1.0 - (sums / ids.size).cpu().numpy()
+    run_forward(model, ids, batch_size,
+                hooks=[Hook(layer, hook(i), with_kwargs=True) for i, layer in enumerate(layers)])
+    return 1.0 - (sums / ids.numel()).cpu().numpy()
 
 
 def shortgpt_config(influence, k: int) -> CompressionConfig:

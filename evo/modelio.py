@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from evo.constants import DTYPES
 from evo.errors import EvoError
 from evo.types import (
     ATTENTION_ROLES,
@@ -72,14 +73,6 @@ _MLP_NAME_ROLES = {
     "gate_up_proj": "mlp_gate_up",
 }
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
 
 
 @dataclass(frozen=True)
@@ -164,13 +157,23 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def dtype_name(dtype: str) -> str:
+    """The canonical name of a dtype spelling ("bf16" → "bfloat16"), as run specs and manifests record it."""
+    if dtype not in DTYPES:
+        raise EvoError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on CUDA."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise EvoError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(sorted(_DTYPES))}")
-    return _DTYPES[dtype]
+    return getattr(torch, dtype_name(dtype))
+
+
+def auto_dtype_name(device: str) -> str:
+    """The dtype "auto" means on this device, by name."""
+    return str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
 
 
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
@@ -351,7 +354,3 @@ def _non_decoder_role(model: nn.Module, name: str, param: torch.Tensor) -> str:
         return "norm"
     return "other"
 
-
-def get_module(model: nn.Module, path: str) -> nn.Module:
-    """The sub-module at a dotted path, e.g. 'model.layers.3.mlp'."""
-    return model.get_submodule(path)

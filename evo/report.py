@@ -13,11 +13,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evo.constants import FINAL_STAGE, MB
 from evo.errors import EvoError
-from evo.store import JournalEntry, RunStore
-
-FINAL_STAGE = 2  # evo.engines.deap_engine.FINAL_STAGE; screens (stage 1) are on fewer tokens
-MB = 1_000_000
+from evo.fileio import atomic_write_text
+from evo.search.engines.base import fits_budget, pareto_front
+from evo.search.store import JournalEntry, RunStore, best_under_budget
+from evo.types import Score
 CSV_COLUMNS = ("index", "stage", "quality", "size_bytes", "size_mb", "seconds", "under_budget", "on_front", "genome")
 
 
@@ -45,7 +46,7 @@ class Baseline:
 def _baseline_bytes(where: str, text: str) -> int:
     path = Path(where)
     if path.is_dir():
-        from evo.artifact import read_manifest
+        from evo.compress.artifact import read_manifest
 
         return int(read_manifest(path).total_bytes)
     try:
@@ -72,7 +73,7 @@ class RunReport:
         """(evaluations so far, best final-stage quality under budget) at each improvement."""
         best, points = float("inf"), []
         for count, entry in enumerate(self.entries, start=1):
-            if entry.stage == FINAL_STAGE and entry.size_bytes <= self.budget_bytes and entry.quality < best:
+            if entry.stage == FINAL_STAGE and fits_budget(_score(entry), self.budget_bytes) and entry.quality < best:
                 best = entry.quality
                 points.append((count, best))
         return points
@@ -96,19 +97,16 @@ def build_report(run_dir: str | Path) -> RunReport:
     entries = tuple(store.entries())
     if not entries:
         raise EvoError(f"run {run_dir} has no finished evaluation yet: nothing to report")
-    front = _front([e for e in entries if e.stage == FINAL_STAGE], budget)
-    chosen = min(front, key=lambda e: (e.quality, e.size_bytes)) if front else None
+    final = [e for e in entries if e.stage == FINAL_STAGE]
+    by_index = {e.index: e for e in final}
+    front = [by_index[index] for index, _ in pareto_front(((e.index, _score(e)) for e in final), budget)]
+    chosen = best_under_budget(front, budget)
     return RunReport(Path(run_dir), str(search.get("fitness", "kl")), budget, str(search.get("engine", "deap")),
                      entries, tuple(front), chosen)
 
 
-def _front(entries: list[JournalEntry], budget: int) -> list[JournalEntry]:
-    best, front = float("inf"), []
-    for entry in sorted((e for e in entries if e.size_bytes <= budget), key=lambda e: (e.size_bytes, e.quality, e.index)):
-        if entry.quality < best:
-            front.append(entry)
-            best = entry.quality
-    return front
+def _score(entry: JournalEntry) -> Score:
+    return Score(entry.quality, entry.size_bytes)
 
 
 def write_csv(report: RunReport, path: Path) -> Path:
@@ -118,7 +116,7 @@ def write_csv(report: RunReport, path: Path) -> Path:
         writer.writerow(CSV_COLUMNS)
         for e in report.entries:
             writer.writerow([e.index, e.stage, repr(e.quality), e.size_bytes, f"{e.size_bytes / MB:.6f}",
-                             f"{e.seconds:.4f}", int(e.size_bytes <= report.budget_bytes), int(e.index in on_front),
+                             f"{e.seconds:.4f}", int(fits_budget(_score(e), report.budget_bytes)), int(e.index in on_front),
                              ".".join(str(g) for g in e.genome)])
     return path
 
@@ -185,7 +183,7 @@ def write_report(report: RunReport, out_dir: Path, baselines: tuple[Baseline, ..
     summary = {**report.summary(), "baselines": [asdict(b) for b in baselines],
                "front": [{"index": e.index, "quality": e.quality, "size_bytes": e.size_bytes} for e in report.front]}
     paths["json"] = out_dir / "report.json"
-    paths["json"].write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")
     return paths
 
 

@@ -1,11 +1,13 @@
 """Frozen, typed objects shared across evo's modules.
 
-They are plain data: what a model looks like (ModelInfo) and what a corpus holds (Document).
+They are plain data: what a model looks like (ModelInfo), what a corpus holds (Document), a zero-shot task item (Example), what a
+search evolves (Gene, Genome) and what an evaluation measured (Score, FrontPoint).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Roles of the linear weights inside a decoder layer, in the field's words. Fused projections
 # (Phi-3 style qkv / gate_up) keep their own role so nobody mistakes them for one projection.
@@ -89,3 +91,65 @@ class Document:
     source: str  # short name of the source, e.g. the file stem "code"
     path: str  # the file it was read from
     index: int  # position of the document inside its file (0-based)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item of a zero-shot task: per choice a context and the continuation scored after it; the gold choice."""
+
+    contexts: tuple[str, ...]
+    continuations: tuple[str, ...]
+    label: int
+
+    def __post_init__(self) -> None:
+        if len(self.contexts) != len(self.continuations) or not self.contexts:
+            raise ValueError("an example needs one context and one continuation per choice")
+        if not 0 <= self.label < len(self.contexts):
+            raise ValueError(f"label {self.label} is not one of the {len(self.contexts)} choices")
+
+
+# --- the search ----------------------------------------------------------------------------------------
+
+Genome = tuple[int, ...]  # one choice index per gene
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One position of the genome: its name and its ordered choices.
+
+    kind is the TensorSetting field a per-unit gene sets ("bits", "rescale", "sparsity", or any
+    other field a search space lists under [genes]), or "drop", "embedding_bits", "head_bits".
+    """
+
+    name: str  # e.g. "layer3.mlp.bits", "layer3.drop", "embedding.bits"
+    kind: str
+    choices: tuple
+    unit: int | None = None  # index of the (layer, group) unit; None for model-wide genes
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """What an evaluation measured: quality (lower is better: KL or perplexity) and exact bytes."""
+
+    quality: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One point of a run's Pareto front, as front.json records it."""
+
+    genome: Genome
+    quality: float
+    size_bytes: int
+    config: dict[str, Any]  # CompressionConfig.to_dict() of the genome
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"genome": list(self.genome), "quality": self.quality, "size_bytes": self.size_bytes,
+                "config": self.config}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FrontPoint":
+        return cls(tuple(int(g) for g in data["genome"]), float(data["quality"]), int(data["size_bytes"]),
+                   dict(data["config"]))

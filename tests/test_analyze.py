@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from tiny import tiny_model
+
 from evo.analyze import (
     CSV_COLUMNS,
     SUMMARY_COLUMNS,
@@ -34,21 +36,9 @@ SMALL_GRID = AnalysisGrid(bits=(2, 4, 8), rescales=(1.0, 1.5), sparsities=(0.0, 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from evo.modelio import LoadedModel, ModelSource, describe_model
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_model("llama", tied=False, layers=2)
     source = ModelSource(spec="tiny", kind="dir", location="tiny")
     return LoadedModel(model=model, tokenizer=None, info=describe_model(model, model_id="tiny-llama"), source=source)
 

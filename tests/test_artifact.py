@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_model
 
 import evo
-from evo.artifact import MANIFEST, TENSORS, load, read_manifest, write_artifact
 from evo.compress import TensorSetting
-from evo.compress_model import compress_model, plan_model
-from evo.config import CompressionConfig, LayerConfig
+from evo.compress.artifact import load, read_manifest, write_artifact
+from evo.compress.config import CompressionConfig, LayerConfig
+from evo.compress.model import compress_model
+from evo.compress.plan import plan_model
+from evo.compress.size import SizeCache
+from evo.constants import MANIFEST_FILE as MANIFEST
+from evo.constants import TENSORS_FILE as TENSORS
 from evo.errors import EvoError
+from evo.evaluate.stats import collect_activation_stats, stats_digest
 from evo.modelio import describe_model
-from evo.size import SizeCache
-from evo.stats import collect_activation_stats, stats_digest
 
 IDS = torch.arange(5, 37).reshape(2, 16)
 
@@ -150,11 +154,8 @@ def test_predicted_size_is_the_size_on_disk(exported):
 
 
 def test_size_cache_hits_predict_the_same_bytes(exported, tiny_tokenizer, token_ids, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     _, first, _, _ = exported
-    torch.manual_seed(0)
-    twin = AutoModelForCausalLM.from_config(_llama_config()).eval()  # the same weights as tiny_llama
+    twin = tiny_model("llama")  # the same weights as tiny_llama
     info = describe_model(twin, model_id="tiny-llama")
     stats = collect_activation_stats(twin, info, token_ids)
     cache = SizeCache(tmp_path / "sizes")
@@ -164,20 +165,6 @@ def test_size_cache_hits_predict_the_same_bytes(exported, tiny_tokenizer, token_
     again = write_artifact(tmp_path / "art2", twin, tiny_tokenizer, second, base_model="tiny-llama")
     assert again.total_bytes == _disk_bytes(tmp_path / "art2") == second.tensor_bytes + again.metadata_bytes
 
-
-def _llama_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
 
 
 def test_untied_opt_with_in_layer_mlp_round_trips(tiny_opt, tiny_tokenizer, tmp_path):
@@ -265,9 +252,7 @@ def test_evo_import_stays_light():
 
 
 def test_writing_needs_the_model_that_was_compressed(exported, tiny_tokenizer, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     _, result, _, _ = exported
-    fresh = AutoModelForCausalLM.from_config(_llama_config())
+    fresh = tiny_model("llama", seed=1)
     with pytest.raises(EvoError, match="pass the model that compress_model changed"):
         write_artifact(tmp_path / "wrong", fresh, tiny_tokenizer, result)

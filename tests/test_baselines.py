@@ -10,7 +10,7 @@ import torch
 
 from evo.baselines import block_influence, shortgpt_config, uniform_config
 from evo.compress.settings import TensorSetting
-from evo.config import KEPT, CompressionConfig
+from evo.compress.config import KEPT, CompressionConfig
 from evo.errors import EvoError
 from evo.modelio import describe_model, load_model
 
@@ -76,7 +76,7 @@ def test_shortgpt_rejects_bad_arguments():
 
 
 def test_shortgpt_on_a_loaded_model_validates_and_runs(tiny_model_dir):
-    from evo.compress_model import compress_model
+    from evo.compress.model import compress_model
 
     loaded = load_model(str(tiny_model_dir("llama")))
     info = loaded.info

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from evo.calibration import CalibrationConfig, CCDSSampler, allocate_quotas, build_calibration_set
-from evo.calibset import CalibrationSet
-from evo.data import read_corpus
+from evo.data.ccds import CalibrationConfig, CCDSSampler, allocate_quotas, build_calibration_set
+from evo.data.calibset import CalibrationSet
+from evo.data.corpus import read_corpus
 from evo.errors import EvoError
 from evo.modelio import load_model
 

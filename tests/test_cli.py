@@ -87,3 +87,25 @@ def test_compress_with_a_config_naming_a_missing_tensor(tiny_model_dir, tmp_path
     result = run_cli("compress", "--model", str(tiny_model_dir("llama")), "--config", str(config),
                      "--out", str(tmp_path / "art"))
     assert result.returncode == 2 and "lacks" in result.stderr
+
+
+def test_inspect_lists_tensors_roles_shapes_and_allowed_settings(tiny_model_dir, capsys):
+    assert main(["inspect", "--model", str(tiny_model_dir("llama")), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    tensors = {t["name"]: t for t in listed["tensors"]}
+    q = tensors["model.layers.0.self_attn.q_proj.weight"]
+    assert q["role"] == "attn_q" and q["shape"] == [64, 64] and q["section"].startswith("layers.0.attention")
+    assert "bits 2/3/4/5/6/8/16" in q["allowed"]
+    assert tensors["model.layers.0.input_layernorm.weight"]["allowed"] == "bits = 16 only (1-D)"
+    assert tensors["model.embed_tokens.weight"]["section"] == "embedding" and listed["layers"] == 4
+    assert main(["inspect", "--model", str(tiny_model_dir("llama"))]) == 0
+    assert "mlp_down" in capsys.readouterr().out
+
+
+def test_the_config_error_names_a_command_that_exists(tiny_model_dir, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[tensors."model.layers.99.mlp.up_proj.weight"]\nbits = 4\n')
+    result = run_cli("compress", "--model", str(tiny_model_dir("llama")), "--config", str(config),
+                     "--out", str(tmp_path / "art"))
+    assert "`evo inspect`" in result.stderr
+    assert run_cli("inspect", "--help").returncode == 0

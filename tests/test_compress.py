@@ -21,19 +21,11 @@ from evo.compress import (
     prune_mask,
     quantize,
 )
-from evo.compress.rescale import column_group, symmetric_midpoint
+from evo.compress.grid import column_group, symmetric_midpoint
 from evo.errors import EvoError
 
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors gain nothing from threads, and OpenMP barriers stall on a busy CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _weight(out: int = 24, inp: int = 576, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evo.compress import TensorSetting
-from evo.config import KEPT, CompressionConfig, LayerConfig
+from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.modelio import describe_model
 

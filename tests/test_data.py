@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from evo.data import read_corpus, read_text, split_plain_text, tokenize_corpus
+from evo.data.corpus import read_corpus, read_text, split_plain_text, tokenize_corpus
 from evo.errors import EvoError
 from tiny import tiny_tokenizer
 
@@ -92,7 +92,7 @@ def test_corpus_shorter_than_one_sequence(tmp_path):
 
 
 def test_builtin_missing_names_corpus_option(monkeypatch, tmp_path):
-    import evo.data as data
+    import evo.data.corpus as data
 
     monkeypatch.setattr(data, "shared_data_dirs", lambda: [tmp_path])
     with pytest.raises(EvoError, match="--corpus PATH"):

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from evo.engines import Problem, Score, make_engine
-from evo.engines.operators import extreme_genome, level_move, random_genome, repair
+from evo.search.engines import Problem, Score, make_engine
+from evo.search.space import extreme_genome, level_move, random_genome, repair
 from evo.errors import EvoError
-from evo.space import Gene
+from evo.types import Gene
 
 BITS = (2, 3, 4, 8)
 NUMEL = [100, 200, 300, 400, 500, 600]
@@ -142,7 +142,7 @@ def test_unknown_engine():
 @pytest.mark.parametrize("generations", [0, 1, 3])
 def test_evaluation_count_matches_the_plan(engine_name, generations):
     """The progress bar's total and a benchmark's "equal evaluations" rely on this count."""
-    from evo.search import SearchSpec, evaluations_planned
+    from evo.search.loop import SearchSpec, evaluations_planned
 
     problem = make_problem()
     engine = make_engine(engine_name, problem, population=6, seed=2)
@@ -183,7 +183,7 @@ def test_optuna_journal_opens_as_a_study(tmp_path):
 
 
 def test_unknown_sampler_and_sampler_without_optuna():
-    from evo.search import SearchSpec
+    from evo.search.loop import SearchSpec
 
     with pytest.raises(EvoError, match="unknown sampler 'cmaes'"):
         SearchSpec(budget_bytes=10, engine="optuna", sampler="cmaes")
@@ -200,3 +200,48 @@ def test_repair_keeps_at_least_one_layer():
     repaired = repair(everything_dropped, problem, random.Random(0))
     drops = [problem.genes[i].choices[v] for i, v in enumerate(repaired) if problem.genes[i].kind == "drop"]
     assert drops.count("none") == 1 and drops.count("layer") == len(drops) - 1
+
+
+def test_an_engine_is_one_module_that_registers_itself(tmp_path, monkeypatch):
+    """Adding an engine touches one file: a module in evo/search/engines/ is found by name."""
+    import evo.search.engines as package
+    from evo.search.engines.base import ENGINES, check_engine, engine_class
+
+    (tmp_path / "toy_engine.py").write_text(
+        "from evo.search.engines.random_engine import RandomEngine\n"
+        "from evo.search.engines.base import register_engine\n\n"
+        "@register_engine('toy')\nclass ToyEngine(RandomEngine):\n    name = 'toy'\n"
+    )
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    try:
+        assert check_engine("toy") == "toy"
+        assert engine_class("toy").evaluations_planned(population=3, generations=2) == 9
+        engine = make_engine("toy", make_problem(), population=4, seed=0)
+        assert len(engine.ask()) == 4
+    finally:
+        ENGINES.pop("toy", None)
+        import sys
+
+        sys.modules.pop("evo.search.engines.toy_engine", None)
+
+
+def test_pareto_front_is_one_function_for_engines_and_reports():
+    from evo.search.engines.base import pareto_front
+
+    points = [((1,), Score(3.0, 100)), ((0,), Score(3.0, 100)), ((2,), Score(2.0, 150)), ((3,), Score(2.5, 160)),
+              ((4,), Score(1.0, 999))]
+    assert pareto_front(points, 500) == [((0,), Score(3.0, 100)), ((2,), Score(2.0, 150))]
+    by_index = [(7, Score(3.0, 100)), (5, Score(3.0, 100))]  # journal indices as tags: the earlier wins
+    assert pareto_front(by_index, 500) == [(5, Score(3.0, 100))]
+
+
+def test_retry_limits_are_named_and_bound_a_short_batch():
+    """A space with a single genome: every engine settles for what exists after its named tries."""
+    from evo.search.engines import deap_engine, optuna_engine, random_engine
+    from evo.search.space import RANDOM_TRIES_PER_SLOT
+
+    assert deap_engine.TRIES_PER_CHILD == random_engine.TRIES_PER_GENOME == RANDOM_TRIES_PER_SLOT == 50
+    assert optuna_engine.ASKS_PER_TRIAL == 20
+    one = Problem(genes=(Gene("u0.bits", "bits", (4,), 0, 0),), size_of=lambda g: 10, budget_bytes=100)
+    engine = make_engine("random", one, population=5, seed=0)
+    assert [r.genome for r in engine.ask()] == [(0,)]

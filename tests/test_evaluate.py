@@ -11,35 +11,20 @@ import numpy as np
 import pytest
 import torch
 
+import tiny
+from oracles import kl_to_reference, next_token_logprobs
+
 from evo.errors import EvoError
-from evo.evaluate import (
-    eval_windows,
-    kl_to_reference,
-    next_token_logprobs,
-    perplexity,
-    tokenize_for_eval,
-)
+from evo.evaluate.perplexity import eval_windows, perplexity, tokenize_for_eval
 
 torch.set_num_threads(1)  # tiny ops: threads only add OpenMP barriers, 30x slower on a busy CPU
 
-VOCAB = 256
+VOCAB = tiny.VOCAB
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny.tiny_model("llama", tied=False, layers=2, positions=256)
 
 
 def _stream(n: int, seed: int = 0) -> np.ndarray:

@@ -10,23 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from oracles import kl_to_reference, next_token_logprobs
+
 from evo.compress import TensorSetting
+from evo.compress.config import CompressionConfig, LayerConfig
+from evo.compress.model import compress_model
 from evo.compress.structure import apply_block_drop, drop_layers
-from evo.compress_model import compress_model
-from evo.config import CompressionConfig, LayerConfig
+from evo.constants import FINAL_STAGE, SCREEN_STAGE
 from evo.errors import EvoError
-from evo.evaluate import kl_to_reference, next_token_logprobs, perplexity
-from evo.fitness import (
-    FINAL_STAGE,
-    SCREEN_STAGE,
-    DenseReference,
-    Evaluator,
-    FitnessConfig,
-    exact_kl,
-    topk_kl,
-)
+from evo.evaluate.evaluator import Evaluator, FitnessConfig
+from evo.evaluate.metrics import exact_kl, topk_kl
+from evo.evaluate.perplexity import perplexity
+from evo.evaluate.reference import DenseReference
+from evo.evaluate.stats import collect_activation_stats
 from evo.modelio import describe_model, load_model
-from evo.stats import collect_activation_stats
 
 TOKENS = np.random.default_rng(1).integers(3, 259, size=(4, 24))
 PPL = FitnessConfig(metric="ppl", screen_sequences=2, screen_tokens=12, batch_size=3)

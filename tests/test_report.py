@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from evo.artifact import load, read_manifest
+from evo.compress.artifact import load, read_manifest
 from evo.cli import main
 from evo.report import CSV_COLUMNS, Baseline, build_report
-from evo.search import choose_from_front
+from evo.search.store import RunStore
 from test_search import _corpus, budget_mb, spec_args  # noqa: F401  (budget_mb is a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,8 +42,8 @@ def test_report_writes_csv_pngs_and_the_export_choice(tiny_run, tmp_path, capsys
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000
     summary = json.loads((out / "report.json").read_text())
-    chosen, _ = choose_from_front(tiny_run)
-    assert summary["best"]["genome"] == chosen["genome"] and summary["best"]["quality"] == chosen["quality"]
+    chosen, _ = RunStore.open(tiny_run).choose()
+    assert tuple(summary["best"]["genome"]) == chosen.genome and summary["best"]["quality"] == chosen.quality
     assert summary["evaluations"] == len(journal) and summary["baselines"][0]["size_bytes"] == 50_000
     on_front = [r for r in rows if r["on_front"] == "1"]
     assert len(on_front) == summary["front_size"] and all(r["under_budget"] == "1" for r in on_front)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo.errors import EvoError
-from evo.search import SearchSpec, open_session
+from evo.search.loop import SearchSpec, open_session
 
 GENERATIONS = 4
 POPULATION = 6
@@ -39,8 +39,8 @@ def budget_mb(tiny_model_dir, tmp_path_factory):
     spec = SearchSpec(budget_bytes=10**9, model=str(tiny_model_dir("llama")), corpus=(str(corpus),), samples=6,
                       seq_len=32, clusters=3, screen_sequences=2, screen_tokens=16, fitness="ppl")
     session = open_session(spec, tmp_path_factory.mktemp("probe") / "run", resume=False)
-    from evo.engines.operators import extreme_genome
-    from evo.engines import Problem
+    from evo.search.space import extreme_genome
+    from evo.search.engines import Problem
 
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes)
     low = session.size_of(extreme_genome(problem, smallest=True))
@@ -151,8 +151,8 @@ def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, 
 
     import torch
 
-    from evo.artifact import load
-    from evo.calibset import CalibrationSet
+    from evo.compress.artifact import load
+    from evo.data.calibset import CalibrationSet
 
     model, _ = load(artifact)
     tokens = torch.as_tensor(CalibrationSet.load(run_dir / "calibration.json").calibration.token_ids).long()
@@ -165,6 +165,44 @@ def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, 
 
 def test_export_budget_below_the_front_is_refused(tmp_path):
     with pytest.raises(EvoError, match="does not exist"):
-        from evo.search import choose_from_front
+        from evo.search.store import RunStore
 
-        choose_from_front(tmp_path / "missing")
+        RunStore.open(tmp_path / "missing").choose()
+
+
+def test_export_after_a_bf16_search_uses_the_recorded_dtype(tiny_model_dir, tmp_path, budget_mb):
+    """A GPU search loads bf16; its export on the CPU must load bf16 too, or the bytes differ."""
+    corpus = _corpus(tmp_path)
+    run_dir = tmp_path / "run"
+    args = spec_args(tiny_model_dir("llama"), corpus, budget_mb[0])
+    args[args.index("--generations") + 1] = "0"
+    searched = evo("search", *args, "--dtype", "bfloat16", "--device", "cpu", "--run-dir", str(run_dir))
+    assert searched.returncode == 0, searched.stderr
+    assert json.loads((run_dir / "spec.json").read_text())["search"]["dtype"] == "bfloat16"
+
+    exported = evo("export", str(run_dir), "--out", str(tmp_path / "export"))  # --dtype auto: the run's
+    assert exported.returncode == 0, exported.stderr
+    best = min(json.loads((run_dir / "front.json").read_text())["front"], key=lambda p: p["quality"])
+    artifact = tmp_path / "export" / "artifact"
+    assert sum(p.stat().st_size for p in artifact.iterdir()) == best["size_bytes"]
+    assert json.loads((artifact / "manifest.json").read_text())["dtype"] == "bfloat16"
+
+    refused = evo("export", str(run_dir), "--out", str(tmp_path / "other"), "--dtype", "float32")
+    assert refused.returncode == 2 and "searched in bfloat16" in refused.stderr
+
+
+def test_resume_takes_the_recorded_dtype_and_refuses_another(tiny_model_dir, tmp_path, budget_mb):
+    corpus = _corpus(tmp_path)
+    run_dir = tmp_path / "run"
+    spec = SearchSpec(budget_bytes=int(budget_mb[0] * 1e6), model=str(tiny_model_dir("llama")), corpus=(str(corpus),),
+                      samples=6, seq_len=32, clusters=3, screen_sequences=2, screen_tokens=16, fitness="ppl",
+                      generations=0, dtype="bf16")
+    assert spec.dtype == "bfloat16"  # the canonical name is what the run records
+    open_session(spec, run_dir, resume=False)
+    from dataclasses import replace
+
+    resumed = open_session(replace(spec, dtype="auto"), run_dir, resume=True)
+    assert resumed.spec.dtype == "bfloat16" and next(resumed.loaded.model.parameters()).dtype.is_floating_point
+    assert str(next(resumed.loaded.model.parameters()).dtype) == "torch.bfloat16"
+    with pytest.raises(EvoError, match="dtype"):
+        open_session(replace(spec, dtype="float32"), run_dir, resume=True)

@@ -9,19 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from evo import coding
+from evo.compress import coding
 from evo.compress import TensorSetting, compress_tensor
 from evo.errors import EvoError
-from evo.size import SizeCache, SizeEntry, SizeKey, cached_size, decode_tensor, encode_tensor
+from evo.compress.coding import decode_tensor, encode_tensor
+from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors gain nothing from threads, and OpenMP barriers stall on a busy CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _skewed_codes(bits: int, n: int, seed: int = 0) -> np.ndarray:

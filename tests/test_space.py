@@ -2,7 +2,7 @@ import pytest
 
 from evo.errors import EvoError
 from evo.modelio import describe_model
-from evo.space import SPACES_DIR, SearchSpace
+from evo.search.space import SPACES_DIR, SearchSpace
 
 
 @pytest.mark.parametrize("name", ["default", "bits", "evop", "double_compression"])
@@ -61,3 +61,30 @@ def test_malformed_spaces_name_the_key(tmp_path, text, message):
 def test_unknown_space_lists_the_shipped_ones():
     with pytest.raises(EvoError, match="default"):
         SearchSpace.load("nope")
+
+
+def test_a_setting_field_listed_under_genes_becomes_a_gene(tmp_path, tiny_llama):
+    """A new operator's TensorSetting field is searched by one line in a space file, no code."""
+    path = tmp_path / "sym.toml"
+    path.write_text("[genes]\nbits = [3, 4]\nsymmetric = [false, true]\n")
+    space = SearchSpace.load(path)
+    info = describe_model(tiny_llama)
+    genes = space.genes(info)
+    names = [g.name for g in genes]
+    assert names[:4] == ["layer0.attention.bits", "layer0.attention.rescale", "layer0.attention.sparsity",
+                         "layer0.attention.symmetric"]
+    genome = list(space.uniform_genome(info, bits=4))
+    assert genome[names.index("layer0.mlp.symmetric")] == 0  # the base's value (asymmetric)
+    genome[names.index("layer1.mlp.symmetric")] = 1
+    config = space.decode(tuple(genome), info)
+    assert config.layer(1).mlp.symmetric and not config.layer(1).attention.symmetric
+    assert space.encode(config, info) == tuple(genome)
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert space.to_dict()["genes"]["symmetric"] == [False, True]
+
+
+def test_spaces_ship_inside_the_package():
+    from evo.search import space as module
+
+    assert SPACES_DIR.parent == __import__("pathlib").Path(module.__file__).parent
+    assert {p.stem for p in SPACES_DIR.glob("*.toml")} >= {"default", "bits", "evop", "double_compression"}

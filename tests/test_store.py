@@ -1,7 +1,7 @@
 import pytest
 
 from evo.errors import EvoError
-from evo.store import JOURNAL_FILE, RunStore, evaluation_key
+from evo.search.store import JOURNAL_FILE, RunStore, evaluation_key
 
 
 def test_journal_survives_a_torn_last_line(tmp_path):

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from evo.cli import main
-from evo.data import shared_data_dirs
+from evo.data.corpus import shared_data_dirs
 from evo.errors import EvoError
-from evo.tasks import TASKS, Example, hellaswag_preprocess, load_task, parse_tasks
-from evo.zeroshot import encode_pair, loglikelihoods, score_task
+from evo.data.tasks import TASKS, hellaswag_preprocess, load_task, parse_tasks
+from evo.types import Example
+from evo.evaluate.zeroshot import encode_pair, loglikelihoods, score_task
 
 torch.set_num_threads(1)
 

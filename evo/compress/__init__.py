@@ -1,6 +1,6 @@
 """Per-tensor compression operators: prune → rescale → quantize, composed through a registry.
 
-`compress_tensor(weight, TensorSetting(...))` is the entry point; evo.size measures the result.
+`compress_tensor(weight, TensorSetting(...))` is the entry point; evo.compress.size measures the result.
 """
 
 from evo.compress.apply import CompressedTensor, compress_tensor
@@ -13,7 +13,7 @@ from evo.compress.registry import (
     register_operator,
     run_pipeline,
 )
-from evo.compress.rescale import QuantGrid, code_max, compute_grid, num_groups, symmetric_midpoint
+from evo.compress.grid import QuantGrid, code_max, compute_grid, num_groups, symmetric_midpoint
 from evo.compress.settings import TensorSetting
 
 __all__ = [

@@ -9,10 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-# Imported for their registrations: each module adds its operator to the pipeline.
-from evo.compress import prune as _prune  # noqa: F401
-from evo.compress import quantize as _quantize  # noqa: F401
-from evo.compress import rescale as _rescale  # noqa: F401
 from evo.compress.prune import ActivationStats
 from evo.compress.quantize import QuantizedTensor, dequantize
 from evo.compress.registry import CompressionState, run_pipeline

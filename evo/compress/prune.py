@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,9 +16,17 @@ from evo.compress.registry import CompressionState, register_operator
 from evo.compress.settings import PRUNE_CRITERIA
 from evo.errors import EvoError
 
+if TYPE_CHECKING:
+    from evo.compress.settings import TensorSetting
+
 # Which ActivationStats field each criterion multiplies |W| by; None needs no statistics.
 CRITERION_STATISTIC: dict[str, str | None] = {"magnitude": None, "wanda": "l2", "linf": "absmax"}
 assert set(CRITERION_STATISTIC) == set(PRUNE_CRITERIA)
+
+
+def needs_stats(setting: TensorSetting) -> bool:
+    """Whether compressing with this setting needs activation statistics (wanda, linf pruning)."""
+    return setting.quantized and setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from evo.compress.registry import CompressionState, register_operator
-from evo.compress.rescale import QuantGrid, column_group, compute_grid, num_groups, symmetric_midpoint
+from evo.compress.grid import QuantGrid, column_group, compute_grid, num_groups, symmetric_midpoint
 from evo.compress.settings import TensorSetting
 from evo.errors import EvoError
 
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """One matrix as stored: what evo.size encodes and evo.compress.dequantize reads.
+    """One matrix as stored: what evo.compress.size encodes and evo.compress.dequantize reads.
 
     codes: uint8 [out, in] in [0, 2^b - 1] (symmetric: offset by 2^(b-1) - 1 so 0.0 is the
         middle code); for bits=16 the bf16 matrix itself.

@@ -1,27 +1,31 @@
 """Compression operators registered by name and run in pipeline order on one tensor.
 
-An operator reads a CompressionState and returns an updated copy; a new one is a decorated function.
+An operator reads a CompressionState and returns an updated copy; a new one is a decorated function
+in any module of evo.compress (the package's modules are imported once, before the first pipeline
+runs, so each registers itself: no list of operators to extend).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+import torch
+
+from evo.compress.grid import QuantGrid
+from evo.compress.settings import TensorSetting
 from evo.errors import EvoError
-
-if TYPE_CHECKING:
-    import torch
-
-    from evo.compress.prune import ActivationStats
-    from evo.compress.quantize import QuantizedTensor
-    from evo.compress.rescale import QuantGrid
-    from evo.compress.settings import TensorSetting
 
 
 @dataclass(frozen=True)
 class CompressionState:
-    """What the pipeline knows about one weight matrix so far; each operator fills a field."""
+    """What the pipeline knows about one weight matrix so far; each operator fills a field.
+
+    ActivationStats (evo.compress.prune) and QuantizedTensor (evo.compress.quantize) are named, not
+    imported: those modules are operators that import this registry.
+    """
 
     weight: torch.Tensor
     setting: TensorSetting
@@ -41,6 +45,7 @@ class _Entry:
 
 
 _OPERATORS: dict[str, _Entry] = {}
+_discovered = False
 
 
 def register_operator(name: str, order: int) -> Callable[[Operator], Operator]:
@@ -55,7 +60,19 @@ def register_operator(name: str, order: int) -> Callable[[Operator], Operator]:
     return decorate
 
 
+def _discover() -> None:
+    """Import every module of evo.compress once: operators register themselves on import."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{module.name}")
+
+
 def get_operator(name: str) -> Operator:
+    _discover()
     try:
         return _OPERATORS[name].operator
     except KeyError:
@@ -64,6 +81,7 @@ def get_operator(name: str) -> Operator:
 
 def pipeline_names() -> tuple[str, ...]:
     """Registered operator names in the order the pipeline runs them."""
+    _discover()
     return tuple(sorted(_OPERATORS, key=lambda name: (_OPERATORS[name].order, name)))
 
 

@@ -19,10 +19,10 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
+from evo.constants import DROPS
 from evo.errors import EvoError
 from evo.types import MLP_ROLES, DecoderLayerInfo, ModelInfo
 
-DROPS = ("none", "attention", "mlp", "layer")
 
 
 class ZeroAttention(nn.Module):
@@ -158,11 +158,11 @@ def drop_layers(model: nn.Module, info: ModelInfo, indices: Iterable[int]) -> tu
                 module.layer_idx = new_index
     config = getattr(model, "config", None)
     if config is not None:
-        _shrink_config(config, kept, info.num_layers)
+        shrink_config(config, kept, info.num_layers)
     return kept
 
 
-def _shrink_config(config, kept: tuple[int, ...], original_layers: int) -> None:
+def shrink_config(config, kept: tuple[int, ...], original_layers: int) -> None:
     if getattr(config, "num_hidden_layers", None) is not None:
         config.num_hidden_layers = len(kept)
     layer_types = getattr(config, "layer_types", None)

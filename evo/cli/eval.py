@@ -1,0 +1,110 @@
+"""`evo eval`: perplexity (the standard way) and zero-shot accuracy of a model or an artifact."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.table import Table
+
+from evo.cli.ui import load_model_with_progress, out, progress_bar, step
+from evo.errors import EvoError
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
+    ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
+    ev.add_argument("--dataset", default=None,
+                    help="perplexity on wikitext2, c4, calibration_mix or a PATH (default wikitext2 unless --tasks)")
+    ev.add_argument("--tasks", default=None,
+                    help="zero-shot tasks, comma-separated: hellaswag, piqa, arc_easy, arc_challenge, winogrande, "
+                         "boolq (name=PATH for another file)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    ev.add_argument("--seq-len", type=int, default=512)
+    ev.add_argument("--max-tokens", type=int, default=None, help="use at most this many tokens (whole windows)")
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from evo.data.corpus import read_text
+
+    tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
+    dataset = args.dataset or (None if tasks else "wikitext2")
+    text = read_text(dataset) if dataset else None
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    record: dict = {"model": args.model}
+    if text is not None:
+        record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
+    if tasks:
+        record["tasks"] = {name: result.to_dict() for name, result in _zero_shot(model, tokenizer, tasks, args)}
+    if args.json:
+        print(json.dumps(record))
+        return 0
+    if text is not None:
+        table = Table(title=f"perplexity on {dataset}")
+        for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
+            table.add_column(key)
+        table.add_row(args.model, f"{record['ppl']:.3f}", f"{record['mean_nll']:.4f}", str(record["tokens_predicted"]),
+                      str(record["windows"]), str(record["seq_len"]))
+        out.print(table)
+    if tasks:
+        table = Table(title=f"zero-shot accuracy of {args.model}" + (f" (first {args.limit} items)" if args.limit else ""))
+        for key in ("task", "n", "acc", "acc_norm"):
+            table.add_column(key, justify="right")
+        for name, result in record["tasks"].items():
+            norm = f"{result['acc_norm']:.4f} ± {result['acc_norm_stderr']:.4f}" if result["acc_norm"] is not None else "-"
+            table.add_row(name, str(result["n"]), f"{result['acc']:.4f} ± {result['acc_stderr']:.4f}", norm)
+        out.print(table)
+    return 0
+
+
+def _load_tasks(args: argparse.Namespace):
+    from evo.data.tasks import TASKS, load_task, parse_tasks
+
+    if args.limit is not None and args.limit < 1:
+        raise EvoError("--limit must be at least 1")
+    return [(name, TASKS[name].metrics, load_task(name, path, args.limit)) for name, path in parse_tasks(args.tasks)]
+
+
+def _perplexity(model, tokenizer, text: str, args: argparse.Namespace):
+    from evo.evaluate.perplexity import perplexity, tokenize_for_eval
+
+    token_ids = tokenize_for_eval(tokenizer, text)
+    with progress_bar() as progress:
+        task = progress.add_task("perplexity", total=None)
+        return perplexity(model, token_ids, seq_len=args.seq_len, max_tokens=args.max_tokens,
+                          batch_size=args.batch_size,
+                          progress=lambda done, total: progress.update(task, completed=done, total=total))
+
+
+def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
+    from evo.evaluate.zeroshot import score_task
+
+    with progress_bar() as progress:
+        for name, metrics, examples in tasks:
+            bar = progress.add_task(name, total=None)
+            yield name, score_task(name, model, tokenizer, examples, metrics=metrics, batch_size=4 * args.batch_size,
+                                   progress=lambda done, total, bar=bar: progress.update(bar, completed=done, total=total))
+
+
+def is_artifact(path: str) -> bool:
+    from pathlib import Path
+
+    from evo.constants import MANIFEST_FILE
+
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def load_for_eval(spec: str, *, device: str, dtype: str):
+    """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
+    if is_artifact(spec):
+        from evo.compress.artifact import load
+
+        with step(f"loading artifact {spec}"):
+            return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    return loaded.model, loaded.tokenizer

@@ -1,0 +1,87 @@
+"""What every command shares: the consoles, progress display, model options and small renderers.
+The library never prints; commands render its results here, with rich."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from evo.errors import EvoError
+
+console = Console(stderr=True)
+out = Console()
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+
+@contextmanager
+def progress_bar():
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=not console.is_terminal,
+    ) as progress:
+        yield progress
+
+
+@contextmanager
+def step(description: str):
+    """A spinner while a long step runs (plain lines when not on a TTY)."""
+    start = time.perf_counter()
+    if console.is_terminal:
+        with console.status(description):
+            yield
+    else:
+        console.print(f"{description} ...")
+        yield
+    console.print(f"{description}: done in {time.perf_counter() - start:.1f} s")
+
+
+def load_model_with_progress(spec: str, *, dtype: str, device: str):
+    from evo.modelio import load_model
+
+    with step(f"loading model {spec}"):
+        return load_model(spec, dtype=dtype, device=device)
+
+
+def int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
+    from evo.modelio import DEFAULT_MODEL
+
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
+    parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+
+
+def positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EvoError(f"{option} {text!r}: use a positive integer or 'channel'")
+    return value
+
+
+def render_artifact(summary) -> None:
+    out.print(f"artifact {summary.path}: {summary.total_bytes:,} bytes ({summary.total_bytes / 1e6:.3f} MB) = "
+              f"{summary.tensor_bytes:,} tensor bytes + {summary.metadata_bytes:,} metadata bytes")

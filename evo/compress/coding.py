@@ -1,0 +1,396 @@
+"""Lossless coders for one array of small integer codes (zstd, bit-packed zstd, ANS) and of 16-bit values,
+and the frames that store one compressed matrix (encode_tensor / decode_tensor).
+
+Every frame starts with a header (coder id, bits, count) so `decode(frame)` needs nothing else.
+
+Frame layout: byte 0 coder id, byte 1 bits per value (1..8 for codes, 16 for 16-bit values),
+then the value count as a LEB128 varint, then the coder's payload:
+  zstd         zstd of one code per byte
+  zstd-packed  zstd of the codes bit-packed little-endian, `bits` bits each
+  packed       the bit-packed codes as they are (wins for tiny or incompressible arrays)
+  ans          symbol range [low, low + span) and the histogram over it as varints, then the
+               32-bit words of a constriction AnsCoder using that histogram as its model
+  u16-zstd     zstd of the little-endian 16-bit values
+  u16-planes   high-byte plane and low-byte plane, each as its own best code frame
+               (a fp16 high byte holds sign, exponent and 2 mantissa bits: few distinct values)
+  u16-bf16-fields  the bf16 exponent byte and the sign|mantissa byte, each as its own best
+               code frame: the byte planes of bf16 cut the exponent in two, which costs ~0.7%
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import constriction
+import numpy as np
+import torch
+import zstandard
+
+from evo.compress.grid import num_groups
+from evo.compress.quantize import QuantizedTensor
+from evo.compress.settings import TensorSetting
+from evo.errors import EvoError
+
+# Codes are near-i.i.d. symbols, so zstd's gain is mostly its Huffman literal coder: on SmolLM2
+# codes level 1 matched or beat levels 3 and 9; level 19 was up to 2% smaller at 8 bits but ~60x
+# slower, and ANS is the usual winner anyway.
+ZSTD_LEVEL = 1
+
+_CODER_IDS = {
+    "zstd": 1,
+    "zstd-packed": 2,
+    "packed": 3,
+    "ans": 4,
+    "u16-zstd": 5,
+    "u16-planes": 6,
+    "u16-bf16-fields": 7,
+}
+_CODER_NAMES = {v: k for k, v in _CODER_IDS.items()}
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _get_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise EvoError("corrupt frame: truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _header(coder: str, bits: int, count: int) -> bytearray:
+    out = bytearray((_CODER_IDS[coder], bits))
+    _put_varint(out, count)
+    return out
+
+
+def _parse_header(frame: bytes) -> tuple[str, int, int, int]:
+    if len(frame) < 3 or frame[0] not in _CODER_NAMES:
+        raise EvoError("corrupt frame: unknown coder id; was it written by a newer evo?")
+    count, pos = _get_varint(frame, 2)
+    return _CODER_NAMES[frame[0]], frame[1], count, pos
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+
+
+def _unzstd(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
+def _check_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    if not 1 <= bits <= 8:
+        raise EvoError(f"code coders take 1..8 bits per code, got bits={bits}")
+    codes = np.ascontiguousarray(codes).reshape(-1)
+    if codes.dtype != np.uint8:
+        if not np.issubdtype(codes.dtype, np.integer):
+            raise EvoError(f"codes must be integers, got {codes.dtype}")
+        if codes.size and (codes.min() < 0 or codes.max() > 255):
+            raise EvoError("codes must lie in [0, 255]")
+        codes = codes.astype(np.uint8)
+    if codes.size and int(codes.max()) >> bits:
+        raise EvoError(f"code {int(codes.max())} does not fit in {bits} bits")
+    return codes
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Pack uint8 codes `bits` bits each, little-endian within and across bytes.
+
+    Eight codes fill exactly `bits` bytes, so each run of eight is assembled in one uint64 and
+    its low `bits` bytes kept: a handful of vector operations whatever the width.
+    """
+    if bits == 8:
+        return codes.tobytes()
+    count = codes.size
+    chunks = np.zeros((-(-count // 8), 8), np.uint64)
+    chunks.reshape(-1)[:count] = codes
+    words = np.zeros(chunks.shape[0], np.uint64)
+    for i in range(8):
+        words |= chunks[:, i] << np.uint64(bits * i)
+    packed = words.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :bits]
+    return packed.tobytes()[: -(-count * bits // 8)]
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_bits."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if bits == 8:
+        return raw[:count].copy()
+    chunks = -(-count // 8)
+    full = np.zeros(chunks * bits, np.uint8)
+    full[: raw.size] = raw[: full.size]
+    padded = np.zeros((chunks, 8), np.uint8)
+    padded[:, :bits] = full.reshape(chunks, bits)
+    words = padded.view("<u8").reshape(-1)
+    mask = np.uint64((1 << bits) - 1)
+    codes = np.empty((chunks, 8), np.uint8)
+    for i in range(8):
+        codes[:, i] = (words >> np.uint64(bits * i)) & mask
+    return codes.reshape(-1)[:count]
+
+
+def _ans_model(counts: np.ndarray) -> constriction.stream.model.Categorical:
+    # perfect=False is deterministic given the same counts, so encoder and decoder agree exactly.
+    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+
+
+def _encode_zstd(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("zstd", bits, codes.size)) + _zstd(codes.tobytes())
+
+
+def _encode_zstd_packed(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("zstd-packed", bits, codes.size)) + _zstd(pack_bits(codes, bits))
+
+
+def _encode_packed(codes: np.ndarray, bits: int) -> bytes:
+    return bytes(_header("packed", bits, codes.size)) + pack_bits(codes, bits)
+
+
+def _encode_ans(codes: np.ndarray, bits: int) -> bytes:
+    out = _header("ans", bits, codes.size)
+    if codes.size == 0:
+        return bytes(out)
+    counts = np.bincount(codes, minlength=1 << bits)
+    used = np.flatnonzero(counts)
+    low, span = int(used[0]), int(used[-1] - used[0] + 1)
+    _put_varint(out, low)
+    _put_varint(out, span)
+    for c in counts[low : low + span].tolist():
+        _put_varint(out, c)
+    if span == 1:  # a constant array: the histogram says it all
+        return bytes(out)
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(codes.astype(np.int32) - low, _ans_model(counts[low : low + span]))
+    return bytes(out) + coder.get_compressed().astype("<u4").tobytes()
+
+
+def _decode_ans(frame: bytes, pos: int, count: int) -> np.ndarray:
+    if count == 0:
+        return np.zeros(0, np.uint8)
+    low, pos = _get_varint(frame, pos)
+    span, pos = _get_varint(frame, pos)
+    counts = np.empty(span, np.int64)
+    for i in range(span):
+        counts[i], pos = _get_varint(frame, pos)
+    if span == 1:
+        return np.full(count, low, np.uint8)
+    words = np.frombuffer(frame, dtype="<u4", offset=pos).astype(np.uint32)
+    symbols = constriction.stream.stack.AnsCoder(words).decode(_ans_model(counts), count)
+    return (symbols + low).astype(np.uint8)
+
+
+CODE_CODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
+    "zstd": _encode_zstd,
+    "zstd-packed": _encode_zstd_packed,
+    "packed": _encode_packed,
+    "ans": _encode_ans,
+}
+
+
+def encode_codes(codes: np.ndarray, bits: int, coder: str) -> bytes:
+    """Encode uint8 codes in [0, 2^bits) with the named coder (one of CODE_CODERS)."""
+    if coder not in CODE_CODERS:
+        raise EvoError(f"unknown code coder {coder!r}; use one of {list(CODE_CODERS)}")
+    return CODE_CODERS[coder](_check_codes(codes, bits), bits)
+
+
+def encode_all(codes: np.ndarray, bits: int) -> dict[str, bytes]:
+    """Every code coder's frame, for reports that compare them."""
+    codes = _check_codes(codes, bits)
+    return {name: encode(codes, bits) for name, encode in CODE_CODERS.items()}
+
+
+def encode_best(codes: np.ndarray, bits: int) -> tuple[str, bytes]:
+    """(coder name, frame) of the smallest frame; ties go to the earlier coder in CODE_CODERS."""
+    frames = encode_all(codes, bits)
+    name = min(frames, key=lambda n: len(frames[n]))
+    return name, frames[name]
+
+
+def _split_planes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (values >> 8).astype(np.uint8), (values & 0xFF).astype(np.uint8)
+
+
+def _join_planes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return (first.astype(np.uint16) << 8) | second
+
+
+def _split_bf16_fields(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    exponent = (values >> 7) & 0xFF
+    sign_mantissa = ((values >> 8) & 0x80) | (values & 0x7F)
+    return exponent.astype(np.uint8), sign_mantissa.astype(np.uint8)
+
+
+def _join_bf16_fields(exponent: np.ndarray, sign_mantissa: np.ndarray) -> np.ndarray:
+    exponent = exponent.astype(np.uint16)
+    sign_mantissa = sign_mantissa.astype(np.uint16)
+    return ((sign_mantissa & 0x80) << 8) | (exponent << 7) | (sign_mantissa & 0x7F)
+
+
+# Two-byte splits of a 16-bit value: (split, join); each byte stream gets its own best coder.
+_U16_SPLITS = {
+    "u16-planes": (_split_planes, _join_planes),
+    "u16-bf16-fields": (_split_bf16_fields, _join_bf16_fields),
+}
+
+
+def encode_u16_all(values: np.ndarray) -> dict[str, bytes]:
+    """Every 16-bit coder's frame: plain zstd and each two-byte split in _U16_SPLITS."""
+    values = np.ascontiguousarray(values).reshape(-1)
+    if values.dtype.itemsize != 2:
+        raise EvoError(f"16-bit coders take 16-bit values, got {values.dtype}")
+    values = values.view(np.uint16)
+    frames = {"u16-zstd": bytes(_header("u16-zstd", 16, values.size)) + _zstd(values.astype("<u2").tobytes())}
+    for name, (split, _) in _U16_SPLITS.items():
+        first, second = (encode_best(part, 8)[1] for part in split(values))
+        frame = _header(name, 16, values.size)
+        _put_varint(frame, len(first))
+        frames[name] = bytes(frame) + first + second
+    return frames
+
+
+def encode_u16(values: np.ndarray) -> tuple[str, bytes]:
+    """(coder name, frame) of the smallest 16-bit frame (fp16 scales, bf16 weights)."""
+    frames = encode_u16_all(values)
+    name = min(frames, key=lambda n: len(frames[n]))
+    return name, frames[name]
+
+
+def frame_info(frame: bytes) -> tuple[str, int, int]:
+    """(coder name, bits per value, value count) from a frame's header."""
+    coder, bits, count, _ = _parse_header(frame)
+    return coder, bits, count
+
+
+def frame_coder(frame: bytes) -> str:
+    """The coder name recorded in a frame's header."""
+    return frame_info(frame)[0]
+
+
+def decode(frame: bytes) -> np.ndarray:
+    """The exact values a frame was encoded from: uint8 for code frames, uint16 for 16-bit frames."""
+    coder, bits, count, pos = _parse_header(frame)
+    if coder == "zstd":
+        values = np.frombuffer(_unzstd(frame[pos:]), dtype=np.uint8).copy()
+    elif coder == "zstd-packed":
+        values = unpack_bits(_unzstd(frame[pos:]), bits, count)
+    elif coder == "packed":
+        values = unpack_bits(frame[pos:], bits, count)
+    elif coder == "ans":
+        values = _decode_ans(frame, pos, count)
+    elif coder == "u16-zstd":
+        values = np.frombuffer(_unzstd(frame[pos:]), dtype="<u2").astype(np.uint16)
+    else:  # a two-byte split
+        first_len, pos = _get_varint(frame, pos)
+        first = decode(frame[pos : pos + first_len])
+        second = decode(frame[pos + first_len :])
+        values = _U16_SPLITS[coder][1](first, second)
+    if values.size != count:
+        raise EvoError(f"corrupt frame: decoded {values.size} values, header says {count}")
+    return values
+
+
+def order0_entropy_bits(values: np.ndarray) -> float:
+    """Total bits an ideal order-0 coder needs for these non-negative integers: n·H(histogram)."""
+    values = np.asarray(values).reshape(-1)
+    if values.size == 0:
+        return 0.0
+    if values.dtype.kind != "u":
+        values = values.astype(np.int64)
+    counts = np.bincount(values)
+    counts = counts[counts > 0].astype(np.float64)
+    n = float(values.size)
+    return float(n * np.log2(n) - np.sum(counts * np.log2(counts)))
+
+
+# --- the frames of one compressed matrix -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """The frames that store one matrix: "codes" always, "scales" and "zeros" when quantized.
+
+    entropy_bits is the order-0 entropy of the codes (of the bf16 bit patterns for bits=16),
+    the bound the codes frame is measured against.
+    """
+
+    frames: dict[str, bytes]
+    coders: dict[str, str]
+    entropy_bits: float
+
+    @property
+    def frame_bytes(self) -> dict[str, int]:
+        return {name: len(frame) for name, frame in self.frames.items()}
+
+    @property
+    def compressed_bytes(self) -> int:
+        return sum(len(frame) for frame in self.frames.values())
+
+
+def _u16(tensor: torch.Tensor) -> np.ndarray:
+    # numpy has no bf16; the 16-bit pattern is what gets stored anyway.
+    return tensor.detach().cpu().contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _from_u16(values: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(values.astype(np.uint16).view(np.int16).copy()).view(dtype).reshape(shape)
+
+
+def encode_tensor(q: QuantizedTensor) -> EncodedTensor:
+    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes."""
+    setting = q.setting
+    frames: dict[str, bytes] = {}
+    coders: dict[str, str] = {}
+    if not setting.quantized:
+        values = _u16(q.codes)
+        coders["codes"], frames["codes"] = encode_u16(values)
+        return EncodedTensor(frames, coders, order0_entropy_bits(values))
+    codes = q.codes.detach().cpu().contiguous().numpy().reshape(-1)
+    coders["codes"], frames["codes"] = encode_best(codes, setting.bits)
+    coders["scales"], frames["scales"] = encode_u16(_u16(q.scales))
+    if q.zeros is not None:
+        if q.zeros.dtype == torch.uint8:  # integer zero points are codes of the same width
+            zeros = q.zeros.detach().cpu().contiguous().numpy().reshape(-1)
+            coders["zeros"], frames["zeros"] = encode_best(zeros, setting.bits)
+        else:
+            coders["zeros"], frames["zeros"] = encode_u16(_u16(q.zeros))
+    return EncodedTensor(frames, coders, order0_entropy_bits(codes))
+
+
+def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
+    """The exact QuantizedTensor that encode_tensor was given."""
+    shape = tuple(shape)
+    _, bits, count = frame_info(encoded.frames["codes"])
+    if bits != (setting.bits if setting.quantized else 16) or count != int(np.prod(shape)):
+        raise EvoError(
+            f"encoded codes hold {count} values of {bits} bits; setting {setting.key()} and shape {shape} "
+            "do not match them"
+        )
+    values = decode(encoded.frames["codes"])
+    if not setting.quantized:
+        return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
+    groups = (shape[0], num_groups(shape[1], setting.group_size))
+    codes = torch.from_numpy(values).reshape(shape)
+    scales = _from_u16(decode(encoded.frames["scales"]), torch.float16, groups)
+    zeros = None
+    if not setting.symmetric:
+        if "zeros" not in encoded.frames:
+            raise EvoError(f"encoded tensor lacks the zero-point frame its setting {setting.key()} needs")
+        raw = decode(encoded.frames["zeros"])
+        if setting.zero_point == "int":
+            zeros = torch.from_numpy(raw.astype(np.uint8)).reshape(groups)
+        else:
+            zeros = _from_u16(raw, torch.float16, groups)
+    return QuantizedTensor(codes, scales, zeros, shape, setting)

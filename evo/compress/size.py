@@ -1,0 +1,420 @@
+"""Exact bytes on disk: of one compressed matrix (its real frames, cached per tensor and setting),
+and of the whole artifact write_artifact would write for a config (SizeModel), predicted without
+compressing the model: cached tensor sizes, the metadata files, and the manifest as the artifact's
+own ManifestWriter writes it.
+
+A config whose tensor sizes are cached costs dictionary lookups, sums and one join of memoised
+manifest pieces (the search asks thousands of times in repair loops); a repeated config is one lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from evo.compress.apply import compress_tensor
+from evo.compress.artifact import ArtifactMetadata, ManifestWriter, StoredFrame, StoredTensor, build_manifest
+from evo.compress.coding import EncodedTensor, encode_tensor
+from evo.compress.config import CompressionConfig, LayerConfig
+from evo.compress.plan import plan_model, size_model_id, stats_for
+from evo.compress.prune import ActivationStats
+from evo.compress.settings import TensorSetting
+from evo.compress.structure import is_replaced, replaced_modules
+from evo.constants import MODEL_CONFIG_FILE
+from evo.errors import EvoError
+from evo.fileio import atomic_write_text
+from evo.types import DecoderLayerInfo, ModelInfo
+
+# Bump when frames or coders change: sizes cached under an older format are then recomputed.
+SIZE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SizeKey:
+    """Identifies one tensor under one setting; stats_digest matters for activation-aware pruning."""
+
+    model_id: str
+    tensor_name: str
+    setting_key: str
+    stats_digest: str = ""
+
+    def digest(self) -> str:
+        text = json.dumps([SIZE_FORMAT, *asdict(self).values()], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SizeEntry:
+    """What the cache keeps of one encoded tensor."""
+
+    compressed_bytes: int
+    entropy_bits: float
+    coders: dict[str, str] = field(default_factory=dict)
+    frame_bytes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_encoded(cls, encoded: EncodedTensor) -> SizeEntry:
+        return cls(encoded.compressed_bytes, encoded.entropy_bits, dict(encoded.coders), encoded.frame_bytes)
+
+
+class SizeCache:
+    """Sizes on disk, one small JSON file per (model, tensor, setting, stats) written atomically.
+
+    One file per entry lets parallel workers share a directory without locks: a reader sees
+    either no file or a whole one.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._memory: dict[SizeKey, SizeEntry] = {}
+
+    def _path(self, key: SizeKey) -> Path:
+        digest = key.digest()
+        return self.directory / digest[:2] / f"{digest}.json"
+
+    def get(self, key: SizeKey) -> SizeEntry | None:
+        if key in self._memory:
+            return self._memory[key]
+        try:
+            record = json.loads(self._path(key).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError):
+            return None  # unreadable entry: recompute and overwrite it
+        if not isinstance(record, dict) or record.get("format") != SIZE_FORMAT or record.get("key") != asdict(key):
+            return None
+        try:
+            entry = SizeEntry(**record["entry"])
+        except (KeyError, TypeError):
+            return None
+        self._memory[key] = entry
+        return entry
+
+    def put(self, key: SizeKey, entry: SizeEntry) -> None:
+        path = self._path(key)
+        record = {"format": SIZE_FORMAT, "key": asdict(key), "entry": asdict(entry)}
+        atomic_write_text(path, json.dumps(record, sort_keys=True))
+        self._memory[key] = entry
+
+
+def cached_size(cache: SizeCache, key: SizeKey, compute: Callable[[], EncodedTensor]) -> SizeEntry:
+    """The cached entry for `key`, encoding (via `compute`) and storing it on a miss."""
+    entry = cache.get(key)
+    if entry is None:
+        entry = SizeEntry.from_encoded(compute())
+        cache.put(key, entry)
+    return entry
+
+
+# --- the whole artifact ----------------------------------------------------------------------------
+
+# encode_tensor's frame order, which write_artifact keeps in tensors.bin and the manifest.
+FRAME_ORDER = ("codes", "scales", "zeros")
+# Any 64-character string stands in for a frame's sha256 hex digest: only its length matters here.
+PLACEHOLDER_SHA256 = "0" * 64
+# Configs remembered with their sizes; beyond this the oldest are forgotten (a search revisits few).
+MEMO_CONFIGS = 1 << 16
+
+@dataclass(frozen=True)
+class ArtifactSize:
+    """Where an artifact's bytes go. total_bytes is what write_artifact's manifest records."""
+
+    tensor_bytes: int  # tensors.bin
+    manifest_bytes: int
+    model_config_bytes: int  # config.json
+    other_bytes: int  # tokenizer files and generation_config.json
+
+    @property
+    def total_bytes(self) -> int:
+        return self.tensor_bytes + self.manifest_bytes + self.model_config_bytes + self.other_bytes
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One stored tensor of a config with what its size and its manifest entry take."""
+
+    name: str
+    source: str
+    setting: TensorSetting
+    setting_key: str  # setting.key(), which is slow to recompute for every config
+    compressed_bytes: int
+    frames: tuple[tuple[str, str, int], ...]  # (kind, coder, length) in tensors.bin order
+    template: tuple[str, ...]  # its manifest entry around the frame offsets (ManifestWriter.entry_template)
+
+
+class SizeModel:
+    """Predicts write_artifact's bytes on disk for any config of one base model, exactly.
+
+    weights: the base model's tensors by name, before any compression (kept unchanged; an
+    Evaluator can share them as its originals). Sizes missing from `size_cache` are computed by
+    compressing these weights on `device` and encoding them, under the SizeKey compress_model
+    uses, so `evo compress` and the search share entries. `model_id` defaults to
+    size_model_id(info, dtype of the weights); `base_model` is the id the manifest records.
+    """
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        weights: Mapping[str, torch.Tensor],
+        size_cache: SizeCache,
+        metadata: ArtifactMetadata,
+        *,
+        stats: Mapping[str, ActivationStats] | None = None,
+        model_id: str | None = None,
+        base_model: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.info = info
+        self.weights = weights
+        self.size_cache = size_cache
+        self.metadata = metadata
+        self.stats = stats
+        first = info.layers[0].linears[0].name if info.layers else info.non_decoder[0].name
+        if first not in weights:
+            raise EvoError(f"the weights given to SizeModel lack {first}: pass the base model's named parameters")
+        self.dtype = weights[first].dtype
+        self.model_id = model_id or size_model_id(info, self.dtype)
+        self.base_model = base_model
+        self.device = torch.device(device)
+        self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)
+        self._entries: dict[tuple[str, TensorSetting], SizeEntry] = {}  # over the on-disk cache
+        self._digests: dict[str, str] = {}
+        self._rows: dict[tuple[str, str, TensorSetting], _Row] = {}
+        self._segments: dict[tuple, tuple[_Row, ...]] = {}
+        self._layer_settings: dict[tuple, tuple[TensorSetting, ...]] = {}
+        self._memo: dict[CompressionConfig, ArtifactSize] = {}
+        self._shapes = {name: shape for layer in info.layers for name, shape in _layer_tensors(layer)}
+        self._shapes.update({t.name: tuple(t.shape) for t in info.non_decoder})
+        # The manifest's fields that no config changes; a config fills in the rest.
+        self._manifest = build_manifest(info, CompressionConfig(), (), self.dtype, (), {}, base_model=base_model)
+        self._writer = ManifestWriter()
+
+    @classmethod
+    def for_model(
+        cls,
+        loaded,
+        size_cache: SizeCache,
+        *,
+        stats: Mapping[str, ActivationStats] | None = None,
+        model_id: str | None = None,
+        base_model: str | None = None,
+    ) -> SizeModel:
+        """From a LoadedModel that has not been compressed: its weights are copied to the CPU now,
+        so a later Evaluator may change the model in place."""
+        model = loaded.model
+        weights = {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()}
+        device = next(model.parameters()).device
+        metadata = ArtifactMetadata(model, loaded.tokenizer, loaded.info)
+        return cls(loaded.info, weights, size_cache, metadata, stats=stats, model_id=model_id,
+                   base_model=base_model, device=device)
+
+    # --- public API ---------------------------------------------------------------------------------
+
+    def artifact_bytes(self, config: CompressionConfig) -> int:
+        """Bytes on disk of write_artifact's directory for `config` (the manifest's total_bytes)."""
+        return self.size(config).total_bytes
+
+    def tensor_bytes(self, config: CompressionConfig) -> int:
+        """Bytes of tensors.bin: the sum of the per-tensor size entries."""
+        return self.size(config).tensor_bytes
+
+    def size(self, config: CompressionConfig) -> ArtifactSize:
+        """The artifact's bytes by file kind, memoised per config."""
+        if not isinstance(config, CompressionConfig):
+            raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
+        found = self._memo.get(config)
+        if found is not None:
+            return found
+        config.validate_against(self.info)
+        kept, rows = self._plan_rows(config)
+        tensor_bytes = sum(row.compressed_bytes for row in rows)
+        files = self.metadata.files(kept, tensor_bytes)
+        other = sum(files.values())
+        manifest = len(self._manifest_bytes(config, kept, rows, files, tensor_bytes, other))
+        model_config = files[MODEL_CONFIG_FILE]
+        result = ArtifactSize(
+            tensor_bytes=tensor_bytes,
+            manifest_bytes=manifest,
+            model_config_bytes=model_config,
+            other_bytes=other - tensor_bytes - model_config,
+        )
+        if len(self._memo) >= MEMO_CONFIGS:
+            del self._memo[next(iter(self._memo))]
+        self._memo[config] = result
+        return result
+
+    def manifest(self, config: CompressionConfig) -> bytes:
+        """The manifest write_artifact would write, every sha256 a placeholder of the same length.
+
+        Built the slow, obvious way (plan_model, StoredTensors with their offsets, the writer's
+        defaults); the tests check size()'s memoised path against it.
+        """
+        plan = plan_model(self.info, config)
+        stored = []
+        offset = 0
+        for tensor in plan.tensors:
+            frames = []
+            for kind, coder, length in _frames(self._entry(tensor.source, tensor.setting)):
+                frames.append(StoredFrame(kind, coder, offset, length, PLACEHOLDER_SHA256))
+                offset += length
+            stored.append(StoredTensor(tensor.name, tensor.source, tensor.shape, tensor.setting, tuple(frames)))
+        files = self.metadata.files(plan.kept_layers, offset)
+        manifest = build_manifest(
+            self.info, config, plan.kept_layers, self.dtype, tuple(stored), files, base_model=self.base_model
+        )
+        return self._writer.encode(manifest, sum(files.values()))
+
+    # --- sizes of single tensors --------------------------------------------------------------------
+
+    def _digest(self, source: str, act: ActivationStats) -> str:
+        digest = self._digests.get(source)
+        if digest is None:
+            digest = self._digests[source] = act.digest()
+        return digest
+
+    def _entry(self, source: str, setting: TensorSetting) -> SizeEntry:
+        entry = self._entries.get((source, setting))
+        if entry is not None:
+            return entry
+        act = stats_for(self.stats, source, setting)
+        key = SizeKey(self.model_id, source, setting.key(), self._digest(source, act) if act is not None else "")
+
+        def encode():
+            weight = self.weights[source].to(self.device)
+            self.sizes_computed += 1
+            return encode_tensor(compress_tensor(weight, setting, act).quantized)
+
+        entry = cached_size(self.size_cache, key, encode)
+        if not entry.frame_bytes or set(entry.frame_bytes) != set(entry.coders):
+            # An entry without its frames (written by an older evo) cannot place the manifest's
+            # offsets: encode again and overwrite it.
+            entry = SizeEntry.from_encoded(encode())
+            self.size_cache.put(key, entry)
+        self._entries[(source, setting)] = entry
+        return entry
+
+    # --- the fast plan --------------------------------------------------------------------------------
+
+    def _plan_rows(self, config: CompressionConfig) -> tuple[tuple[int, ...], list[_Row]]:
+        """plan_model's tensors in its order, built from per-layer pieces memoised across configs
+        (tests check both agree)."""
+        drops = config.drops
+        layer_entries = dict(config.layers)
+        overrides = dict(config.tensors)
+        rows: list[_Row] = []
+        kept = []
+        for layer in self.info.layers:
+            drop = drops.get(layer.index, "none")
+            if drop == "layer":
+                continue
+            settings = self._settings_of_layer(config, layer, layer_entries, overrides)
+            key = (layer.index, len(kept), drop, settings)
+            segment = self._segments.get(key)
+            if segment is None:
+                segment = self._segments[key] = self._layer_segment(layer, len(kept), drop, settings)
+            rows.extend(segment)
+            kept.append(layer.index)
+        named = tuple((t.name, overrides[t.name]) for t in self.info.non_decoder if t.name in overrides)
+        key = ("non_decoder", config.embedding, config.head, named)
+        segment = self._segments.get(key)
+        if segment is None:
+            segment = self._segments[key] = tuple(
+                self._row(t.name, t.name, config.setting_for(t.name, self.info)) for t in self.info.non_decoder
+            )
+        rows.extend(segment)
+        return tuple(kept), rows
+
+    def _settings_of_layer(
+        self,
+        config: CompressionConfig,
+        layer: DecoderLayerInfo,
+        layer_entries: dict[int, LayerConfig],
+        overrides: dict[str, TensorSetting],
+    ) -> tuple[TensorSetting, ...]:
+        # config.setting_for decides precedence; what it reads for a layer's tensors is the layer's
+        # entry, the default and the overrides naming them, so those key the memo.
+        named = tuple((name, overrides[name]) for name, _ in _layer_tensors(layer) if name in overrides)
+        key = (layer.index, layer_entries.get(layer.index, LayerConfig()), config.default, named)
+        settings = self._layer_settings.get(key)
+        if settings is None:
+            settings = tuple(config.setting_for(name, self.info) for name, _ in _layer_tensors(layer))
+            self._layer_settings[key] = settings
+        return settings
+
+    def _layer_segment(
+        self, layer: DecoderLayerInfo, new_index: int, drop: str, settings: tuple[TensorSetting, ...]
+    ) -> tuple[_Row, ...]:
+        removed = replaced_modules(layer, drop)
+        old_prefix = f"{layer.module}."
+        new_prefix = f"{self.info.layers_path}.{new_index}."
+        rows = []
+        for (source, _), setting in zip(_layer_tensors(layer), settings):
+            if is_replaced(source, removed):
+                continue
+            rows.append(self._row(new_prefix + source[len(old_prefix) :], source, setting))
+        return tuple(rows)
+
+    def _row(self, name: str, source: str, setting: TensorSetting) -> _Row:
+        row = self._rows.get((name, source, setting))
+        if row is None:
+            entry = self._entry(source, setting)
+            frames = _frames(entry)
+            stored = StoredTensor(
+                name,
+                source,
+                self._shapes[source],
+                setting,
+                tuple(StoredFrame(kind, coder, 0, length, PLACEHOLDER_SHA256) for kind, coder, length in frames),
+            )
+            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames,
+                       self._writer.entry_template(stored))
+            self._rows[(name, source, setting)] = row
+        return row
+
+    def _manifest_bytes(
+        self,
+        config: CompressionConfig,
+        kept: tuple[int, ...],
+        rows: list[_Row],
+        files: dict[str, int],
+        tensor_bytes: int,
+        other_bytes: int,
+    ) -> bytes:
+        """manifest.json as write_artifact writes it (placeholder checksums), by the writer's own
+        code from the rows' memoised entry templates: only the frame offsets are new per config."""
+        entries = []
+        offset = 0
+        for row in rows:
+            offsets = []
+            for _, _, length in row.frames:
+                offsets.append(offset)
+                offset += length
+            entries.append((row.template, offsets))
+        settings = {row.setting_key: row.setting for row in rows}  # to_dict's {key: last setting}
+        manifest = replace(self._manifest, kept_layers=kept, config=config, files=files, tensor_bytes=tensor_bytes)
+        return self._writer.encode(manifest, other_bytes, entries=entries, settings=settings)
+
+
+def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:
+    """A layer's tensors in plan_model's order: linears, then norms and biases."""
+    return [(lin.name, tuple(lin.shape)) for lin in layer.linears] + [
+        (name, tuple(shape)) for name, shape in layer.other_tensors
+    ]
+
+
+def _frames(entry: SizeEntry) -> tuple[tuple[str, str, int], ...]:
+    unknown = set(entry.frame_bytes) - set(FRAME_ORDER)
+    if unknown:
+        raise RuntimeError(f"size entries have frames {sorted(unknown)} that evo.compress.size does not place")
+    return tuple(
+        (kind, entry.coders[kind], entry.frame_bytes[kind]) for kind in FRAME_ORDER if kind in entry.frame_bytes
+    )
+

@@ -1,0 +1,46 @@
+"""Names and numbers shared across evo's stages, each defined once: units, dtypes, structural
+drops, evaluation stages, and the file names of run directories and artifacts.
+
+Plain values only (no torch), so any module may import them.
+"""
+
+MB = 1_000_000  # budgets and sizes are in MB = 10^6 bytes of the whole artifact on disk
+
+# dtype spellings a user may give → the canonical name (torch.<name>, and what manifests record).
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+# Structural drops of a decoder layer: keep it, zero its attention, its MLP, or remove it.
+DROPS = ("none", "attention", "mlp", "layer")
+
+# Evaluation stages: 1 screens on a prefix of the calibration tokens, 2 is the full score.
+SCREEN_STAGE = 1
+FINAL_STAGE = 2
+
+# --- an artifact directory (evo compress / evo export) ----------------------------------------------
+MANIFEST_FILE = "manifest.json"
+TENSORS_FILE = "tensors.bin"
+MODEL_CONFIG_FILE = "config.json"
+
+# --- a run directory (evo search) ----------------------------------------------------------------------
+RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
+SPEC_FILE = "spec.json"
+JOURNAL_FILE = "journal.jsonl"
+CHECKPOINT_FILE = "checkpoint.json"
+FRONT_FILE = "front.json"
+BEST_FILE = "best.toml"
+CALIBRATION_FILE = "calibration.json"
+STATS_FILE = "activation_stats.safetensors"
+REFERENCE_FILE = "reference.safetensors"
+SIZE_CACHE_DIR = "size_cache"
+OPTUNA_JOURNAL_FILE = "optuna_journal.log"
+
+# --- evo export's output directory ----------------------------------------------------------------------
+EXPORT_CONFIG_FILE = "best.toml"
+EXPORT_ARTIFACT_DIR = "artifact"

@@ -1,0 +1,398 @@
+"""The search loop: an engine asks for genomes, the evaluator scores them (quality, exact bytes),
+the run store journals every evaluation and checkpoints every generation.
+
+It knows nothing about DEAP: any engine with the ask/tell protocol of evo.search.engines plugs in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from evo import __version__
+from evo.constants import (
+    BEST_FILE,
+    CALIBRATION_FILE,
+    MB,
+    REFERENCE_FILE,
+    RUN_FILE,
+    SIZE_CACHE_DIR,
+    SPEC_FILE,
+    STATS_FILE,
+)
+from evo.errors import EvoError
+from evo.search.store import RunStore, best_under_budget, evaluation_key
+from evo.types import FrontPoint
+
+CCDS_CANDIDATES = 1024  # sequences embedded for CCDS in a search: enough for k ≤ 16 clusters, ~1 min on CPU
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Everything that determines a run. A resumed run must be given the same spec (only
+    `generations` may grow, to extend a finished run)."""
+
+    budget_bytes: int
+    model: str = "smollm2-135m"
+    corpus: tuple[str, ...] = ("calibration_mix",)
+    space: str = "default"
+    engine: str = "deap"
+    sampler: str | None = None  # optuna's sampler (tpe, nsga2, random); only with engine "optuna"
+    generations: int = 10
+    population: int = 12
+    fitness: str = "kl"
+    seed: int = 0
+    samples: int = 16
+    clusters: int = 8
+    seq_len: int = 256
+    screen_sequences: int = 4
+    screen_tokens: int = 128
+    top_k: int = 256  # dense reference: top-256 log-probs + tail mass + 16 tail samples (±0.3 % of exact KL)
+    multi_stage: bool = True
+    seed_configs: tuple[str, ...] = ()
+    # The dtype the model is loaded in: its weights' bits decide every size and quality of the run.
+    # "auto" is resolved when the run starts (bfloat16 on CUDA, float32 on CPU) and recorded, so a
+    # resume or an export loads the same weights on any device.
+    dtype: str = "auto"
+    evo_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes <= 0:
+            raise EvoError("--budget-mb must be positive")
+        if self.fitness not in ("kl", "ppl"):
+            raise EvoError(f"--fitness {self.fitness!r} is unknown: use kl or ppl")
+        if self.generations < 0:
+            raise EvoError("--generations must be 0 or more")
+        from evo.search.engines.base import check_engine
+
+        check_engine(self.engine)
+        if self.sampler is not None and self.engine != "optuna":
+            raise EvoError(f"--sampler applies to --engine optuna only (this run's engine is {self.engine})")
+        if self.engine == "optuna":
+            from evo.search.engines.optuna_engine import check_sampler
+
+            object.__setattr__(self, "sampler", check_sampler(self.sampler or "tpe"))
+        if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
+            raise EvoError("the screening stage must use at most the calibration set (sequences and tokens)")
+        if self.dtype != "auto":
+            from evo.modelio import dtype_name
+
+            object.__setattr__(self, "dtype", dtype_name(self.dtype))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["corpus"] = list(self.corpus)
+        data["seed_configs"] = list(self.seed_configs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchSpec":
+        data = dict(data)
+        data["corpus"] = tuple(data["corpus"])
+        data["seed_configs"] = tuple(data.get("seed_configs", ()))
+        return cls(**data)
+
+    def mismatches(self, other: "SearchSpec") -> list[str]:
+        """The settings in which `other` (asked on resume) differs; "auto" dtype asks for the run's."""
+        ignored = {"generations", "evo_version"} | ({"dtype"} if "auto" in (self.dtype, other.dtype) else set())
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in ignored and mine[k] != theirs.get(k)]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports after each evaluation (the CLI renders it)."""
+
+    generation: int
+    generations: int
+    evaluations_done: int
+    evaluations_total: int
+    new_evaluations: int  # run in this process (not read back from the journal)
+    best_quality: float | None
+    best_bytes: int | None
+    front_size: int
+    evals_per_second: float
+    eta_seconds: float | None
+    stage: int
+    phase: str = "search"
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    front: list[FrontPoint]
+    best: FrontPoint | None
+    evaluations: int
+    new_evaluations: int
+    interrupted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[Progress], None]
+StatusCallback = Callable[[str], None]
+
+
+def evaluations_planned(spec: SearchSpec) -> int:
+    """Evaluations an uninterrupted run makes, as its engine counts them."""
+    from evo.search.engines.base import engine_class
+
+    return engine_class(spec.engine).evaluations_planned(population=spec.population, generations=spec.generations,
+                                                         multi_stage=spec.multi_stage)
+
+
+class SearchSession:
+    """A run directory opened with everything needed to evaluate genomes (model, calibration,
+    stats, dense reference, size model). Built by `open_session`; used by search and export."""
+
+    def __init__(self, store, spec, loaded, space, calibration, evaluator, size_model, activation_stats, genes,
+                 status):
+        self.store = store
+        self.spec = spec
+        self.loaded = loaded
+        self.space = space
+        self.calibration = calibration
+        self.evaluator = evaluator
+        self.size_model = size_model
+        self.activation_stats = activation_stats
+        self.genes = genes
+        self.status = status
+
+    def config_of(self, genome):
+        return self.space.decode(tuple(genome), self.loaded.info)
+
+    def size_of(self, genome) -> int:
+        return self.size_model.artifact_bytes(self.config_of(genome))
+
+
+def open_session(
+    spec: SearchSpec,
+    run_dir: Path,
+    *,
+    resume: bool,
+    device: str = "cpu",
+    status: StatusCallback | None = None,
+) -> SearchSession:
+    """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
+    when the spec does not match the run or the budget is out of the space's reach. The model is
+    loaded in the run's dtype (spec.dtype; "auto" takes the run's recorded one on resume)."""
+    from evo.data.ccds import CalibrationConfig, build_calibration_set
+    from evo.data.calibset import CalibrationSet
+    from evo.data.corpus import read_corpus
+    from evo.modelio import auto_dtype_name, load_model, resolve_model_source
+    from evo.search.space import SearchSpace
+
+    say = status or (lambda message: None)
+    space = SearchSpace.load(spec.space)  # a bad space fails before anything is written
+    resolve_model_source(spec.model)
+    if resume:
+        store = RunStore.open(run_dir)
+        stored = SearchSpec.from_dict(store.spec()["search"])
+        differing = stored.mismatches(spec)
+        if differing:
+            stored_values, asked = stored.to_dict(), spec.to_dict()
+            details = ", ".join(f"{k} {stored_values[k]!r} in the run, {asked[k]!r} asked" for k in differing)
+            raise EvoError(
+                f"run {run_dir} was started with other settings ({details}): "
+                f"resume with the run's options, or start a new run with another --run-dir"
+            )
+        if spec.generations < stored.generations:
+            spec = replace(spec, generations=stored.generations)
+        if spec.dtype == "auto":
+            spec = replace(spec, dtype=stored.dtype)  # runs from before the dtype was recorded: "auto"
+        if spec.generations != stored.generations:
+            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+    if spec.dtype == "auto":
+        spec = replace(spec, dtype=auto_dtype_name(device))
+    if not resume:
+        store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
+    say(f"loading model {spec.model}")
+    loaded = load_model(spec.model, dtype=spec.dtype, device=device)
+
+    calibration_path = store.path(CALIBRATION_FILE)
+    if calibration_path.exists():
+        calibration = CalibrationSet.load(calibration_path)
+    else:
+        say("drawing the CCDS calibration set")
+        corpus = read_corpus(list(spec.corpus))
+        config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
+                                   seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
+        calibration = build_calibration_set(loaded, corpus, config)
+        calibration.save(calibration_path)
+
+    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say)
+    genes = space.genes(loaded.info)
+    return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
+
+
+def run_spec(run_dir: Path, *, dtype: str = "auto") -> tuple[RunStore, SearchSpec]:
+    """An existing run and the spec that reopens it exactly, in the dtype it recorded. Another
+    dtype is refused: the run's sizes and qualities hold for the weights it searched."""
+    from evo.modelio import dtype_name
+
+    store = RunStore.open(run_dir)
+    spec = SearchSpec.from_dict(store.spec()["search"])
+    if dtype != "auto":
+        if spec.dtype not in ("auto", dtype_name(dtype)):
+            raise EvoError(f"run {run_dir} was searched in {spec.dtype}; its sizes and qualities hold for those "
+                           f"weights, not {dtype_name(dtype)}: leave --dtype out (or pass --dtype {spec.dtype})")
+        spec = replace(spec, dtype=dtype_name(dtype))
+    return store, spec
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether a directory holds a run (to resume it instead of refusing to start one there)."""
+    return (Path(run_dir) / RUN_FILE).exists()
+
+
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
+    from evo.evaluate.evaluator import Evaluator, FitnessConfig
+    from evo.evaluate.reference import DenseReference
+    from evo.compress.size import SizeCache, SizeModel
+    from evo.evaluate.stats import collect_activation_stats, load_stats, save_stats
+
+    tokens = calibration.calibration.token_ids
+    stats_path = store.path(STATS_FILE)
+    if stats_path.exists():
+        stats = load_stats(stats_path)
+    else:
+        say("collecting activation statistics")
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        save_stats(stats, stats_path)
+    fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
+                            screen_tokens=spec.screen_tokens, top_k=spec.top_k)
+    reference_path = store.path(REFERENCE_FILE)
+    if reference_path.exists():
+        reference = DenseReference.load(reference_path)
+    else:
+        say("computing the dense model's reference outputs")
+        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
+        reference.save(reference_path)
+    size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
+    # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
+    evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats,
+                          base_weights=size_model.weights)
+    return evaluator, size_model, stats
+
+
+def make_problem(session: SearchSession):
+    from evo.search.engines import Problem
+    from evo.search.space import extreme_genome
+
+    spec = session.spec
+    seeds = tuple(_seed_genomes(session))
+    problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
+                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory)
+    smallest = session.size_of(extreme_genome(problem, smallest=True))
+    if spec.budget_bytes < smallest:
+        raise EvoError(
+            f"budget {spec.budget_bytes / MB:.3f} MB is below the smallest artifact this space can reach, "
+            f"{smallest / MB:.3f} MB: raise --budget-mb or use a space with lower bit-widths"
+        )
+    largest = session.size_of(extreme_genome(problem, smallest=False))
+    if spec.budget_bytes >= largest and session.space.fixed_drops is None:
+        raise EvoError(
+            f"budget {spec.budget_bytes / MB:.3f} MB is at or above the largest artifact of this space, "
+            f"{largest / MB:.3f} MB: everything fits, nothing to search; lower --budget-mb"
+        )
+    session.status(f"budget check: {spec.budget_bytes / MB:.3f} MB lies within the space's reach, "
+                   f"{smallest / MB:.3f} to {largest / MB:.3f} MB")
+    return problem
+
+
+def _seed_genomes(session: SearchSession):
+    """Genomes of known configs given with --seed-configs: only configs the space can express."""
+    from evo.compress.config import CompressionConfig
+
+    for path in session.spec.seed_configs:
+        config = CompressionConfig.load(path)
+        genome = session.space.encode(config, session.loaded.info)
+        if genome is None:
+            raise EvoError(f"seed config {path} is not expressible in space {session.space.name!r}: "
+                           "use a config with the space's bit-widths, rescales and sparsities")
+        yield genome
+
+
+def run_search(
+    session: SearchSession,
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> SearchResult:
+    """Run (or continue) the search until spec.generations generations are done."""
+    from evo.search.engines import Score, make_engine
+
+    spec, store = session.spec, session.store
+    problem = make_problem(session)
+    engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
+                         multi_stage=spec.multi_stage, sampler=spec.sampler)
+    checkpoint = store.read_checkpoint()
+    if checkpoint is not None:
+        engine.load_state_dict(checkpoint["engine"])
+    total = evaluations_planned(spec)
+    new_evaluations = 0
+    started = time.perf_counter()
+    seconds_per_new: list[float] = []
+
+    def report(stage: int) -> None:
+        if on_progress is None:
+            return
+        front = engine.front()
+        best = best_under_budget((score for _, score in front), spec.budget_bytes)
+        done = len(store)
+        rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
+        eta = (total - done) / rate if rate > 0 and done < total else None
+        on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
+                             evaluations_total=total, new_evaluations=new_evaluations,
+                             best_quality=best.quality if best else None,
+                             best_bytes=best.size_bytes if best else None, front_size=len(front),
+                             evals_per_second=rate, eta_seconds=eta, stage=stage))
+
+    while engine.generation < spec.generations or not engine.at_generation_boundary():
+        requests = engine.ask()
+        results = []
+        for request in requests:
+            entry = store.lookup(evaluation_key(request.genome, request.stage))
+            if entry is None:
+                tic = time.perf_counter()
+                config = session.config_of(request.genome)
+                quality = session.evaluator.evaluate(config, request.stage)
+                size = session.size_model.artifact_bytes(config)
+                seconds = time.perf_counter() - tic
+                entry = store.append(request.genome, request.stage, quality, size, seconds)
+                new_evaluations += 1
+                seconds_per_new.append(seconds)
+            results.append((request, Score(entry.quality, entry.size_bytes)))
+            report(request.stage)
+        engine.tell(results)
+        if engine.at_generation_boundary():
+            _checkpoint(session, engine)
+    result = _result(session, engine, new_evaluations)
+    result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
+    return result
+
+
+def _checkpoint(session: SearchSession, engine) -> None:
+    """Front and best first, the checkpoint last: a checkpoint never points past what is written."""
+    front = _front(session, engine)
+    session.store.write_front(front, budget_bytes=session.spec.budget_bytes, metric=session.spec.fitness,
+                              generation=engine.generation)
+    best = best_under_budget(front, session.spec.budget_bytes)
+    if best is not None:
+        from evo.compress.config import CompressionConfig
+
+        session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best.config).to_toml())
+    session.store.write_checkpoint({"generation": engine.generation, "engine": engine.state_dict()})
+
+
+def _front(session: SearchSession, engine) -> list[FrontPoint]:
+    return [FrontPoint(tuple(genome), score.quality, score.size_bytes, session.config_of(genome).to_dict())
+            for genome, score in engine.front()]
+
+
+def _result(session: SearchSession, engine, new_evaluations: int) -> SearchResult:
+    front = _front(session, engine)
+    return SearchResult(run_dir=session.store.directory, front=front,
+                        best=best_under_budget(front, session.spec.budget_bytes),
+                        evaluations=len(session.store), new_evaluations=new_evaluations)

@@ -1,0 +1,225 @@
+"""The run directory: spec, append-only fsync'd journal of finished evaluations, atomic
+per-generation checkpoints, Pareto front and best config. JSON/TOML only, no pickle.
+
+A run killed at any instant resumes from the last checkpoint; evaluations finished after it are
+read back from the journal, so nothing is lost and nothing is evaluated twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Iterable
+from typing import Any, Iterator, Protocol, TypeVar
+
+from evo.constants import CHECKPOINT_FILE, FRONT_FILE, JOURNAL_FILE, MB, RUN_FILE, SPEC_FILE
+from evo.errors import EvoError
+from evo.fileio import atomic_write_text
+from evo.types import FrontPoint
+
+STORE_FORMAT = 1
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One finished evaluation: which genome, at which stage, and what it scored."""
+
+    key: str  # genome key + stage: the identity of an evaluation
+    genome: tuple[int, ...]
+    stage: int
+    quality: float
+    size_bytes: int
+    seconds: float
+    index: int  # position in the journal: evaluations are numbered in the order they finished
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "genome": list(self.genome), "stage": self.stage, "quality": self.quality,
+                "size_bytes": self.size_bytes, "seconds": round(self.seconds, 4), "index": self.index}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JournalEntry":
+        return cls(key=str(data["key"]), genome=tuple(int(g) for g in data["genome"]), stage=int(data["stage"]),
+                   quality=float(data["quality"]), size_bytes=int(data["size_bytes"]),
+                   seconds=float(data["seconds"]), index=int(data["index"]))
+
+
+class Scored(Protocol):
+    quality: float
+    size_bytes: int
+
+
+Point = TypeVar("Point", bound=Scored)
+
+
+def best_under_budget(points: Iterable[Point], budget_bytes: int) -> Point | None:
+    """The point a run stands for under a budget: the best quality among those that fit, the
+    smaller artifact on a tie. The one rule for the search's best.toml, evo report and evo export."""
+    fitting = [p for p in points if p.size_bytes <= budget_bytes]
+    return min(fitting, key=lambda p: (p.quality, p.size_bytes)) if fitting else None
+
+
+def evaluation_key(genome: tuple[int, ...], stage: int) -> str:
+    return f"s{stage}:" + ".".join(str(g) for g in genome)
+
+
+class RunStore:
+    """Files of one run directory. Create with `create` (new run) or `open` (resume)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._journal: dict[str, JournalEntry] = {}
+
+    # --- creation and opening ------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, spec: dict) -> "RunStore":
+        directory = Path(directory)
+        if (directory / RUN_FILE).exists() or (directory / SPEC_FILE).exists():
+            raise EvoError(f"run directory {directory} already holds a run: resume it with --resume {directory}, "
+                           "or pass another --run-dir")
+        directory.mkdir(parents=True, exist_ok=True)
+        store = cls(directory)
+        atomic_write_text(directory / SPEC_FILE, json.dumps(spec, sort_keys=True, indent=2) + "\n")
+        atomic_write_text(directory / RUN_FILE, dumps({"format": STORE_FORMAT, "kind": "evo.run"}) + "\n")
+        return store
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "RunStore":
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise EvoError(f"run directory {directory} does not exist: check the path or start a new search")
+        if not (directory / RUN_FILE).is_file() or not (directory / SPEC_FILE).is_file():
+            raise EvoError(f"{directory} is not an evo run directory (no {RUN_FILE} / {SPEC_FILE})")
+        try:
+            manifest = json.loads((directory / RUN_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{directory / RUN_FILE} is corrupt: this run cannot be resumed") from None
+        if manifest.get("format") != STORE_FORMAT:
+            raise EvoError(f"{directory} was written by an incompatible evo (run format {manifest.get('format')})")
+        store = cls(directory)
+        store._read_journal()
+        return store
+
+    def spec(self) -> dict:
+        try:
+            return json.loads((self.directory / SPEC_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            raise EvoError(f"{self.directory / SPEC_FILE} is corrupt: this run cannot be resumed") from None
+
+    # --- journal -------------------------------------------------------------------------------
+
+    def _read_journal(self) -> None:
+        path = self.directory / JOURNAL_FILE
+        if not path.exists():
+            return
+        lines = path.read_bytes().split(b"\n")
+        good_bytes = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                good_bytes += len(line) + 1
+                continue
+            try:
+                entry = JournalEntry.from_dict(json.loads(line))
+            except (json.JSONDecodeError, KeyError, ValueError, TypeError, UnicodeDecodeError):
+                if number >= len(lines) - 1:
+                    # a torn last line: the process died mid-append; that evaluation was not finished
+                    with open(path, "r+b") as handle:
+                        handle.truncate(good_bytes)
+                    break
+                raise EvoError(f"{path}:{number} is corrupt (not the last line, so not a torn write): "
+                               "this run cannot be resumed safely") from None
+            self._journal[entry.key] = entry
+            good_bytes += len(line) + 1
+
+    def lookup(self, key: str) -> JournalEntry | None:
+        return self._journal.get(key)
+
+    def entries(self) -> list[JournalEntry]:
+        return sorted(self._journal.values(), key=lambda e: e.index)
+
+    def __len__(self) -> int:
+        return len(self._journal)
+
+    def append(self, genome: tuple[int, ...], stage: int, quality: float, size_bytes: int, seconds: float) -> JournalEntry:
+        key = evaluation_key(genome, stage)
+        if key in self._journal:
+            raise RuntimeError(f"evaluation {key} is already journaled")  # a bug, never user input
+        entry = JournalEntry(key=key, genome=tuple(genome), stage=stage, quality=float(quality),
+                             size_bytes=int(size_bytes), seconds=seconds, index=len(self._journal))
+        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+            handle.write(dumps(entry.to_dict()) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._journal[key] = entry
+        return entry
+
+    # --- checkpoint, front, best ---------------------------------------------------------------
+
+    def write_checkpoint(self, state: dict) -> None:
+        atomic_write_text(self.directory / CHECKPOINT_FILE, dumps({"format": STORE_FORMAT, **state}) + "\n")
+
+    def read_checkpoint(self) -> dict | None:
+        path = self.directory / CHECKPOINT_FILE
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{path} is corrupt: this run cannot be resumed (the journal is intact; start a new "
+                           "run with the same seed to reuse nothing, or restore the file)") from None
+        if data.get("format") != STORE_FORMAT:
+            raise EvoError(f"{path} has an unknown format: this run cannot be resumed")
+        return data
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.directory / name
+        atomic_write_text(path, json.dumps(data, sort_keys=True, indent=2) + "\n")
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.directory / name
+        atomic_write_text(path, text)
+        return path
+
+    def read_json(self, name: str) -> Any:
+        path = self.directory / name
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise EvoError(f"{path} is missing: the run has not finished a generation yet") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvoError(f"{path} is corrupt") from None
+
+    def write_front(self, front: list[FrontPoint], *, budget_bytes: int, metric: str, generation: int) -> Path:
+        return self.write_json(FRONT_FILE, {"budget_bytes": budget_bytes, "metric": metric, "generation": generation,
+                                            "front": [point.to_dict() for point in front]})
+
+    def read_front(self) -> tuple[list[FrontPoint], int]:
+        """The front of the last finished generation and the run's budget."""
+        data = self.read_json(FRONT_FILE)
+        return [FrontPoint.from_dict(p) for p in data["front"]], int(data["budget_bytes"])
+
+    def choose(self, budget_bytes: int | None = None) -> tuple[FrontPoint, int]:
+        """The best front point under a budget (default: the run's), and that budget."""
+        front, budget = self.read_front()
+        budget = budget_bytes if budget_bytes is not None else budget
+        best = best_under_budget(front, budget)
+        if best is None:
+            smallest = min((p.size_bytes for p in front), default=None)
+            raise EvoError(
+                f"no configuration of run {self.directory} fits {budget / MB:.3f} MB"
+                + (f"; its smallest is {smallest / MB:.3f} MB: raise --budget-mb" if smallest else "")
+            )
+        return best, budget
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    def __iter__(self) -> Iterator[JournalEntry]:
+        return iter(self.entries())
