@@ -228,7 +228,7 @@ def write_calibration_text(path: Path, slice_chars: int) -> dict:
     """evo's embedded calibration corpus as one text file, its sources interleaved: each round takes
     about slice_chars characters from every source still holding some (documents longer than that
     are cut at line breaks), so llama-imatrix's first chunks already see all six domains."""
-    from evo.data import read_corpus
+    from evo.data.corpus import read_corpus
 
     corpus = read_corpus(["calibration_mix"])
     queues: dict[str, list[str]] = {}
@@ -348,8 +348,8 @@ def _tokenizer_fingerprint(tokenizer) -> str | None:
 def _token_ids(tokenizer, dataset: str):
     """evo.evaluate.tokenize_for_eval of the dataset's text, kept per tokenizer (the quantized files
     all carry the source's tokenizer, so each worker tokenizes each dataset once)."""
-    from evo.data import read_text
-    from evo.evaluate import tokenize_for_eval
+    from evo.data.corpus import read_text
+    from evo.evaluate.perplexity import tokenize_for_eval
 
     fingerprint = _tokenizer_fingerprint(tokenizer)
     key = (fingerprint or "", dataset)
@@ -363,7 +363,7 @@ def _token_ids(tokenizer, dataset: str):
 
 def _load(path: str, kind: str, device: str, dtype: str):
     if kind == "artifact":
-        from evo.artifact import load
+        from evo.compress.artifact import load
 
         return load(path, device=device, dtype=None if dtype == "auto" else dtype)
     from evo.modelio import load_model
@@ -384,7 +384,7 @@ def evaluate_inproc(task: dict) -> dict:
     """evo's perplexity of one file on each dataset: {dataset: result dict}, or {'error': ...}."""
     import torch
 
-    from evo.evaluate import perplexity
+    from evo.evaluate.perplexity import perplexity
 
     if task["deadline"] is not None and time.time() > task["deadline"]:
         return {"status": "not run", "detail": "deadline reached before evaluation"}
@@ -726,7 +726,7 @@ def quantize_and_evaluate(args, rows: list[Row], evaluator: Evaluator, bin_dir: 
 
 
 def run(args, started: float, deadline: float | None) -> int:
-    from evo.data import find_builtin
+    from evo.data.corpus import find_builtin
 
     meta = {"argv": sys.argv, "versions": _versions()}
     if not args.build_only:
@@ -762,7 +762,7 @@ def run(args, started: float, deadline: float | None) -> int:
     finally:
         evaluator.close()
     if args.llama_perplexity and bin_dir is not None:
-        from evo.data import find_builtin as _find
+        from evo.data.corpus import find_builtin as _find
 
         text = _find("wikitext2")
         for row in rows:

@@ -54,7 +54,7 @@ def test_calibration_text_interleaves_every_source_early(tmp_path):
     text = (tmp_path / "calib.txt").read_text()
     assert info["sources"] == ["c4", "code", "multilingual", "technical", "tiny", "wiki"]
     assert info["chars"] == len(text) > 3_000_000
-    from evo.data import read_corpus
+    from evo.data.corpus import read_corpus
 
     corpus = read_corpus(["calibration_mix"])
     first = text[:60_000]  # about 15k tokens: the first 30 imatrix chunks of 512
