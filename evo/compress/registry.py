@@ -26,6 +26,7 @@ class CompressionState:
     weight: torch.Tensor
     setting: TensorSetting
     act_stats: ActivationStats | None = None
+    hessian: torch.Tensor | None = None  # E[x xᵀ] of the input [in, in], for gptq (and mse's weights)
     prune_mask: torch.Tensor | None = None
     grid: QuantGrid | None = None
     quantized: QuantizedTensor | None = None
