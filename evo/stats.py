@@ -58,11 +58,7 @@ def collect_activation_stats(
     `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
     the forward never reaches (a dropped block) gets no entry.
     """
-    token_ids = _check_tokens(token_ids)
-    if batch_size < 1:
-        raise EvoError(f"batch_size must be at least 1, got {batch_size}")
-    if int(token_ids.min()) < 0 or int(token_ids.max()) >= info.vocab_size:
-        raise EvoError(f"token ids must lie in [0, {info.vocab_size}) for model {info.model_id}")
+    token_ids = check_calibration_tokens(info, token_ids, batch_size)
     device = next(model.parameters()).device
     accumulators: dict[str, _Accumulator] = {}
     handles = []
@@ -74,18 +70,38 @@ def collect_activation_stats(
             accumulator = _Accumulator(lin.shape[1], device)
             accumulators[lin.name] = accumulator
             handles.append(module.register_forward_pre_hook(accumulator))
-        was_training = model.training
-        model.eval()
-        try:
-            for start in range(0, token_ids.shape[0], batch_size):
-                batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
-                model(input_ids=batch, use_cache=False)
-        finally:
-            model.train(was_training)
+        forward_batches(model, token_ids, batch_size)
     finally:
         for handle in handles:
             handle.remove()
     return {name: acc.stats() for name, acc in accumulators.items() if acc.calls}
+
+
+def check_calibration_tokens(info: ModelInfo, token_ids: np.ndarray, batch_size: int) -> np.ndarray:
+    """The token ids as an array, or an EvoError saying what is wrong with them or the batch size."""
+    token_ids = _check_tokens(token_ids)
+    if batch_size < 1:
+        raise EvoError(f"batch_size must be at least 1, got {batch_size}")
+    if int(token_ids.min()) < 0 or int(token_ids.max()) >= info.vocab_size:
+        raise EvoError(f"token ids must lie in [0, {info.vocab_size}) for model {info.model_id}")
+    return token_ids
+
+
+@torch.inference_mode()
+def forward_batches(model: nn.Module, token_ids: np.ndarray, batch_size: int, on_batch=None) -> None:
+    """Run the model in eval mode over `token_ids` [n, length] in batches, for the hooks it carries;
+    on_batch(done, total) after each batch."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, token_ids.shape[0], batch_size):
+            batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
+            model(input_ids=batch, use_cache=False)
+            if on_batch is not None:
+                on_batch(min(start + batch_size, token_ids.shape[0]), token_ids.shape[0])
+    finally:
+        model.train(was_training)
 
 
 def stats_digest(model_id: str, token_ids: np.ndarray) -> str:
