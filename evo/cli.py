@@ -117,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--config", required=True, help="compression config (.toml or .json), e.g. a run's best.toml")
     comp.add_argument("--out", required=True, help="artifact directory to write")
     comp.add_argument("--calibration", default=None,
-                      help="calibration set (evo calibrate) for wanda/linf pruning statistics; default: the embedded corpus")
+                      help="calibration set (evo calibrate) for wanda/linf/mse statistics and gptq Hessians; "
+                           "default: the embedded corpus")
+    comp.add_argument("--hessians", default=None, metavar="DIR",
+                      help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
 
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
@@ -171,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a reference point on the plot: NAME=MB:QUALITY or NAME=ARTIFACT_DIR:QUALITY (repeatable)")
     bl = sub.add_parser("baseline", help="write the artifact of a baseline: uniform RTN or ShortGPT layer removal")
     bls = bl.add_subparsers(dest="baseline", required=True, metavar="{uniform,shortgpt}")
-    uni = bls.add_parser("uniform", help="every decoder linear at --bits (RTN, asymmetric, int zero points)")
+    uni = bls.add_parser("uniform", help="every decoder linear at --bits (asymmetric, int zero points)")
     uni.add_argument("--bits", type=int, required=True, help="2, 3, 4, 5, 6, 8 (16 keeps bf16)")
+    uni.add_argument("--quantizer", default="rtn", help="rtn (default), mse or gptq for the decoder linears")
+    uni.add_argument("--calibration", default=None,
+                     help="calibration set (evo calibrate) for mse statistics / gptq Hessians (default: embedded corpus)")
+    uni.add_argument("--hessians", default=None, metavar="DIR",
+                     help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
     uni.add_argument("--group-size", default="128", help="inputs per scale: 32, 64, 128 or channel (default 128)")
     uni.add_argument("--embedding-bits", type=int, default=8, help="token embedding / tied head bits (default 8)")
     sg = bls.add_parser("shortgpt", help="drop the --drop layers of lowest block influence (ShortGPT), rest bf16")
@@ -237,24 +245,48 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 @command("compress")
 def compress_command(args: argparse.Namespace) -> int:
-    from evo.calibset import CalibrationSet
     from evo.config import CompressionConfig
-    from evo.export import compress_and_write, default_stats_tokens, needs_stats
-    from evo.stats import collect_activation_stats
+    from evo.export import compress_and_write
 
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     config.validate_against(loaded.info)
-    stats = None
-    if needs_stats(config, loaded):
-        tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
-                  else default_stats_tokens(loaded.tokenizer))
-        with step(f"collecting activation statistics on {len(tokens)} sequences"):
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
-    with step("compressing and writing the artifact"):
-        summary = compress_and_write(loaded, config, args.out, stats=stats, overwrite=args.overwrite)
+    with calibration_inputs(loaded, config, args.calibration, args.hessians) as (stats, hessians):
+        with step("compressing and writing the artifact"):
+            summary = compress_and_write(loaded, config, args.out, stats=stats, hessians=hessians,
+                                         overwrite=args.overwrite)
     render_artifact(summary)
     return 0
+
+
+@contextmanager
+def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: str | None):
+    """(activation statistics, Hessians) that the config's quantizers and pruning criteria need,
+    each None when nothing needs it, from the calibration set or the embedded corpus's first
+    sequences. Hessians live in `hessians_dir` (reused when they match) or a temporary directory."""
+    import tempfile
+
+    from evo.calibset import CalibrationSet
+    from evo.compress.hessian import load_or_collect
+    from evo.export import default_stats_tokens, needs_hessians, needs_stats
+    from evo.stats import collect_activation_stats
+
+    want_stats, want_hessians = needs_stats(config, loaded), needs_hessians(config, loaded)
+    tokens = None
+    if want_stats or want_hessians:
+        tokens = (CalibrationSet.load(calibration).calibration.token_ids if calibration
+                  else default_stats_tokens(loaded.tokenizer))
+    stats = None
+    if want_stats:
+        with step(f"collecting activation statistics on {len(tokens)} sequences"):
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+    if not want_hessians:
+        yield stats, None
+        return
+    with tempfile.TemporaryDirectory(prefix="evo-hessians-") as scratch:
+        with step(f"collecting Hessians of the linear inputs on {len(tokens)} sequences"):
+            hessians = load_or_collect(hessians_dir or scratch, loaded.model, loaded.info, tokens)
+        yield stats, hessians
 
 
 def render_artifact(summary) -> None:
@@ -493,8 +525,12 @@ def baseline_command(args: argparse.Namespace) -> int:
     make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     config = make_config(loaded)
-    with step("compressing and writing the artifact"):
-        summary = compress_and_write(loaded, config, args.out, overwrite=args.overwrite)
+    with calibration_inputs(loaded, config, getattr(args, "calibration", None), getattr(args, "hessians", None)) as (
+        stats, hessians,
+    ):
+        with step("compressing and writing the artifact"):
+            summary = compress_and_write(loaded, config, args.out, stats=stats, hessians=hessians,
+                                         overwrite=args.overwrite)
     config_path = Path(str(Path(args.out)).rstrip("/") + ".toml")
     config.save(config_path)
     render_artifact(summary)
@@ -506,7 +542,7 @@ def _uniform_baseline(args: argparse.Namespace):
     from evo.baselines import uniform_config
 
     group = args.group_size if args.group_size == "channel" else _positive_int(args.group_size, "--group-size")
-    config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits)
+    config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits, quantizer=args.quantizer)
     return lambda loaded: config
 
 

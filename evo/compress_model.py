@@ -7,6 +7,7 @@ The model that comes out is the one an artifact of the same config loads back, b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -130,7 +131,44 @@ def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
 
 
 def _needs_stats(setting: TensorSetting) -> bool:
-    return setting.quantized and setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
+    """Activation statistics are needed by wanda/linf pruning and read by mse (its E[x²] weights)."""
+    if not setting.quantized:
+        return False
+    return setting.quantizer == "mse" or (
+        setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
+    )
+
+
+def _needs_hessian(setting: TensorSetting) -> bool:
+    return setting.quantized and setting.quantizer == "gptq"
+
+
+def tensor_stats(
+    stats: Mapping[str, ActivationStats] | None, source: str, setting: TensorSetting
+) -> ActivationStats | None:
+    """The statistics compress_tensor gets for this tensor: None when the setting reads none; mse
+    reads them where they exist (decoder linears; other tensors weigh every column 1), pruning
+    by wanda/linf needs them. An EvoError when they are needed and not given."""
+    if not _needs_stats(setting):
+        return None
+    act = (stats or {}).get(source)
+    pruning = setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
+    if act is None and (pruning or stats is None):
+        what = f"is pruned with {setting.prune_criterion!r}" if pruning else "uses quantizer 'mse'"
+        raise EvoError(
+            f"tensor {source} {what}, which needs activation statistics: pass stats=collect_activation_stats(...)"
+            + (" or use prune_criterion='magnitude'" if pruning else " (evo compress collects them)")
+        )
+    return act
+
+
+def size_inputs_digest(act: ActivationStats | None, hessians, setting: TensorSetting) -> str:
+    """What besides the weight and setting determines a tensor's codes, for its size key: the
+    statistics' digest, and for gptq the Hessian set's ("" for rtn without statistics, as ever)."""
+    parts = [act.digest()] if act is not None else []
+    if _needs_hessian(setting):
+        parts.append(hessians.digest)
+    return "|".join(parts)
 
 
 def _unwrap(model) -> tuple[nn.Module, ModelInfo | None]:
@@ -149,6 +187,7 @@ def compress_model(
     config: CompressionConfig,
     *,
     stats: dict[str, ActivationStats] | None = None,
+    hessians=None,
     size_cache: SizeCache | None = None,
     model_id: str | None = None,
     measure: bool = True,
@@ -160,7 +199,7 @@ def compress_model(
     in the model's dtype (kept tensors become their bf16 values); then blocks and layers are
     dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
-    pruning only. `info` must describe the model as loaded, before any compression.
+    pruning and the mse quantizer, `hessians` (evo.compress.hessian.HessianSet) by gptq. `info` must describe the model as loaded, before any compression.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -177,18 +216,18 @@ def compress_model(
     results = []
     for tensor in plan.tensors:
         setting = tensor.setting
-        act = None
-        if _needs_stats(setting):
-            act = (stats or {}).get(tensor.source)
-            if act is None:
-                raise EvoError(
-                    f"tensor {tensor.source} is pruned with {setting.prune_criterion!r}, which needs activation "
-                    "statistics: pass stats=collect_activation_stats(...) or use prune_criterion='magnitude'"
-                )
+        act = tensor_stats(stats, tensor.source, setting)
+        hessian = None
+        if _needs_hessian(setting):
+            if hessians is None:
+                raise EvoError(f"tensor {tensor.source} uses quantizer 'gptq', which needs the Hessians of the "
+                               "linear inputs: pass hessians=collect_hessians(...) (evo compress collects them)")
+            hessian = hessians.hessian(tensor.source)
         param = params[tensor.source]
-        compressed = compress_tensor(param.detach(), setting, act)
+        compressed = compress_tensor(param.detach(), setting, act, hessian)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
-        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        inputs_digest = size_inputs_digest(act, hessians, setting)
+        size, encoded = _measure(compressed, tensor, key_model_id, inputs_digest, size_cache, measure)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -239,7 +278,7 @@ def _measure(
     compressed: CompressedTensor,
     tensor: TensorPlan,
     model_id: str,
-    act: ActivationStats | None,
+    inputs_digest: str,
     size_cache: SizeCache | None,
     measure: bool,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
@@ -254,6 +293,6 @@ def _measure(
         fresh.append(encode_tensor(compressed.quantized))
         return fresh[-1]
 
-    key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
+    key = SizeKey(model_id, tensor.source, tensor.setting.key(), inputs_digest)
     entry = cached_size(size_cache, key, encode)
     return entry, (fresh[0] if fresh else None)

@@ -15,11 +15,18 @@ DEFAULT_STATS_SEQ_LEN = 256
 
 
 def needs_stats(config: CompressionConfig, loaded) -> bool:
-    """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf)."""
-    from evo.compress_model import plan_model
+    """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf) or
+    quantized by mse (weighted by E[x²])."""
+    from evo.compress_model import _needs_stats, plan_model
 
-    return any(t.setting.quantized and t.setting.sparsity > 0 and t.setting.prune_criterion != "magnitude"
-               for t in plan_model(loaded.info, config).tensors)
+    return any(_needs_stats(t.setting) for t in plan_model(loaded.info, config).tensors)
+
+
+def needs_hessians(config: CompressionConfig, loaded) -> bool:
+    """Whether any stored tensor is quantized by gptq."""
+    from evo.compress_model import _needs_hessian, plan_model
+
+    return any(_needs_hessian(t.setting) for t in plan_model(loaded.info, config).tensors)
 
 
 def default_stats_tokens(tokenizer) -> np.ndarray:
@@ -35,13 +42,13 @@ def default_stats_tokens(tokenizer) -> np.ndarray:
     return pool.token_ids[order[:DEFAULT_STATS_SEQUENCES]]
 
 
-def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
-                       overwrite: bool = False):
+def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, hessians=None,
+                       size_cache=None, overwrite: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
     The model is modified: reload it before compressing it with another config."""
     from evo.artifact import write_artifact
     from evo.compress_model import compress_model
 
-    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, hessians=hessians, size_cache=size_cache)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

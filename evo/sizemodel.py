@@ -30,7 +30,7 @@ from evo.artifact import (
 )
 from evo.compress import ActivationStats, TensorSetting, compress_tensor
 from evo.compress.structure import _shrink_config, is_replaced, replaced_modules
-from evo.compress_model import _needs_stats, plan_model, size_model_id
+from evo.compress_model import plan_model, size_model_id, tensor_stats
 from evo.config import CONFIG_FORMAT, CompressionConfig, LayerConfig
 from evo.errors import EvoError
 from evo.size import SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
@@ -51,15 +51,7 @@ def stats_for(
 ) -> ActivationStats | None:
     """The activation statistics compress_model would pass for this tensor and setting (None when
     the setting needs none); an EvoError when it needs them and they are missing."""
-    if not _needs_stats(setting):
-        return None
-    act = (stats or {}).get(source)
-    if act is None:
-        raise EvoError(
-            f"tensor {source} is pruned with {setting.prune_criterion!r}, which needs activation "
-            "statistics: pass stats=collect_activation_stats(...) or use prune_criterion='magnitude'"
-        )
-    return act
+    return tensor_stats(stats, source, setting)
 
 
 @dataclass(frozen=True)
