@@ -1,6 +1,6 @@
 """rtn vs mse vs gptq: uniform artifacts of SmolLM2-135M at 2, 3 and 4 bits, g128 and g64 — artifact
-bytes on disk, WikiText-2 perplexity of the artifact loaded back with evo.load, and the wall time to
-quantize the whole model (compress_model, the encoding of every tensor for its exact size included).
+bytes on disk, WikiText-2 perplexity of the artifact loaded back with evo.load, the wall time to
+quantize the whole model (compress_model without size measurement) and to entropy-code and write it.
 
     python benchmarks/quantizers.py [--bits 2 3 4] [--group-sizes 128 64] [--quantizers rtn mse gptq]
                                     [--max-tokens 32768] [--device cpu|cuda]
@@ -71,9 +71,9 @@ def main() -> None:
         sync()
         print(f"Hessians: {calibration.shape[0]} x {calibration.shape[1]} tokens, {time.perf_counter() - tic:.1f} s")
 
-    header = f"{'quantizer':<9} {'bits':>4} {'group':>5} {'artifact MB':>11} {'PPL':>9} {'quantize s':>10}"
+    header = (f"{'quantizer':<9} {'bits':>4} {'group':>5} {'artifact MB':>11} {'PPL':>9} {'quantize s':>10} "
+              f"{'write s':>7}")
     print(header)
-    rows = []
     for group_size in args.group_sizes:
         for bits in args.bits:
             for quantizer in args.quantizers:
@@ -81,18 +81,19 @@ def main() -> None:
                 config = uniform_config(bits, group_size=group_size, quantizer=quantizer)
                 sync()
                 tic = time.perf_counter()
-                result = compress_model(loaded, None, config, stats=stats, hessians=hessians)
+                result = compress_model(loaded, None, config, stats=stats, hessians=hessians, measure=False)
                 sync()
                 seconds = time.perf_counter() - tic
                 out = workdir / f"{quantizer}-b{bits}-g{group_size}"
+                tic = time.perf_counter()
                 write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id)
+                write_seconds = time.perf_counter() - tic
                 model, _ = load(out, device=args.device)
                 ppl = perplexity(model, eval_tokens, max_tokens=args.max_tokens).ppl
                 del model
                 on_disk = bytes_on_disk(out)
-                rows.append((quantizer, bits, group_size, on_disk, ppl, seconds))
-                print(f"{quantizer:<9} {bits:>4} {group_size:>5} {on_disk / 1e6:>11.3f} {ppl:>9.3f} {seconds:>10.1f}",
-                      flush=True)
+                print(f"{quantizer:<9} {bits:>4} {group_size:>5} {on_disk / 1e6:>11.3f} {ppl:>9.3f} {seconds:>10.1f} "
+                      f"{write_seconds:>7.1f}", flush=True)
     print(f"artifacts in {workdir}")
 
 
