@@ -41,6 +41,10 @@ REFERENCE_FILE = "reference.safetensors"
 SIZE_CACHE_DIR = "size_cache"
 OPTUNA_JOURNAL_FILE = "optuna_journal.log"
 
+# --- a directory of Hessians (evo.evaluate.hessian, for the gptq quantizer) -------------------------------
+HESSIAN_META_FILE = "meta.json"  # written last: its presence marks a complete set
+HESSIAN_LAYER_FILE = "layer-{:04d}.safetensors"  # one per decoder layer, by its index
+
 # --- evo export's output directory ----------------------------------------------------------------------
 EXPORT_CONFIG_FILE = "best.toml"
 EXPORT_ARTIFACT_DIR = "artifact"

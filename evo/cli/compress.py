@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import add_model_options, load_model_with_progress, render_artifact, step
+from evo.cli.ui import add_model_options, calibration_inputs, load_model_with_progress, render_artifact, step
 
 
 def add_parser(sub) -> None:
@@ -13,28 +13,23 @@ def add_parser(sub) -> None:
     comp.add_argument("--config", required=True, help="compression config (.toml or .json), e.g. a run's best.toml")
     comp.add_argument("--out", required=True, help="artifact directory to write")
     comp.add_argument("--calibration", default=None,
-                      help="calibration set (evo calibrate) for wanda/linf pruning statistics; default: the embedded corpus")
+                      help="calibration set (evo calibrate) for wanda/linf/mse statistics and gptq Hessians; "
+                           "default: the embedded corpus")
+    comp.add_argument("--hessians", default=None, metavar="DIR",
+                      help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
 
 
 def run(args: argparse.Namespace) -> int:
     from evo.compress.config import CompressionConfig
     from evo.compress.model import compress_and_write
-    from evo.compress.plan import config_needs_stats
-    from evo.data.calibset import CalibrationSet
-    from evo.data.corpus import default_stats_tokens
-    from evo.evaluate.stats import collect_activation_stats
 
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     config.validate_against(loaded.info)
-    stats = None
-    if config_needs_stats(config, loaded.info):
-        tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
-                  else default_stats_tokens(loaded.tokenizer))
-        with step(f"collecting activation statistics on {len(tokens)} sequences"):
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
-    with step("compressing and writing the artifact"):
-        summary = compress_and_write(loaded, config, args.out, stats=stats, overwrite=args.overwrite)
+    with calibration_inputs(loaded, config, args.calibration, args.hessians) as (stats, hessians):
+        with step("compressing and writing the artifact"):
+            summary = compress_and_write(loaded, config, args.out, stats=stats, hessians=hessians,
+                                         overwrite=args.overwrite)
     render_artifact(summary)
     return 0

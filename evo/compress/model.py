@@ -17,8 +17,9 @@ from torch import nn
 from evo.compress.apply import CompressedTensor, compress_tensor
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig
-from evo.compress.plan import TensorPlan, plan_model, size_model_id, stats_for
+from evo.compress.plan import TensorPlan, hessian_for, needs_hessian_for, plan_model, size_model_id, stats_for
 from evo.compress.prune import ActivationStats
+from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
 from evo.compress.structure import apply_drops
 from evo.errors import EvoError
@@ -62,6 +63,15 @@ class CompressionResult:
         return sum(t.size.compressed_bytes for t in self.tensors)  # type: ignore[union-attr]
 
 
+def size_inputs_digest(act: ActivationStats | None, hessians, setting: TensorSetting) -> str:
+    """What besides the weight and setting determines a tensor's codes, for its size key: the
+    statistics' digest, and for gptq the Hessian set's ("" for rtn without statistics, as ever)."""
+    parts = [act.digest()] if act is not None else []
+    if needs_hessian_for(setting):
+        parts.append(hessians.digest)
+    return "|".join(parts)
+
+
 def _unwrap(model) -> tuple[nn.Module, ModelInfo | None]:
     # A LoadedModel (evo.modelio) carries its own description.
     if hasattr(model, "model") and hasattr(model, "info") and isinstance(getattr(model, "model"), nn.Module):
@@ -78,6 +88,7 @@ def compress_model(
     config: CompressionConfig,
     *,
     stats: dict[str, ActivationStats] | None = None,
+    hessians=None,
     size_cache: SizeCache | None = None,
     model_id: str | None = None,
     measure: bool = True,
@@ -89,7 +100,8 @@ def compress_model(
     in the model's dtype (kept tensors become their bf16 values); then blocks and layers are
     dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
-    pruning only. `info` must describe the model as loaded, before any compression.
+    pruning and the mse quantizer, `hessians` (evo.evaluate.hessian.HessianSet) by gptq. `info`
+    must describe the model as loaded, before any compression.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -107,10 +119,12 @@ def compress_model(
     for tensor in plan.tensors:
         setting = tensor.setting
         act = stats_for(stats, tensor.source, setting)
+        hessian = hessian_for(hessians, tensor.source, setting)
         param = params[tensor.source]
-        compressed = compress_tensor(param.detach(), setting, act)
+        compressed = compress_tensor(param.detach(), setting, act, hessian)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
-        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        inputs_digest = size_inputs_digest(act, hessians, setting)
+        size, encoded = _measure(compressed, tensor, key_model_id, inputs_digest, size_cache, measure)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -161,7 +175,7 @@ def _measure(
     compressed: CompressedTensor,
     tensor: TensorPlan,
     model_id: str,
-    act: ActivationStats | None,
+    inputs_digest: str,
     size_cache: SizeCache | None,
     measure: bool,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
@@ -176,7 +190,7 @@ def _measure(
         fresh.append(encode_tensor(compressed.quantized))
         return fresh[-1]
 
-    key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
+    key = SizeKey(model_id, tensor.source, tensor.setting.key(), inputs_digest)
     entry = cached_size(size_cache, key, encode)
     return entry, (fresh[0] if fresh else None)
 
@@ -184,12 +198,12 @@ def _measure(
 # --- the artifact of a config ------------------------------------------------------------------------
 
 
-def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
-                       overwrite: bool = False):
+def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, hessians=None,
+                       size_cache=None, overwrite: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
     The model is modified: reload it before compressing it with another config."""
     from evo.compress.artifact import write_artifact
 
-    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, hessians=hessians, size_cache=size_cache)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

@@ -38,7 +38,8 @@ SIZE_FORMAT = 1
 
 @dataclass(frozen=True)
 class SizeKey:
-    """Identifies one tensor under one setting; stats_digest matters for activation-aware pruning."""
+    """Identifies one tensor under one setting; stats_digest names what else decides its codes: the
+    activation statistics (activation-aware pruning, mse) and for gptq the Hessians (compress_model)."""
 
     model_id: str
     tensor_name: str
