@@ -130,7 +130,7 @@ def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
     return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
 
 
-def _needs_stats(setting: TensorSetting) -> bool:
+def needs_stats_for(setting: TensorSetting) -> bool:
     """Activation statistics are needed by wanda/linf pruning and read by mse (its E[x²] weights)."""
     if not setting.quantized:
         return False
@@ -139,7 +139,7 @@ def _needs_stats(setting: TensorSetting) -> bool:
     )
 
 
-def _needs_hessian(setting: TensorSetting) -> bool:
+def needs_hessian_for(setting: TensorSetting) -> bool:
     return setting.quantized and setting.quantizer == "gptq"
 
 
@@ -149,7 +149,7 @@ def tensor_stats(
     """The statistics compress_tensor gets for this tensor: None when the setting reads none; mse
     reads them where they exist (decoder linears; other tensors weigh every column 1), pruning
     by wanda/linf needs them. An EvoError when they are needed and not given."""
-    if not _needs_stats(setting):
+    if not needs_stats_for(setting):
         return None
     act = (stats or {}).get(source)
     pruning = setting.sparsity > 0.0 and CRITERION_STATISTIC[setting.prune_criterion] is not None
@@ -166,7 +166,7 @@ def size_inputs_digest(act: ActivationStats | None, hessians, setting: TensorSet
     """What besides the weight and setting determines a tensor's codes, for its size key: the
     statistics' digest, and for gptq the Hessian set's ("" for rtn without statistics, as ever)."""
     parts = [act.digest()] if act is not None else []
-    if _needs_hessian(setting):
+    if needs_hessian_for(setting):
         parts.append(hessians.digest)
     return "|".join(parts)
 
@@ -218,7 +218,7 @@ def compress_model(
         setting = tensor.setting
         act = tensor_stats(stats, tensor.source, setting)
         hessian = None
-        if _needs_hessian(setting):
+        if needs_hessian_for(setting):
             if hessians is None:
                 raise EvoError(f"tensor {tensor.source} uses quantizer 'gptq', which needs the Hessians of the "
                                "linear inputs: pass hessians=collect_hessians(...) (evo compress collects them)")

@@ -17,16 +17,16 @@ DEFAULT_STATS_SEQ_LEN = 256
 def needs_stats(config: CompressionConfig, loaded) -> bool:
     """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf) or
     quantized by mse (weighted by E[x²])."""
-    from evo.compress_model import _needs_stats, plan_model
+    from evo.compress_model import needs_stats_for, plan_model
 
-    return any(_needs_stats(t.setting) for t in plan_model(loaded.info, config).tensors)
+    return any(needs_stats_for(t.setting) for t in plan_model(loaded.info, config).tensors)
 
 
 def needs_hessians(config: CompressionConfig, loaded) -> bool:
     """Whether any stored tensor is quantized by gptq."""
-    from evo.compress_model import _needs_hessian, plan_model
+    from evo.compress_model import needs_hessian_for, plan_model
 
-    return any(_needs_hessian(t.setting) for t in plan_model(loaded.info, config).tensors)
+    return any(needs_hessian_for(t.setting) for t in plan_model(loaded.info, config).tensors)
 
 
 def default_stats_tokens(tokenizer) -> np.ndarray:
