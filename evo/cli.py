@@ -183,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_options(baseline)
         baseline.add_argument("--out", required=True, help="artifact directory to write (config beside it as OUT.toml)")
         baseline.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
+    run = sub.add_parser("run", help="generate text from an artifact (greedy), with tokens/s and resident memory")
+    run.add_argument("artifact", help="artifact directory (evo compress / export / baseline)")
+    run.add_argument("--prompt", required=True, help="text to continue")
+    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--resident", default="dense", choices=["dense", "codes", "compressed", "auto"],
+                     help="weights held dequantized (dense), bit-packed (codes), as coded frames decoded on demand "
+                          "(compressed) or decoded where it pays most (auto)")
+    run.add_argument("--max-resident-mb", type=float, default=None, help="cap on decoded weights (compressed, auto)")
+    run.add_argument("--target-tokens-per-s", type=float, default=None, help="auto: pin layers until this speed")
+    run.add_argument("--prefetch", type=int, default=1, help="layers decoded ahead by a background thread")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--dtype", default="auto", help="auto (the artifact's dtype), float32, bfloat16, float16")
     ex = sub.add_parser("export", help="write the best config of a run under a budget, and its artifact")
     ex.add_argument("run_dir")
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
@@ -456,6 +468,22 @@ def export_command(args: argparse.Namespace) -> int:
                        "the size cache is stale; delete the run's size_cache and export again")
     out.print(f"config {config_path} ({spec.fitness} {point['quality']:.4f} recorded); artifact bytes "
               f"{summary.total_bytes:,} <= budget {budget:,}")
+    return 0
+
+
+@command("run")
+def run_command(args: argparse.Namespace) -> int:
+    from evo.artifact import load
+    from evo.runtime.generate import generate_greedy, report_lines
+
+    with step(f"loading artifact {args.artifact} (resident {args.resident})"):
+        model, tokenizer = load(args.artifact, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
+                                resident=args.resident, max_resident_mb=args.max_resident_mb,
+                                target_tokens_per_s=args.target_tokens_per_s, prefetch=args.prefetch)
+    result = generate_greedy(model, tokenizer, args.prompt, args.max_new_tokens)
+    out.print(args.prompt + result.text, highlight=False, markup=False)
+    for line in report_lines(model, result):
+        console.print(line, highlight=False, markup=False)
     return 0
 
 

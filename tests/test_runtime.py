@@ -106,6 +106,16 @@ def test_every_mode_gives_the_dense_logits(artifact, options):
     assert model.evo_runtime.options.mode == options["resident"]
 
 
+@pytest.mark.parametrize("resident", ["codes", "compressed"])
+def test_dequantizing_in_blocks_of_rows_changes_nothing(artifact, resident, monkeypatch):
+    import evo.runtime.modules
+
+    dense, _ = load(artifact)
+    monkeypatch.setattr(evo.runtime.modules, "CHUNK_WEIGHTS", 100)  # blocks of 1-2 rows, a ragged last one
+    model, _ = load(artifact, resident=resident)
+    assert torch.equal(_logits(model), _logits(dense))
+
+
 def test_modules_are_replaced_and_memory_shrinks(artifact):
     dense, _ = load(artifact)
     codes, _ = load(artifact, resident="codes")

@@ -19,6 +19,26 @@ from evo.runtime.packing import pack_codes, unpack_codes
 CHUNK_WEIGHTS = 1 << 20
 
 
+def dequantize_to(quantized: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
+    """evo's dequantize cast to `dtype`, a block of rows at a time so that its float32 temporaries
+    stay small (dequantization is elementwise, so the result is the same to the bit)."""
+    if len(quantized.shape) != 2:
+        return dequantize(quantized).to(dtype)
+    rows, columns = quantized.shape
+    step = max(1, CHUNK_WEIGHTS // max(columns, 1))
+    if step >= rows:
+        return dequantize(quantized).to(dtype)
+    out = torch.empty(quantized.shape, dtype=dtype, device=quantized.codes.device)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        scales = None if quantized.scales is None else quantized.scales[part]
+        zeros = None if quantized.zeros is None else quantized.zeros[part]
+        codes = quantized.codes[part]
+        block = QuantizedTensor(codes, scales, zeros, (codes.shape[0], columns), quantized.setting)
+        out[part] = dequantize(block).to(dtype)
+    return out
+
+
 class PackedWeight(nn.Module):
     """One quantized matrix kept as bit-packed codes (and packed integer zero points) plus fp16
     scales, as buffers so that .to(device) moves them. `dequantize_rows` is evo's dequantize on
@@ -59,7 +79,7 @@ class PackedWeight(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The whole matrix, dequantized a block of rows at a time (elementwise, so identical)."""
         rows, columns = self.shape
-        step = max(1, CHUNK_WEIGHTS // columns)
+        step = max(1, CHUNK_WEIGHTS // max(columns, 1))
         if step >= rows:
             return self.dequantize_rows(slice(0, rows))
         out = torch.empty(self.shape, dtype=self.dtype, device=self.codes.device)

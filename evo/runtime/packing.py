@@ -48,12 +48,15 @@ def unpack_codes(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
     rows = packed.shape[0]
     if bits == 8:
         return packed[:, :columns]
-    device = packed.device
-    words = packed.reshape(rows, -1, bits).to(torch.int64)
-    byte_shifts = torch.arange(0, 8 * bits, 8, device=device, dtype=torch.int64)
-    # The bytes' bit ranges are disjoint, so their sum is their bitwise or; at most 7·8 = 56 bits
-    # are used, clear of the int64 sign bit.
-    words = (words << byte_shifts).sum(dim=2, keepdim=True)
-    code_shifts = torch.arange(0, bits * CODES_PER_WORD, bits, device=device, dtype=torch.int64)
-    codes = ((words >> code_shifts) & ((1 << bits) - 1)).to(torch.uint8)
+    words = packed.reshape(rows, -1, bits)
+    codes = torch.empty((rows, words.shape[1], CODES_PER_WORD), dtype=torch.uint8, device=packed.device)
+    mask = (1 << bits) - 1
+    # Code i of a word starts at bit bits·i: in byte (bits·i) // 8, possibly running into the next.
+    # uint8 shifts drop the bits pushed past the byte, which are exactly the ones not wanted.
+    for i in range(CODES_PER_WORD):
+        byte, shift = divmod(bits * i, 8)
+        code = words[:, :, byte] >> shift
+        if shift + bits > 8:
+            code = code | (words[:, :, byte + 1] << (8 - shift))
+        codes[:, :, i] = code & mask
     return codes.reshape(rows, -1)[:, :columns]

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from evo.compress import dequantize
 from evo.errors import EvoError
-from evo.runtime.modules import LazyEmbedding, LazyLinear, PackedEmbedding, PackedLinear, PackedWeight
+from evo.runtime.modules import dequantize_to, LazyEmbedding, LazyLinear, PackedEmbedding, PackedLinear, PackedWeight
 from evo.runtime.store import CodedWeight, DecodedWeights
 
 RESIDENT_MODES = ("dense", "codes", "compressed", "auto")
@@ -270,7 +269,7 @@ def attach(
         def decode(coded: CodedWeight) -> torch.Tensor:
             # The dense loader's arithmetic, on the CPU, then moved: identical weights.
             quantized = decode_stored_tensor(path, stored[coded.key], coded.frames)
-            return dequantize(quantized).to(dtype=dtype).to(device)
+            return dequantize_to(quantized, dtype).to(device)
 
         capacity = options.capacity_bytes if options.capacity_bytes is not None else 0
         store = DecodedWeights({}, decode, capacity_bytes=capacity, prefetch=options.prefetch)
