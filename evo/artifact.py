@@ -328,7 +328,9 @@ def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor,
     offset = 0
     with open(path, "wb") as f:
         for item in result.tensors:
-            encoded = item.encoded or encode_tensor(item.compressed.quantized)  # type: ignore[union-attr]
+            encoded = item.encoded or encode_tensor(
+                item.compressed.quantized, prefer_decode_speed=result.prefer_decode_speed  # type: ignore[union-attr]
+            )
             if item.size is not None and item.size.compressed_bytes != encoded.compressed_bytes:
                 raise EvoError(
                     f"the size cache says tensor {item.plan.source} takes {item.size.compressed_bytes} bytes under "

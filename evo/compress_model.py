@@ -16,7 +16,7 @@ from evo.compress.prune import CRITERION_STATISTIC
 from evo.compress.structure import apply_drops, is_replaced, replaced_modules
 from evo.config import CompressionConfig
 from evo.errors import EvoError
-from evo.size import EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
+from evo.size import DECODE_SPEED_TAG, EncodedTensor, SizeCache, SizeEntry, SizeKey, cached_size, encode_tensor
 from evo.types import ModelInfo
 
 
@@ -111,6 +111,7 @@ class CompressionResult:
     dtype: torch.dtype  # the model's weights' dtype, which the artifact loads back into
     kept_layers: tuple[int, ...]
     tensors: tuple[TensorResult, ...]
+    prefer_decode_speed: bool = False  # frames use fast-decoding coders only (evo.size.encode_tensor)
 
     @property
     def measured(self) -> bool:
@@ -153,6 +154,7 @@ def compress_model(
     model_id: str | None = None,
     measure: bool = True,
     keep_tensors: bool = True,
+    prefer_decode_speed: bool = False,
 ) -> CompressionResult:
     """Compress `model` (a torch model or a LoadedModel) in place as `config` says.
 
@@ -161,6 +163,8 @@ def compress_model(
     dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
     pruning only. `info` must describe the model as loaded, before any compression.
+    prefer_decode_speed encodes with fast-decoding coders only (see evo.size.encode_tensor); its
+    size keys' model id then ends in DECODE_SPEED_TAG.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -172,7 +176,7 @@ def compress_model(
     _check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
-    key_model_id = model_id or size_model_id(info, dtype)
+    key_model_id = (model_id or size_model_id(info, dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
 
     results = []
     for tensor in plan.tensors:
@@ -188,7 +192,7 @@ def compress_model(
         param = params[tensor.source]
         compressed = compress_tensor(param.detach(), setting, act)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
-        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure, prefer_decode_speed)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -216,6 +220,7 @@ def compress_model(
         dtype=dtype,
         kept_layers=kept,
         tensors=tuple(results),
+        prefer_decode_speed=prefer_decode_speed,
     )
 
 
@@ -242,16 +247,17 @@ def _measure(
     act: ActivationStats | None,
     size_cache: SizeCache | None,
     measure: bool,
+    prefer_decode_speed: bool = False,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
     if size_cache is None:
         if not measure:
             return None, None
-        encoded = encode_tensor(compressed.quantized)
+        encoded = encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed)
         return SizeEntry.from_encoded(encoded), encoded
     fresh: list[EncodedTensor] = []
 
     def encode() -> EncodedTensor:
-        fresh.append(encode_tensor(compressed.quantized))
+        fresh.append(encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed))
         return fresh[-1]
 
     key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")

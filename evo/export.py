@@ -36,12 +36,14 @@ def default_stats_tokens(tokenizer) -> np.ndarray:
 
 
 def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
-                       overwrite: bool = False):
+                       overwrite: bool = False, prefer_decode_speed: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
-    The model is modified: reload it before compressing it with another config."""
+    The model is modified: reload it before compressing it with another config.
+    prefer_decode_speed: fast-decoding coders only (evo.size.encode_tensor), for evo.runtime."""
     from evo.artifact import write_artifact
     from evo.compress_model import compress_model
 
-    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache,
+                            prefer_decode_speed=prefer_decode_speed)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

@@ -56,24 +56,33 @@ def _from_u16(values: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) ->
     return torch.from_numpy(values.astype(np.uint16).view(np.int16).copy()).view(dtype).reshape(shape)
 
 
-def encode_tensor(q: QuantizedTensor) -> EncodedTensor:
-    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes."""
+# Appended to the size keys' model id when fast-decoding coders are preferred: other frames, other sizes.
+DECODE_SPEED_TAG = "|fast-decode"
+
+
+def encode_tensor(q: QuantizedTensor, *, prefer_decode_speed: bool = False) -> EncodedTensor:
+    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes.
+
+    prefer_decode_speed: the best of coding.FAST_DECODE_CODERS only (no ANS), for artifacts run
+    with their frames resident (evo.runtime "compressed"/"auto"), where decoding is the bottleneck.
+    """
+    allowed = coding.FAST_DECODE_CODERS if prefer_decode_speed else None
     setting = q.setting
     frames: dict[str, bytes] = {}
     coders: dict[str, str] = {}
     if not setting.quantized:
         values = _u16(q.codes)
-        coders["codes"], frames["codes"] = coding.encode_u16(values)
+        coders["codes"], frames["codes"] = coding.encode_u16(values, allowed)
         return EncodedTensor(frames, coders, coding.order0_entropy_bits(values))
     codes = q.codes.detach().cpu().contiguous().numpy().reshape(-1)
-    coders["codes"], frames["codes"] = coding.encode_best(codes, setting.bits)
-    coders["scales"], frames["scales"] = coding.encode_u16(_u16(q.scales))
+    coders["codes"], frames["codes"] = coding.encode_best(codes, setting.bits, allowed)
+    coders["scales"], frames["scales"] = coding.encode_u16(_u16(q.scales), allowed)
     if q.zeros is not None:
         if q.zeros.dtype == torch.uint8:  # integer zero points are codes of the same width
             zeros = q.zeros.detach().cpu().contiguous().numpy().reshape(-1)
-            coders["zeros"], frames["zeros"] = coding.encode_best(zeros, setting.bits)
+            coders["zeros"], frames["zeros"] = coding.encode_best(zeros, setting.bits, allowed)
         else:
-            coders["zeros"], frames["zeros"] = coding.encode_u16(_u16(q.zeros))
+            coders["zeros"], frames["zeros"] = coding.encode_u16(_u16(q.zeros), allowed)
     return EncodedTensor(frames, coders, coding.order0_entropy_bits(codes))
 
 

@@ -250,3 +250,51 @@ def test_corrupt_frame_met_lazily_is_the_eager_error(artifact):
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(EvoError, match=message):
         ResidentOptions(options.pop("resident"), **options)
+
+
+# --- fast-decoding coders (--prefer-decode-speed) ---------------------------------------------------
+
+
+def _inner_coders(frame: bytes) -> list[str]:
+    """The coders of a frame and of the byte streams inside a two-byte split."""
+    from evo import coding
+
+    name = coding.frame_coder(frame)
+    if name not in ("u16-planes", "u16-bf16-fields"):
+        return [name]
+    _, _, _, pos = coding._parse_header(frame)
+    first_len, pos = coding._get_varint(frame, pos)
+    return [name, *_inner_coders(frame[pos : pos + first_len]), *_inner_coders(frame[pos + first_len :])]
+
+
+def test_prefer_decode_speed_is_exact_in_size_and_never_uses_ans(tiny_model_dir, tmp_path):
+    from evo import coding
+    from evo.modelio import load_model
+    from evo.runtime.sizes import decode_speed_model
+    from evo.size import SizeCache
+    from evo.sizemodel import SizeModel
+
+    directory = tiny_model_dir("llama")
+    config = CompressionConfig(default=TensorSetting(bits=3, group_size=32), embedding=TensorSetting(bits=8),
+                               layers={1: LayerConfig(drop="attention")},
+                               tensors={"model.layers.2.mlp.up_proj.weight": TensorSetting(bits=16)})
+    cache = SizeCache(tmp_path / "sizes")  # shared: the two coder choices must not mix their entries
+    smallest = SizeModel.for_model(load_model(str(directory)), cache)
+    fast = decode_speed_model(smallest)
+    sizes = {}
+    for prefer in (False, True):
+        loaded = load_model(str(directory))
+        result = compress_model(loaded, None, config, size_cache=cache, prefer_decode_speed=prefer)
+        summary = write_artifact(tmp_path / f"art{prefer}", loaded.model, loaded.tokenizer, result)
+        sizes[prefer] = summary.total_bytes
+        assert summary.total_bytes == sum(p.stat().st_size for p in (tmp_path / f"art{prefer}").iterdir())
+        data = (tmp_path / f"art{prefer}" / TENSORS).read_bytes()
+        coders = {c for t in read_manifest(tmp_path / f"art{prefer}").tensors for f in t.frames
+                  for c in _inner_coders(data[f.offset : f.offset + f.length])}
+        assert ("ans" in coders) != prefer
+        assert not prefer or coders <= {*coding.FAST_DECODE_CODERS, "u16-zstd", "u16-planes", "u16-bf16-fields"}
+    assert smallest.artifact_bytes(config) == sizes[False] < sizes[True] == fast.artifact_bytes(config)
+    dense, _ = load(tmp_path / "artFalse")
+    for options in ({}, dict(resident="compressed")):
+        model, _ = load(tmp_path / "artTrue", **options)
+        assert torch.equal(_logits(model), _logits(dense))
