@@ -298,3 +298,42 @@ def test_prefer_decode_speed_is_exact_in_size_and_never_uses_ans(tiny_model_dir,
     for options in ({}, dict(resident="compressed")):
         model, _ = load(tmp_path / "artTrue", **options)
         assert torch.equal(_logits(model), _logits(dense))
+
+
+def test_evo_run_prints_text_speed_and_memory(artifact, capsys):
+    from evo.cli import main
+
+    assert main(["run", str(artifact), "--prompt", "t5 t6 t7", "--max-new-tokens", "5", "--resident", "auto",
+                 "--max-resident-mb", "0.03"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("t5 t6 t7")
+    assert "tokens/s" in captured.err and "peak RSS" in captured.err and "auto plan" in captured.err
+    assert main(["run", str(artifact), "--prompt", "t5", "--resident", "codes", "--max-resident-mb", "1"]) == 2
+    assert "applies to resident='compressed' or 'auto'" in capsys.readouterr().err
+
+
+def test_generate_greedy_matches_generate(artifact):
+    from evo.runtime.generate import generate_greedy
+
+    dense, tokenizer = load(artifact)
+    model, _ = load(artifact, resident="compressed", max_resident_mb=0.02)
+    prompt = IDS[:1, :6]
+    expected = dense.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    result = generate_greedy(model, tokenizer, prompt, 7, stop_at_eos=False)
+    assert list(result.token_ids) == expected
+    assert result.peak_weight_bytes >= result.weight_memory.total_bytes > 0 and result.tokens_per_s > 0
+
+
+def test_evo_eval_gives_the_same_perplexity_in_every_mode(artifact, tmp_path, capsys):
+    import json
+
+    from evo.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"t{(7 * i) % 200}" for i in range(300)))
+    results = []
+    for options in ([], ["--resident", "codes"], ["--resident", "compressed", "--max-resident-mb", "0.02"]):
+        args = ["eval", str(artifact), "--dataset", str(text), "--seq-len", "32", "--json", *options]
+        assert main(args) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ppl"])
+    assert results[0] == results[1] == results[2]
