@@ -46,8 +46,10 @@ def run_one(args: argparse.Namespace) -> dict:
 
     from evo.artifact import load
     from evo.data import read_text
-    from evo.runtime.generate import current_rss_bytes, generate_greedy
+    from evo.runtime.generate import current_rss_bytes, generate_greedy, limit_heap_fragmentation
 
+    if not args.keep_malloc:
+        limit_heap_fragmentation()
     if args.threads:
         torch.set_num_threads(args.threads)
     options = json.loads(args.one)
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--auto-cap", type=float, default=50)
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    parser.add_argument("--keep-malloc", action="store_true",
+                        help="leave glibc's mmap threshold dynamic (default: fixed at 64 KiB, see limit_heap_fragmentation)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: JSON load options
     args = parser.parse_args()
@@ -118,6 +122,8 @@ def main() -> None:
                 command += ["--dtype", args.dtype]
             if args.threads:
                 command += ["--threads", str(args.threads)]
+            if args.keep_malloc:
+                command += ["--keep-malloc"]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{name:<16} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)

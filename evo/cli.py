@@ -498,8 +498,9 @@ def export_command(args: argparse.Namespace) -> int:
 @command("run")
 def run_command(args: argparse.Namespace) -> int:
     from evo.artifact import load
-    from evo.runtime.generate import generate_greedy, report_lines
+    from evo.runtime.generate import generate_greedy, limit_heap_fragmentation, report_lines
 
+    limit_heap_fragmentation()
     with step(f"loading artifact {args.artifact} (resident {args.resident})"):
         model, tokenizer = load(args.artifact, device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
                                 resident=args.resident, max_resident_mb=args.max_resident_mb,
