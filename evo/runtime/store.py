@@ -141,7 +141,9 @@ class DecodedWeights:
                 if weight is not None:
                     self._cache.move_to_end(key)
                     self._hits += 1
-            future = self._inflight.pop(key, None) if weight is None else None
+            # Popped even when the weight is found: a finished prefetch may have cached it already,
+            # and a future left behind would stop the key from ever being prefetched again.
+            future = self._inflight.pop(key, None)
         if weight is None:
             if future is not None:
                 weight = future.result()
