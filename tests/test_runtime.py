@@ -189,6 +189,9 @@ def test_prefetch_keeps_decoding_ahead_pass_after_pass():
     order = [f"w{i}" for i in range(6)] * 10
     for key in order:
         store.acquire(key)
+        # Only the weights ahead are in flight: a finished prefetch found in the LRU must not linger
+        # (its future would keep the weight alive outside the cap).
+        assert len(store._inflight) <= store.prefetch
     store.close()
     stats = store.stats()
     # The first pass learns the order (the wrap from w5 to w0 only when it happens, hence one more
