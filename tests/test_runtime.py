@@ -4,6 +4,8 @@ bit-packing round-trips at every width."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -189,6 +191,7 @@ def test_prefetch_keeps_decoding_ahead_pass_after_pass():
     order = [f"w{i}" for i in range(6)] * 10
     for key in order:
         store.acquire(key)
+        time.sleep(0.002)  # the layer computes; the background thread decodes the next one meanwhile
         # Only the weights ahead are in flight: a finished prefetch found in the LRU must not linger
         # (its future would keep the weight alive outside the cap).
         assert len(store._inflight) <= store.prefetch
