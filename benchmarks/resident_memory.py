@@ -80,11 +80,14 @@ def run_one(args: argparse.Namespace) -> dict:
 def modes(args: argparse.Namespace, artifact: Path) -> list[tuple[str, dict]]:
     decoded = decoded_bytes(artifact, args.dtype)
     rows = [("dense", {"resident": "dense"}), ("codes", {"resident": "codes"})]
-    for cap in args.caps:
+    rows = [row for row in rows if row[0] in args.modes]
+    for cap in args.caps if "compressed" in args.modes else []:
         rows.append((f"compressed {cap:g}%", {"resident": "compressed", "max_resident_mb": decoded * cap / 100 / MB,
                                                "prefetch": args.prefetch}))
-    rows.append((f"auto {args.auto_cap:g}%", {"resident": "auto", "max_resident_mb": decoded * args.auto_cap / 100 / MB,
-                                              "prefetch": args.prefetch}))
+    if "auto" in args.modes:
+        rows.append((f"auto {args.auto_cap:g}%", {"resident": "auto",
+                                                  "max_resident_mb": decoded * args.auto_cap / 100 / MB,
+                                                  "prefetch": args.prefetch}))
     return rows
 
 
@@ -95,6 +98,8 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="load dtype (default the artifact's)")
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--modes", nargs="+", default=["dense", "codes", "compressed", "auto"],
+                        choices=["dense", "codes", "compressed", "auto"])
     parser.add_argument("--caps", type=float, nargs="+", default=[25, 50, 100])
     parser.add_argument("--auto-cap", type=float, default=50)
     parser.add_argument("--prefetch", type=int, default=1)
