@@ -455,7 +455,9 @@ def stored_frames(tensor: StoredTensor, blob: bytes) -> dict[str, bytes]:
     return {frame.kind: blob[frame.offset : frame.offset + frame.length] for frame in tensor.frames}
 
 
-def decode_stored_tensor(path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]) -> QuantizedTensor:
+def decode_stored_tensor(
+    path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]
+) -> QuantizedTensor:
     """The QuantizedTensor stored in `frames`, each frame checked against its sha256 first.
 
     Shared by load() and the lazy decoding of evo.runtime, so a corrupt frame fails the same way.

@@ -183,7 +183,8 @@ class SizeModel:
         self.dtype = weights[first].dtype
         # compress_model's key model id for the same arguments: fast-decoding frames have other sizes.
         self.prefer_decode_speed = prefer_decode_speed
-        self.model_id = (model_id or size_model_id(info, self.dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
+        tag = DECODE_SPEED_TAG if prefer_decode_speed else ""
+        self.model_id = (model_id or size_model_id(info, self.dtype)) + tag
         self.base_model = base_model
         self.device = torch.device(device)
         self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)

@@ -161,7 +161,11 @@ def model_tensor_bytes(model: nn.Module) -> tuple[int, int]:
     seen: set[tuple[torch.device, int]] = set()
     total = packed = 0
     packed_ids = {
-        id(t) for m in model.modules() if isinstance(m, PackedWeight) for t in (m.codes, m.scales, m.zeros) if t is not None
+        id(t)
+        for m in model.modules()
+        if isinstance(m, PackedWeight)
+        for t in (m.codes, m.scales, m.zeros)
+        if t is not None
     }
     for tensor in [*model.parameters(), *model.buffers()]:
         key = (tensor.device, tensor.untyped_storage().data_ptr())
