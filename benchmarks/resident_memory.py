@@ -141,6 +141,8 @@ def main() -> None:
             print(f"{name:<16} {row['weights'] / MB:>10.1f} {row['peak_rss'] / MB:>11.1f} {row['rss_after_load'] / MB:>11.1f} "
                   f"{row['prefill_s']:>9.2f} {row['tokens_per_s']:>9.3f} {ratio:>8.2f} {row['load_s']:>7.1f}  "
                   f"{row['tokens'] == reference}", flush=True)
+            if row["peak_cuda"] is not None:
+                print(f"    peak CUDA memory {row['peak_cuda'] / MB:.1f} MB", flush=True)
             if row["plan"]:
                 print(f"    {row['plan']}", flush=True)
             records.append({"artifact": str(artifact), "mode": name, "options": options, **row})
