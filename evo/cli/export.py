@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
         expected = decode_speed_size(session.size_model, config)
         if summary.total_bytes != expected:
-            raise EvoError(f"the artifact has {summary.total_bytes} bytes but the size model predicts {expected} with "
-                           "fast-decoding coders: the size cache is stale; delete the run's size_cache and export again")
+            raise EvoError(f"the artifact has {summary.total_bytes} bytes but the size model predicts {expected} "
+                           "with fast-decoding coders: the size cache is stale; delete the run's size_cache and "
+                           "export again")
         over = " (over the budget: the run chose it with the smallest coders)" if expected > budget else ""
         out.print(f"fast-decoding coders: {expected:,} bytes vs {point.size_bytes:,} recorded{over}")
         return 0
