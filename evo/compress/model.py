@@ -17,7 +17,15 @@ from torch import nn
 from evo.compress.apply import CompressedTensor, compress_tensor
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig
-from evo.compress.plan import TensorPlan, hessian_for, needs_hessian_for, plan_model, size_model_id, stats_for
+from evo.compress.plan import (
+    DECODE_SPEED_TAG,
+    TensorPlan,
+    hessian_for,
+    needs_hessian_for,
+    plan_model,
+    size_model_id,
+    stats_for,
+)
 from evo.compress.prune import ActivationStats
 from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
@@ -50,6 +58,7 @@ class CompressionResult:
     dtype: torch.dtype  # the model's weights' dtype, which the artifact loads back into
     kept_layers: tuple[int, ...]
     tensors: tuple[TensorResult, ...]
+    prefer_decode_speed: bool = False  # frames use fast-decoding coders only (evo.compress.coding.encode_tensor)
 
     @property
     def measured(self) -> bool:
@@ -93,6 +102,7 @@ def compress_model(
     model_id: str | None = None,
     measure: bool = True,
     keep_tensors: bool = True,
+    prefer_decode_speed: bool = False,
 ) -> CompressionResult:
     """Compress `model` (a torch model or a LoadedModel) in place as `config` says.
 
@@ -102,6 +112,8 @@ def compress_model(
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
     pruning and the mse quantizer, `hessians` (evo.evaluate.hessian.HessianSet) by gptq. `info`
     must describe the model as loaded, before any compression.
+    prefer_decode_speed encodes with fast-decoding coders only (see evo.compress.coding.encode_tensor); its
+    size keys' model id then ends in DECODE_SPEED_TAG.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -113,7 +125,7 @@ def compress_model(
     check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
-    key_model_id = model_id or size_model_id(info, dtype)
+    key_model_id = (model_id or size_model_id(info, dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
 
     results = []
     for tensor in plan.tensors:
@@ -124,7 +136,8 @@ def compress_model(
         compressed = compress_tensor(param.detach(), setting, act, hessian)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
         inputs_digest = size_inputs_digest(act, hessians, setting)
-        size, encoded = _measure(compressed, tensor, key_model_id, inputs_digest, size_cache, measure)
+        size, encoded = _measure(compressed, tensor, key_model_id, inputs_digest, size_cache, measure,
+                                 prefer_decode_speed)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -152,6 +165,7 @@ def compress_model(
         dtype=dtype,
         kept_layers=kept,
         tensors=tuple(results),
+        prefer_decode_speed=prefer_decode_speed,
     )
 
 
@@ -178,16 +192,17 @@ def _measure(
     inputs_digest: str,
     size_cache: SizeCache | None,
     measure: bool,
+    prefer_decode_speed: bool = False,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
     if size_cache is None:
         if not measure:
             return None, None
-        encoded = encode_tensor(compressed.quantized)
+        encoded = encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed)
         return SizeEntry.from_encoded(encoded), encoded
     fresh: list[EncodedTensor] = []
 
     def encode() -> EncodedTensor:
-        fresh.append(encode_tensor(compressed.quantized))
+        fresh.append(encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed))
         return fresh[-1]
 
     key = SizeKey(model_id, tensor.source, tensor.setting.key(), inputs_digest)
@@ -199,11 +214,13 @@ def _measure(
 
 
 def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, hessians=None,
-                       size_cache=None, overwrite: bool = False):
+                       size_cache=None, overwrite: bool = False, prefer_decode_speed: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
-    The model is modified: reload it before compressing it with another config."""
+    The model is modified: reload it before compressing it with another config.
+    prefer_decode_speed: fast-decoding coders only (evo.compress.coding.encode_tensor), for evo.runtime."""
     from evo.compress.artifact import write_artifact
 
-    result = compress_model(loaded, None, config, stats=stats, hessians=hessians, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, hessians=hessians, size_cache=size_cache,
+                            prefer_decode_speed=prefer_decode_speed)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

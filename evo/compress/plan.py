@@ -90,6 +90,10 @@ def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
     return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
 
 
+# Appended to the size keys' model id when fast-decoding coders are preferred: other frames, other sizes.
+DECODE_SPEED_TAG = "|fast-decode"
+
+
 def needs_stats_for(setting: TensorSetting) -> bool:
     """Activation statistics are needed by wanda/linf pruning and read by mse (its E[x²] weights)."""
     return setting.quantized and (setting.quantizer == "mse" or needs_stats(setting))
