@@ -114,11 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--out", default="runs/calibration.json", help="output JSON file (default runs/calibration.json)")
     comp = sub.add_parser("compress", help="write the compressed artifact of a configuration (TOML or JSON)")
     _add_model_options(comp)
-    comp.add_argument("--config", required=True, help="compression config (.toml or .json), e.g. a run's best.toml")
-    comp.add_argument("--out", required=True, help="artifact directory to write")
+    comp.add_argument("--config", default=None, help="compression config (.toml or .json), e.g. a run's best.toml")
+    comp.add_argument("--out", required=True, help="artifact directory to write (a .gguf file with --format gguf)")
     comp.add_argument("--calibration", default=None,
                       help="calibration set (evo calibrate) for wanda/linf pruning statistics; default: the embedded corpus")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
+    from evo.gguf.command import add_gguf_options
+
+    add_gguf_options(comp)
 
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
     ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
@@ -242,6 +245,12 @@ def compress_command(args: argparse.Namespace) -> int:
     from evo.export import compress_and_write, default_stats_tokens, needs_stats
     from evo.stats import collect_activation_stats
 
+    if args.format == "gguf":
+        from evo.gguf.command import run_compress
+
+        return run_compress(args, load=load_model_with_progress, step=step, out=out)
+    if not args.config:
+        raise EvoError("evo compress needs --config (or --format gguf --types RECIPE)")
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     config.validate_against(loaded.info)

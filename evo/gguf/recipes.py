@@ -139,7 +139,8 @@ def resolve_types(spec: str, tensors: Sequence[tuple[str, tuple[int, ...]]], *, 
                   output_tensor_type: str | None = None) -> dict[str, str]:
     """`spec` is a recipe name (Q3_K_M …) or a TOML/JSON file: `recipe = "Q3_K_M"` or
     `default = "Q4_0"` (a type for every 2-D tensor, with llama.cpp's fallback), then `[tensors]`
-    regex = type pairs matched against the full GGUF names (first match wins; checked strictly)."""
+    regex = type pairs matched against the full GGUF names (first match wins; a quantized type only
+    reaches 2-D weights; a type the tensor's rows do not allow is an error naming it)."""
     from pathlib import Path
 
     path = Path(spec)
@@ -183,7 +184,7 @@ def resolve_types(spec: str, tensors: Sequence[tuple[str, tuple[int, ...]]], *, 
         for regex, qtype in compiled:
             if regex.fullmatch(name):
                 if len(shapes[name]) != 2 and qtype not in quants.FLOAT_TYPES:
-                    raise EvoError(f"tensor {name} is 1-D: it stays a float type, not {qtype} (pattern {regex.pattern!r})")
+                    continue  # as llama-quantize --tensor-type: quantized types reach 2-D weights only
                 quants.check_allowed(name, shapes[name], qtype)
                 types[name] = qtype
                 break
