@@ -222,7 +222,8 @@ def test_size_is_exact_for_random_type_assignments(llama256, tmp_path):
     loaded = _load(llama256)
     rng = random.Random(0)
     base = plan_gguf(loaded, drops={1: "layer"})
-    model = GGUFSizeModel(base.metadata, [(t.name, t.shape) for t in base.tensors])
+    model = base.size_model()
+    assert model.fixed_bytes == GGUFSizeModel(base.metadata, [(t.name, t.shape) for t in base.tensors]).fixed_bytes
     for trial in range(3):
         types = {}
         for t in base.tensors:
@@ -345,3 +346,18 @@ def test_default_model_q3_k_m_loads_in_transformers(tmp_path):
     ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
     logits = _hf_logits(path, ids)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("qtype", BLOCK32 + KQUANTS)
+def test_cuda_encoder_round_trips_bit_for_bit(qtype):
+    cols = 576 if qtype in BLOCK32 else 1536
+    w = _weights(64, cols).cuda()
+    importance = torch.rand(cols, generator=torch.Generator().manual_seed(1)).cuda()
+    data = quants.quantize(w, qtype, importance)
+    qt = quants.quant_type(qtype)
+    on_gpu = quants.dequantize(data, qtype, (64, cols), device="cuda").cpu().numpy()
+    assert _exact(gguf.quants.dequantize(data, qt.ggml), on_gpu)
+    cpu = quants.dequantize(quants.quantize(w.cpu(), qtype, importance.cpu()), qtype, (64, cols))
+    err_gpu = float(((torch.from_numpy(on_gpu) - w.cpu()) ** 2).sum())
+    assert err_gpu <= float(((cpu - w.cpu()) ** 2).sum()) * 1.01

@@ -29,7 +29,7 @@ from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFVal
 
 from evo.errors import EvoError
 from evo.gguf import quants
-from evo.gguf.size import KV, GGUFSize, TensorEntry, gguf_size
+from evo.gguf.size import KV, GGUFSize, GGUFSizeModel, TensorEntry, gguf_size
 
 # model_type → GGUF architecture, for the families whose tensors map one to one and whose q/k
 # need llama.cpp's row permutation.
@@ -72,6 +72,10 @@ class GGUFPlan:
 
     def size(self) -> GGUFSize:
         return gguf_size(self.metadata, [TensorEntry(t.name, t.shape, t.qtype) for t in self.tensors], self.alignment)
+
+    def size_model(self) -> GGUFSizeModel:
+        """Sizes of this file's tensor set under any types: fixed bytes + Σ per-(tensor, type) bytes."""
+        return GGUFSizeModel(self.metadata, [(t.name, t.shape) for t in self.tensors], self.alignment)
 
     @property
     def types(self) -> dict[str, str]:
