@@ -139,6 +139,10 @@ def _tiny_llama_dir(directory: Path, hidden: int, tied: bool, layers: int = 3) -
                          pad_token_id=2)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # norms away from their init of ones, so that copying them is tested
+        for name, param in model.named_parameters():
+            if param.dim() == 1:
+                param.copy_(torch.rand_like(param) + 0.5)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -201,6 +205,16 @@ def test_tiny_llama_gguf_loads_and_matches_evo_logits(model, types, drops, reque
             assert np.array_equal(np.asarray(t.data).reshape(-1), encoded[t.name].reshape(-1))
 
     expected = _hf_logits(path, IDS)
+    params = dict(loaded.model.named_parameters())
+    for t in plan.tensors:  # what the file holds is the model's weights, up to the type's error
+        decoded, source = quants.dequantize(encoded[t.name], t.qtype, t.shape), params[t.source].detach()
+        if t.zero:
+            assert not decoded.any()
+        elif t.qtype == "F32":
+            assert torch.equal(decoded, source), t.name
+        else:
+            rel = float(((decoded - source) ** 2).sum() / (source**2).sum())
+            assert rel < 0.2, (t.name, t.qtype, rel)
     load_dequantized(loaded, plan, encoded, drops)
     with torch.no_grad():
         actual = loaded.model(IDS).logits

@@ -167,7 +167,7 @@ def plan_tensors(loaded, drops: Mapping[int, str] | None = None) -> tuple[Tensor
                 raise EvoError(f"parameter {source} maps to GGUF tensor {name}, outside its layer {layer}")
             suffix = match.group(2).split(".")[0]
             name = f"blk.{new_index[layer]}.{match.group(2)}"
-            zero = _ROLE_OF_SUFFIX.get(suffix) == drops.get(layer)
+            zero = layer in drops and _ROLE_OF_SUFFIX.get(suffix) == drops[layer]
             if suffix == "attn_q":
                 permute = (heads, heads)
             elif suffix == "attn_k":
