@@ -26,9 +26,8 @@ from evo.data import read_text
 from evo.evaluate import perplexity, tokenize_for_eval
 from evo.export import default_stats_tokens
 from evo.gguf.export import compress_to_gguf
-from evo.gguf.writer import importance_from_stats
+from evo.gguf.imatrix import collect_importance
 from evo.modelio import load_model
-from evo.stats import collect_activation_stats
 
 
 def _ppl_of_gguf(path: Path, tokens: dict, device: str, max_tokens: int) -> dict:
@@ -57,8 +56,7 @@ def main() -> None:
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     loaded = load_model(args.model, device=args.device, dtype="float32")
     tokens = {name: tokenize_for_eval(loaded.tokenizer, read_text(name)) for name in args.datasets.split(",")}
-    importance = importance_from_stats(
-        collect_activation_stats(loaded.model, loaded.info, default_stats_tokens(loaded.tokenizer)))
+    importance = collect_importance(loaded, default_stats_tokens(loaded.tokenizer))
     workdir = Path(args.out or tempfile.mkdtemp(prefix="evo-gguf-"))
     workdir.mkdir(parents=True, exist_ok=True)
     names = list(tokens)

@@ -375,3 +375,18 @@ def test_cuda_encoder_round_trips_bit_for_bit(qtype):
     cpu = quants.dequantize(quants.quantize(w.cpu(), qtype, importance.cpu()), qtype, (64, cols))
     err_gpu = float(((torch.from_numpy(on_gpu) - w.cpu()) ** 2).sum())
     assert err_gpu <= float(((cpu - w.cpu()) ** 2).sum()) * 1.01
+
+
+def test_importance_matrix_covers_every_matmul_weight(llama64, llama256):
+    from evo.gguf.imatrix import collect_importance
+
+    for directory in (llama64, llama256):
+        loaded = _load(directory)
+        ids = np.random.default_rng(0).integers(0, loaded.info.vocab_size, size=(2, 16))
+        importance = collect_importance(loaded, ids)
+        expected = {lin.name for lin in loaded.info.linears()}
+        expected.add("model.embed_tokens.weight" if loaded.info.tied_embeddings else "lm_head.weight")
+        assert set(importance) == expected
+        for name, value in importance.items():
+            assert value.shape == (dict(loaded.model.named_parameters())[name].shape[1],)
+            assert bool((value > 0).all())

@@ -37,8 +37,7 @@ def run_compress(args: argparse.Namespace, *, load, step, out) -> int:
     from evo.calibset import CalibrationSet
     from evo.export import default_stats_tokens
     from evo.gguf.export import compress_to_gguf
-    from evo.gguf.writer import importance_from_stats
-    from evo.stats import collect_activation_stats
+    from evo.gguf.imatrix import collect_importance
 
     if not args.types:
         raise EvoError("--format gguf needs --types: a llama.cpp recipe such as Q3_K_M, or a types file")
@@ -51,7 +50,7 @@ def run_compress(args: argparse.Namespace, *, load, step, out) -> int:
         tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
                   else default_stats_tokens(loaded.tokenizer))
         with step(f"collecting the importance matrix on {len(tokens)} sequences"):
-            importance = importance_from_stats(collect_activation_stats(loaded.model, loaded.info, tokens))
+            importance = collect_importance(loaded, tokens)
     with step("quantizing and writing the GGUF file"):
         summary = compress_to_gguf(loaded, args.types, args.out, drops=drops, importance=importance,
                                    token_embedding_type=args.token_embedding_type,
