@@ -333,6 +333,9 @@ def test_metadata_is_copied_from_a_source_gguf(llama64, tmp_path):
     assert b["general.name"].contents() == a["general.name"].contents()
     assert int(b["llama.block_count"].contents()) == 2
     assert int(b["general.file_type"].contents()) == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    third = tmp_path / "third.gguf"
+    compress_to_gguf(loaded, "Q3_K_M", third)
+    assert int(gguf.GGUFReader(str(third)).fields["general.file_type"].contents()) == int(gguf.LlamaFileType.MOSTLY_Q3_K_M)
 
 
 def test_cli_compress_format_gguf(llama64, tmp_path, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from evo.gguf.recipes import resolve_types
+from evo.gguf.recipes import DEFAULT_TYPES, resolve_types
 from evo.gguf.writer import GGUFPlan, GGUFSummary, encode_tensors, plan_gguf, plan_tensors, write_gguf
 
 
@@ -25,7 +25,8 @@ def plan_from_spec(loaded, types_spec: str, *, drops: Mapping[int, str] | None =
                           n_head_kv=int(getattr(config, "num_key_value_heads", None) or heads),
                           has_imatrix=has_imatrix, token_embedding_type=token_embedding_type,
                           output_tensor_type=output_tensor_type)
-    return plan_gguf(loaded, types, drops)
+    recipe = types_spec.strip().upper() if types_spec.strip().upper() in DEFAULT_TYPES and not Path(types_spec).is_file() else None
+    return plan_gguf(loaded, types, drops, recipe=recipe)
 
 
 def compress_to_gguf(loaded, types_spec: str, out: str | Path, *, drops: Mapping[int, str] | None = None,

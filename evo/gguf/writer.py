@@ -209,8 +209,10 @@ _MAJORITY_FILE_TYPE = {
 }
 
 
-def _file_type_kv(tensors) -> KV:
-    """general.file_type: informational in llama.cpp; the type holding most weights."""
+def _file_type_kv(tensors, recipe: str | None = None) -> KV:
+    """general.file_type: informational in llama.cpp; the recipe's, else the type holding most weights."""
+    if recipe is not None:
+        return _kv("general.file_type", int(LlamaFileType[f"MOSTLY_{recipe.upper()}"]), GGUFValueType.UINT32)
     weights = Counter()
     for t in tensors:
         if t.quantizable:
@@ -331,11 +333,11 @@ def _tokenizer_metadata(tokenizer, vocab_size: int) -> list[KV]:
 
 
 def plan_gguf(loaded, types: Mapping[str, str] | None = None, drops: Mapping[int, str] | None = None,
-              *, default_type: str = "Q8_0") -> GGUFPlan:
+              *, default_type: str = "Q8_0", recipe: str | None = None) -> GGUFPlan:
     """The plan of the GGUF file of `loaded`: tensors (with `types`, by GGUF name; 2-D tensors not
     named take `default_type`, which falls back as llama.cpp does when their rows do not fit its
     blocks; 1-D tensors F32) and metadata. A type named explicitly that a shape does not allow
-    is an EvoError naming the tensor."""
+    is an EvoError naming the tensor. `recipe` (e.g. Q3_K_M) names the file type in the metadata."""
     from evo.gguf.recipes import fallback_type
 
     arch = gguf_arch(loaded)
@@ -364,7 +366,7 @@ def plan_gguf(loaded, types: Mapping[str, str] | None = None, drops: Mapping[int
         body = _metadata_from_gguf(str(Path(source.location) / source.gguf_file), arch, block_count)
     else:
         body = _metadata_from_config(loaded, arch, block_count)
-    metadata = [_kv("general.architecture", arch, GGUFValueType.STRING), *body, _file_type_kv(typed),
+    metadata = [_kv("general.architecture", arch, GGUFValueType.STRING), *body, _file_type_kv(typed, recipe),
                 _kv("general.quantization_version", QUANTIZATION_VERSION, GGUFValueType.UINT32)]
     return GGUFPlan(arch=arch, metadata=tuple(metadata), tensors=tuple(typed))
 
