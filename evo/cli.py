@@ -249,7 +249,7 @@ def compress_command(args: argparse.Namespace) -> int:
         from evo.gguf.command import run_compress
 
         return run_compress(args, load=load_model_with_progress, step=step, out=out)
-    if not args.config:
+    if not args.config or args.types:
         raise EvoError("evo compress needs --config (or --format gguf --types RECIPE)")
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
