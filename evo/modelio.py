@@ -173,6 +173,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def dtype_name(dtype: str) -> str:
+    """The canonical name of a dtype spelling ("bf16" → "bfloat16"), as run specs record it."""
+    if dtype not in _DTYPES:
+        raise EvoError(f"unknown dtype {dtype!r}: use one of auto, {', '.join(sorted(_DTYPES))}")
+    return str(_DTYPES[dtype]).removeprefix("torch.")
+
+
+def auto_dtype_name(device: str) -> str:
+    """The dtype "auto" means on this device, by name."""
+    return str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
     """Load a causal LM and its tokenizer and describe it. Never executes code from the model repo."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -143,14 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--layers", type=int, default=4, help="evenly spaced decoder layers studied (default 4)")
 
     se = sub.add_parser("search", help="evolutionary search for the best compressed model under a budget")
-    se.add_argument("--budget-mb", type=float, required=True,
-                    help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
+    se.add_argument("--budget-mb", type=float, default=None,
+                    help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config); "
+                         "required for a new run")
     _add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
     se.add_argument("--space", default="default", help="search space: a name in evo/search/spaces/ (default, bits, evop, double_compression) or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
-    se.add_argument("--generations", type=int, default=10)
+    se.add_argument("--generations", type=int, default=10,
+                    help="generations (default 10; on resume: the run's own unless given, which extends the run)")
     se.add_argument("--population", type=int, default=12)
     se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
     se.add_argument("--seed", type=int, default=0)
@@ -162,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
     se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
-    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    se.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR with its own settings (options given must match it)")
 
     rep = sub.add_parser("report", help="a run's Pareto front (table, PNG), convergence curve and evaluations CSV")
     rep.add_argument("run_dir")
@@ -347,45 +350,78 @@ def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
 def _search_spec(args: argparse.Namespace):
     from evo.search.loop import MB, SearchSpec
 
+    if args.budget_mb is None:
+        raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
         engine=args.engine, sampler=args.sampler, generations=args.generations, population=args.population, fitness=args.fitness,
         seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
         screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
-        multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs),
+        multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs), dtype=args.dtype,
     )
 
 
 @command("search")
 def search_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from evo.search.lifecycle import check_budget_mb, is_complete_run, normalize_run_dir
     from evo.search.loop import open_session, run_search
 
-    spec = _search_spec(args)
+    check_budget_mb(args.budget_mb)
+    if args.resume and args.run_dir and normalize_run_dir(args.resume) != normalize_run_dir(args.run_dir):
+        raise EvoError("--resume and --run-dir name different directories: pass one of them")
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = normalize_run_dir(args.resume)
     elif args.run_dir:
-        run_dir = Path(args.run_dir)
+        run_dir = normalize_run_dir(args.run_dir)
     else:
-        run_dir = Path("runs") / f"{Path(args.model).stem}-{args.budget_mb:g}MB-{args.space}-s{args.seed}"
-    resume = bool(args.resume) or (run_dir / "run.json").exists()
-    if resume and not args.resume:
-        console.print(f"{run_dir} already holds a run with these options: resuming it")
-    session = open_session(spec, run_dir, resume=resume, device=args.device, dtype=args.dtype,
-                           status=lambda message: console.print(message))
+        if args.budget_mb is None:
+            raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
+        from pathlib import Path
+
+        run_dir = normalize_run_dir(Path("runs") / f"{Path(args.model.rstrip('/')).stem}-{args.budget_mb:g}MB-"
+                                                   f"{args.space}-s{args.seed}")
+    resume = bool(args.resume) or is_complete_run(run_dir)
+    given = getattr(args, "given_options", None)
+    spec = _resume_spec(args, run_dir, given) if resume else _search_spec(args)
+    session = open_session(spec, run_dir, resume=resume, device=args.device,
+                           status=lambda message: console.print(message),
+                           extend=resume and (given is None or "generations" in given))
+    if resume:
+        console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
+                      f"{len(session.store)} evaluations journaled)")
     try:
         with SearchDisplay(session.spec) as display:
             result = run_search(session, on_progress=display.update)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
-                      f"continue with `evo search --resume {run_dir} --budget-mb {args.budget_mb:g}` "
-                      "and the same options")
+                      f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)")
         return EXIT_INTERRUPTED
     render_front(result, session.spec)
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
               f"export with `evo export {run_dir} --out {run_dir / 'export'}`")
     return 0
+
+
+# `evo search` option → SearchSpec field, where the names differ.
+_SPEC_FIELD = {"budget_mb": "budget_bytes", "single_stage": "multi_stage"}
+
+
+def _resume_spec(args: argparse.Namespace, run_dir, given: set[str] | None):
+    """The spec to resume with: the run's own settings, replaced by the options given on the
+    command line (a given option that differs from the run's is refused by open_session)."""
+    from dataclasses import fields, replace
+
+    from evo.search.loop import run_spec
+
+    _, stored = run_spec(run_dir)
+    if given is None:  # called without a command line (tests, the API): every option counts
+        given = {f.name for f in fields(stored)} | set(_SPEC_FIELD)
+    if args.budget_mb is None:
+        given = given - {"budget_mb"}
+        args = argparse.Namespace(**{**vars(args), "budget_mb": stored.budget_bytes / 1_000_000})
+    asked = _search_spec(args)
+    names = {_SPEC_FIELD.get(name, name) for name in given} & {f.name for f in fields(stored)}
+    return replace(stored, **{name: getattr(asked, name) for name in names})
 
 
 class SearchDisplay:
@@ -429,33 +465,18 @@ def render_front(result, spec) -> None:
 
 @command("export")
 def export_command(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from evo.search.exporting import export_run
 
-    from evo.compress.config import CompressionConfig
-    from evo.compress.export import compress_and_write
-    from evo.search.loop import MB, SearchSpec, choose_from_front, open_session
-    from evo.search.store import RunStore
-
-    run_dir = Path(args.run_dir)
-    budget = int(round(args.budget_mb * MB)) if args.budget_mb is not None else None
-    point, budget = choose_from_front(run_dir, budget)  # fails before loading anything
-    spec = SearchSpec.from_dict(RunStore.open(run_dir).spec()["search"])
-    session = open_session(spec, run_dir, resume=True, device=args.device,
-                           status=lambda message: console.print(message))
-    config = CompressionConfig.from_dict(point["config"])
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / "best.toml"
-    config.save(config_path)
-    with step("compressing and writing the artifact"):
-        summary = compress_and_write(session.loaded, config, out_dir / "artifact", stats=session.activation_stats,
-                                     size_cache=session.size_model.size_cache, overwrite=args.overwrite)
-    render_artifact(summary)
-    if summary.total_bytes != point["size_bytes"]:
-        raise EvoError(f"the artifact has {summary.total_bytes} bytes but the run recorded {point['size_bytes']}: "
-                       "the size cache is stale; delete the run's size_cache and export again")
-    out.print(f"config {config_path} ({spec.fitness} {point['quality']:.4f} recorded); artifact bytes "
-              f"{summary.total_bytes:,} <= budget {budget:,}")
+    result = export_run(args.run_dir, args.out, budget_mb=args.budget_mb, device=args.device,
+                        overwrite=args.overwrite, status=lambda message: console.print(message))
+    point = result.point
+    if result.unchanged:
+        out.print(f"{result.artifact_path} already holds this export ({point['size_bytes']:,} bytes, "
+                  f"{result.metric} {point['quality']:.4f} recorded): nothing to do")
+        return 0
+    render_artifact(result.summary)
+    out.print(f"config {result.config_path} ({result.metric} {point['quality']:.4f} recorded); artifact bytes "
+              f"{result.summary.total_bytes:,} <= budget {result.budget_bytes:,}")
     return 0
 
 
@@ -587,10 +608,23 @@ def render_calibration(calibration_set) -> None:
     out.print(table)
 
 
+def _given_options(argv: list[str]) -> set[str]:
+    """The `evo search` options written on the command line (not left at their defaults), so that
+    a resume takes the run's own settings for the others."""
+    parser = build_parser()
+    search = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["search"]
+    for action in search._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
+        if args.command == "search":
+            args.given_options = _given_options(argv)
         return COMMANDS[args.command](args)
     except EvoError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

@@ -91,6 +91,12 @@ def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: Tenso
         return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
     groups = (shape[0], num_groups(shape[1], setting.group_size))
     codes = torch.from_numpy(values).reshape(shape)
+    for kind in ("scales", "zeros"):
+        if kind in encoded.frames:
+            _, _, count = coding.frame_info(encoded.frames[kind])
+            if count != groups[0] * groups[1]:
+                raise EvoError(f"the {kind} frame holds {count} values but shape {shape} with setting "
+                               f"{setting.key()} needs {groups[0] * groups[1]}: the artifact is corrupt; re-export it")
     scales = _from_u16(coding.decode(encoded.frames["scales"]), torch.float16, groups)
     zeros = None
     if not setting.symmetric:
@@ -155,12 +161,14 @@ class SizeCache:
             record = json.loads(self._path(key).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError):
-            return None  # unreadable entry: recompute and overwrite it
+        except (OSError, ValueError, RecursionError):
+            return None  # unreadable entry (bad JSON, bad UTF-8, too deep): recompute and overwrite it
         if not isinstance(record, dict) or record.get("format") != SIZE_FORMAT or record.get("key") != asdict(key):
             return None
         try:
             entry = SizeEntry(**record["entry"])
+            if not isinstance(entry.compressed_bytes, int) or entry.compressed_bytes < 0:
+                return None
         except (KeyError, TypeError):
             return None
         self._memory[key] = entry

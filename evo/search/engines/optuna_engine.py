@@ -201,15 +201,20 @@ class OptunaEngine:
         optuna = _optuna()
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        tmp = self.journal_path.with_name(f".{self.journal_path.name}.tmp")
+        # An absolute path: optuna's lock is a symlink to the journal, which dangles when relative.
+        tmp = Path(os.path.abspath(self.journal_path.with_name(f".{self.journal_path.name}.tmp")))
         tmp.unlink(missing_ok=True)
+        # A kill while optuna held its lock leaves the symlink behind, and optuna then waits on it
+        # forever; evo holds the run directory's lock, so it is the only writer: clear it.
+        for stale in tmp.parent.glob(f"{tmp.name}.lock*"):
+            stale.unlink(missing_ok=True)
         storage = JournalStorage(JournalFileBackend(str(tmp)))
         study = self._study(storage, optuna.samplers.RandomSampler(seed=0))
         study.set_user_attr("budget_bytes", self.problem.budget_bytes)
         study.set_user_attr("sampler", self.sampler_name)
         study.set_user_attr("repaired_proposals", len(self.proposals))
         del study, storage
-        os.replace(tmp, self.journal_path)
+        os.replace(tmp, os.path.abspath(self.journal_path))
 
     # --- checkpoint ----------------------------------------------------------------------------
 
