@@ -394,7 +394,8 @@ def search_command(args: argparse.Namespace) -> int:
             result = run_search(session, on_progress=display.update)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
-                      f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)")
+                      f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",
+                      soft_wrap=True, highlight=False)
         return EXIT_INTERRUPTED
     render_front(result, session.spec)
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "

@@ -235,7 +235,6 @@ def open_session(
     from evo.search.lifecycle import (
         check_directory_path,
         is_complete_run,
-        is_partial_creation,
         normalize_run_dir,
         open_run_directory,
         remove_run_directory,
@@ -252,13 +251,9 @@ def open_session(
     rewrite_spec = False
     lock = None
     if resume:
-        if is_partial_creation(run_dir):
-            raise EvoError(f"the creation of run {run_dir} was interrupted before its first step: "
-                           f"start it again with --run-dir {run_dir} (it is treated as new)")
         if not is_complete_run(run_dir):
             RunStore.open(run_dir)  # says what is missing
-        lock = open_run_directory(run_dir)  # refuses while another process holds the run
-        store = RunStore.open(run_dir)
+        store = RunStore.open(run_dir, read_journal=False)
         spec_data = store.spec()
         stored = SearchSpec.from_dict(spec_data.get("search") if isinstance(spec_data, dict) else None,
                                       where=str(run_dir / "spec.json"))
@@ -270,6 +265,8 @@ def open_session(
                 f"run {run_dir} was started with other settings ({details}): "
                 f"resume with the run's options, or start a new run with another --run-dir"
             )
+        lock = open_run_directory(run_dir)  # refuses while another process holds the run
+        store = RunStore.open(run_dir)  # the journal is read under the lock
         if extend and spec.generations > stored.generations:
             say(f"extending run {run_dir} from {stored.generations} to {spec.generations} generations")
             rewrite_spec = True
@@ -507,7 +504,7 @@ def _result(session: SearchSession, engine, new_evaluations: int) -> SearchResul
 
 def choose_from_front(run_dir: Path, budget_bytes: int | None = None) -> tuple[dict, int]:
     """The best front point under a budget (default: the run's), and that budget."""
-    store = RunStore.open(run_dir)
+    store = RunStore.open(run_dir, read_journal=False)
     front = store.read_json(FRONT_FILE)
     budget = budget_bytes if budget_bytes is not None else int(front["budget_bytes"])
     fitting = [p for p in front["front"] if p["size_bytes"] <= budget]
@@ -522,7 +519,7 @@ def choose_from_front(run_dir: Path, budget_bytes: int | None = None) -> tuple[d
 
 def run_spec(run_dir: Path) -> tuple[RunStore, SearchSpec]:
     """An existing run and the spec it was started with (read only: no lock, nothing written)."""
-    store = RunStore.open(run_dir)
+    store = RunStore.open(run_dir, read_journal=False)
     data = store.spec()
     return store, SearchSpec.from_dict(data.get("search") if isinstance(data, dict) else None,
                                        where=str(Path(run_dir) / "spec.json"))

@@ -80,10 +80,17 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "RunStore":
+    def open(cls, directory: str | os.PathLike, *, read_journal: bool = True) -> "RunStore":
+        """Open a run; read_journal=False only looks (the journal is read, and a torn last line
+        truncated, by the process that holds the run's lock)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise EvoError(f"run directory {directory} does not exist: check the path or start a new search")
+        from evo.search.lifecycle import is_partial_creation
+
+        if is_partial_creation(directory):
+            raise EvoError(f"the creation of run {directory} was interrupted before its first step: "
+                           f"start it again with --run-dir {directory} (it is treated as new)")
         if not (directory / MANIFEST_FILE).is_file() or not (directory / SPEC_FILE).is_file():
             raise EvoError(f"{directory} is not an evo run directory (no {MANIFEST_FILE} / {SPEC_FILE})")
         try:
@@ -94,7 +101,8 @@ class RunStore:
         if manifest.get("format") != STORE_FORMAT:
             raise EvoError(f"{directory} was written by an incompatible evo (run format {manifest.get('format')})")
         store = cls(directory)
-        store._read_journal()
+        if read_journal:
+            store._read_journal()
         return store
 
     def spec(self) -> dict:
