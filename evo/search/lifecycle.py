@@ -162,6 +162,7 @@ def open_run_directory(directory: Path) -> RunLock:
     """Lock an existing run for this process and remove the temp files killed writers left."""
     lock = RunLock.acquire(directory)
     clean_temp_files(directory)
+    clean_stale_staging(directory.parent)  # a kill between creating the run and moving its sizes in
     return lock
 
 
