@@ -2,10 +2,10 @@
 
 It needs only the weights and the space, so `evo search` checks a budget right after loading the
 model, before CCDS, statistics or the dense reference, and before it creates a run directory.
-Activation-aware pruning (wanda, linf) needs statistics that come from the calibration set; before
-they exist, uniform statistics stand in (wanda becomes magnitude pruning, same zero count), so that
-bound is approximate and only a budget clearly beyond it is refused early; the exact check follows
-once the statistics exist.
+The early range is an estimate from a sample of each tensor's rows; activation-aware pruning
+(wanda, linf) needs statistics from the calibration set, so uniform statistics stand in (wanda
+becomes magnitude pruning, same zero count). Only a budget clearly beyond the estimate is refused
+early; the exact check follows once the statistics exist, before the dense reference.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from evo.errors import EvoError
 
 MB = 1_000_000
-# How far a stand-in bound may be from the exact one (measured: <0.5 % on SmolLM2 and the tiny
-# test models); a budget within it of an approximate bound waits for the exact check.
-STAND_IN_TOLERANCE = 0.05
+# How far the early estimate may be from the exact size (row sampling, stand-in statistics,
+# manifest length); a budget within it of an estimated bound waits for the exact check.
+STAND_IN_TOLERANCE = 0.10
+# The early estimate compresses this fraction of each tensor's rows and twice as many (3/32 of a
+# full size pass), and extrapolates linearly (frame headers are a fixed cost).
+SAMPLED_ROWS = 1 / 32
+MIN_SAMPLED_ROWS = 16
+MANIFEST_BYTES_PER_TENSOR = 600  # a manifest entry: name, shape, setting, 3 frames with sha256
 
 
 @dataclass(frozen=True)
@@ -54,16 +59,55 @@ def budget_range(space, loaded, size_model) -> BudgetRange:
     return BudgetRange(size_model.artifact_bytes(smallest), size_model.artifact_bytes(largest), exact=True)
 
 
-def early_budget_range(space, loaded, size_cache) -> BudgetRange:
-    """The range before calibration: exact where the extreme configs need no statistics."""
-    from evo.compress.export import needs_stats
-    from evo.compress.sizemodel import SizeModel
+def early_budget_range(space, loaded, size_cache=None, *, row_fraction: float = SAMPLED_ROWS) -> BudgetRange:
+    """The range before calibration, estimated in seconds: every stored tensor of the two extreme
+    configs is compressed and encoded on an evenly spaced sample of its rows (quantization groups
+    lie within a row, so a sample's codes are exactly those rows' codes) and its bytes scaled up;
+    the metadata files are measured exactly. Not exact (exact=False): only a budget beyond
+    STAND_IN_TOLERANCE of it is refused; `budget_range` decides the rest once statistics exist.
+    `size_cache` is unused (kept for callers that pass one)."""
+    from evo.compress.sizemodel import ArtifactMetadata
 
     smallest, largest = extreme_configs(space, loaded.info)
-    stand_in = needs_stats(smallest, loaded) or needs_stats(largest, loaded)
-    stats = stand_in_stats(loaded.info) if stand_in else None
-    size_model = SizeModel.for_model(loaded, size_cache, stats=stats)
-    return BudgetRange(size_model.artifact_bytes(smallest), size_model.artifact_bytes(largest), exact=not stand_in)
+    weights = dict(loaded.model.named_parameters())
+    stats = stand_in_stats(loaded.info)
+    metadata = ArtifactMetadata(loaded.model, loaded.tokenizer, loaded.info)
+    sizes = [_estimated_bytes(config, loaded.info, weights, stats, metadata, row_fraction)
+             for config in (smallest, largest)]
+    return BudgetRange(sizes[0], sizes[1], exact=False)
+
+
+def _estimated_bytes(config, info, weights, stats, metadata, row_fraction: float) -> int:
+    import torch
+
+    from evo.compress import compress_tensor
+    from evo.compress.model import plan_model
+    from evo.compress.size import encode_tensor
+
+    plan = plan_model(info, config)
+    tensor_bytes = 0.0
+    with torch.no_grad():
+        for tensor in plan.tensors:
+            weight = weights[tensor.source].detach().to("cpu", torch.float32)
+            setting = tensor.setting
+            act = stats.get(tensor.source) if setting.quantized and setting.sparsity > 0 else None
+
+            def encoded_bytes(take: int) -> int:
+                index = torch.linspace(0, weight.shape[0] - 1, take).round().long().unique()
+                return encode_tensor(compress_tensor(weight[index].contiguous(), setting, act).quantized
+                                     ).compressed_bytes
+
+            rows = weight.shape[0]
+            take = max(MIN_SAMPLED_ROWS, round(rows * row_fraction))
+            if 2 * take >= rows:
+                tensor_bytes += encoded_bytes(rows)
+                continue
+            # bytes = frame headers (fixed) + rows x bytes per row: two samples separate the two
+            small, large = encoded_bytes(take), encoded_bytes(2 * take)
+            per_row = (large - small) / take
+            tensor_bytes += max(small - per_row * take, 0.0) + per_row * rows
+    files = metadata.files(plan.kept_layers, 0)
+    return int(tensor_bytes + sum(files.values()) + MANIFEST_BYTES_PER_TENSOR * len(plan.tensors))
 
 
 def check_budget(budget_bytes: int, reach: BudgetRange, *, fixed_drops: int | None = None) -> None:
