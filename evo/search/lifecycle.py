@@ -25,7 +25,6 @@ LOCK_FILE = ".lock"
 RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
 SPEC_FILE = "spec.json"
 STAGING_PREFIX = ".evo-creating-"  # a run being created, beside its final path
-SIZES_PREFIX = ".evo-sizes-"  # sizes measured for the budget check before the run exists: .evo-sizes-PID-*
 TEMP_MARKER = ".tmp"  # atomic_write_text's and the optuna engine's temp files: .NAME.<random>.tmp
 # Files an interrupted creation by an older evo could leave (spec.json written, run.json not).
 PARTIAL_CREATION_FILES = frozenset({SPEC_FILE, LOCK_FILE})
@@ -162,7 +161,6 @@ def open_run_directory(directory: Path) -> RunLock:
     """Lock an existing run for this process and remove the temp files killed writers left."""
     lock = RunLock.acquire(directory)
     clean_temp_files(directory)
-    clean_stale_staging(directory.parent)  # a kill between creating the run and moving its sizes in
     return lock
 
 
@@ -185,12 +183,7 @@ def clean_temp_files(directory: Path) -> list[Path]:
 
 
 def clean_stale_staging(parent: Path) -> None:
-    """Remove creations that a kill interrupted (hidden siblings nobody holds a lock on, size
-    caches of budget checks whose process is gone)."""
-    for sizes in parent.glob(f"{SIZES_PREFIX}*"):
-        pid = sizes.name[len(SIZES_PREFIX):].split("-")[0]
-        if sizes.is_dir() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(sizes, ignore_errors=True)
+    """Remove creations that a kill interrupted (hidden siblings nobody holds a lock on)."""
     for staging in parent.glob(f"{STAGING_PREFIX}*"):
         if not staging.is_dir():
             continue
@@ -200,16 +193,6 @@ def clean_stale_staging(parent: Path) -> None:
             continue  # another process is creating that run now
         shutil.rmtree(staging, ignore_errors=True)
         lock.release()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_temp_name(name: str) -> bool:

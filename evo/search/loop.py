@@ -324,26 +324,14 @@ def _load_seed_configs(spec: SearchSpec) -> None:
 
 
 def _create_checked_run(spec: SearchSpec, space, loaded, run_dir: Path, say: StatusCallback):
-    """Check the budget against the space's reach (sizes from the weights alone), then create
-    the run directory atomically; the sizes measured move into its size cache."""
-    import shutil
-    import tempfile
-
-    from evo.compress.size import SizeCache
+    """Check the budget against the space's reach estimated from the weights alone (seconds),
+    then create the run directory atomically and return its lock."""
     from evo.search.budget import check_budget, early_budget_range
-    from evo.search.lifecycle import SIZES_PREFIX, check_directory_path, create_run_directory
+    from evo.search.lifecycle import create_run_directory
 
-    check_directory_path(run_dir, "--run-dir")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run_dir.parent, prefix=f"{SIZES_PREFIX}{os.getpid()}-") as tmp:
-        say("checking the budget against the space's smallest and largest artifacts")
-        reach = early_budget_range(space, loaded, SizeCache(tmp))
-        check_budget(spec.budget_bytes, reach, fixed_drops=space.fixed_drops)
-        lock = create_run_directory(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
-        target = run_dir / SIZE_CACHE_DIR
-        shutil.move(tmp, target)  # the sizes measured are the run's first cache entries
-        Path(tmp).mkdir()  # TemporaryDirectory removes its (now empty) directory itself
-    return lock
+    say("checking the budget against the space's smallest and largest artifacts")
+    check_budget(spec.budget_bytes, early_budget_range(space, loaded), fixed_drops=space.fixed_drops)
+    return create_run_directory(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
 
 
 def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback, space=None):
