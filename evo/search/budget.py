@@ -18,9 +18,9 @@ MB = 1_000_000
 # How far the early estimate may be from the exact size (row sampling, stand-in statistics,
 # manifest length); a budget within it of an estimated bound waits for the exact check.
 STAND_IN_TOLERANCE = 0.10
-# The early estimate compresses this fraction of each tensor's rows and twice as many (3/32 of a
+# The early estimate compresses this fraction of each tensor's rows and twice as many (3/64 of a
 # full size pass), and extrapolates linearly (frame headers are a fixed cost).
-SAMPLED_ROWS = 1 / 32
+SAMPLED_ROWS = 1 / 64
 MIN_SAMPLED_ROWS = 16
 MANIFEST_BYTES_PER_TENSOR = 600  # a manifest entry: name, shape, setting, 3 frames with sha256
 

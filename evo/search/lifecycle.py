@@ -112,7 +112,7 @@ def is_partial_creation(directory: Path) -> bool:
     if not directory.is_dir() or is_complete_run(directory):
         return False
     names = {p.name for p in directory.iterdir()}
-    return all(name in PARTIAL_CREATION_FILES or _is_temp_name(name) for name in names)
+    return SPEC_FILE in names and all(name in PARTIAL_CREATION_FILES or _is_temp_name(name) for name in names)
 
 
 def create_run_directory(directory: Path, spec: dict) -> RunLock:
