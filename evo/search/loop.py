@@ -267,6 +267,7 @@ def open_session(
             )
         lock = open_run_directory(run_dir)  # refuses while another process holds the run
         store = RunStore.open(run_dir)  # the journal is read under the lock
+        store.read_checkpoint()  # a malformed checkpoint fails before the model loads
         if extend and spec.generations > stored.generations:
             say(f"extending run {run_dir} from {stored.generations} to {spec.generations} generations")
             rewrite_spec = True
