@@ -35,6 +35,7 @@ MODEL_CONFIG_FILE = "config.json"
 # --- a run directory (evo search) ----------------------------------------------------------------------
 RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
 SPEC_FILE = "spec.json"
+LOCK_FILE = ".lock"  # flock'd by the one process that works on the run (evo.search.lifecycle)
 JOURNAL_FILE = "journal.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
 FRONT_FILE = "front.json"

@@ -34,17 +34,15 @@ def evo(*args, wait=True):
 
 @pytest.fixture(scope="module")
 def budget_mb(tiny_model_dir, tmp_path_factory):
-    """A budget halfway between the smallest and largest artifact of the default space."""
-    corpus = _corpus(tmp_path_factory.mktemp("corpus"))
-    spec = SearchSpec(budget_bytes=10**9, model=str(tiny_model_dir("llama")), corpus=(str(corpus),), samples=6,
-                      seq_len=32, clusters=3, screen_sequences=2, screen_tokens=16, fitness="ppl")
-    session = open_session(spec, tmp_path_factory.mktemp("probe") / "run", resume=False)
-    from evo.search.space import extreme_genome
-    from evo.search.engines import Problem
+    """A budget 40 % of the way from the smallest to the largest artifact of the default space."""
+    from evo.compress.size import SizeCache
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
 
-    problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes)
-    low = session.size_of(extreme_genome(problem, smallest=True))
-    high = session.size_of(extreme_genome(problem, smallest=False))
+    loaded = load_model(str(tiny_model_dir("llama")))
+    reach = early_budget_range(SearchSpace.load("default"), loaded, SizeCache(tmp_path_factory.mktemp("sizes")))
+    low, high = reach.smallest, reach.largest
     return (low + 0.4 * (high - low)) / 1e6, low / 1e6, high / 1e6
 
 

@@ -29,9 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
+        if args.command == "search":  # a resume takes the run's own settings for options not given
+            args.given_options = search.given_options(build_parser(), argv)
         return COMMANDS[args.command].run(args)
     except EvoError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

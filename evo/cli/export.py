@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import console, out, render_artifact, step
-from evo.errors import EvoError
+from evo.cli.ui import console, out, render_artifact
 
 
 def add_parser(sub) -> None:
@@ -22,43 +21,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from evo.search.exporting import export_run
 
-    from evo.compress.config import CompressionConfig
-    from evo.compress.model import compress_and_write
-    from evo.constants import EXPORT_ARTIFACT_DIR, EXPORT_CONFIG_FILE, MB
-    from evo.search.loop import open_session, run_spec
-
-    run_dir = Path(args.run_dir)
-    budget = int(round(args.budget_mb * MB)) if args.budget_mb is not None else None
-    store, spec = run_spec(run_dir, dtype=args.dtype)  # fails before loading anything
-    point, budget = store.choose(budget)
-    session = open_session(spec, run_dir, resume=True, device=args.device,
-                           status=lambda message: console.print(message))
-    config = CompressionConfig.from_dict(point.config)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / EXPORT_CONFIG_FILE
-    config.save(config_path)
-    with step(f"compressing and writing the artifact ({session.spec.dtype})"):
-        summary = compress_and_write(session.loaded, config, out_dir / EXPORT_ARTIFACT_DIR,
-                                     stats=session.activation_stats, size_cache=session.size_model.size_cache,
-                                     overwrite=args.overwrite, prefer_decode_speed=args.prefer_decode_speed)
-    render_artifact(summary)
-    if args.prefer_decode_speed:
-        from evo.runtime.sizes import decode_speed_size
-
-        expected = decode_speed_size(session.size_model, config)
-        if summary.total_bytes != expected:
-            raise EvoError(f"the artifact has {summary.total_bytes} bytes but the size model predicts {expected} "
-                           "with fast-decoding coders: the size cache is stale; delete the run's size_cache and "
-                           "export again")
-        over = " (over the budget: the run chose it with the smallest coders)" if expected > budget else ""
-        out.print(f"fast-decoding coders: {expected:,} bytes vs {point.size_bytes:,} recorded{over}")
+    result = export_run(args.run_dir, args.out, budget_mb=args.budget_mb, device=args.device, dtype=args.dtype,
+                        overwrite=args.overwrite, prefer_decode_speed=args.prefer_decode_speed,
+                        status=lambda message: console.print(message))
+    point = result.point
+    if result.unchanged:
+        out.print(f"{result.artifact_path} already holds this export ({point.size_bytes:,} bytes, "
+                  f"{result.metric} {point.quality:.4f} recorded): nothing to do")
         return 0
-    if summary.total_bytes != point.size_bytes:
-        raise EvoError(f"the artifact has {summary.total_bytes} bytes but the run recorded {point.size_bytes}: "
-                       "the size cache is stale; delete the run's size_cache and export again")
-    out.print(f"config {config_path} ({spec.fitness} {point.quality:.4f} recorded); artifact bytes "
-              f"{summary.total_bytes:,} <= budget {budget:,}")
+    render_artifact(result.summary)
+    if args.prefer_decode_speed:
+        over = " (over the budget: the run chose it with the smallest coders)" if result.expected_bytes > result.budget_bytes else ""
+        out.print(f"fast-decoding coders: {result.expected_bytes:,} bytes vs {point.size_bytes:,} recorded{over}")
+        return 0
+    out.print(f"config {result.config_path} ({result.metric} {point.quality:.4f} recorded); artifact bytes "
+              f"{result.summary.total_bytes:,} <= budget {result.budget_bytes:,}")
     return 0

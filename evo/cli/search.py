@@ -8,18 +8,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from evo.cli.ui import EXIT_INTERRUPTED, add_model_options, console, out
+from evo.errors import EvoError
 
 
 def add_parser(sub) -> None:
     se = sub.add_parser("search", help="evolutionary search for the best compressed model under a budget")
-    se.add_argument("--budget-mb", type=float, required=True,
-                    help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
+    se.add_argument("--budget-mb", type=float, default=None,
+                    help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config); "
+                         "required for a new run")
     add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
     se.add_argument("--space", default="default", help="search space: a name in evo/search/spaces/ (default, bits, evop, double_compression) or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
-    se.add_argument("--generations", type=int, default=10)
+    se.add_argument("--generations", type=int, default=10,
+                    help="generations (default 10; on resume: the run's own unless given, which extends the run)")
     se.add_argument("--population", type=int, default=12)
     se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
     se.add_argument("--seed", type=int, default=0)
@@ -31,13 +34,16 @@ def add_parser(sub) -> None:
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
     se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
-    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    se.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR with its own settings (options given must match it)")
 
 
 def _search_spec(args: argparse.Namespace):
     from evo.constants import MB
     from evo.search.loop import SearchSpec
 
+    if args.budget_mb is None:
+        raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
         engine=args.engine, sampler=args.sampler, generations=args.generations, population=args.population, fitness=args.fitness,
@@ -50,32 +56,73 @@ def _search_spec(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from evo.search.loop import is_run, open_session, run_search
+    from evo.search.lifecycle import check_budget_mb, is_complete_run, normalize_run_dir
+    from evo.search.loop import open_session, run_search
 
-    spec = _search_spec(args)
+    check_budget_mb(args.budget_mb)
+    if args.resume and args.run_dir and normalize_run_dir(args.resume) != normalize_run_dir(args.run_dir):
+        raise EvoError("--resume and --run-dir name different directories: pass one of them")
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = normalize_run_dir(args.resume)
     elif args.run_dir:
-        run_dir = Path(args.run_dir)
+        run_dir = normalize_run_dir(args.run_dir)
     else:
-        run_dir = Path("runs") / f"{Path(args.model).stem}-{args.budget_mb:g}MB-{args.space}-s{args.seed}"
-    resume = bool(args.resume) or is_run(run_dir)
-    if resume and not args.resume:
-        console.print(f"{run_dir} already holds a run with these options: resuming it")
+        if args.budget_mb is None:
+            raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
+        run_dir = normalize_run_dir(Path("runs") / f"{Path(args.model.rstrip('/')).stem}-{args.budget_mb:g}MB-"
+                                                   f"{args.space}-s{args.seed}")
+    resume = bool(args.resume) or is_complete_run(run_dir)
+    given = getattr(args, "given_options", None)
+    spec = _resume_spec(args, run_dir, given) if resume else _search_spec(args)
     session = open_session(spec, run_dir, resume=resume, device=args.device,
-                           status=lambda message: console.print(message))
+                           status=lambda message: console.print(message),
+                           extend=resume and (given is None or "generations" in given))
+    if resume:
+        console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
+                      f"{len(session.store)} evaluations journaled)")
     try:
         with SearchDisplay(session.spec) as display:
             result = run_search(session, on_progress=display.update)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
-                      f"continue with `evo search --resume {run_dir} --budget-mb {args.budget_mb:g}` "
-                      "and the same options")
+                      f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",
+                      soft_wrap=True, highlight=False)
         return EXIT_INTERRUPTED
     render_front(result, session.spec)
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
               f"export with `evo export {run_dir} --out {run_dir / 'export'}`")
     return 0
+
+
+# `evo search` option → SearchSpec field, where the names differ.
+_SPEC_FIELD = {"budget_mb": "budget_bytes", "single_stage": "multi_stage"}
+
+
+def _resume_spec(args: argparse.Namespace, run_dir, given: set[str] | None):
+    """The spec to resume with: the run's own settings, replaced by the options given on the
+    command line (a given option that differs from the run's is refused by open_session)."""
+    from dataclasses import fields, replace
+
+    from evo.search.loop import run_spec
+
+    _, stored = run_spec(run_dir)
+    if given is None:  # called without a command line (tests, the API): every option counts
+        given = {f.name for f in fields(stored)} | set(_SPEC_FIELD)
+    if args.budget_mb is None:
+        given = given - {"budget_mb"}
+        args = argparse.Namespace(**{**vars(args), "budget_mb": stored.budget_bytes / 1_000_000})
+    asked = _search_spec(args)
+    names = {_SPEC_FIELD.get(name, name) for name in given} & {f.name for f in fields(stored)}
+    return replace(stored, **{name: getattr(asked, name) for name in names})
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The `evo search` options written on the command line (not left at their defaults), so that
+    a resume takes the run's own settings for the others."""
+    search = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["search"]
+    for action in search._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 class SearchDisplay:

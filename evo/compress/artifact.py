@@ -359,10 +359,23 @@ def write_model_config(path: Path, model: nn.Module) -> None:
     _write_bytes(path, config.to_json_string(use_diff=True).encode())
 
 
+# What transformers records of how a tokenizer was loaded (HF_HUB_OFFLINE sets local_files_only):
+# not part of the tokenizer, so left out of artifacts, whose bytes depend on the config and model only.
+LOADING_KWARGS = ("local_files_only", "is_local", "cache_dir", "force_download", "proxies", "token",
+                  "use_auth_token", "revision", "subfolder", "trust_remote_code", "_commit_hash", "_from_auto")
+
+
 def save_tokenizer(directory: Path, tokenizer) -> None:
     if tokenizer is None:
         raise EvoError("an artifact needs the tokenizer: pass the tokenizer the model was loaded with")
-    tokenizer.save_pretrained(str(directory))
+    saved = dict(tokenizer.init_kwargs)
+    try:
+        for key in LOADING_KWARGS:
+            tokenizer.init_kwargs.pop(key, None)
+        tokenizer.save_pretrained(str(directory))
+    finally:
+        tokenizer.init_kwargs.clear()
+        tokenizer.init_kwargs.update(saved)
 
 
 def _json(value: Any) -> str:
@@ -568,7 +581,7 @@ def read_manifest(path: str | os.PathLike[str]) -> ArtifactManifest:
         ) from None
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested past Python's stack
         raise EvoError(f"artifact {path}: {MANIFEST_FILE} is truncated or corrupt; re-export it") from None
     return ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST_FILE}")
 
@@ -721,7 +734,11 @@ def load(
     except (OSError, ValueError) as exc:
         raise EvoError(f"artifact {path}: cannot load its tokenizer ({exc}); re-export it") from None
     if (path / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(str(path))
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise EvoError(f"artifact {path}: generation_config.json is not a valid generation config "
+                           f"({type(exc).__name__}); re-export it") from None
     model.to(torch_device)
     model.eval()
     if runtime is not None:

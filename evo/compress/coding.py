@@ -395,6 +395,12 @@ def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: Tenso
         return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
     groups = (shape[0], num_groups(shape[1], setting.group_size))
     codes = torch.from_numpy(values).reshape(shape)
+    for kind in ("scales", "zeros"):
+        if kind in encoded.frames:
+            _, _, count = frame_info(encoded.frames[kind])
+            if count != groups[0] * groups[1]:
+                raise EvoError(f"the {kind} frame holds {count} values but shape {shape} with setting "
+                               f"{setting.key()} needs {groups[0] * groups[1]}: the artifact is corrupt; re-export it")
     scales = _from_u16(decode(encoded.frames["scales"]), torch.float16, groups)
     zeros = None
     if not setting.symmetric:

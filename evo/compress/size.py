@@ -88,12 +88,14 @@ class SizeCache:
             record = json.loads(self._path(key).read_text())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError):
-            return None  # unreadable entry: recompute and overwrite it
+        except (OSError, ValueError, RecursionError):
+            return None  # unreadable entry (bad JSON, bad UTF-8, too deep): recompute and overwrite it
         if not isinstance(record, dict) or record.get("format") != SIZE_FORMAT or record.get("key") != asdict(key):
             return None
         try:
             entry = SizeEntry(**record["entry"])
+            if not isinstance(entry.compressed_bytes, int) or entry.compressed_bytes < 0:
+                return None
         except (KeyError, TypeError):
             return None
         self._memory[key] = entry

@@ -144,11 +144,14 @@ def read_corpus(specs: Sequence[str] | str = (EMBEDDED_CORPUS,), *, text_field: 
             docs = _documents_from_bytes(raw, path=path, source=source, text_field=text_field)
             files.append(CorpusFile(source=source, path=path, sha256=hashlib.sha256(raw).hexdigest(), documents=len(docs)))
             documents.extend(docs)
-    if not any(doc.text.strip() for doc in documents):
+    if not any(_VISIBLE.search(doc.text) for doc in documents):  # NUL bytes and blanks are no text
         names = ", ".join(f.path for f in files) or ", ".join(specs)
         raise EvoError(f"corpus is empty: no text in {names}; pass files with text via --corpus PATH")
     _check_unique_sources(files)
     return Corpus(documents=tuple(documents), files=tuple(files))
+
+
+_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f]")
 
 
 def _check_unique_sources(files: list[CorpusFile]) -> None:

@@ -6,9 +6,10 @@ It knows nothing about DEAP: any engine with the ask/tell protocol of evo.search
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from evo import __version__
 from evo.constants import (
     BEST_FILE,
     CALIBRATION_FILE,
+    CHECKPOINT_FILE,
     MB,
     REFERENCE_FILE,
     RUN_FILE,
@@ -60,6 +62,9 @@ class SearchSpec:
     evo_version: str = __version__
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
+        if self.model.strip():  # `dir/` and `dir` are one model (and one run)
+            object.__setattr__(self, "model", os.path.normpath(self.model))
         if self.budget_bytes <= 0:
             raise EvoError("--budget-mb must be positive")
         if self.fitness not in ("kl", "ppl"):
@@ -77,6 +82,9 @@ class SearchSpec:
             object.__setattr__(self, "sampler", check_sampler(self.sampler or "tpe"))
         if self.screen_tokens > self.seq_len or self.screen_sequences > self.samples:
             raise EvoError("the screening stage must use at most the calibration set (sequences and tokens)")
+        for name in ("population", "samples", "clusters", "seq_len", "screen_sequences", "screen_tokens", "top_k"):
+            if getattr(self, name) < 1:
+                raise EvoError(f"--{name.replace('_', '-')} must be at least 1")
         if self.dtype != "auto":
             from evo.modelio import dtype_name
 
@@ -89,17 +97,50 @@ class SearchSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchSpec":
+    def from_dict(cls, data: dict[str, Any], where: str = "the run's spec") -> "SearchSpec":
+        """A spec read from a file: wrong fields or types are one EvoError naming the file."""
+        if not isinstance(data, dict):
+            raise EvoError(f"{where} is not a JSON object: this run cannot be resumed")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EvoError(f"{where} has unknown field(s) {unknown}: it was written by another evo or edited; "
+                           "this run cannot be resumed")
         data = dict(data)
-        data["corpus"] = tuple(data["corpus"])
-        data["seed_configs"] = tuple(data.get("seed_configs", ()))
-        return cls(**data)
+        try:
+            data["corpus"] = tuple(data["corpus"])
+            data["seed_configs"] = tuple(data.get("seed_configs", ()))
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise EvoError(f"{where} lacks a field or has one of the wrong type ({exc}): "
+                           "this run cannot be resumed") from None
 
     def mismatches(self, other: "SearchSpec") -> list[str]:
         """The settings in which `other` (asked on resume) differs; "auto" dtype asks for the run's."""
         ignored = {"generations", "evo_version"} | ({"dtype"} if "auto" in (self.dtype, other.dtype) else set())
         mine, theirs = self.to_dict(), other.to_dict()
         return [k for k in mine if k not in ignored and mine[k] != theirs.get(k)]
+
+
+def _check_field_types(spec: "SearchSpec") -> None:
+    """A spec read back from JSON holds what its annotations say (bool is not an int here)."""
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        kind = str(f.type)
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "bool":
+            ok = isinstance(value, bool)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        elif kind == "str | None":
+            ok = value is None or isinstance(value, str)
+        elif kind.startswith("tuple"):
+            ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        else:
+            ok = True
+        if not ok:
+            raise EvoError(f"setting {f.name} is {value!r}, not of type {kind}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +190,7 @@ class SearchSession:
 
     def __init__(self, store, spec, loaded, space, calibration, evaluator, size_model, activation_stats, genes,
                  status):
+        self.lock = None  # the run's RunLock, held while the session lives
         self.store = store
         self.spec = spec
         self.loaded = loaded
@@ -174,22 +216,46 @@ def open_session(
     resume: bool,
     device: str = "cpu",
     status: StatusCallback | None = None,
+    extend: bool = False,
 ) -> SearchSession:
-    """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
-    when the spec does not match the run or the budget is out of the space's reach. The model is
-    loaded in the run's dtype (spec.dtype; "auto" takes the run's recorded one on resume)."""
+    """Create or reopen a run directory and prepare the evaluator.
+
+    Everything checkable is checked before the first expensive step: the spec, the space, the
+    model path, the seed configs and the corpus before the model loads, the budget against the
+    space's reach right after (before CCDS, statistics and the reference). A new run directory is
+    created only then, atomically, and removed again if the run is refused before its first
+    evaluation. The run is locked for this process's life. On resume the run's own generations are
+    kept unless `extend` (the user asked for `spec.generations`); spec.json is rewritten only
+    once the resume is accepted. The model is loaded in the run's dtype (spec.dtype; "auto"
+    takes the run's recorded one on resume).
+    """
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import read_corpus
     from evo.modelio import auto_dtype_name, load_model, resolve_model_source
+    from evo.search.lifecycle import (
+        check_directory_path,
+        is_complete_run,
+        normalize_run_dir,
+        open_run_directory,
+        remove_run_directory,
+    )
     from evo.search.space import SearchSpace
 
     say = status or (lambda message: None)
+    run_dir = normalize_run_dir(run_dir)
     space = SearchSpace.load(spec.space)  # a bad space fails before anything is written
     resolve_model_source(spec.model)
+    _load_seed_configs(spec)
+    rewrite_spec = False
+    lock = None
     if resume:
-        store = RunStore.open(run_dir)
-        stored = SearchSpec.from_dict(store.spec()["search"])
+        if not is_complete_run(run_dir):
+            RunStore.open(run_dir)  # says what is missing
+        store = RunStore.open(run_dir, read_journal=False)
+        spec_data = store.spec()
+        stored = SearchSpec.from_dict(spec_data.get("search") if isinstance(spec_data, dict) else None,
+                                      where=str(run_dir / SPEC_FILE))
         differing = stored.mismatches(spec)
         if differing:
             stored_values, asked = stored.to_dict(), spec.to_dict()
@@ -198,33 +264,56 @@ def open_session(
                 f"run {run_dir} was started with other settings ({details}): "
                 f"resume with the run's options, or start a new run with another --run-dir"
             )
-        if spec.generations < stored.generations:
+        lock = open_run_directory(run_dir)  # refuses while another process holds the run
+        store = RunStore.open(run_dir)  # the journal is read under the lock
+        store.read_checkpoint()  # a malformed checkpoint fails before the model loads
+        if extend and spec.generations > stored.generations:
+            say(f"extending run {run_dir} from {stored.generations} to {spec.generations} generations")
+            rewrite_spec = True
+        else:
+            if extend and spec.generations < stored.generations:
+                say(f"run {run_dir} has {stored.generations} generations; keeping them "
+                    f"(--generations {spec.generations} cannot shrink a run)")
             spec = replace(spec, generations=stored.generations)
         if spec.dtype == "auto":
-            spec = replace(spec, dtype=stored.dtype)  # runs from before the dtype was recorded: "auto"
-        if spec.generations != stored.generations:
-            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+            spec = replace(spec, dtype=stored.dtype)  # a run from before the dtype was recorded: "auto"
+    else:
+        check_directory_path(run_dir, "--run-dir")
     if spec.dtype == "auto":
         spec = replace(spec, dtype=auto_dtype_name(device))
-    if not resume:
-        store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
-    say(f"loading model {spec.model}")
+    calibration_path = run_dir / CALIBRATION_FILE
+    corpus = None
+    if not (resume and calibration_path.exists()):
+        corpus = read_corpus(list(spec.corpus))  # a missing or empty corpus fails before the model loads
+    say(f"loading model {spec.model} ({spec.dtype})")
     loaded = load_model(spec.model, dtype=spec.dtype, device=device)
-
-    calibration_path = store.path(CALIBRATION_FILE)
-    if calibration_path.exists():
-        calibration = CalibrationSet.load(calibration_path)
-    else:
-        say("drawing the CCDS calibration set")
-        corpus = read_corpus(list(spec.corpus))
-        config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
-                                   seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
-        calibration = build_calibration_set(loaded, corpus, config)
-        calibration.save(calibration_path)
-
-    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say)
-    genes = space.genes(loaded.info)
-    return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
+    created = False
+    if not resume:
+        lock = _create_checked_run(spec, space, loaded, run_dir, say)
+        created = True
+        store = RunStore(run_dir)
+    try:
+        if calibration_path.exists():
+            calibration = CalibrationSet.load(calibration_path)
+        else:
+            say("drawing the CCDS calibration set")
+            corpus = corpus if corpus is not None else read_corpus(list(spec.corpus))
+            config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
+                                       seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
+            calibration = build_calibration_set(loaded, corpus, config)
+            calibration.save(calibration_path)
+        evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, space=space)
+        genes = space.genes(loaded.info)
+        session = SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
+        tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
+        if rewrite_spec:
+            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+    except EvoError:
+        if created and len(store) == 0:
+            remove_run_directory(run_dir, lock)  # refused before any evaluation: leave nothing behind
+        raise
+    session.lock = lock  # held for the process's life (released by the kernel when it ends)
+    return session
 
 
 def run_spec(run_dir: Path, *, dtype: str = "auto") -> tuple[RunStore, SearchSpec]:
@@ -232,8 +321,10 @@ def run_spec(run_dir: Path, *, dtype: str = "auto") -> tuple[RunStore, SearchSpe
     dtype is refused: the run's sizes and qualities hold for the weights it searched."""
     from evo.modelio import dtype_name
 
-    store = RunStore.open(run_dir)
-    spec = SearchSpec.from_dict(store.spec()["search"])
+    store = RunStore.open(run_dir, read_journal=False)  # read only: no lock, nothing written
+    data = store.spec()
+    spec = SearchSpec.from_dict(data.get("search") if isinstance(data, dict) else None,
+                                where=str(Path(run_dir) / SPEC_FILE))
     if dtype != "auto":
         if spec.dtype not in ("auto", dtype_name(dtype)):
             raise EvoError(f"run {run_dir} was searched in {spec.dtype}; its sizes and qualities hold for those "
@@ -247,11 +338,31 @@ def is_run(run_dir: Path) -> bool:
     return (Path(run_dir) / RUN_FILE).exists()
 
 
-def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
+
+def _load_seed_configs(spec: SearchSpec) -> None:
+    from evo.compress.config import CompressionConfig
+
+    for path in spec.seed_configs:
+        CompressionConfig.load(path)  # a missing or malformed file fails before the model loads
+
+
+def _create_checked_run(spec: SearchSpec, space, loaded, run_dir: Path, say: StatusCallback):
+    """Check the budget against the space's reach estimated from the weights alone (seconds),
+    then create the run directory atomically and return its lock."""
+    from evo.search.budget import check_budget, early_budget_range
+    from evo.search.lifecycle import create_run_directory
+
+    say("checking the budget against the space's smallest and largest artifacts")
+    check_budget(spec.budget_bytes, early_budget_range(space, loaded), fixed_drops=space.fixed_drops)
+    return create_run_directory(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
+
+
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback, space=None):
     from evo.evaluate.evaluator import Evaluator, FitnessConfig
     from evo.evaluate.reference import DenseReference
     from evo.compress.size import SizeCache, SizeModel
     from evo.evaluate.stats import collect_activation_stats, load_stats, save_stats
+    from evo.search.budget import budget_range, check_budget
 
     tokens = calibration.calibration.token_ids
     stats_path = store.path(STATS_FILE)
@@ -261,6 +372,9 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         say("collecting activation statistics")
         stats = collect_activation_stats(loaded.model, loaded.info, tokens)
         save_stats(stats, stats_path)
+    size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
+    if space is not None:  # the exact check, before the dense reference (the costly step)
+        check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k)
     reference_path = store.path(REFERENCE_FILE)
@@ -270,7 +384,6 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         say("computing the dense model's reference outputs")
         reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
         reference.save(reference_path)
-    size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
     evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats,
                           base_weights=size_model.weights)
@@ -329,7 +442,11 @@ def run_search(
                          multi_stage=spec.multi_stage, sampler=spec.sampler)
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
-        engine.load_state_dict(checkpoint["engine"])
+        try:
+            engine.load_state_dict(checkpoint["engine"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise EvoError(f"{store.path(CHECKPOINT_FILE)} holds a malformed engine state ({exc!r}): "
+                           "this run cannot be resumed") from None
     total = evaluations_planned(spec)
     new_evaluations = 0
     started = time.perf_counter()

@@ -73,43 +73,52 @@ class RunStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self.lock = None  # a RunLock when this store created the run
         self._journal: dict[str, JournalEntry] = {}
 
     # --- creation and opening ------------------------------------------------------------------
 
     @classmethod
     def create(cls, directory: str | os.PathLike, spec: dict) -> "RunStore":
+        """Create the run atomically (evo.search.lifecycle) and hold its lock while the store lives."""
+        from evo.search.lifecycle import create_run_directory
+
         directory = Path(directory)
-        if (directory / RUN_FILE).exists() or (directory / SPEC_FILE).exists():
-            raise EvoError(f"run directory {directory} already holds a run: resume it with --resume {directory}, "
-                           "or pass another --run-dir")
-        directory.mkdir(parents=True, exist_ok=True)
+        lock = create_run_directory(directory, spec)
         store = cls(directory)
-        atomic_write_text(directory / SPEC_FILE, json.dumps(spec, sort_keys=True, indent=2) + "\n")
-        atomic_write_text(directory / RUN_FILE, dumps({"format": STORE_FORMAT, "kind": "evo.run"}) + "\n")
+        store.lock = lock
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "RunStore":
+    def open(cls, directory: str | os.PathLike, *, read_journal: bool = True) -> "RunStore":
+        """Open a run; read_journal=False only looks (the journal is read, and a torn last line
+        truncated, by the process that holds the run's lock)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise EvoError(f"run directory {directory} does not exist: check the path or start a new search")
+        from evo.search.lifecycle import is_partial_creation
+
+        if is_partial_creation(directory):
+            raise EvoError(f"the creation of run {directory} was interrupted before its first step: "
+                           f"start it again with --run-dir {directory} (it is treated as new)")
         if not (directory / RUN_FILE).is_file() or not (directory / SPEC_FILE).is_file():
             raise EvoError(f"{directory} is not an evo run directory (no {RUN_FILE} / {SPEC_FILE})")
         try:
             manifest = json.loads((directory / RUN_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            manifest.get("format")
+        except (ValueError, RecursionError, AttributeError):
             raise EvoError(f"{directory / RUN_FILE} is corrupt: this run cannot be resumed") from None
         if manifest.get("format") != STORE_FORMAT:
             raise EvoError(f"{directory} was written by an incompatible evo (run format {manifest.get('format')})")
         store = cls(directory)
-        store._read_journal()
+        if read_journal:
+            store._read_journal()
         return store
 
     def spec(self) -> dict:
         try:
             return json.loads((self.directory / SPEC_FILE).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        except (ValueError, OSError, RecursionError):
             raise EvoError(f"{self.directory / SPEC_FILE} is corrupt: this run cannot be resumed") from None
 
     # --- journal -------------------------------------------------------------------------------
@@ -126,7 +135,7 @@ class RunStore:
                 continue
             try:
                 entry = JournalEntry.from_dict(json.loads(line))
-            except (json.JSONDecodeError, KeyError, ValueError, TypeError, UnicodeDecodeError):
+            except (KeyError, ValueError, TypeError, RecursionError):
                 if number >= len(lines) - 1:
                     # a torn last line: the process died mid-append; that evaluation was not finished
                     with open(path, "r+b") as handle:
@@ -134,6 +143,10 @@ class RunStore:
                     break
                 raise EvoError(f"{path}:{number} is corrupt (not the last line, so not a torn write): "
                                "this run cannot be resumed safely") from None
+            if entry.key in self._journal or entry.index != len(self._journal):
+                raise EvoError(f"{path}:{number} repeats evaluation {entry.key} or is out of order (index "
+                               f"{entry.index}, expected {len(self._journal)}): the journal was edited or two "
+                               "processes wrote it; this run cannot be resumed safely")
             self._journal[entry.key] = entry
             good_bytes += len(line) + 1
 
@@ -170,11 +183,14 @@ class RunStore:
             return None
         try:
             data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise EvoError(f"{path} is corrupt: this run cannot be resumed (the journal is intact; start a new "
                            "run with the same seed to reuse nothing, or restore the file)") from None
-        if data.get("format") != STORE_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != STORE_FORMAT:
             raise EvoError(f"{path} has an unknown format: this run cannot be resumed")
+        if not isinstance(data.get("generation"), int) or not isinstance(data.get("engine"), dict):
+            raise EvoError(f"{path} lacks its generation or engine state (or they have the wrong type): "
+                           "this run cannot be resumed")
         return data
 
     def write_json(self, name: str, data: Any) -> Path:
@@ -193,7 +209,7 @@ class RunStore:
             return json.loads(path.read_text())
         except FileNotFoundError:
             raise EvoError(f"{path} is missing: the run has not finished a generation yet") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):
             raise EvoError(f"{path} is corrupt") from None
 
     def write_front(self, front: list[FrontPoint], *, budget_bytes: int, metric: str, generation: int) -> Path:

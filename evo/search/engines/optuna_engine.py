@@ -22,6 +22,7 @@ run directory as the DEAP engine, behind evo's ask/tell protocol.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from pathlib import Path
@@ -206,7 +207,13 @@ class OptunaEngine:
         optuna = _optuna()
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        with atomic_path(self.journal_path) as tmp:
+        # An absolute path: optuna's lock is a symlink to the journal, which dangles when relative.
+        journal = Path(os.path.abspath(self.journal_path))
+        # The temp name is fresh each time, so a lock a killed writer left never blocks this one;
+        # evo holds the run directory's lock, so it is the only writer: clear such leftovers.
+        for stale in journal.parent.glob(f".{journal.name}*.tmp.lock*"):
+            stale.unlink(missing_ok=True)
+        with atomic_path(journal) as tmp:
             storage = JournalStorage(JournalFileBackend(str(tmp)))
             study = self._study(storage, optuna.samplers.RandomSampler(seed=0))
             study.set_user_attr("budget_bytes", self.problem.budget_bytes)
