@@ -23,7 +23,7 @@ from evo.types import (
     TensorInfo,
 )
 
-DEFAULT_MODEL = "smollm2-135m"
+from evo.defaults import DEFAULT_MODEL  # noqa: E402  (in a light module: `evo --help` shows it without torch)
 
 
 @dataclass(frozen=True)

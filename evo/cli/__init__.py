@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from evo import __version__
+from evo.cli.helpfmt import apply_everywhere
+from evo.cli.progress import ProgressDisplay
 from evo.errors import EvoError
 
 console = Console(stderr=True)
@@ -81,10 +83,10 @@ def _int_or_auto(text: str) -> int | str:
 
 
 def _add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
-    from evo.modelio import DEFAULT_MODEL
+    from evo.defaults import DEFAULT_MODEL  # not evo.modelio: `evo --help` must not import torch
 
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local dir, .gguf file or hub id")
+    parser.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto = CUDA when available")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
 
 
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--strategy", default="ccds", choices=["ccds", "random"], help="ccds, or random for ablations")
     cal.add_argument("--within", default="spread", choices=["spread", "nearest", "random"],
-                     help="which sequences of a cluster: spread (nearest to sub-cluster centroids, default), "
+                     help="which sequences of a cluster: spread (nearest to sub-cluster centroids), "
                           "nearest to the centroid, or random")
     cal.add_argument("--layer", type=int, default=None, help="decoder layer embedded (default num_layers // 4)")
     cal.add_argument("--embed-tokens", type=int, default=128, help="tokens of each sequence mean-pooled (default 128)")
@@ -147,21 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="budget in MB = 10^6 bytes of the whole artifact on disk (tensors, manifest, tokenizer, config)")
     _add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
-    se.add_argument("--space", default="default", help="search space: a name in evo/search/spaces/ (default, bits, evop, double_compression) or a .toml file")
-    se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
+    se.add_argument("--space", default="default", help="search space: a name (bits, default, double_compression, evop; in evo/search/spaces/) or a .toml file")
+    se.add_argument("--engine", default="deap", help="deap (NSGA-II), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
-    se.add_argument("--generations", type=int, default=10)
-    se.add_argument("--population", type=int, default=12)
-    se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
-    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--generations", type=int, default=10, help="generations after the first population")
+    se.add_argument("--population", type=int, default=12, help="genomes kept per generation (DEAP: 2x as offspring)")
+    se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (nats/token) or ppl (calibration perplexity)")
+    se.add_argument("--seed", type=int, default=0, help="seed of the CCDS draw and of the engine")
     se.add_argument("--samples", type=int, default=16, help="calibration sequences (CCDS)")
     se.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
-    se.add_argument("--clusters", type=int, default=8)
+    se.add_argument("--clusters", type=int, default=8, help="CCDS k-means clusters")
     se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
     se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
-    se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
+    se.add_argument("--run-dir", default=None, help="run directory (default: runs/<model name>-<budget>MB-<space>-s<seed>, e.g. runs/smollm2-135m-70MB-default-s0)")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
 
     rep = sub.add_parser("report", help="a run's Pareto front (table, PNG), convergence curve and evaluations CSV")
@@ -188,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
     ex.add_argument("--out", required=True, help="output directory: best.toml and the artifact in it")
     ex.add_argument("--device", default="cpu")
-    ex.add_argument("--overwrite", action="store_true")
-    return parser
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact in --out")
+    return apply_everywhere(parser)
 
 
 @command("calibrate")
@@ -214,13 +216,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         corpus = read_corpus(args.corpus, text_field=args.text_field)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     start = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task("embedding sequences", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        calibration_set = build_calibration_set(loaded, corpus, config, on_embed_progress=on_progress)
+    with ProgressDisplay(console) as display:
+        calibration_set = build_calibration_set(loaded, corpus, config, progress=display.step)
     elapsed = time.perf_counter() - start
     path = calibration_set.save(args.out)
     render_calibration(calibration_set)
@@ -241,6 +238,7 @@ def compress_command(args: argparse.Namespace) -> int:
     from evo.compress.config import CompressionConfig
     from evo.compress.export import compress_and_write, default_stats_tokens, needs_stats
     from evo.evaluate.stats import collect_activation_stats
+    from evo.progress import STATISTICS, counter
 
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
@@ -249,8 +247,9 @@ def compress_command(args: argparse.Namespace) -> int:
     if needs_stats(config, loaded):
         tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
                   else default_stats_tokens(loaded.tokenizer))
-        with step(f"collecting activation statistics on {len(tokens)} sequences"):
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        with ProgressDisplay(console) as display:
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                             progress=counter(display.step, STATISTICS, "sequences"))
     with step("compressing and writing the artifact"):
         summary = compress_and_write(loaded, config, args.out, stats=stats, overwrite=args.overwrite)
     render_artifact(summary)
@@ -372,11 +371,11 @@ def search_command(args: argparse.Namespace) -> int:
     resume = bool(args.resume) or (run_dir / "run.json").exists()
     if resume and not args.resume:
         console.print(f"{run_dir} already holds a run with these options: resuming it")
-    session = open_session(spec, run_dir, resume=resume, device=args.device, dtype=args.dtype,
-                           status=lambda message: console.print(message))
     try:
-        with SearchDisplay(session.spec) as display:
-            result = run_search(session, on_progress=display.update)
+        with ProgressDisplay(console, fitness=spec.fitness) as display:
+            session = open_session(spec, run_dir, resume=resume, device=args.device, dtype=args.dtype,
+                                   status=lambda message: console.print(message), progress=display.step)
+            result = run_search(session, on_progress=display.search)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir} --budget-mb {args.budget_mb:g}` "
@@ -386,35 +385,6 @@ def search_command(args: argparse.Namespace) -> int:
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
               f"export with `evo export {run_dir} --out {run_dir / 'export'}`")
     return 0
-
-
-class SearchDisplay:
-    """Rich live progress on a terminal, one plain line per evaluation otherwise."""
-
-    def __init__(self, spec) -> None:
-        self.spec = spec
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
-                                 disable=not console.is_terminal)
-        self.task = None
-
-    def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task("search", total=None, detail="")
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, p) -> None:
-        best = f"{p.best_quality:.4f} at {p.best_bytes / 1e6:.3f} MB" if p.best_quality is not None else "-"
-        eta = f"{p.eta_seconds / 60:.1f} min" if p.eta_seconds is not None else "-"
-        detail = (f"gen {p.generation}/{p.generations} stage {p.stage} best {self.spec.fitness} {best} "
-                  f"front {p.front_size} {p.evals_per_second:.2f} eval/s ETA {eta}")
-        if console.is_terminal:
-            self.progress.update(self.task, completed=p.evaluations_done, total=p.evaluations_total, detail=detail)
-        else:
-            console.print(f"[{p.evaluations_done}/{p.evaluations_total}] {detail}", highlight=False)
 
 
 def render_front(result, spec) -> None:

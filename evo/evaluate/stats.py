@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,11 @@ def _check_tokens(token_ids: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def collect_activation_stats(
-    model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4
+    model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, ActivationStats]:
-    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name.
+    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name;
+    `progress(done, total)` counts sequences.
 
     `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
     the forward never reaches (a dropped block) gets no entry.
@@ -80,6 +83,8 @@ def collect_activation_stats(
             for start in range(0, token_ids.shape[0], batch_size):
                 batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
                 model(input_ids=batch, use_cache=False)
+                if progress:
+                    progress(min(start + batch_size, token_ids.shape[0]), token_ids.shape[0])
         finally:
             model.train(was_training)
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from evo import __version__
 from evo.errors import EvoError
+from evo.progress import REFERENCE, SIZE_TABLE, STATISTICS, StepCallback, StepProgress, counter
 from evo.search.store import (
     BEST_FILE,
     CALIBRATION_FILE,
@@ -105,7 +106,7 @@ class Progress:
     best_bytes: int | None
     front_size: int
     evals_per_second: float
-    eta_seconds: float | None
+    eta_seconds: float | None  # from each stage's measured seconds per evaluation (evo.search.live)
     stage: int
     phase: str = "search"
 
@@ -167,9 +168,11 @@ def open_session(
     device: str = "cpu",
     dtype: str = "auto",
     status: StatusCallback | None = None,
+    progress: StepCallback | None = None,
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
-    when the spec does not match the run or the budget is out of the space's reach."""
+    when the spec does not match the run or the budget is out of the space's reach. `progress`
+    hears the long steps: embedding, k-means, statistics, dense reference, size table."""
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import read_corpus
@@ -207,15 +210,22 @@ def open_session(
         corpus = read_corpus(list(spec.corpus))
         config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
                                    seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
-        calibration = build_calibration_set(loaded, corpus, config)
+        calibration = build_calibration_set(loaded, corpus, config, progress=progress)
         calibration.save(calibration_path)
 
-    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say)
+    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, progress)
+    if progress is not None:
+        from evo.search.live import size_table_entries
+
+        table = size_table_entries(space, loaded.info)
+        size_model.on_entry = lambda known: progress(
+            StepProgress(SIZE_TABLE, known, max(known, table), "tensor settings", open_ended=True))
     genes = space.genes(loaded.info)
     return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
 
 
-def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback,
+                     progress: StepCallback | None = None):
     from evo.evaluate.evaluator import DenseReference, Evaluator, FitnessConfig
     from evo.compress.size import SizeCache
     from evo.compress.sizemodel import SizeModel
@@ -227,7 +237,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         stats = load_stats(stats_path)
     else:
         say("collecting activation statistics")
-        stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                         progress=counter(progress, STATISTICS, "sequences"))
         save_stats(stats, stats_path)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k)
@@ -236,7 +247,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         reference = DenseReference.load(reference_path)
     else:
         say("computing the dense model's reference outputs")
-        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
+        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
+                                           progress=counter(progress, REFERENCE, "batches"))
         reference.save(reference_path)
     size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
@@ -296,25 +308,40 @@ def run_search(
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])
+    from evo.search.live import FINAL_STAGE, StageClock, choose_best, planned_by_stage
+
     total = evaluations_planned(spec)
+    planned = planned_by_stage(spec.engine, spec.population, spec.generations, spec.multi_stage)
+    done_by_stage = {stage: 0 for stage in planned}
+    for entry in store.entries():
+        done_by_stage[entry.stage] = done_by_stage.get(entry.stage, 0) + 1
+    clock = StageClock({stage: spec.samples * spec.seq_len if stage == FINAL_STAGE
+                        else spec.screen_sequences * spec.screen_tokens for stage in planned})
+    final_stage = max(planned)
     new_evaluations = 0
     started = time.perf_counter()
     seconds_per_new: list[float] = []
+    results: list = []
 
     def report(stage: int) -> None:
         if on_progress is None:
             return
         front = engine.front()
-        best = min(front, key=lambda item: item[1].quality) if front else None
+        # The live best is export's choice over what the engine was told plus this batch's final scores.
+        told = [score for _, score in front]
+        pending = [score for request, score in results if request.stage == final_stage]
+        best = choose_best(told + pending, spec.budget_bytes, lambda s: (s.quality, s.size_bytes))
         done = len(store)
         rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 and done < total else None
+        remaining = {s: planned[s] - done_by_stage.get(s, 0) for s in planned}
+        eta = clock.eta_seconds(remaining) if done < total else 0.0
         on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
                              evaluations_total=total, new_evaluations=new_evaluations,
-                             best_quality=best[1].quality if best else None,
-                             best_bytes=best[1].size_bytes if best else None, front_size=len(front),
+                             best_quality=best.quality if best else None,
+                             best_bytes=best.size_bytes if best else None, front_size=len(front),
                              evals_per_second=rate, eta_seconds=eta, stage=stage))
 
+    report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
         requests = engine.ask()
         results = []
@@ -329,6 +356,10 @@ def run_search(
                 entry = store.append(request.genome, request.stage, quality, size, seconds)
                 new_evaluations += 1
                 seconds_per_new.append(seconds)
+                done_by_stage[request.stage] = done_by_stage.get(request.stage, 0) + 1
+                clock.tick(request.stage)
+            else:
+                clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
         engine.tell(results)
@@ -344,7 +375,7 @@ def _checkpoint(session: SearchSession, engine) -> None:
     front = [_front_entry(session, genome, score) for genome, score in engine.front()]
     session.store.write_json(FRONT_FILE, {"budget_bytes": session.spec.budget_bytes, "metric": session.spec.fitness,
                                           "generation": engine.generation, "front": front})
-    best = min(front, key=lambda item: item["quality"]) if front else None
+    best = choose_front_point(front, session.spec.budget_bytes)
     if best is not None:
         from evo.compress.config import CompressionConfig
 
@@ -359,7 +390,7 @@ def _front_entry(session: SearchSession, genome, score) -> dict:
 
 def _result(session: SearchSession, engine, new_evaluations: int) -> SearchResult:
     front = [_front_entry(session, g, s) for g, s in engine.front()]
-    best = min(front, key=lambda item: item["quality"]) if front else None
+    best = choose_front_point(front, session.spec.budget_bytes)
     return SearchResult(run_dir=session.store.directory, front=front, best=best,
                         evaluations=len(session.store), new_evaluations=new_evaluations)
 
@@ -369,11 +400,18 @@ def choose_from_front(run_dir: Path, budget_bytes: int | None = None) -> tuple[d
     store = RunStore.open(run_dir)
     front = store.read_json(FRONT_FILE)
     budget = budget_bytes if budget_bytes is not None else int(front["budget_bytes"])
-    fitting = [p for p in front["front"] if p["size_bytes"] <= budget]
-    if not fitting:
+    chosen = choose_front_point(front["front"], budget)
+    if chosen is None:
         smallest = min((p["size_bytes"] for p in front["front"]), default=None)
         raise EvoError(
             f"no configuration of run {run_dir} fits {budget / MB:.3f} MB"
             + (f"; its smallest is {smallest / MB:.3f} MB: raise --budget-mb" if smallest else "")
         )
-    return min(fitting, key=lambda p: (p["quality"], p["size_bytes"])), budget
+    return chosen, budget
+
+
+def choose_front_point(front: list[dict], budget_bytes: int) -> dict | None:
+    """Export's rule on front.json's points (the search's live best and best.toml use it too)."""
+    from evo.search.live import choose_best
+
+    return choose_best(front, budget_bytes, lambda p: (p["quality"], p["size_bytes"]))
