@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
     ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
     ev.add_argument("--dataset", default=None,
-                    help="perplexity on wikitext2, c4, calibration_mix or a PATH (default wikitext2 unless --tasks)")
+                    help="perplexity on calibration_mix_heldout (shipped: the embedded corpus's held-out slice, which "
+                         "calibration never reads), wikitext2, c4 (from the shared data folder) or a PATH "
+                         "(default: calibration_mix_heldout unless --tasks)")
     ev.add_argument("--tasks", default=None,
                     help="zero-shot tasks, comma-separated: hellaswag, piqa, arc_easy, arc_challenge, winogrande, "
                          "boolq (name=PATH for another file)")
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
-    se.add_argument("--run-dir", default=None, help="run directory (default: runs/<model name>-<budget>MB-<space>-s<seed>, e.g. runs/smollm2-135m-70MB-default-s0)")
+    se.add_argument("--run-dir", default=None, help=f"run directory (default: {RUN_DIR_PATTERN}, e.g. {default_run_dir('smollm2-135m', 70, 'default', 0)})")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
 
     rep = sub.add_parser("report", help="a run's Pareto front (table, PNG), convergence curve and evaluations CSV")
@@ -282,22 +284,24 @@ def load_for_eval(spec: str, *, device: str, dtype: str):
 def eval_command(args: argparse.Namespace) -> int:
     import json
 
-    from evo.data.corpus import read_text
+    from evo.data.corpus import EMBEDDED_HELDOUT, HELDOUT_DESCRIPTION, read_text
 
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
-    dataset = args.dataset or (None if tasks else "wikitext2")
+    dataset = args.dataset or (None if tasks else EMBEDDED_HELDOUT)
     text = read_text(dataset) if dataset else None
     model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
+        if dataset == EMBEDDED_HELDOUT:
+            record["dataset_note"] = HELDOUT_DESCRIPTION
     if tasks:
         record["tasks"] = {name: result.to_dict() for name, result in _zero_shot(model, tokenizer, tasks, args)}
     if args.json:
         print(json.dumps(record))
         return 0
     if text is not None:
-        table = Table(title=f"perplexity on {dataset}")
+        table = Table(title=f"perplexity on {dataset}" + (f" ({HELDOUT_DESCRIPTION})" if dataset == EMBEDDED_HELDOUT else ""))
         for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
             table.add_column(key)
         table.add_row(args.model, f"{record['ppl']:.3f}", f"{record['mean_nll']:.4f}", str(record["tokens_predicted"]),
@@ -355,6 +359,16 @@ def _search_spec(args: argparse.Namespace):
     )
 
 
+RUN_DIR_PATTERN = "runs/<model name>-<budget>MB-<space>-s<seed>"
+
+
+def default_run_dir(model: str, budget_mb: float, space: str, seed: int):
+    """Where `evo search` writes without --run-dir (RUN_DIR_PATTERN; --help states it)."""
+    from pathlib import Path
+
+    return Path("runs") / f"{Path(model).stem}-{budget_mb:g}MB-{Path(space).stem}-s{seed}"
+
+
 @command("search")
 def search_command(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -367,7 +381,7 @@ def search_command(args: argparse.Namespace) -> int:
     elif args.run_dir:
         run_dir = Path(args.run_dir)
     else:
-        run_dir = Path("runs") / f"{Path(args.model).stem}-{args.budget_mb:g}MB-{args.space}-s{args.seed}"
+        run_dir = default_run_dir(args.model, args.budget_mb, args.space, args.seed)
     resume = bool(args.resume) or (run_dir / "run.json").exists()
     if resume and not args.resume:
         console.print(f"{run_dir} already holds a run with these options: resuming it")
@@ -439,13 +453,16 @@ def report_command(args: argparse.Namespace) -> int:
     report = build_report(args.run_dir)
     paths = write_report(report, Path(args.out) if args.out else Path(args.run_dir) / "report", baselines)
     table = Table(title=f"Pareto front of {args.run_dir} under {report.budget_bytes / 1e6:.3f} MB "
-                        f"({report.metric}, lower is better)")
+                        f"({report.metric}: {report.metric_label}, lower is better)")
     for name in ("MB", report.metric, "evaluation #", "chosen"):
         table.add_column(name, justify="right")
     for entry in report.front:
         table.add_row(f"{entry.size_bytes / 1e6:.3f}", f"{entry.quality:.4f}", str(entry.index),
                       "*" if entry is report.chosen else "")
     out.print(table)
+    for u in report.uniform:
+        quality = f"{report.metric} {u.quality:.4f}" if u.quality is not None else "not evaluated by this run"
+        out.print(f"uniform {u.bits}-bit: {u.size_bytes / 1e6:.3f} MB, {quality}", highlight=False)
     summary = report.summary()
     out.print(f"{summary['evaluations']} evaluations ({summary['final_stage_evaluations']} at the final stage), "
               f"{summary['evaluation_seconds']:.0f} s evaluating, engine {report.engine}")

@@ -303,6 +303,9 @@ def run_search(
 
     spec, store = session.spec, session.store
     problem = make_problem(session)
+    from evo.search.uniform import write_uniform_points
+
+    write_uniform_points(session)  # the report's reference lines: exact sizes of the space's uniform widths
     engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
                          multi_stage=spec.multi_stage, sampler=spec.sampler)
     checkpoint = store.read_checkpoint()
