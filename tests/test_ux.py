@@ -95,7 +95,8 @@ def test_missing_builtin_dataset_message_names_what_works(monkeypatch, tmp_path)
     monkeypatch.setattr(corpus, "shared_data_dirs", lambda: [tmp_path])
     with pytest.raises(EvoError) as info:
         corpus.read_text("wikitext2")
-    assert "--corpus" not in str(info.value) and "calibration_mix_heldout" in str(info.value)
+    message = str(info.value)
+    assert "--corpus" not in message and "--dataset PATH" in message and "calibration_mix_heldout" in message
 
 
 # --- progress and the live best -------------------------------------------------------------------
