@@ -75,7 +75,9 @@ def test_readme_sections_run_as_written(tmp_path):
     assert [lang for lang, _ in blocks] == ["bash", "bash", "python"]
     save_tiny_model(tmp_path / "my-model")
     budget = _tiny_budget_mb(tmp_path / "my-model")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "EVO_DATA_DIR": str(tmp_path / "no-shared-data")}
+    # one thread: tiny tensors gain nothing from more, and OpenMP barriers stall on a busy CPU
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "EVO_DATA_DIR": str(tmp_path / "no-shared-data"),
+           "OMP_NUM_THREADS": "1"}
     transcript = []
     for lang, code in blocks:
         if lang == "python":

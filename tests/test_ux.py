@@ -126,8 +126,8 @@ def test_every_long_step_reports_a_count(searched):
     assert {EMBEDDING, KMEANS, STATISTICS, REFERENCE, SIZE_TABLE} <= names
     for name in (EMBEDDING, KMEANS, STATISTICS, REFERENCE):
         mine = [p for p in steps if p.step == name]
-        assert all(p.total is not None and 0 < p.done <= p.total for p in mine)
-        assert mine[-1].done == mine[-1].total  # each one finishes
+        assert all(p.total is not None and 0 <= p.done <= p.total for p in mine)
+        assert mine[0].done == 0 and mine[-1].done == mine[-1].total  # each one says when it starts and ends
         assert [p.done for p in mine] == sorted(p.done for p in mine)
     table = [p for p in steps if p.step == SIZE_TABLE]
     assert all(p.open_ended and p.done <= p.total for p in table)
@@ -204,7 +204,7 @@ def test_calibration_progress_counts_kmeans_fits(tiny_model_dir, text_corpus):
     build_calibration_set(loaded, read_corpus([str(text_corpus)]), CalibrationConfig(
         samples=6, clusters="auto", heldout=2, seq_len=32, max_candidates=None), progress=steps.append)
     fits = [p for p in steps if p.step == KMEANS]
-    assert fits[-1].done == fits[-1].total == len(fits) >= 2  # one report per k tried
+    assert fits[0].done == 0 and fits[-1].done == fits[-1].total == len(fits) - 1 >= 2  # start, then one per k tried
     spread = [p for p in steps if p.step == SPREAD]
     assert spread and spread[-1].done == spread[-1].total
 

@@ -59,6 +59,8 @@ def embed_sequences(
     rows = []
     try:
         total = token_ids.shape[0]
+        if progress:
+            progress(0, total)  # the step starts now: its elapsed time counts from here
         for start in range(0, total, batch_size):
             batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
             try:
@@ -171,6 +173,8 @@ class CCDSSampler:
             subset = rng.choice(n, size=min(n, SILHOUETTE_SAMPLE), replace=False)
             self.silhouette_scores_ = {}
             fits = {}
+            if progress:
+                progress(0, high - low + 1)
             for k in range(low, high + 1):
                 fits[k] = self._kmeans(k).fit(embeddings)
                 if progress:
@@ -182,6 +186,8 @@ class CCDSSampler:
             best = max(self.silhouette_scores_, key=lambda k: (self.silhouette_scores_[k], -k))
             kmeans = fits[best]
         else:
+            if progress:
+                progress(0, 1)
             kmeans = self._kmeans(int(self.n_clusters)).fit(embeddings)
             if progress:
                 progress(1, 1)

@@ -224,6 +224,8 @@ class DenseReference:
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in ("ids", "logprobs", "tail", "samples",
                                                                        "sample_logprobs", "target")}
         batches = range(0, ids.shape[0], batch_size)
+        if progress:
+            progress(0, len(batches))
         for done, start in enumerate(batches, 1):
             batch = ids[start : start + batch_size].to(device)
             logits = model(input_ids=batch, use_cache=False).logits

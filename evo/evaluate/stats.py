@@ -80,6 +80,8 @@ def collect_activation_stats(
         was_training = model.training
         model.eval()
         try:
+            if progress:
+                progress(0, token_ids.shape[0])
             for start in range(0, token_ids.shape[0], batch_size):
                 batch = torch.as_tensor(token_ids[start : start + batch_size], dtype=torch.long, device=device)
                 model(input_ids=batch, use_cache=False)
