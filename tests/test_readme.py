@@ -35,7 +35,7 @@ FAST_OPTIONS = {
 }
 
 
-def tested_blocks() -> list[tuple[str, str]]:
+def marked_blocks() -> list[tuple[str, str]]:
     """(language, code) of each fenced block right after a TESTED_MARK line, in README order."""
     import re
 
@@ -71,7 +71,7 @@ def test_readme_sections_run_as_written(tmp_path):
 
     from tiny import save_tiny_model
 
-    blocks = tested_blocks()
+    blocks = marked_blocks()
     assert [lang for lang, _ in blocks] == ["bash", "bash", "python"]
     save_tiny_model(tmp_path / "my-model")
     budget = _tiny_budget_mb(tmp_path / "my-model")
