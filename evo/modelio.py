@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evo.constants import DTYPES
+from evo.constants import DEFAULT_MODEL, DTYPES
 from evo.errors import EvoError
 from evo.types import (
     ATTENTION_ROLES,
@@ -23,8 +23,6 @@ from evo.types import (
     ModelInfo,
     TensorInfo,
 )
-
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import add_model_options, load_model_with_progress, render_artifact, step
+from evo.cli.progress import ProgressDisplay
+from evo.cli.ui import add_model_options, console, load_model_with_progress, render_artifact, step
 
 
 def add_parser(sub) -> None:
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import default_stats_tokens
     from evo.evaluate.stats import collect_activation_stats
+    from evo.progress import STATISTICS, counter
 
     config = CompressionConfig.load(args.config)
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
@@ -32,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     if config_needs_stats(config, loaded.info):
         tokens = (CalibrationSet.load(args.calibration).calibration.token_ids if args.calibration
                   else default_stats_tokens(loaded.tokenizer))
-        with step(f"collecting activation statistics on {len(tokens)} sequences"):
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        with ProgressDisplay(console) as display:
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                             progress=counter(display.step, STATISTICS, "sequences"))
     with step("compressing and writing the artifact"):
         summary = compress_and_write(loaded, config, args.out, stats=stats, overwrite=args.overwrite)
     render_artifact(summary)

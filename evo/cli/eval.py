@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
     ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
     ev.add_argument("--dataset", default=None,
-                    help="perplexity on wikitext2, c4, calibration_mix or a PATH (default wikitext2 unless --tasks)")
+                    help="perplexity on calibration_mix_heldout (shipped: the embedded corpus's held-out slice, which "
+                         "calibration never reads), wikitext2, c4 (from the shared data folder) or a PATH "
+                         "(default: calibration_mix_heldout unless --tasks)")
     ev.add_argument("--tasks", default=None,
                     help="zero-shot tasks, comma-separated: hellaswag, piqa, arc_easy, arc_challenge, winogrande, "
                          "boolq (name=PATH for another file)")
@@ -30,22 +32,24 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from evo.data.corpus import read_text
+    from evo.data.corpus import EMBEDDED_HELDOUT, HELDOUT_DESCRIPTION, read_text
 
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
-    dataset = args.dataset or (None if tasks else "wikitext2")
+    dataset = args.dataset or (None if tasks else EMBEDDED_HELDOUT)
     text = read_text(dataset) if dataset else None
     model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
+        if dataset == EMBEDDED_HELDOUT:
+            record["dataset_note"] = HELDOUT_DESCRIPTION
     if tasks:
         record["tasks"] = {name: result.to_dict() for name, result in _zero_shot(model, tokenizer, tasks, args)}
     if args.json:
         print(json.dumps(record))
         return 0
     if text is not None:
-        table = Table(title=f"perplexity on {dataset}")
+        table = Table(title=f"perplexity on {dataset}" + (f" ({HELDOUT_DESCRIPTION})" if dataset == EMBEDDED_HELDOUT else ""))
         for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
             table.add_column(key)
         table.add_row(args.model, f"{record['ppl']:.3f}", f"{record['mean_nll']:.4f}", str(record["tokens_predicted"]),

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     ex.add_argument("--dtype", default="auto",
                     help="auto (default) = the dtype the run searched in, which its sizes and qualities hold for")
-    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact in --out")
 
 
 def run(args: argparse.Namespace) -> int:

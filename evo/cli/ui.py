@@ -65,10 +65,10 @@ def int_or_auto(text: str) -> int | str:
 
 
 def add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
-    from evo.modelio import DEFAULT_MODEL
+    from evo.constants import DEFAULT_MODEL  # not evo.modelio: `evo --help` must not import torch
 
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local dir, .gguf file or hub id")
+    parser.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto = CUDA when available")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
 
 

@@ -16,6 +16,7 @@ from evo import __version__
 from evo.constants import (
     BEST_FILE,
     CALIBRATION_FILE,
+    FINAL_STAGE,
     MB,
     REFERENCE_FILE,
     RUN_FILE,
@@ -24,6 +25,7 @@ from evo.constants import (
     STATS_FILE,
 )
 from evo.errors import EvoError
+from evo.progress import REFERENCE, SIZE_TABLE, STATISTICS, StepCallback, StepProgress, counter
 from evo.search.store import RunStore, best_under_budget, evaluation_key
 from evo.types import FrontPoint
 
@@ -115,7 +117,7 @@ class Progress:
     best_bytes: int | None
     front_size: int
     evals_per_second: float
-    eta_seconds: float | None
+    eta_seconds: float | None  # from each stage's measured seconds per evaluation (evo.search.live)
     stage: int
     phase: str = "search"
 
@@ -174,10 +176,12 @@ def open_session(
     resume: bool,
     device: str = "cpu",
     status: StatusCallback | None = None,
+    progress: StepCallback | None = None,
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
     when the spec does not match the run or the budget is out of the space's reach. The model is
-    loaded in the run's dtype (spec.dtype; "auto" takes the run's recorded one on resume)."""
+    loaded in the run's dtype (spec.dtype; "auto" takes the run's recorded one on resume).
+    `progress` hears the long steps: embedding, k-means, statistics, dense reference, size table."""
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import read_corpus
@@ -219,10 +223,16 @@ def open_session(
         corpus = read_corpus(list(spec.corpus))
         config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
                                    seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
-        calibration = build_calibration_set(loaded, corpus, config)
+        calibration = build_calibration_set(loaded, corpus, config, progress=progress)
         calibration.save(calibration_path)
 
-    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say)
+    evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, progress)
+    if progress is not None:
+        from evo.search.live import size_table_entries
+
+        table = size_table_entries(space, loaded.info)
+        size_model.on_entry = lambda known: progress(
+            StepProgress(SIZE_TABLE, known, max(known, table), "tensor settings", open_ended=True))
     genes = space.genes(loaded.info)
     return SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
 
@@ -247,7 +257,8 @@ def is_run(run_dir: Path) -> bool:
     return (Path(run_dir) / RUN_FILE).exists()
 
 
-def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback):
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback,
+                     progress: StepCallback | None = None):
     from evo.evaluate.evaluator import Evaluator, FitnessConfig
     from evo.evaluate.reference import DenseReference
     from evo.compress.size import SizeCache, SizeModel
@@ -259,7 +270,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         stats = load_stats(stats_path)
     else:
         say("collecting activation statistics")
-        stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                         progress=counter(progress, STATISTICS, "sequences"))
         save_stats(stats, stats_path)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k)
@@ -268,7 +280,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         reference = DenseReference.load(reference_path)
     else:
         say("computing the dense model's reference outputs")
-        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
+        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
+                                           progress=counter(progress, REFERENCE, "batches"))
         reference.save(reference_path)
     size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
@@ -325,30 +338,48 @@ def run_search(
 
     spec, store = session.spec, session.store
     problem = make_problem(session)
+    from evo.search.uniform import write_uniform_points
+
+    write_uniform_points(session)  # the report's reference lines: exact sizes of the space's uniform widths
     engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
                          multi_stage=spec.multi_stage, sampler=spec.sampler)
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
         engine.load_state_dict(checkpoint["engine"])
+    from evo.search.live import StageClock, planned_by_stage
+
     total = evaluations_planned(spec)
+    planned = planned_by_stage(spec.engine, spec.population, spec.generations, spec.multi_stage)
+    done_by_stage = {stage: 0 for stage in planned}
+    for entry in store.entries():
+        done_by_stage[entry.stage] = done_by_stage.get(entry.stage, 0) + 1
+    clock = StageClock({stage: spec.samples * spec.seq_len if stage == FINAL_STAGE
+                        else spec.screen_sequences * spec.screen_tokens for stage in planned})
+    final_stage = max(planned)
     new_evaluations = 0
     started = time.perf_counter()
     seconds_per_new: list[float] = []
+    results: list = []
 
     def report(stage: int) -> None:
         if on_progress is None:
             return
         front = engine.front()
-        best = best_under_budget((score for _, score in front), spec.budget_bytes)
+        # The live best is export's choice over what the engine was told plus this batch's final scores.
+        told = [score for _, score in front]
+        pending = [score for request, score in results if request.stage == final_stage]
+        best = best_under_budget(told + pending, spec.budget_bytes)
         done = len(store)
         rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 and done < total else None
+        remaining = {s: planned[s] - done_by_stage.get(s, 0) for s in planned}
+        eta = clock.eta_seconds(remaining) if done < total else 0.0
         on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
                              evaluations_total=total, new_evaluations=new_evaluations,
                              best_quality=best.quality if best else None,
                              best_bytes=best.size_bytes if best else None, front_size=len(front),
                              evals_per_second=rate, eta_seconds=eta, stage=stage))
 
+    report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
         requests = engine.ask()
         results = []
@@ -363,6 +394,10 @@ def run_search(
                 entry = store.append(request.genome, request.stage, quality, size, seconds)
                 new_evaluations += 1
                 seconds_per_new.append(seconds)
+                done_by_stage[request.stage] = done_by_stage.get(request.stage, 0) + 1
+                clock.tick(request.stage)
+            else:
+                clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
         engine.tell(results)
