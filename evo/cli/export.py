@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
     ex.add_argument("run_dir")
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
     ex.add_argument("--out", required=True, help="output directory: best.toml and the artifact in it")
-    ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ex.add_argument("--dtype", default="auto",
                     help="auto (default) = the dtype the run searched in, which its sizes and qualities hold for")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact in --out")
