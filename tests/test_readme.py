@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -61,6 +63,7 @@ def _tiny_budget_mb(model_dir) -> float:
         return (sizes.artifact_bytes(config) + 1000) / 1e6
 
 
+@pytest.mark.slow  # ~160 s on a shared 2-core CPU: a search, an export and three evals of a tiny model
 def test_readme_sections_run_as_written(tmp_path):
     """Your own model, Reading the results, Deploying: their commands on a tiny local model."""
     import os
