@@ -18,11 +18,14 @@ from evo.evaluate.forward import Hook, check_batch_size, run_forward, token_batc
 from evo.types import ModelInfo
 
 
-def uniform_config(bits: int, group_size: int | None = 128, embedding_bits: int = 8) -> CompressionConfig:
+def uniform_config(
+    bits: int, group_size: int | None = 128, embedding_bits: int = 8, quantizer: str = "rtn"
+) -> CompressionConfig:
     """Every decoder linear at `bits` (asymmetric, integer zero point, `group_size` inputs per
-    scale), the token embedding (and a tied head) at `embedding_bits` with the same grouping;
-    an untied head and everything else kept in bf16. bits=16 keeps the linears in bf16."""
-    linear = KEPT if bits == KEPT_BITS else TensorSetting(bits=bits, group_size=group_size)
+    scale, codes chosen by `quantizer`), the token embedding (and a tied head) at `embedding_bits`
+    with the same grouping and rtn (it has no single input whose Hessian gptq could use); an
+    untied head and everything else kept in bf16. bits=16 keeps the linears in bf16."""
+    linear = KEPT if bits == KEPT_BITS else TensorSetting(bits=bits, group_size=group_size, quantizer=quantizer)
     embedding = KEPT if embedding_bits == KEPT_BITS else TensorSetting(bits=embedding_bits, group_size=group_size)
     return CompressionConfig(default=linear, embedding=embedding)
 

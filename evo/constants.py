@@ -21,6 +21,10 @@ DTYPES = {
 # Structural drops of a decoder layer: keep it, zero its attention, its MLP, or remove it.
 DROPS = ("none", "attention", "mlp", "layer")
 
+# How an artifact's weights stay in memory once loaded (evo.runtime.resident): dequantized,
+# bit-packed codes, coded frames decoded on demand, or decoded where it pays most.
+RESIDENT_MODES = ("dense", "codes", "compressed", "auto")
+
 # Evaluation stages: 1 screens on a prefix of the calibration tokens, 2 is the full score.
 SCREEN_STAGE = 1
 FINAL_STAGE = 2
@@ -43,6 +47,10 @@ REFERENCE_FILE = "reference.safetensors"
 SIZE_CACHE_DIR = "size_cache"
 OPTUNA_JOURNAL_FILE = "optuna_journal.log"
 UNIFORM_FILE = "uniform.json"  # sizes of the space's uniform bit-widths, for evo report
+
+# --- a directory of Hessians (evo.evaluate.hessian, for the gptq quantizer) -------------------------------
+HESSIAN_META_FILE = "meta.json"  # written last: its presence marks a complete set
+HESSIAN_LAYER_FILE = "layer-{:04d}.safetensors"  # one per decoder layer, by its index
 
 # --- evo export's output directory ----------------------------------------------------------------------
 EXPORT_CONFIG_FILE = "best.toml"

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import add_model_options, load_model_with_progress, out, positive_int, render_artifact, step
+from evo.cli.ui import (
+    add_model_options,
+    calibration_inputs,
+    load_model_with_progress,
+    out,
+    positive_int,
+    render_artifact,
+    step,
+)
 from evo.errors import EvoError
 
 
 def add_parser(sub) -> None:
     bl = sub.add_parser("baseline", help="write the artifact of a baseline: uniform RTN or ShortGPT layer removal")
     bls = bl.add_subparsers(dest="baseline", required=True, metavar="{uniform,shortgpt}")
-    uni = bls.add_parser("uniform", help="every decoder linear at --bits (RTN, asymmetric, int zero points)")
+    uni = bls.add_parser("uniform", help="every decoder linear at --bits (asymmetric, int zero points)")
     uni.add_argument("--bits", type=int, required=True, help="2, 3, 4, 5, 6, 8 (16 keeps bf16)")
+    uni.add_argument("--quantizer", default="rtn", help="rtn (default), mse or gptq for the decoder linears")
+    uni.add_argument("--calibration", default=None,
+                     help="calibration set (evo calibrate) for mse statistics / gptq Hessians (default: embedded corpus)")
+    uni.add_argument("--hessians", default=None, metavar="DIR",
+                     help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
     uni.add_argument("--group-size", default="128", help="inputs per scale: 32, 64, 128 or channel (default 128)")
     uni.add_argument("--embedding-bits", type=int, default=8, help="token embedding / tied head bits (default 8)")
     sg = bls.add_parser("shortgpt", help="drop the --drop layers of lowest block influence (ShortGPT), rest bf16")
@@ -33,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
     make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
     loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
     config = make_config(loaded)
-    with step("compressing and writing the artifact"):
-        summary = compress_and_write(loaded, config, args.out, overwrite=args.overwrite)
+    with calibration_inputs(loaded, config, getattr(args, "calibration", None), getattr(args, "hessians", None)) as (
+        stats, hessians,
+    ):
+        with step("compressing and writing the artifact"):
+            summary = compress_and_write(loaded, config, args.out, stats=stats, hessians=hessians,
+                                         overwrite=args.overwrite)
     config_path = Path(str(Path(args.out)).rstrip("/") + ".toml")
     config.save(config_path)
     render_artifact(summary)
@@ -46,7 +63,7 @@ def _uniform_baseline(args: argparse.Namespace):
     from evo.baselines import uniform_config
 
     group = args.group_size if args.group_size == "channel" else positive_int(args.group_size, "--group-size")
-    config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits)
+    config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits, quantizer=args.quantizer)
     return lambda loaded: config
 
 

@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from evo.cli.ui import load_model_with_progress, out, progress_bar, step
+from evo.constants import RESIDENT_MODES
 from evo.errors import EvoError
 
 
@@ -27,6 +28,9 @@ def add_parser(sub) -> None:
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--dtype", default="auto")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ev.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
+                    help="how an artifact's weights stay in memory (see evo run); same results in every mode")
+    ev.add_argument("--max-resident-mb", type=float, default=None, help="cap on decoded weights (compressed, auto)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
     dataset = args.dataset or (None if tasks else EMBEDDED_HELDOUT)
     text = read_text(dataset) if dataset else None
-    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype, resident=args.resident,
+                                     max_resident_mb=args.max_resident_mb)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
@@ -103,12 +108,15 @@ def is_artifact(path: str) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str):
+def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
 
         with step(f"loading artifact {spec}"):
-            return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
+            return load(spec, device=device, dtype=None if dtype == "auto" else dtype, resident=resident,
+                        max_resident_mb=max_resident_mb)
+    if resident != "dense":
+        raise EvoError(f"--resident {resident} needs an evo artifact; {spec} is a model: drop the option")
     loaded = load_model_with_progress(spec, dtype=dtype, device=device)
     return loaded.model, loaded.tokenizer

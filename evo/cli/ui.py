@@ -55,6 +55,42 @@ def load_model_with_progress(spec: str, *, dtype: str, device: str):
         return load_model(spec, dtype=dtype, device=device)
 
 
+@contextmanager
+def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: str | None):
+    """(activation statistics, Hessians) that the config's quantizers and pruning criteria need,
+    each None when nothing needs it, from the calibration set or the embedded corpus's first
+    sequences. Hessians live in `hessians_dir` (reused when they match) or a temporary directory."""
+    import tempfile
+
+    from evo.compress.plan import config_needs_hessians, config_needs_stats
+    from evo.data.calibset import CalibrationSet
+    from evo.data.corpus import default_stats_tokens
+    from evo.evaluate.hessian import load_or_collect
+    from evo.evaluate.stats import collect_activation_stats
+
+    want_stats = config_needs_stats(config, loaded.info)
+    want_hessians = config_needs_hessians(config, loaded.info)
+    tokens = None
+    if want_stats or want_hessians:
+        tokens = (CalibrationSet.load(calibration).calibration.token_ids if calibration
+                  else default_stats_tokens(loaded.tokenizer))
+    stats = None
+    if want_stats:
+        from evo.cli.progress import ProgressDisplay
+        from evo.progress import STATISTICS, counter
+
+        with ProgressDisplay(console) as display:
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                             progress=counter(display.step, STATISTICS, "sequences"))
+    if not want_hessians:
+        yield stats, None
+        return
+    with tempfile.TemporaryDirectory(prefix="evo-hessians-") as scratch:
+        with step(f"collecting Hessians of the linear inputs on {len(tokens)} sequences"):
+            hessians = load_or_collect(hessians_dir or scratch, loaded.model, loaded.info, tokens)
+        yield stats, hessians
+
+
 def int_or_auto(text: str) -> int | str:
     if text == "auto":
         return text

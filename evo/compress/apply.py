@@ -33,9 +33,13 @@ class CompressedTensor:
 
 
 def compress_tensor(
-    weight: torch.Tensor, setting: TensorSetting, act_stats: ActivationStats | None = None
+    weight: torch.Tensor,
+    setting: TensorSetting,
+    act_stats: ActivationStats | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> CompressedTensor:
-    """Run the compression pipeline on `weight` [out, in]; act_stats feeds wanda/linf pruning."""
+    """Run the compression pipeline on `weight` [out, in]; act_stats feeds wanda/linf pruning and
+    mse's importance weights, hessian (E[x xᵀ] of the input, [in, in]) feeds gptq."""
     if not isinstance(setting, TensorSetting):
         raise EvoError(f"setting must be a TensorSetting, got {type(setting).__name__}")
     if act_stats is not None and weight.ndim == 2 and act_stats.l2.shape[0] != weight.shape[1]:
@@ -43,7 +47,10 @@ def compress_tensor(
             f"activation statistics cover {act_stats.l2.shape[0]} input channels, "
             f"the weight has {weight.shape[1]}"
         )
-    state = run_pipeline(CompressionState(weight=weight, setting=setting, act_stats=act_stats))
+    if hessian is not None and weight.ndim == 2 and tuple(hessian.shape) != (weight.shape[1],) * 2:
+        raise EvoError(f"the Hessian has shape {tuple(hessian.shape)}, the weight {tuple(weight.shape)}: "
+                       "it must be [in, in] of this weight's input")
+    state = run_pipeline(CompressionState(weight=weight, setting=setting, act_stats=act_stats, hessian=hessian))
     if state.quantized is None:
         raise RuntimeError("the compression pipeline ended without a quantized tensor")
     return CompressedTensor(quantized=state.quantized, prune_mask=state.prune_mask)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from evo import __version__
-from evo.compress import TensorSetting, dequantize
+from evo.compress import QuantizedTensor, TensorSetting, dequantize
 from evo.compress.coding import EncodedTensor, decode_tensor, encode_tensor
 from evo.compress.config import CompressionConfig
 from evo.compress.structure import apply_block_drop, shrink_config
@@ -324,7 +324,9 @@ def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor,
     offset = 0
     with open(path, "wb") as f:
         for item in result.tensors:
-            encoded = item.encoded or encode_tensor(item.compressed.quantized)  # type: ignore[union-attr]
+            encoded = item.encoded or encode_tensor(
+                item.compressed.quantized, prefer_decode_speed=result.prefer_decode_speed  # type: ignore[union-attr]
+            )
             if item.size is not None and item.size.compressed_bytes != encoded.compressed_bytes:
                 raise EvoError(
                     f"the size cache says tensor {item.plan.source} takes {item.size.compressed_bytes} bytes under "
@@ -594,6 +596,26 @@ def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
     return data
 
 
+def stored_frames(tensor: StoredTensor, blob: bytes) -> dict[str, bytes]:
+    """The frames of one tensor (kind → bytes), cut from tensors.bin's contents."""
+    return {frame.kind: blob[frame.offset : frame.offset + frame.length] for frame in tensor.frames}
+
+
+def decode_stored_tensor(
+    path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]
+) -> QuantizedTensor:
+    """The QuantizedTensor stored in `frames`, each frame checked against its sha256 first.
+
+    Shared by load() and the lazy decoding of evo.runtime, so a corrupt frame fails the same way.
+    """
+    for frame in tensor.frames:
+        data = frames.get(frame.kind)
+        if data is None or hashlib.sha256(data).hexdigest() != frame.sha256:
+            raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
+    coders = {frame.kind: frame.coder for frame in tensor.frames}
+    return decode_tensor(EncodedTensor(dict(frames), coders, 0.0), tensor.shape, tensor.setting)
+
+
 def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
     if dtype is None:
         if manifest.dtype not in DTYPES:
@@ -624,17 +646,25 @@ def load(
     dtype: str | torch.dtype | None = None,
     *,
     expected_base_model: str | None = None,
+    resident: str = "dense",
+    max_resident_mb: float | None = None,
+    target_tokens_per_s: float | None = None,
+    prefetch: int = 1,
 ):
     """(model, tokenizer) from an artifact directory: a plain transformers model, in eval mode.
 
     dtype defaults to the dtype the model was compressed in, which reproduces its logits
     exactly. Every frame's sha256 is checked before it is decoded. No code from the artifact
-    runs (no trust_remote_code, no pickle).
+    runs (no trust_remote_code, no pickle). resident="dense" (default) holds dequantized
+    weights; "codes", "compressed" and "auto" keep them smaller (see evo.runtime.resident:
+    same logits, `model.evo_runtime` says what is held).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from evo.modelio import describe_model, resolve_device
+    from evo.runtime.resident import ResidentOptions, attach
 
+    options = ResidentOptions(resident, max_resident_mb, target_tokens_per_s, prefetch)
     path = Path(path)
     manifest = read_manifest(path)
     if expected_base_model is not None:
@@ -666,23 +696,21 @@ def load(
 
     if manifest.tied_embeddings:
         model.tie_weights()  # skipped along with initialisation; the head then shares the embedding
+    runtime = None
+    if options.mode != "dense":
+        runtime = attach(model, manifest, blob, path=path, options=options, dtype=torch_dtype, device=torch_device)
     params = dict(model.named_parameters())
-    loaded = set()
+    loaded = set(runtime.tensor_names) if runtime is not None else set()
     for tensor in manifest.tensors:
+        if tensor.name in loaded:
+            continue  # held packed or coded by evo.runtime
         param = params.get(tensor.name)
         if param is None or tuple(param.shape) != tensor.shape:
             raise EvoError(
                 f"artifact {path}: tensor {tensor.name} {tensor.shape} does not fit the model its config builds; "
                 "re-export it"
             )
-        frames = {}
-        for frame in tensor.frames:
-            data = blob[frame.offset : frame.offset + frame.length]
-            if hashlib.sha256(data).hexdigest() != frame.sha256:
-                raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
-            frames[frame.kind] = data
-        coders = {frame.kind: frame.coder for frame in tensor.frames}
-        quantized = decode_tensor(EncodedTensor(frames, coders, 0.0), tensor.shape, tensor.setting)
+        quantized = decode_stored_tensor(path, tensor, stored_frames(tensor, blob))
         param.copy_(dequantize(quantized).to(dtype=param.dtype))
         loaded.add(tensor.name)
     missing = sorted(set(params) - loaded)
@@ -696,4 +724,6 @@ def load(
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     model.to(torch_device)
     model.eval()
+    if runtime is not None:
+        runtime.start(model)
     return model, tokenizer

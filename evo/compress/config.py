@@ -31,6 +31,7 @@ TensorSetting's defaults, which keep the matrix in bf16):
 
     [tensors."model.layers.3.self_attn.v_proj.weight"]
     bits = 6
+    quantizer = "gptq"             # "rtn" (default) | "mse" | "gptq"
 """
 
 from __future__ import annotations

@@ -120,6 +120,13 @@ def _nonzero_step(step: torch.Tensor) -> torch.Tensor:
 
 def compute_grid(weight: torch.Tensor, setting: TensorSetting, prune_mask: torch.Tensor | None = None) -> QuantGrid:
     """The rescaled RTN grid for each group of `weight` [out, in] (pruned weights count as 0)."""
+    groups = masked_groups(weight, setting, prune_mask)
+    lo, hi = group_range(groups, setting)
+    return grid_from_range(lo, hi, setting, effective_group_size(weight.shape[1], setting.group_size))
+
+
+def masked_groups(weight: torch.Tensor, setting: TensorSetting, prune_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`weight` [out, in] checked, in float32, pruned weights set to 0, as groups [out, G, g]."""
     if not setting.quantized:
         raise EvoError("compute_grid needs bits < 16; bits=16 keeps the matrix in bf16")
     if weight.ndim != 2:
@@ -129,25 +136,37 @@ def compute_grid(weight: torch.Tensor, setting: TensorSetting, prune_mask: torch
         raise EvoError("weight contains NaN or inf; cannot quantize it")
     if prune_mask is not None:
         w = w.masked_fill(prune_mask, 0.0)
-    groups = group_view(w, setting.group_size)
-    g = effective_group_size(w.shape[1], setting.group_size)
-    r = setting.rescale
-    top = code_max(setting)
+    return group_view(w, setting.group_size)
+
+
+def group_range(groups: torch.Tensor, setting: TensorSetting) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) [out, G] that the grid covers at rescale 1: (-max|w|, max|w|) when symmetric,
+    the group's min and max with 0 inside for an integer zero point, its own min and max else."""
     if setting.symmetric:
         amax = groups.abs().amax(dim=-1)
-        step = _nonzero_step(fp16_up(r * amax / symmetric_midpoint(setting.bits)))
-        return QuantGrid(scales=step, zeros=None, group_size=g, code_max=top)
+        return -amax, amax
     lo = groups.amin(dim=-1)
     hi = groups.amax(dim=-1)
     if setting.zero_point == "int":
-        lo = lo.clamp(max=0.0)
-        hi = hi.clamp(min=0.0)
+        return lo.clamp(max=0.0), hi.clamp(min=0.0)
+    return lo, hi
+
+
+def grid_from_range(lo: torch.Tensor, hi: torch.Tensor, setting: TensorSetting, group_size: int) -> QuantGrid:
+    """The grid of the module docstring for a range [lo, hi] per group, with setting.rescale
+    applied to its step (symmetric grids read hi as max|w|)."""
+    r = setting.rescale
+    top = code_max(setting)
+    if setting.symmetric:
+        step = _nonzero_step(fp16_up(r * hi / symmetric_midpoint(setting.bits)))
+        return QuantGrid(scales=step, zeros=None, group_size=group_size, code_max=top)
+    if setting.zero_point == "int":
         step = _nonzero_step(fp16_up(r * (hi - lo) / top))
         mid = (hi + lo) / 2
         zero = torch.round(top / 2 - mid / step.float()).clamp(0, top).to(torch.uint8)
-        return QuantGrid(scales=step, zeros=zero, group_size=g, code_max=top)
+        return QuantGrid(scales=step, zeros=zero, group_size=group_size, code_max=top)
     mid = (hi + lo) / 2
     half_range = r * (hi - lo) / 2
     minimum = fp16_down(mid - half_range)
     step = _nonzero_step(fp16_up((mid + half_range - minimum.float()) / top))
-    return QuantGrid(scales=step, zeros=minimum, group_size=g, code_max=top)
+    return QuantGrid(scales=step, zeros=minimum, group_size=group_size, code_max=top)

@@ -17,8 +17,17 @@ from torch import nn
 from evo.compress.apply import CompressedTensor, compress_tensor
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig
-from evo.compress.plan import TensorPlan, plan_model, size_model_id, stats_for
+from evo.compress.plan import (
+    DECODE_SPEED_TAG,
+    TensorPlan,
+    hessian_for,
+    needs_hessian_for,
+    plan_model,
+    size_model_id,
+    stats_for,
+)
 from evo.compress.prune import ActivationStats
+from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
 from evo.compress.structure import apply_drops
 from evo.errors import EvoError
@@ -49,6 +58,7 @@ class CompressionResult:
     dtype: torch.dtype  # the model's weights' dtype, which the artifact loads back into
     kept_layers: tuple[int, ...]
     tensors: tuple[TensorResult, ...]
+    prefer_decode_speed: bool = False  # frames use fast-decoding coders only (evo.compress.coding.encode_tensor)
 
     @property
     def measured(self) -> bool:
@@ -60,6 +70,15 @@ class CompressionResult:
         if not self.measured:
             raise EvoError("sizes were not measured: run compress_model with measure=True or a size_cache")
         return sum(t.size.compressed_bytes for t in self.tensors)  # type: ignore[union-attr]
+
+
+def size_inputs_digest(act: ActivationStats | None, hessians, setting: TensorSetting) -> str:
+    """What besides the weight and setting determines a tensor's codes, for its size key: the
+    statistics' digest, and for gptq the Hessian set's ("" for rtn without statistics, as ever)."""
+    parts = [act.digest()] if act is not None else []
+    if needs_hessian_for(setting):
+        parts.append(hessians.digest)
+    return "|".join(parts)
 
 
 def _unwrap(model) -> tuple[nn.Module, ModelInfo | None]:
@@ -78,10 +97,12 @@ def compress_model(
     config: CompressionConfig,
     *,
     stats: dict[str, ActivationStats] | None = None,
+    hessians=None,
     size_cache: SizeCache | None = None,
     model_id: str | None = None,
     measure: bool = True,
     keep_tensors: bool = True,
+    prefer_decode_speed: bool = False,
 ) -> CompressionResult:
     """Compress `model` (a torch model or a LoadedModel) in place as `config` says.
 
@@ -89,7 +110,10 @@ def compress_model(
     in the model's dtype (kept tensors become their bf16 values); then blocks and layers are
     dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
-    pruning only. `info` must describe the model as loaded, before any compression.
+    pruning and the mse quantizer, `hessians` (evo.evaluate.hessian.HessianSet) by gptq. `info`
+    must describe the model as loaded, before any compression.
+    prefer_decode_speed encodes with fast-decoding coders only (see evo.compress.coding.encode_tensor); its
+    size keys' model id then ends in DECODE_SPEED_TAG.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -101,16 +125,19 @@ def compress_model(
     check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
-    key_model_id = model_id or size_model_id(info, dtype)
+    key_model_id = (model_id or size_model_id(info, dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
 
     results = []
     for tensor in plan.tensors:
         setting = tensor.setting
         act = stats_for(stats, tensor.source, setting)
+        hessian = hessian_for(hessians, tensor.source, setting)
         param = params[tensor.source]
-        compressed = compress_tensor(param.detach(), setting, act)
+        compressed = compress_tensor(param.detach(), setting, act, hessian)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
-        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        inputs_digest = size_inputs_digest(act, hessians, setting)
+        size, encoded = _measure(compressed, tensor, key_model_id, inputs_digest, size_cache, measure,
+                                 prefer_decode_speed)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -138,6 +165,7 @@ def compress_model(
         dtype=dtype,
         kept_layers=kept,
         tensors=tuple(results),
+        prefer_decode_speed=prefer_decode_speed,
     )
 
 
@@ -161,22 +189,23 @@ def _measure(
     compressed: CompressedTensor,
     tensor: TensorPlan,
     model_id: str,
-    act: ActivationStats | None,
+    inputs_digest: str,
     size_cache: SizeCache | None,
     measure: bool,
+    prefer_decode_speed: bool = False,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
     if size_cache is None:
         if not measure:
             return None, None
-        encoded = encode_tensor(compressed.quantized)
+        encoded = encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed)
         return SizeEntry.from_encoded(encoded), encoded
     fresh: list[EncodedTensor] = []
 
     def encode() -> EncodedTensor:
-        fresh.append(encode_tensor(compressed.quantized))
+        fresh.append(encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed))
         return fresh[-1]
 
-    key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
+    key = SizeKey(model_id, tensor.source, tensor.setting.key(), inputs_digest)
     entry = cached_size(size_cache, key, encode)
     return entry, (fresh[0] if fresh else None)
 
@@ -184,12 +213,14 @@ def _measure(
 # --- the artifact of a config ------------------------------------------------------------------------
 
 
-def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
-                       overwrite: bool = False):
+def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, hessians=None,
+                       size_cache=None, overwrite: bool = False, prefer_decode_speed: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
-    The model is modified: reload it before compressing it with another config."""
+    The model is modified: reload it before compressing it with another config.
+    prefer_decode_speed: fast-decoding coders only (evo.compress.coding.encode_tensor), for evo.runtime."""
     from evo.compress.artifact import write_artifact
 
-    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, hessians=hessians, size_cache=size_cache,
+                            prefer_decode_speed=prefer_decode_speed)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

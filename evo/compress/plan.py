@@ -90,23 +90,58 @@ def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
     return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
 
 
+# Appended to the size keys' model id when fast-decoding coders are preferred: other frames, other sizes.
+DECODE_SPEED_TAG = "|fast-decode"
+
+
+def needs_stats_for(setting: TensorSetting) -> bool:
+    """Activation statistics are needed by wanda/linf pruning and read by mse (its E[x²] weights)."""
+    return setting.quantized and (setting.quantizer == "mse" or needs_stats(setting))
+
+
+def needs_hessian_for(setting: TensorSetting) -> bool:
+    """The Hessians of the linear inputs are needed by the gptq quantizer."""
+    return setting.quantized and setting.quantizer == "gptq"
+
+
 def stats_for(
     stats: Mapping[str, ActivationStats] | None, source: str, setting: TensorSetting
 ) -> ActivationStats | None:
-    """The activation statistics a tensor's setting needs (None when it needs none); an EvoError
-    when it needs them and they are missing. The one rule for compress_model, the size model and
-    the evaluator."""
-    if not needs_stats(setting):
+    """The activation statistics a tensor's setting reads (None when it reads none): pruning by
+    wanda/linf needs them; mse reads them where they exist (decoder linears; other tensors weigh
+    every column 1). An EvoError when they are needed and not given. The one rule for
+    compress_model, the size model and the evaluator."""
+    if not needs_stats_for(setting):
         return None
     act = (stats or {}).get(source)
-    if act is None:
+    pruning = needs_stats(setting)
+    if act is None and (pruning or stats is None):
+        what = f"is pruned with {setting.prune_criterion!r}" if pruning else "uses quantizer 'mse'"
         raise EvoError(
-            f"tensor {source} is pruned with {setting.prune_criterion!r}, which needs activation "
-            "statistics: pass stats=collect_activation_stats(...) or use prune_criterion='magnitude'"
+            f"tensor {source} {what}, which needs activation statistics: pass stats=collect_activation_stats(...)"
+            + (" or use prune_criterion='magnitude'" if pruning else " (evo compress collects them)")
         )
     return act
 
 
+def hessian_for(hessians, source: str, setting: TensorSetting) -> torch.Tensor | None:
+    """E[x xᵀ] of the tensor's input from `hessians` (an evo.evaluate.hessian.HessianSet, or
+    anything with .hessian(name) and .digest) when its setting is gptq, else None; an EvoError
+    when gptq needs them and none are given."""
+    if not needs_hessian_for(setting):
+        return None
+    if hessians is None:
+        raise EvoError(f"tensor {source} uses quantizer 'gptq', which needs the Hessians of the linear inputs: "
+                       "pass hessians=collect_hessians(...) (evo compress collects them)")
+    return hessians.hessian(source)
+
+
 def config_needs_stats(config: CompressionConfig, info: ModelInfo) -> bool:
-    """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf)."""
-    return any(needs_stats(t.setting) for t in plan_model(info, config).tensors)
+    """Whether any stored tensor is pruned by an activation-aware criterion (wanda, linf) or
+    quantized by mse (weighted by E[x²])."""
+    return any(needs_stats_for(t.setting) for t in plan_model(info, config).tensors)
+
+
+def config_needs_hessians(config: CompressionConfig, info: ModelInfo) -> bool:
+    """Whether any stored tensor is quantized by gptq."""
+    return any(needs_hessian_for(t.setting) for t in plan_model(info, config).tensors)

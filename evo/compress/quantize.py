@@ -6,12 +6,13 @@ Scales and zero points are fp16 and both directions use the stored values, so th
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
-from evo.compress.registry import CompressionState, register_operator
+from evo.compress.registry import CompressionState, discover, register_operator
 from evo.compress.grid import QuantGrid, column_group, compute_grid, num_groups, symmetric_midpoint
-from evo.compress.settings import TensorSetting
+from evo.compress.settings import QUANTIZERS, TensorSetting
 from evo.errors import EvoError
 
 
@@ -111,7 +112,42 @@ def dequantize(q: QuantizedTensor) -> torch.Tensor:
     return codes * step + q.zeros.float().index_select(1, columns)
 
 
+# A quantizer turns the pipeline's state (weight, setting, prune mask, statistics) into codes on
+# the setting's grid; TensorSetting.quantizer names it. rtn is below, mse and gptq in their modules
+# (any module of evo.compress with a @register_quantizer is found, see registry.discover).
+Quantizer = Callable[[CompressionState], QuantizedTensor]
+_QUANTIZERS: dict[str, Quantizer] = {}
+
+
+def register_quantizer(name: str) -> Callable[[Quantizer], Quantizer]:
+    """Register a quantizer under a name of settings.QUANTIZERS."""
+
+    def decorate(quantizer: Quantizer) -> Quantizer:
+        if name not in QUANTIZERS:
+            raise ValueError(f"quantizer {name!r} is not in settings.QUANTIZERS {QUANTIZERS}")
+        if name in _QUANTIZERS:
+            raise ValueError(f"quantizer {name!r} is registered twice")
+        _QUANTIZERS[name] = quantizer
+        return quantizer
+
+    return decorate
+
+
+def get_quantizer(name: str) -> Quantizer:
+    discover()  # the quantizer modules register themselves on import, like operators
+    try:
+        return _QUANTIZERS[name]
+    except KeyError:
+        raise EvoError(f"quantizer {name!r} is not available; use one of {sorted(_QUANTIZERS)}") from None
+
+
+@register_quantizer("rtn")
+def _rtn_quantizer(state: CompressionState) -> QuantizedTensor:
+    return quantize(state.weight, state.setting, state.prune_mask, state.grid)
+
+
 @register_operator("quantize", order=30)
 def _quantize_operator(state: CompressionState) -> CompressionState:
-    quantized = quantize(state.weight, state.setting, state.prune_mask, state.grid)
-    return replace(state, quantized=quantized)
+    if not state.setting.quantized:  # bits=16: kept as is, whatever the quantizer
+        return replace(state, quantized=quantize(state.weight, state.setting, state.prune_mask))
+    return replace(state, quantized=get_quantizer(state.setting.quantizer)(state))

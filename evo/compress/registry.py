@@ -30,6 +30,7 @@ class CompressionState:
     weight: torch.Tensor
     setting: TensorSetting
     act_stats: ActivationStats | None = None
+    hessian: torch.Tensor | None = None  # E[x xᵀ] of the input [in, in], for gptq (and mse's weights)
     prune_mask: torch.Tensor | None = None
     grid: QuantGrid | None = None
     quantized: QuantizedTensor | None = None
@@ -60,7 +61,7 @@ def register_operator(name: str, order: int) -> Callable[[Operator], Operator]:
     return decorate
 
 
-def _discover() -> None:
+def discover() -> None:
     """Import every module of evo.compress once: operators register themselves on import."""
     global _discovered
     if _discovered:
@@ -72,7 +73,7 @@ def _discover() -> None:
 
 
 def get_operator(name: str) -> Operator:
-    _discover()
+    discover()
     try:
         return _OPERATORS[name].operator
     except KeyError:
@@ -81,7 +82,7 @@ def get_operator(name: str) -> Operator:
 
 def pipeline_names() -> tuple[str, ...]:
     """Registered operator names in the order the pipeline runs them."""
-    _discover()
+    discover()
     return tuple(sorted(_OPERATORS, key=lambda name: (_OPERATORS[name].order, name)))
 
 

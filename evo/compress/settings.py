@@ -18,6 +18,11 @@ RESCALE_RANGE = (0.25, 8.0)
 SPARSITY_RANGE = (0.0, 0.95)
 PRUNE_CRITERIA = ("magnitude", "wanda", "linf")
 ZERO_POINTS = ("int", "float")
+# rtn: round to nearest on the min/max grid; mse: per-group clip chosen to minimise the
+# importance-weighted error (evo.compress.mse); gptq: error feedback through the Hessian
+# (evo.compress.gptq). All three write integer codes on the same grid, so decoding is shared.
+QUANTIZERS = ("rtn", "mse", "gptq")
+DEFAULT_QUANTIZER = "rtn"
 
 # TOML has no null, so "one group per output channel" is spelled as a word in files.
 PER_CHANNEL = "channel"
@@ -49,6 +54,8 @@ class TensorSetting:
     sparsity: fraction of each row's weights pruned to exactly zero.
     prune_criterion: "magnitude" (|W|), "wanda" (|W|·‖X_j‖₂) or "linf" (|W|·max|X_j|).
     zero_point: "int" (integer code, exact zero) or "float" (fp16 group minimum, like GGUF Q4_1).
+    quantizer: how codes are chosen on that grid: "rtn" (round to nearest), "mse" (weighted-error
+        clip search per group) or "gptq" (Hessian error feedback); see QUANTIZERS.
     """
 
     bits: int = KEPT_BITS
@@ -58,6 +65,7 @@ class TensorSetting:
     sparsity: float = 0.0
     prune_criterion: str = "magnitude"
     zero_point: str = "int"
+    quantizer: str = DEFAULT_QUANTIZER
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in ALLOWED_BITS:
@@ -73,6 +81,8 @@ class TensorSetting:
             raise _fail("prune_criterion", self.prune_criterion, f"one of {list(PRUNE_CRITERIA)}")
         if self.zero_point not in ZERO_POINTS:
             raise _fail("zero_point", self.zero_point, f"one of {list(ZERO_POINTS)}")
+        if self.quantizer not in QUANTIZERS:
+            raise _fail("quantizer", self.quantizer, f"one of {list(QUANTIZERS)}")
         if self.bits == KEPT_BITS:
             if self.sparsity != 0.0:
                 raise _fail("sparsity", self.sparsity, "0.0 with bits=16 (kept matrices are not pruned)")
@@ -91,10 +101,16 @@ class TensorSetting:
         return self.bits != KEPT_BITS
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/TOML values; group_size None is written as "channel"."""
+        """Plain JSON/TOML values; group_size None is written as "channel".
+
+        The default quantizer (rtn) is left out, so configs and manifests written before the
+        field existed are byte for byte what they were.
+        """
         data = asdict(self)
         if data["group_size"] is None:
             data["group_size"] = PER_CHANNEL
+        if data["quantizer"] == DEFAULT_QUANTIZER:
+            del data["quantizer"]
         return data
 
     @classmethod
@@ -110,10 +126,12 @@ class TensorSetting:
         return cls(**values)
 
     def key(self) -> str:
-        """Short stable name for caches, e.g. "b3-g128-asym-r1.5-s0.2-wanda-zint".
+        """Short stable name for caches, e.g. "b3-g128-asym-r1.5-s0.2-wanda-zint" (rtn) or
+        "b3-g128-asym-r1.0-s0.0-zint-qgptq".
 
         Fields that cannot change the compressed tensor are left out (everything but bits for
-        bf16; the criterion when nothing is pruned), so equivalent settings share a cache entry.
+        bf16; the criterion when nothing is pruned; the quantizer when it is rtn, so keys
+        written before the field existed stay valid), so equivalent settings share a cache entry.
         Floats are written with repr, which is the shortest exact round-trip form.
         """
         if not self.quantized:
@@ -129,4 +147,6 @@ class TensorSetting:
         if self.sparsity > 0.0:
             parts.append(self.prune_criterion)
         parts.append(f"z{self.zero_point}")
+        if self.quantizer != DEFAULT_QUANTIZER:
+            parts.append(f"q{self.quantizer}")
         return "-".join(parts)
