@@ -77,26 +77,54 @@ def encode_tensor(q: QuantizedTensor) -> EncodedTensor:
     return EncodedTensor(frames, coders, coding.order0_entropy_bits(codes))
 
 
-def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
-    """The exact QuantizedTensor that encode_tensor was given."""
+def expected_frames(shape: tuple[int, ...], setting: TensorSetting) -> dict[str, tuple[int, int]]:
+    """Frame kind → (value count, bits per value) that a tensor of this shape and setting stores."""
     shape = tuple(shape)
-    _, bits, count = coding.frame_info(encoded.frames["codes"])
-    if bits != (setting.bits if setting.quantized else 16) or count != int(np.prod(shape)):
+    numel = int(np.prod(shape, dtype=object))  # exact even for absurd shapes (no int64 overflow)
+    if not setting.quantized:
+        return {"codes": (numel, 16)}
+    if len(shape) != 2:
+        raise EvoError(f"a quantized tensor is a matrix; shape {shape} under setting {setting.key()} is not")
+    groups = shape[0] * num_groups(shape[1], setting.group_size)
+    frames = {"codes": (numel, setting.bits), "scales": (groups, 16)}
+    if not setting.symmetric:
+        frames["zeros"] = (groups, setting.bits if setting.zero_point == "int" else 16)
+    return frames
+
+
+def check_encoded(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> dict[str, tuple[int, int]]:
+    """Check, before anything is decompressed, that the frames are exactly those the shape and
+    setting imply and that every size they declare agrees; returns expected_frames."""
+    expected = expected_frames(shape, setting)
+    if set(encoded.frames) != set(expected):
         raise EvoError(
-            f"encoded codes hold {count} values of {bits} bits; setting {setting.key()} and shape {shape} "
-            "do not match them"
+            f"encoded frames {sorted(encoded.frames)} and shape {tuple(shape)} under setting {setting.key()} "
+            f"(frames {sorted(expected)}) do not match"
         )
-    values = coding.decode(encoded.frames["codes"])
+    for kind, (count, bits) in expected.items():
+        try:
+            coding.check_frame(encoded.frames[kind], count, bits)
+        except EvoError as exc:
+            raise EvoError(
+                f"the {kind} frame and shape {tuple(shape)} under setting {setting.key()} do not match: {exc}"
+            ) from None
+    return expected
+
+
+def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
+    """The exact QuantizedTensor that encode_tensor was given; every frame is checked against the
+    shape and setting (check_encoded) before anything is allocated."""
+    shape = tuple(shape)
+    expected = check_encoded(encoded, shape, setting)
+    values = coding.decode(encoded.frames["codes"], *expected["codes"])
     if not setting.quantized:
         return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
     groups = (shape[0], num_groups(shape[1], setting.group_size))
     codes = torch.from_numpy(values).reshape(shape)
-    scales = _from_u16(coding.decode(encoded.frames["scales"]), torch.float16, groups)
+    scales = _from_u16(coding.decode(encoded.frames["scales"], *expected["scales"]), torch.float16, groups)
     zeros = None
     if not setting.symmetric:
-        if "zeros" not in encoded.frames:
-            raise EvoError(f"encoded tensor lacks the zero-point frame its setting {setting.key()} needs")
-        raw = coding.decode(encoded.frames["zeros"])
+        raw = coding.decode(encoded.frames["zeros"], *expected["zeros"])
         if setting.zero_point == "int":
             zeros = torch.from_numpy(raw.astype(np.uint8)).reshape(groups)
         else:
