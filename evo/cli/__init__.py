@@ -64,11 +64,16 @@ def step(description: str):
     console.print(f"{description}: done in {time.perf_counter() - start:.1f} s")
 
 
-def load_model_with_progress(spec: str, *, dtype: str, device: str):
+def load_model_with_progress(spec: str, *, dtype: str, device: str, trust_remote_code: bool = False):
     from evo.modelio import load_model
 
     with step(f"loading model {spec}"):
-        return load_model(spec, dtype=dtype, device=device)
+        return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+def _add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the Python code a hub model ships (auto_map); off by default: such models are refused")
 
 
 def _int_or_auto(text: str) -> int | str:
@@ -86,6 +91,7 @@ def _add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> 
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
     parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    _add_trust_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--dtype", default="auto")
+    _add_trust_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     an = sub.add_parser("analyze", help="compressibility study: bits/weight on disk vs error for a grid of settings")
     _add_model_options(an)
@@ -188,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
     ex.add_argument("--out", required=True, help="output directory: best.toml and the artifact in it")
     ex.add_argument("--device", default="cpu")
+    _add_trust_option(ex)
     ex.add_argument("--overwrite", action="store_true")
     return parser
 
@@ -212,7 +220,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
     )
     with step("reading corpus"):
         corpus = read_corpus(args.corpus, text_field=args.text_field)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     with progress_bar() as progress:
         task = progress.add_task("embedding sequences", total=None)
@@ -243,7 +252,8 @@ def compress_command(args: argparse.Namespace) -> int:
     from evo.evaluate.stats import collect_activation_stats
 
     config = CompressionConfig.load(args.config)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     config.validate_against(loaded.info)
     stats = None
     if needs_stats(config, loaded):
@@ -268,14 +278,14 @@ def is_artifact(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str):
+def load_for_eval(spec: str, *, device: str, dtype: str, trust_remote_code: bool = False):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
 
         with step(f"loading artifact {spec}"):
             return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
-    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return loaded.model, loaded.tokenizer
 
 
@@ -288,7 +298,8 @@ def eval_command(args: argparse.Namespace) -> int:
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
     dataset = args.dataset or (None if tasks else "wikitext2")
     text = read_text(dataset) if dataset else None
-    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype,
+                                     trust_remote_code=args.trust_remote_code)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
@@ -373,7 +384,7 @@ def search_command(args: argparse.Namespace) -> int:
     if resume and not args.resume:
         console.print(f"{run_dir} already holds a run with these options: resuming it")
     session = open_session(spec, run_dir, resume=resume, device=args.device, dtype=args.dtype,
-                           status=lambda message: console.print(message))
+                           trust_remote_code=args.trust_remote_code, status=lambda message: console.print(message))
     try:
         with SearchDisplay(session.spec) as display:
             result = run_search(session, on_progress=display.update)
@@ -441,7 +452,7 @@ def export_command(args: argparse.Namespace) -> int:
     point, budget = choose_from_front(run_dir, budget)  # fails before loading anything
     spec = SearchSpec.from_dict(RunStore.open(run_dir).spec()["search"])
     session = open_session(spec, run_dir, resume=True, device=args.device,
-                           status=lambda message: console.print(message))
+                           trust_remote_code=args.trust_remote_code, status=lambda message: console.print(message))
     config = CompressionConfig.from_dict(point["config"])
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -491,7 +502,8 @@ def baseline_command(args: argparse.Namespace) -> int:
     from evo.compress.export import compress_and_write
 
     make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     config = make_config(loaded)
     with step("compressing and writing the artifact"):
         summary = compress_and_write(loaded, config, args.out, overwrite=args.overwrite)
@@ -557,7 +569,8 @@ def analyze_command(args: argparse.Namespace) -> int:
     changes = {k: tuple(v) for k, v in (("bits", args.bits), ("rescales", args.rescales),
                                          ("sparsities", args.sparsities)) if v}
     grid = replace(grid, num_layers=args.layers, **changes)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     with progress_bar() as progress:
         task = progress.add_task("compressing and measuring", total=None)
         rows = analyze(loaded, grid, progress=lambda done, total: progress.update(task, completed=done, total=total))

@@ -166,6 +166,7 @@ def open_session(
     resume: bool,
     device: str = "cpu",
     dtype: str = "auto",
+    trust_remote_code: bool = False,
     status: StatusCallback | None = None,
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator. Fails before any evaluation
@@ -197,7 +198,7 @@ def open_session(
     else:
         store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
     say(f"loading model {spec.model}")
-    loaded = load_model(spec.model, dtype=dtype, device=device)
+    loaded = load_model(spec.model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
     calibration_path = store.path(CALIBRATION_FILE)
     if calibration_path.exists():
