@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,17 @@ MAX_CONFIG_BYTES = 64 * 2**20
 def read_json_bounded(path: Path, what: str) -> Any:
     """The JSON in `path`, reading at most MAX_CONFIG_BYTES; None when the file does not exist."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
+        # Non-blocking: opening a named pipe must not wait for a writer. Links are fine (the HF
+        # cache links snapshots to blobs); what they point to must be a regular file.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise EvoError(f"{what}: cannot read {path.name} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise EvoError(f"{what}: {path.name} is not a regular file (a device, pipe or directory); replace it")
+        data = handle.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
         raise EvoError(f"{what}: {path.name} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; it is not a model config")
     try:

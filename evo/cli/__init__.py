@@ -273,9 +273,10 @@ def render_artifact(summary) -> None:
 
 
 def is_artifact(path: str) -> bool:
-    from pathlib import Path
+    import os
 
-    return (Path(path) / "manifest.json").is_file()
+    # lexists: a manifest.json that is a link or a device is a (refused) artifact, not a model dir.
+    return os.path.lexists(os.path.join(path, "manifest.json"))
 
 
 def load_for_eval(spec: str, *, device: str, dtype: str, trust_remote_code: bool = False):

@@ -101,7 +101,7 @@ def _zstd_content_size(data: bytes, expected: int) -> None:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError:
         raise EvoError("corrupt frame: its payload is not a zstd frame") from None
-    if declared == zstandard.CONTENTSIZE_UNKNOWN:
+    if declared < 0 or declared == zstandard.CONTENTSIZE_UNKNOWN:  # frame_content_size says -1
         raise EvoError("corrupt frame: its zstd payload does not record its decompressed size; evo writes it always")
     if declared != expected:
         raise EvoError(f"corrupt frame: its zstd payload expands to {declared} bytes, {expected} expected")
