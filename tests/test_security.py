@@ -210,6 +210,21 @@ def test_safetensors_win_over_a_pickle_beside_them(tmp_path):
     assert torch.equal(loaded.model.state_dict()[name], expected.state_dict()[name])
 
 
+@pytest.mark.parametrize("case", ["dev-zero", "fifo"])
+def test_model_dir_config_files_are_read_bounded(tmp_path, case):
+    """A tokenizer_config.json linked to /dev/zero or made a named pipe is refused, not read forever."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    (model_dir / "tokenizer_config.json").unlink()
+    if case == "dev-zero":
+        (model_dir / "tokenizer_config.json").symlink_to("/dev/zero")
+    else:
+        os.mkfifo(model_dir / "tokenizer_config.json")
+    with pytest.raises(EvoError, match="tokenizer_config.json is not a regular file") as caught:
+        load_model(str(model_dir))
+    assert "\n" not in str(caught.value)
+    print(f"\n[model dir, tokenizer_config.json {case}] error: {caught.value}")
+
+
 # --- 2. bounded decoding --------------------------------------------------------------------------
 
 
@@ -360,6 +375,26 @@ def test_only_regular_files_inside_the_artifact(pristine, tmp_path, text_file, c
         os.mkfifo(path / MODEL_CONFIG)
         match = f"{MODEL_CONFIG} is not a regular file"
     one_line_error(path, text_file, capsys, match)
+
+
+def test_config_that_builds_too_many_modules_is_stopped_while_building(pristine):
+    """The meta-device build runs under a module cap: a config that would build a million
+    modules (say, experts) is refused after a few thousand, in milliseconds."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from evo.compress import integrity
+    from evo.compress.artifact import read_manifest
+
+    manifest = read_manifest(pristine)
+    config = SimpleNamespace(num_hidden_layers=len(manifest.kept_layers))
+    start = time.perf_counter()
+    with pytest.raises(EvoError, match="builds more than .* modules") as caught:
+        integrity.check_model_config(config, manifest, "artifact X",
+                                     lambda: nn.ModuleList(nn.ReLU() for _ in range(10**6)))
+    assert time.perf_counter() - start < 5
+    print(f"\n[module cap] error: {caught.value}")
 
 
 def test_files_changed_after_export_are_refused(pristine, tmp_path, text_file, capsys):

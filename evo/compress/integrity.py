@@ -40,6 +40,11 @@ def _fail(where: str, what: str) -> EvoError:
     return EvoError(f"{where}: {what}; the artifact is corrupt or was tampered with: re-export it")
 
 
+def _link_error(where: str, name: str) -> EvoError:
+    # A link could point at /dev/zero or at a file outside the artifact; copies are cheap.
+    return EvoError(f"{where}: {name} is a symbolic link; an artifact holds only regular files: copy the real file in")
+
+
 def _is_count(value: object, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -61,7 +66,8 @@ def validate_manifest(manifest: ArtifactManifest, where: str) -> None:
     if base != len(kept) + len(layer_drops):
         raise _fail(
             where,
-            f"base_num_layers is {base} but the artifact keeps {len(kept)} layers and its config drops {len(layer_drops)}",
+            f"base_num_layers is {base} but the artifact keeps {len(kept)} layers "
+            f"and its config drops {len(layer_drops)}",
         )
     if kept[-1] >= base or any(i >= base for i in drops):
         raise _fail(where, f"a kept or dropped layer index is outside the base model's {base} layers")
@@ -107,7 +113,9 @@ def validate_manifest(manifest: ArtifactManifest, where: str) -> None:
     if MANIFEST in manifest.files:
         raise _fail(where, f"files lists {MANIFEST} itself")
     if manifest.files[TENSORS] != manifest.tensor_bytes:
-        raise _fail(where, f"files gives {TENSORS} {manifest.files[TENSORS]} bytes but tensor_bytes is {manifest.tensor_bytes}")
+        raise _fail(
+            where, f"files gives {TENSORS} {manifest.files[TENSORS]} bytes but tensor_bytes is {manifest.tensor_bytes}"
+        )
     if not _is_count(manifest.total_bytes):
         raise _fail(where, f"total_bytes is {manifest.total_bytes}")
 
@@ -124,7 +132,7 @@ def regular_file_size(path: Path, name: str, where: str) -> int:
     except FileNotFoundError:
         raise EvoError(f"{where} has no {name}: it is incomplete; re-export it") from None
     if stat.S_ISLNK(info.st_mode):
-        raise EvoError(f"{where}: {name} is a symbolic link; an artifact holds only regular files: copy the real file in")
+        raise _link_error(where, name)
     if not stat.S_ISREG(info.st_mode):
         raise EvoError(f"{where}: {name} is not a regular file (a device, pipe or directory); re-export the artifact")
     return info.st_size
@@ -144,9 +152,7 @@ def check_directory(path: Path, manifest: ArtifactManifest, where: str) -> None:
                     raise EvoError(f"{where} holds more than {MAX_DIRECTORY_ENTRIES} entries; it is not an evo artifact")
                 name = Path(entry.path).relative_to(path).as_posix()
                 if entry.is_symlink():
-                    raise EvoError(
-                        f"{where}: {name} is a symbolic link; an artifact holds only regular files: copy the real file in"
-                    )
+                    raise _link_error(where, name)
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
                 elif not entry.is_file(follow_symlinks=False):
