@@ -348,6 +348,41 @@ def test_config_json_must_agree_with_the_manifest_shapes(pristine, tmp_path, tex
     assert time.perf_counter() - start < 30
 
 
+def _constant_frame(bits: int, count: int) -> bytes:
+    """A valid frame of `count` equal values in a dozen bytes: an ANS histogram of one symbol."""
+    if bits == 16:
+        half = _constant_frame(8, count)
+        frame = coding._header("u16-planes", 16, count)
+        coding._put_varint(frame, len(half))
+        return bytes(frame) + half + half
+    frame = coding._header("ans", bits, count)
+    for value in (0, 1, count):
+        coding._put_varint(frame, value)
+    return bytes(frame)
+
+
+def test_config_and_manifest_that_agree_on_a_huge_model_are_refused(pristine, tmp_path, text_file, capsys):
+    """config.json with a 10^9 vocabulary and a manifest whose shapes agree (frames of a few bytes
+    declaring 64 * 10^9 constant weights): refused before the 256 GB model is built."""
+    from evo.compress.size import expected_frames
+
+    data = _manifest(pristine)
+    embedding = next(t for t in data["tensors"] if t["name"] == "model.embed_tokens.weight")
+    setting = TensorSetting.from_dict(data["settings"][embedding["setting"]])
+    shape = (10**9, embedding["shape"][1])
+    frames = {("model.embed_tokens.weight", kind): _constant_frame(bits, count)
+              for kind, (count, bits) in expected_frames(shape, setting).items()}
+    config = json.loads((pristine / MODEL_CONFIG).read_text())
+    config["vocab_size"] = shape[0]
+
+    def grow(manifest):
+        next(t for t in manifest["tensors"] if t["name"] == "model.embed_tokens.weight")["shape"] = list(shape)
+
+    path = tamper(pristine, tmp_path / "huge", frames=frames, files={MODEL_CONFIG: json.dumps(config).encode()},
+                  edit=grow)
+    one_line_error(path, text_file, capsys, r"shapes declare 64000\d+ weights for \d+ bytes of frames")
+
+
 @pytest.mark.parametrize("case", ["tensors-dev-zero", "tensors-outside", "manifest-dev-zero", "tokenizer-outside",
                                   "config-fifo"])
 def test_only_regular_files_inside_the_artifact(pristine, tmp_path, text_file, capsys, case):

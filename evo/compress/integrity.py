@@ -27,6 +27,10 @@ MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_DIMENSION = 2**31
 MAX_TENSOR_ELEMENTS = 2**40
 MAX_TENSOR_DIMS = 8
+# Real weights never compress below ~0.05 bits each (2 bits, 95 % sparsity, per-group scales);
+# 1024 weights per byte of frames (0.008 bits each) is beyond any, yet lets constant ANS frames
+# of a few bytes declare a huge model: refused, since decoding allocates what shapes declare.
+MAX_WEIGHTS_PER_FRAME_BYTE = 1024
 # An artifact holds a manifest, tensors.bin, a config and a few tokenizer files; a directory
 # with far more entries is not one, and walking it should not take unbounded time.
 MAX_DIRECTORY_ENTRIES = 10_000
@@ -100,6 +104,13 @@ def validate_manifest(manifest: ArtifactManifest, where: str) -> None:
             running += frame.length
     if manifest.tensor_bytes != running:
         raise _fail(where, f"tensor_bytes is {manifest.tensor_bytes} but the frames add up to {running}")
+    weights = sum(math.prod(tensor.shape) for tensor in manifest.tensors)
+    if weights > MAX_WEIGHTS_PER_FRAME_BYTE * running:
+        raise _fail(
+            where,
+            f"its shapes declare {weights} weights for {running} bytes of frames, more than "
+            f"{MAX_WEIGHTS_PER_FRAME_BYTE} per byte, which no real model compresses to",
+        )
     for name, size in manifest.files.items():
         if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
             raise _fail(where, f"files lists {name!r}, not a plain path inside the artifact")
