@@ -462,6 +462,53 @@ def read_frames(path: Path, manifest: ArtifactManifest, blob: bytes) -> dict[str
     return encoded
 
 
+def read_artifact(
+    path: str | os.PathLike[str], *, expected_base_model: str | None = None
+) -> tuple[ArtifactManifest, dict[str, EncodedTensor]]:
+    """The manifest and every tensor's frames, after every check that needs no model: manifest
+    integers, regular files of the recorded sizes (no links), no auto_map, sha256 and each
+    frame's declared sizes against its tensor's shape. Eager and resident loading both start here.
+    """
+    from evo.remote_code import read_json_bounded, refuse_remote_code
+
+    path = Path(path)
+    where = f"artifact {path}"
+    manifest = read_manifest(path)  # every manifest integer validated
+    if expected_base_model is not None:
+        check_base_model(manifest, expected_base_model, path)
+    drops = manifest.config.drops
+    if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
+        raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
+    integrity.check_directory(path, manifest, where)  # regular files of the recorded sizes, no links
+    configs = {name: read_json_bounded(path / name, where) for name in (MODEL_CONFIG, "tokenizer_config.json")}
+    refuse_remote_code(where, configs, trust_remote_code=False,
+                       hint="evo artifacts never run code; re-export it from a model transformers supports natively")
+    blob = _read_tensors_bin(path, manifest)
+    return manifest, read_frames(path, manifest, blob)  # before any model exists: a bomb costs nothing
+
+
+def build_model(path: str | os.PathLike[str], manifest: ArtifactManifest, torch_dtype: torch.dtype) -> nn.Module:
+    """The artifact's architecture with uninitialised weights, once config.json has been checked
+    against the manifest's shapes on the meta device (integrity.check_model_config)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    where = f"artifact {path}"
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        integrity.check_model_config(config, manifest, where, lambda: _build_model(config, manifest, torch_dtype, path))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG} ({exc}); re-export it") from None
+    declared = integrity.dense_bytes(manifest, torch.empty(0, dtype=torch_dtype).element_size())
+    try:
+        return _build_model(config, manifest, torch_dtype, path)
+    except (MemoryError, RuntimeError) as exc:
+        raise EvoError(
+            f"artifact {path}: its weights take {declared / 1e9:.2f} GB and building the model failed "
+            f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); free memory or use a larger machine"
+        ) from None
+
+
 def _build_model(config, manifest: ArtifactManifest, torch_dtype: torch.dtype, path: Path):
     """The compressed architecture (dropped layers and blocks gone, embeddings tied) and its
     description; run once on the meta device to check config.json, then for real."""
@@ -522,45 +569,20 @@ def load(
     """(model, tokenizer) from an artifact directory: a plain transformers model, in eval mode.
 
     dtype defaults to the dtype the model was compressed in, which reproduces its logits
-    exactly. Every frame's sha256 is checked before it is decoded. No code from the artifact
-    runs (no trust_remote_code, no pickle).
+    exactly. Every frame's sha256 and every size the manifest, the frames and config.json declare
+    are checked (read_artifact, build_model) before anything is decompressed or allocated, so a
+    tampered artifact costs no more memory than its declared weights. No code from the artifact
+    runs (no trust_remote_code, no auto_map, no pickle).
     """
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
     from evo.modelio import resolve_device
-    from evo.remote_code import read_json_bounded, refuse_remote_code
 
     path = Path(path)
-    where = f"artifact {path}"
-    manifest = read_manifest(path)  # every manifest integer validated
-    if expected_base_model is not None:
-        check_base_model(manifest, expected_base_model, path)
-    drops = manifest.config.drops
-    if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
-        raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
-    integrity.check_directory(path, manifest, where)  # regular files of the recorded sizes, no links
-    configs = {name: read_json_bounded(path / name, where) for name in (MODEL_CONFIG, "tokenizer_config.json")}
-    refuse_remote_code(where, configs, trust_remote_code=False,
-                       hint="evo artifacts never run code; re-export it from a model transformers supports natively")
-    blob = _read_tensors_bin(path, manifest)
-    encoded = read_frames(path, manifest, blob)  # before the model exists: a bomb costs nothing
-    del blob
+    manifest, encoded = read_artifact(path, expected_base_model=expected_base_model)
     torch_device = resolve_device(device)
     torch_dtype = _resolve_load_dtype(dtype, manifest, torch_device)
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-        integrity.check_model_config(config, manifest, where, lambda: _build_model(config, manifest, torch_dtype, path))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG} ({exc}); re-export it") from None
-    declared = integrity.dense_bytes(manifest, torch.empty(0, dtype=torch_dtype).element_size())
-    try:
-        model = _build_model(config, manifest, torch_dtype, path)
-    except (MemoryError, RuntimeError) as exc:
-        raise EvoError(
-            f"artifact {path}: its weights take {declared / 1e9:.2f} GB and building the model failed "
-            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); free memory or use a larger machine"
-        ) from None
-
+    model = build_model(path, manifest, torch_dtype)
     params = dict(model.named_parameters())
     for tensor in manifest.tensors:
         param = params[tensor.name]  # check_model_config matched every name and shape
