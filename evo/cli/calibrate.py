@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     with step("reading corpus"):
         corpus = read_corpus(args.corpus, text_field=args.text_field)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     with progress_bar() as progress:
         task = progress.add_task("embedding sequences", total=None)

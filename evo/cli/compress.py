@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from evo.evaluate.stats import collect_activation_stats
 
     config = CompressionConfig.load(args.config)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     config.validate_against(loaded.info)
     stats = None
     if config_needs_stats(config, loaded.info):

@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from evo.cli.ui import load_model_with_progress, out, progress_bar, step
+from evo.cli.ui import add_trust_option, load_model_with_progress, out, progress_bar, step
 from evo.errors import EvoError
 
 
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--dtype", default="auto")
+    add_trust_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
     dataset = args.dataset or (None if tasks else "wikitext2")
     text = read_text(dataset) if dataset else None
-    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype,
+                                     trust_remote_code=args.trust_remote_code)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
@@ -92,19 +94,20 @@ def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
 
 
 def is_artifact(path: str) -> bool:
-    from pathlib import Path
+    import os
 
     from evo.constants import MANIFEST_FILE
 
-    return (Path(path) / MANIFEST_FILE).is_file()
+    # lexists: a manifest that is a link or a device is a (refused) artifact, not a model dir.
+    return os.path.lexists(os.path.join(path, MANIFEST_FILE))
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str):
+def load_for_eval(spec: str, *, device: str, dtype: str, trust_remote_code: bool = False):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
 
         with step(f"loading artifact {spec}"):
             return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
-    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return loaded.model, loaded.tokenizer

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if resume and not args.resume:
         console.print(f"{run_dir} already holds a run with these options: resuming it")
     session = open_session(spec, run_dir, resume=resume, device=args.device,
-                           status=lambda message: console.print(message))
+                           trust_remote_code=args.trust_remote_code, status=lambda message: console.print(message))
     try:
         with SearchDisplay(session.spec) as display:
             result = run_search(session, on_progress=display.update)
