@@ -19,6 +19,10 @@ DTYPES = {
 # Structural drops of a decoder layer: keep it, zero its attention, its MLP, or remove it.
 DROPS = ("none", "attention", "mlp", "layer")
 
+# How an artifact's weights stay in memory once loaded (evo.runtime.resident): dequantized,
+# bit-packed codes, coded frames decoded on demand, or decoded where it pays most.
+RESIDENT_MODES = ("dense", "codes", "compressed", "auto")
+
 # Evaluation stages: 1 screens on a prefix of the calibration tokens, 2 is the full score.
 SCREEN_STAGE = 1
 FINAL_STAGE = 2

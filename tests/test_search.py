@@ -145,6 +145,11 @@ def test_export_matches_the_recorded_size_and_quality(tiny_model_dir, tmp_path, 
     on_disk = sum(p.stat().st_size for p in artifact.iterdir())
     assert on_disk == best["size_bytes"] <= int(round(budget_mb[0] * 1e6))
     assert (tmp_path / "export" / "best.toml").exists()
+    # Fast-decoding coders: another size, predicted exactly (export fails on any difference).
+    fast = evo("export", str(run_dir), "--out", str(tmp_path / "fast"), "--prefer-decode-speed")
+    assert fast.returncode == 0, fast.stderr
+    fast_disk = sum(p.stat().st_size for p in (tmp_path / "fast" / "artifact").iterdir())
+    assert f"fast-decoding coders: {fast_disk:,} bytes" in " ".join(fast.stdout.split())
 
     # the artifact reproduces the quality the run recorded (calibration perplexity)
     import math

@@ -238,6 +238,27 @@ def bomb_frame(pristine) -> bytes:
     return bytes(coding._header("zstd", bits, count)) + payload
 
 
+def test_lazy_decoding_checks_frames_like_the_eager_load(pristine, bomb_frame):
+    """evo.runtime decodes held frames through decode_stored_tensor: a bomb whose sha256 matches is
+    still refused by its declared sizes before anything is decompressed."""
+    from dataclasses import replace
+
+    from evo.compress.artifact import decode_stored_tensor, read_manifest
+
+    name, _, _ = _quantized_tensor(pristine)
+    tensor = next(t for t in read_manifest(pristine).tensors if t.name == name)
+    blob = (pristine / TENSORS_FILE).read_bytes()
+    frames = {frame.kind: blob[frame.offset : frame.offset + frame.length] for frame in tensor.frames}
+    frames["codes"] = bomb_frame
+    stored = replace(tensor, frames=tuple(
+        replace(frame, sha256=hashlib.sha256(bomb_frame).hexdigest(), length=len(bomb_frame))
+        if frame.kind == "codes" else frame for frame in tensor.frames))
+    start = time.perf_counter()
+    with pytest.raises(EvoError, match=f"tensor {name}: the codes frame .* expands to {BOMB_BYTES} bytes"):
+        decode_stored_tensor(pristine, stored, frames)
+    assert time.perf_counter() - start < 5
+
+
 def test_decompression_bomb_is_refused_before_decompressing(pristine, bomb_frame, tmp_path, text_file, capsys):
     name, count, _ = _quantized_tensor(pristine)
     path = tamper(pristine, tmp_path / "bomb", frames={(name, "codes"): bomb_frame})

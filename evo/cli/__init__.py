@@ -10,13 +10,13 @@ import argparse
 from collections.abc import Sequence
 
 from evo import __version__
-from evo.cli import analyze, baseline, calibrate, compress, eval, export, inspect, report, search
+from evo.cli import analyze, baseline, calibrate, compress, eval, export, inspect, report, run, search
 from evo.cli.ui import EXIT_INTERRUPTED, EXIT_USER_ERROR, console
 from evo.errors import EvoError
 
 # In the order `evo --help` lists them.
 COMMANDS = {"calibrate": calibrate, "compress": compress, "eval": eval, "analyze": analyze, "search": search,
-            "report": report, "baseline": baseline, "export": export, "inspect": inspect}
+            "report": report, "baseline": baseline, "run": run, "export": export, "inspect": inspect}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from evo.cli.ui import add_trust_option, load_model_with_progress, out, progress_bar, step
+from evo.constants import RESIDENT_MODES
 from evo.errors import EvoError
 
 
@@ -26,6 +27,9 @@ def add_parser(sub) -> None:
     ev.add_argument("--dtype", default="auto")
     add_trust_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ev.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
+                    help="how an artifact's weights stay in memory (see evo run); same results in every mode")
+    ev.add_argument("--max-resident-mb", type=float, default=None, help="cap on decoded weights (compressed, auto)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
     dataset = args.dataset or (None if tasks else "wikitext2")
     text = read_text(dataset) if dataset else None
-    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype,
-                                     trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype, resident=args.resident,
+                                     max_resident_mb=args.max_resident_mb, trust_remote_code=args.trust_remote_code)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
@@ -102,12 +106,16 @@ def is_artifact(path: str) -> bool:
     return os.path.lexists(os.path.join(path, MANIFEST_FILE))
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str, trust_remote_code: bool = False):
+def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None,
+                  trust_remote_code: bool = False):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
 
         with step(f"loading artifact {spec}"):
-            return load(spec, device=device, dtype=None if dtype == "auto" else dtype)
+            return load(spec, device=device, dtype=None if dtype == "auto" else dtype, resident=resident,
+                        max_resident_mb=max_resident_mb)
+    if resident != "dense":
+        raise EvoError(f"--resident {resident} needs an evo artifact; {spec} is a model: drop the option")
     loaded = load_model_with_progress(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return loaded.model, loaded.tokenizer

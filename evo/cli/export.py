@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
                     help="auto (default) = the dtype the run searched in, which its sizes and qualities hold for")
     add_trust_option(ex)
     ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--prefer-decode-speed", action="store_true",
+                    help="code frames with zstd/packing only, not ANS (larger than the size the run recorded)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,8 +44,19 @@ def run(args: argparse.Namespace) -> int:
     with step(f"compressing and writing the artifact ({session.spec.dtype})"):
         summary = compress_and_write(session.loaded, config, out_dir / EXPORT_ARTIFACT_DIR,
                                      stats=session.activation_stats, size_cache=session.size_model.size_cache,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, prefer_decode_speed=args.prefer_decode_speed)
     render_artifact(summary)
+    if args.prefer_decode_speed:
+        from evo.runtime.sizes import decode_speed_size
+
+        expected = decode_speed_size(session.size_model, config)
+        if summary.total_bytes != expected:
+            raise EvoError(f"the artifact has {summary.total_bytes} bytes but the size model predicts {expected} "
+                           "with fast-decoding coders: the size cache is stale; delete the run's size_cache and "
+                           "export again")
+        over = " (over the budget: the run chose it with the smallest coders)" if expected > budget else ""
+        out.print(f"fast-decoding coders: {expected:,} bytes vs {point.size_bytes:,} recorded{over}")
+        return 0
     if summary.total_bytes != point.size_bytes:
         raise EvoError(f"the artifact has {summary.total_bytes} bytes but the run recorded {point.size_bytes}: "
                        "the size cache is stale; delete the run's size_cache and export again")

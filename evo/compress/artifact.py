@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from evo import __version__
-from evo.compress import TensorSetting, dequantize
+from evo.compress import QuantizedTensor, TensorSetting, dequantize
 from evo.compress import integrity
 from evo.compress.coding import EncodedTensor, check_encoded, decode_tensor, encode_tensor
 from evo.compress.config import CompressionConfig
@@ -325,7 +325,9 @@ def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor,
     offset = 0
     with open(path, "wb") as f:
         for item in result.tensors:
-            encoded = item.encoded or encode_tensor(item.compressed.quantized)  # type: ignore[union-attr]
+            encoded = item.encoded or encode_tensor(
+                item.compressed.quantized, prefer_decode_speed=result.prefer_decode_speed  # type: ignore[union-attr]
+            )
             if item.size is not None and item.size.compressed_bytes != encoded.compressed_bytes:
                 raise EvoError(
                     f"the size cache says tensor {item.plan.source} takes {item.size.compressed_bytes} bytes under "
@@ -588,24 +590,9 @@ def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
 
 
 def read_frames(path: Path, manifest: ArtifactManifest, blob: bytes) -> dict[str, EncodedTensor]:
-    """Tensor name → its frames, each checked (sha256, then every size it declares against the
-    tensor's shape and setting) before anything is decompressed or allocated."""
-    encoded = {}
-    for tensor in manifest.tensors:
-        frames = {}
-        for frame in tensor.frames:
-            data = blob[frame.offset : frame.offset + frame.length]
-            if hashlib.sha256(data).hexdigest() != frame.sha256:
-                raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
-            frames[frame.kind] = data
-        coders = {frame.kind: frame.coder for frame in tensor.frames}
-        item = EncodedTensor(frames, coders, 0.0)
-        try:
-            check_encoded(item, tensor.shape, tensor.setting)
-        except EvoError as exc:
-            raise EvoError(f"artifact {path}: tensor {tensor.name}: {exc}; re-export it") from None
-        encoded[tensor.name] = item
-    return encoded
+    """Tensor name → its frames, each checked (check_stored_tensor) before anything is decompressed
+    or allocated."""
+    return {tensor.name: check_stored_tensor(path, tensor, stored_frames(tensor, blob)) for tensor in manifest.tensors}
 
 
 def read_artifact(
@@ -681,6 +668,35 @@ def _build_model(config, manifest: ArtifactManifest, torch_dtype: torch.dtype, p
     return model
 
 
+def stored_frames(tensor: StoredTensor, blob: bytes) -> dict[str, bytes]:
+    """The frames of one tensor (kind → bytes), cut from tensors.bin's contents."""
+    return {frame.kind: blob[frame.offset : frame.offset + frame.length] for frame in tensor.frames}
+
+
+def check_stored_tensor(path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]) -> EncodedTensor:
+    """The EncodedTensor of one stored tensor's frames, each checked against its sha256 and then every
+    size it declares against the tensor's shape and setting (check_encoded); nothing is decompressed."""
+    for frame in tensor.frames:
+        data = frames.get(frame.kind)
+        if data is None or hashlib.sha256(data).hexdigest() != frame.sha256:
+            raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
+    coders = {frame.kind: frame.coder for frame in tensor.frames}
+    item = EncodedTensor(dict(frames), coders, 0.0)
+    try:
+        check_encoded(item, tensor.shape, tensor.setting)
+    except EvoError as exc:
+        raise EvoError(f"artifact {path}: tensor {tensor.name}: {exc}; re-export it") from None
+    return item
+
+
+def decode_stored_tensor(
+    path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]
+) -> QuantizedTensor:
+    """The QuantizedTensor stored in `frames`, checked first (check_stored_tensor): the lazy decoding
+    of evo.runtime and read_artifact refuse a corrupt or hostile frame the same way, before decoding."""
+    return decode_tensor(check_stored_tensor(path, tensor, frames), tensor.shape, tensor.setting)
+
+
 def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
     if dtype is None:
         if manifest.dtype not in DTYPES:
@@ -711,6 +727,10 @@ def load(
     dtype: str | torch.dtype | None = None,
     *,
     expected_base_model: str | None = None,
+    resident: str = "dense",
+    max_resident_mb: float | None = None,
+    target_tokens_per_s: float | None = None,
+    prefetch: int = 1,
 ):
     """(model, tokenizer) from an artifact directory: a plain transformers model, in eval mode.
 
@@ -718,21 +738,32 @@ def load(
     exactly. Every frame's sha256 and every size the manifest, the frames and config.json declare
     are checked (read_artifact, build_model) before anything is decompressed or allocated, so a
     tampered artifact costs no more memory than its declared weights. No code from the artifact
-    runs (no trust_remote_code, no auto_map, no pickle).
+    runs (no trust_remote_code, no auto_map, no pickle). resident="dense" (default) holds
+    dequantized weights; "codes", "compressed" and "auto" keep them smaller (see evo.runtime.resident:
+    same logits, `model.evo_runtime` says what is held), from the same checked frames.
     """
     from transformers import AutoTokenizer, GenerationConfig
 
     from evo.modelio import resolve_device
+    from evo.runtime.resident import ResidentOptions, attach
 
+    options = ResidentOptions(resident, max_resident_mb, target_tokens_per_s, prefetch)
     path = Path(path)
     manifest, encoded = read_artifact(path, expected_base_model=expected_base_model)
     torch_device = resolve_device(device)
     torch_dtype = _resolve_load_dtype(dtype, manifest, torch_device)
     model = build_model(path, manifest, torch_dtype)
+    runtime = None
+    if options.mode != "dense":
+        runtime = attach(model, manifest, encoded, path=path, options=options, dtype=torch_dtype, device=torch_device)
     params = dict(model.named_parameters())
+    held = runtime.tensor_names if runtime is not None else frozenset()
     for tensor in manifest.tensors:
+        frames = encoded.pop(tensor.name)  # each tensor's frames are freed once decoded
+        if tensor.name in held:
+            continue  # held packed or coded by evo.runtime
         param = params[tensor.name]  # check_model_config matched every name and shape
-        quantized = decode_tensor(encoded.pop(tensor.name), tensor.shape, tensor.setting)
+        quantized = decode_tensor(frames, tensor.shape, tensor.setting)
         param.copy_(dequantize(quantized).to(dtype=param.dtype))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
@@ -742,4 +773,6 @@ def load(
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     model.to(torch_device)
     model.eval()
+    if runtime is not None:
+        runtime.start(model)
     return model, tokenizer

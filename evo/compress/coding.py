@@ -273,15 +273,21 @@ def encode_codes(codes: np.ndarray, bits: int, coder: str) -> bytes:
     return CODE_CODERS[coder](_check_codes(codes, bits), bits)
 
 
-def encode_all(codes: np.ndarray, bits: int) -> dict[str, bytes]:
-    """Every code coder's frame, for reports that compare them."""
+# Code coders that decode fast (benchmarks/decode_speed.py: on SmolLM2's 3-bit codes zstd decodes
+# ~15x faster than constriction's ANS, which also keeps the GIL): what --prefer-decode-speed allows.
+FAST_DECODE_CODERS = ("zstd", "zstd-packed", "packed")
+
+
+def encode_all(codes: np.ndarray, bits: int, coders: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """Every code coder's frame (or those named in `coders`), for reports that compare them."""
     codes = _check_codes(codes, bits)
-    return {name: encode(codes, bits) for name, encode in CODE_CODERS.items()}
+    return {name: encode(codes, bits) for name, encode in CODE_CODERS.items() if coders is None or name in coders}
 
 
-def encode_best(codes: np.ndarray, bits: int) -> tuple[str, bytes]:
-    """(coder name, frame) of the smallest frame; ties go to the earlier coder in CODE_CODERS."""
-    frames = encode_all(codes, bits)
+def encode_best(codes: np.ndarray, bits: int, coders: tuple[str, ...] | None = None) -> tuple[str, bytes]:
+    """(coder name, frame) of the smallest frame among `coders` (default all); ties go to the
+    earlier coder in CODE_CODERS."""
+    frames = encode_all(codes, bits, coders)
     name = min(frames, key=lambda n: len(frames[n]))
     return name, frames[name]
 
@@ -313,24 +319,25 @@ _U16_SPLITS = {
 }
 
 
-def encode_u16_all(values: np.ndarray) -> dict[str, bytes]:
-    """Every 16-bit coder's frame: plain zstd and each two-byte split in _U16_SPLITS."""
+def encode_u16_all(values: np.ndarray, code_coders: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """Every 16-bit coder's frame: plain zstd and each two-byte split in _U16_SPLITS, whose byte
+    streams use the best of `code_coders` (default all)."""
     values = np.ascontiguousarray(values).reshape(-1)
     if values.dtype.itemsize != 2:
         raise EvoError(f"16-bit coders take 16-bit values, got {values.dtype}")
     values = values.view(np.uint16)
     frames = {"u16-zstd": bytes(_header("u16-zstd", 16, values.size)) + _zstd(values.astype("<u2").tobytes())}
     for name, (split, _) in _U16_SPLITS.items():
-        first, second = (encode_best(part, 8)[1] for part in split(values))
+        first, second = (encode_best(part, 8, code_coders)[1] for part in split(values))
         frame = _header(name, 16, values.size)
         _put_varint(frame, len(first))
         frames[name] = bytes(frame) + first + second
     return frames
 
 
-def encode_u16(values: np.ndarray) -> tuple[str, bytes]:
+def encode_u16(values: np.ndarray, code_coders: tuple[str, ...] | None = None) -> tuple[str, bytes]:
     """(coder name, frame) of the smallest 16-bit frame (fp16 scales, bf16 weights)."""
-    frames = encode_u16_all(values)
+    frames = encode_u16_all(values, code_coders)
     name = min(frames, key=lambda n: len(frames[n]))
     return name, frames[name]
 
@@ -463,24 +470,29 @@ def _from_u16(values: np.ndarray, dtype: torch.dtype, shape: tuple[int, ...]) ->
     return torch.from_numpy(values.astype(np.uint16).view(np.int16).copy()).view(dtype).reshape(shape)
 
 
-def encode_tensor(q: QuantizedTensor) -> EncodedTensor:
-    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes."""
+def encode_tensor(q: QuantizedTensor, *, prefer_decode_speed: bool = False) -> EncodedTensor:
+    """Encode codes with the best code coder, fp16 side info as byte planes, int zeros as codes.
+
+    prefer_decode_speed: the best of FAST_DECODE_CODERS only (no ANS), for artifacts run with
+    their frames resident (evo.runtime "compressed"/"auto"), where decoding is the bottleneck.
+    """
+    allowed = FAST_DECODE_CODERS if prefer_decode_speed else None
     setting = q.setting
     frames: dict[str, bytes] = {}
     coders: dict[str, str] = {}
     if not setting.quantized:
         values = _u16(q.codes)
-        coders["codes"], frames["codes"] = encode_u16(values)
+        coders["codes"], frames["codes"] = encode_u16(values, allowed)
         return EncodedTensor(frames, coders, order0_entropy_bits(values))
     codes = q.codes.detach().cpu().contiguous().numpy().reshape(-1)
-    coders["codes"], frames["codes"] = encode_best(codes, setting.bits)
-    coders["scales"], frames["scales"] = encode_u16(_u16(q.scales))
+    coders["codes"], frames["codes"] = encode_best(codes, setting.bits, allowed)
+    coders["scales"], frames["scales"] = encode_u16(_u16(q.scales), allowed)
     if q.zeros is not None:
         if q.zeros.dtype == torch.uint8:  # integer zero points are codes of the same width
             zeros = q.zeros.detach().cpu().contiguous().numpy().reshape(-1)
-            coders["zeros"], frames["zeros"] = encode_best(zeros, setting.bits)
+            coders["zeros"], frames["zeros"] = encode_best(zeros, setting.bits, allowed)
         else:
-            coders["zeros"], frames["zeros"] = encode_u16(_u16(q.zeros))
+            coders["zeros"], frames["zeros"] = encode_u16(_u16(q.zeros), allowed)
     return EncodedTensor(frames, coders, order0_entropy_bits(codes))
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from evo.compress.apply import CompressedTensor, compress_tensor
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig
-from evo.compress.plan import TensorPlan, plan_model, size_model_id, stats_for
+from evo.compress.plan import DECODE_SPEED_TAG, TensorPlan, plan_model, size_model_id, stats_for
 from evo.compress.prune import ActivationStats
 from evo.compress.size import SizeCache, SizeEntry, SizeKey, cached_size
 from evo.compress.structure import apply_drops
@@ -49,6 +49,7 @@ class CompressionResult:
     dtype: torch.dtype  # the model's weights' dtype, which the artifact loads back into
     kept_layers: tuple[int, ...]
     tensors: tuple[TensorResult, ...]
+    prefer_decode_speed: bool = False  # frames use fast-decoding coders only (evo.compress.coding.encode_tensor)
 
     @property
     def measured(self) -> bool:
@@ -82,6 +83,7 @@ def compress_model(
     model_id: str | None = None,
     measure: bool = True,
     keep_tensors: bool = True,
+    prefer_decode_speed: bool = False,
 ) -> CompressionResult:
     """Compress `model` (a torch model or a LoadedModel) in place as `config` says.
 
@@ -90,6 +92,8 @@ def compress_model(
     dropped. Sizes come from `size_cache` (keys use `model_id`, default size_model_id) or, with
     measure=True and no cache, from encoding every tensor. `stats` is needed by wanda/linf
     pruning only. `info` must describe the model as loaded, before any compression.
+    prefer_decode_speed encodes with fast-decoding coders only (see evo.compress.coding.encode_tensor); its
+    size keys' model id then ends in DECODE_SPEED_TAG.
     """
     module, carried = _unwrap(model)
     info = info or carried
@@ -101,7 +105,7 @@ def compress_model(
     check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
-    key_model_id = model_id or size_model_id(info, dtype)
+    key_model_id = (model_id or size_model_id(info, dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
 
     results = []
     for tensor in plan.tensors:
@@ -110,7 +114,7 @@ def compress_model(
         param = params[tensor.source]
         compressed = compress_tensor(param.detach(), setting, act)
         param.copy_(compressed.dequantized().to(device=param.device, dtype=param.dtype))
-        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure)
+        size, encoded = _measure(compressed, tensor, key_model_id, act, size_cache, measure, prefer_decode_speed)
         results.append(
             TensorResult(
                 plan=tensor,
@@ -138,6 +142,7 @@ def compress_model(
         dtype=dtype,
         kept_layers=kept,
         tensors=tuple(results),
+        prefer_decode_speed=prefer_decode_speed,
     )
 
 
@@ -164,16 +169,17 @@ def _measure(
     act: ActivationStats | None,
     size_cache: SizeCache | None,
     measure: bool,
+    prefer_decode_speed: bool = False,
 ) -> tuple[SizeEntry | None, EncodedTensor | None]:
     if size_cache is None:
         if not measure:
             return None, None
-        encoded = encode_tensor(compressed.quantized)
+        encoded = encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed)
         return SizeEntry.from_encoded(encoded), encoded
     fresh: list[EncodedTensor] = []
 
     def encode() -> EncodedTensor:
-        fresh.append(encode_tensor(compressed.quantized))
+        fresh.append(encode_tensor(compressed.quantized, prefer_decode_speed=prefer_decode_speed))
         return fresh[-1]
 
     key = SizeKey(model_id, tensor.source, tensor.setting.key(), act.digest() if act is not None else "")
@@ -185,11 +191,13 @@ def _measure(
 
 
 def compress_and_write(loaded, config: CompressionConfig, out_dir: str | Path, *, stats=None, size_cache=None,
-                       overwrite: bool = False):
+                       overwrite: bool = False, prefer_decode_speed: bool = False):
     """Compress `loaded.model` in place with `config` and write the artifact; returns its summary.
-    The model is modified: reload it before compressing it with another config."""
+    The model is modified: reload it before compressing it with another config.
+    prefer_decode_speed: fast-decoding coders only (evo.compress.coding.encode_tensor), for evo.runtime."""
     from evo.compress.artifact import write_artifact
 
-    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache)
+    result = compress_model(loaded, None, config, stats=stats, size_cache=size_cache,
+                            prefer_decode_speed=prefer_decode_speed)
     return write_artifact(out_dir, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id,
                           overwrite=overwrite)

@@ -90,6 +90,10 @@ def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
     return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
 
 
+# Appended to the size keys' model id when fast-decoding coders are preferred: other frames, other sizes.
+DECODE_SPEED_TAG = "|fast-decode"
+
+
 def stats_for(
     stats: Mapping[str, ActivationStats] | None, source: str, setting: TensorSetting
 ) -> ActivationStats | None:

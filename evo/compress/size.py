@@ -23,7 +23,7 @@ from evo.compress.apply import compress_tensor
 from evo.compress.artifact import ArtifactMetadata, ManifestWriter, StoredFrame, StoredTensor, build_manifest
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig, LayerConfig
-from evo.compress.plan import plan_model, size_model_id, stats_for
+from evo.compress.plan import DECODE_SPEED_TAG, plan_model, size_model_id, stats_for
 from evo.compress.prune import ActivationStats
 from evo.compress.settings import TensorSetting
 from evo.compress.structure import is_replaced, replaced_modules
@@ -171,6 +171,7 @@ class SizeModel:
         model_id: str | None = None,
         base_model: str | None = None,
         device: str | torch.device = "cpu",
+        prefer_decode_speed: bool = False,
     ) -> None:
         self.info = info
         self.weights = weights
@@ -181,7 +182,10 @@ class SizeModel:
         if first not in weights:
             raise EvoError(f"the weights given to SizeModel lack {first}: pass the base model's named parameters")
         self.dtype = weights[first].dtype
-        self.model_id = model_id or size_model_id(info, self.dtype)
+        # compress_model's key model id for the same arguments: fast-decoding frames have other sizes.
+        self.prefer_decode_speed = prefer_decode_speed
+        tag = DECODE_SPEED_TAG if prefer_decode_speed else ""
+        self.model_id = (model_id or size_model_id(info, self.dtype)) + tag
         self.base_model = base_model
         self.device = torch.device(device)
         self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)
@@ -206,6 +210,7 @@ class SizeModel:
         stats: Mapping[str, ActivationStats] | None = None,
         model_id: str | None = None,
         base_model: str | None = None,
+        prefer_decode_speed: bool = False,
     ) -> SizeModel:
         """From a LoadedModel that has not been compressed: its weights are copied to the CPU now,
         so a later Evaluator may change the model in place."""
@@ -214,7 +219,7 @@ class SizeModel:
         device = next(model.parameters()).device
         metadata = ArtifactMetadata(model, loaded.tokenizer, loaded.info)
         return cls(loaded.info, weights, size_cache, metadata, stats=stats, model_id=model_id,
-                   base_model=base_model, device=device)
+                   base_model=base_model, device=device, prefer_decode_speed=prefer_decode_speed)
 
     # --- public API ---------------------------------------------------------------------------------
 
@@ -290,7 +295,8 @@ class SizeModel:
         def encode():
             weight = self.weights[source].to(self.device)
             self.sizes_computed += 1
-            return encode_tensor(compress_tensor(weight, setting, act).quantized)
+            quantized = compress_tensor(weight, setting, act).quantized
+            return encode_tensor(quantized, prefer_decode_speed=self.prefer_decode_speed)
 
         entry = cached_size(self.size_cache, key, encode)
         if not entry.frame_bytes or set(entry.frame_bytes) != set(entry.coders):

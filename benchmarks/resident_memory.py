@@ -1,0 +1,155 @@
+"""Resident memory and speed of artifacts run in each resident mode: resident weight bytes, peak RSS,
+prefill time of a long prompt and tokens/s of greedy generation.
+
+    python benchmarks/resident_memory.py ARTIFACT [ARTIFACT ...] [--device cpu|cuda]
+        [--prompt-tokens 512] [--new-tokens 128] [--caps 25 50 100] [--auto-cap 50] [--threads N] [--json OUT]
+
+Modes: dense, codes, compressed with the LRU capped at each --caps percentage of the decoded size
+(every matrix the runtime takes over, in the load dtype), and auto capped at --auto-cap percent.
+Each (artifact, mode) runs in a fresh process so that RSS figures do not mix. The prompt is the
+first --prompt-tokens tokens of WikiText-2 (test split, shared data folder); generation is greedy
+with the KV cache and does not stop at EOS. Columns: weights MB (peak resident weight bytes:
+tensors + coded frames + decoded weights held), RSS MB (peak during the generation; after load),
+prefill s, tokens/s, and each mode's tokens/s relative to codes.
+
+CPU smoke (what the report quotes): --prompt-tokens 64 --new-tokens 8.
+GPU: python benchmarks/resident_memory.py /tmp/rt/u3 /tmp/rt/dc8 --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from evo.constants import MB
+
+
+def decoded_bytes(artifact: Path, dtype: str | None) -> int:
+    """Bytes of every stored matrix dequantized in the load dtype: what "compressed" can hold back."""
+    import torch
+
+    from evo.compress.artifact import read_manifest
+    from evo.constants import DTYPES
+
+    manifest = read_manifest(artifact)
+    size = torch.empty((), dtype=getattr(torch, DTYPES[dtype or manifest.dtype])).element_size()
+    return sum(math.prod(t.shape) * size for t in manifest.tensors if len(t.shape) == 2)
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One (artifact, mode) in this process: load, generate, measure."""
+    import torch
+
+    from evo.compress.artifact import load
+    from evo.data.corpus import read_text
+    from evo.runtime.generate import current_rss_bytes, generate_greedy, limit_heap_fragmentation
+
+    if not args.keep_malloc:
+        limit_heap_fragmentation()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = json.loads(args.one)
+    start = time.perf_counter()
+    model, tokenizer = load(args.artifacts[0], device=args.device, dtype=args.dtype, **options)
+    load_seconds = time.perf_counter() - start
+    rss_after_load = current_rss_bytes()
+    ids = tokenizer(read_text("wikitext2")[:200_000], return_tensors="pt")["input_ids"][:, : args.prompt_tokens]
+    result = generate_greedy(model, tokenizer, ids, args.new_tokens, stop_at_eos=False)
+    runtime = getattr(model, "evo_runtime", None)
+    store = runtime.store.stats() if runtime is not None and runtime.store is not None else None
+    return {
+        "load_s": load_seconds,
+        "rss_after_load": rss_after_load,
+        "peak_rss": result.peak_rss_bytes,
+        "weights": result.peak_weight_bytes,
+        "frames": result.weight_memory.frame_bytes,
+        "prefill_s": result.prefill_seconds,
+        "tokens_per_s": result.tokens_per_s,
+        "peak_cuda": result.peak_cuda_bytes,
+        "tokens": list(result.token_ids),
+        "misses": store.misses if store else None,
+        "prefetched": store.prefetched if store else None,
+        "plan": runtime.plan.summary() if runtime is not None and runtime.plan is not None else None,
+    }
+
+
+def modes(args: argparse.Namespace, artifact: Path) -> list[tuple[str, dict]]:
+    decoded = decoded_bytes(artifact, args.dtype)
+    rows = [("dense", {"resident": "dense"}), ("codes", {"resident": "codes"})]
+    rows = [row for row in rows if row[0] in args.modes]
+    for cap in args.caps if "compressed" in args.modes else []:
+        rows.append((f"compressed {cap:g}%", {"resident": "compressed", "max_resident_mb": decoded * cap / 100 / MB,
+                                               "prefetch": args.prefetch}))
+    if "auto" in args.modes:
+        rows.append((f"auto {args.auto_cap:g}%", {"resident": "auto",
+                                                  "max_resident_mb": decoded * args.auto_cap / 100 / MB,
+                                                  "prefetch": args.prefetch}))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("artifacts", nargs="+", type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="load dtype (default the artifact's)")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--modes", nargs="+", default=["dense", "codes", "compressed", "auto"],
+                        choices=["dense", "codes", "compressed", "auto"])
+    parser.add_argument("--caps", type=float, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--auto-cap", type=float, default=50)
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    parser.add_argument("--keep-malloc", action="store_true",
+                        help="leave glibc's mmap threshold dynamic (default: fixed at 64 KiB, see limit_heap_fragmentation)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: JSON load options
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(run_one(args)))
+        return
+    records = []
+    for artifact in args.artifacts:
+        decoded = decoded_bytes(artifact, args.dtype)
+        print(f"\n{artifact}: decoded matrices {decoded / MB:.1f} MB; prompt {args.prompt_tokens} tokens, "
+              f"{args.new_tokens} new tokens, device {args.device}", flush=True)
+        print(f"{'mode':<16} {'weights MB':>10} {'peak RSS MB':>11} {'RSS load MB':>11} {'prefill s':>9} "
+              f"{'tokens/s':>9} {'vs codes':>8} {'load s':>7}  same tokens", flush=True)
+        reference = codes_speed = None
+        for name, options in modes(args, artifact):
+            command = [sys.executable, __file__, str(artifact), "--device", args.device, "--prompt-tokens",
+                       str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--one", json.dumps(options)]
+            if args.dtype:
+                command += ["--dtype", args.dtype]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            if args.keep_malloc:
+                command += ["--keep-malloc"]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{name:<16} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            reference = reference or row["tokens"]
+            if name == "codes":
+                codes_speed = row["tokens_per_s"]
+            ratio = row["tokens_per_s"] / codes_speed if codes_speed else float("nan")
+            print(f"{name:<16} {row['weights'] / MB:>10.1f} {row['peak_rss'] / MB:>11.1f} {row['rss_after_load'] / MB:>11.1f} "
+                  f"{row['prefill_s']:>9.2f} {row['tokens_per_s']:>9.3f} {ratio:>8.2f} {row['load_s']:>7.1f}  "
+                  f"{row['tokens'] == reference}", flush=True)
+            if row["peak_cuda"] is not None:
+                print(f"    peak CUDA memory {row['peak_cuda'] / MB:.1f} MB", flush=True)
+            if row["plan"]:
+                print(f"    {row['plan']}", flush=True)
+            records.append({"artifact": str(artifact), "mode": name, "options": options, **row})
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()

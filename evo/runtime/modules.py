@@ -1,0 +1,184 @@
+"""Modules that stand in for nn.Linear / nn.Embedding while keeping their weight small: bit-packed
+codes dequantized in the forward ("codes"), or coded frames decoded by a forward pre-hook
+("compressed"). Both compute exactly what the dense module computes with the dequantized weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from evo.compress import QuantizedTensor, dequantize
+from evo.compress.grid import num_groups
+from evo.compress.settings import TensorSetting
+from evo.runtime.packing import pack_codes, unpack_codes
+
+# Rows dequantized at once: bounds the int64/float32 temporaries of unpacking to ~ 8 MB per
+# million weights whatever the matrix (a 49152-row embedding would otherwise need ~1 GB).
+CHUNK_WEIGHTS = 1 << 20
+
+
+def dequantize_to(quantized: QuantizedTensor, dtype: torch.dtype) -> torch.Tensor:
+    """evo's dequantize cast to `dtype`, a block of rows at a time so that its float32 temporaries
+    stay small (dequantization is elementwise, so the result is the same to the bit)."""
+    if len(quantized.shape) != 2:
+        return dequantize(quantized).to(dtype)
+    rows, columns = quantized.shape
+    step = max(1, CHUNK_WEIGHTS // max(columns, 1))
+    if step >= rows:
+        return dequantize(quantized).to(dtype)
+    out = torch.empty(quantized.shape, dtype=dtype, device=quantized.codes.device)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        scales = None if quantized.scales is None else quantized.scales[part]
+        zeros = None if quantized.zeros is None else quantized.zeros[part]
+        codes = quantized.codes[part]
+        block = QuantizedTensor(codes, scales, zeros, (codes.shape[0], columns), quantized.setting)
+        out[part] = dequantize(block).to(dtype)
+    return out
+
+
+class PackedWeight(nn.Module):
+    """One quantized matrix kept as bit-packed codes (and packed integer zero points) plus fp16
+    scales, as buffers so that .to(device) moves them. `dequantize_rows` is evo's dequantize on
+    the rows asked for, cast to `dtype`: element for element the dense model's weight."""
+
+    def __init__(self, quantized: QuantizedTensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        setting = quantized.setting
+        if not setting.quantized:
+            raise ValueError("PackedWeight holds quantized matrices; a bits=16 matrix stays dense")
+        self.setting: TensorSetting = setting
+        self.shape = tuple(quantized.shape)
+        self.dtype = dtype
+        self.groups = num_groups(self.shape[1], setting.group_size)
+        self.int_zeros = quantized.zeros is not None and quantized.zeros.dtype == torch.uint8
+        self.register_buffer("codes", pack_codes(quantized.codes, setting.bits), persistent=False)
+        self.register_buffer("scales", quantized.scales.contiguous(), persistent=False)
+        zeros = quantized.zeros
+        if zeros is not None:
+            zeros = pack_codes(zeros, setting.bits) if self.int_zeros else zeros.contiguous()
+        self.register_buffer("zeros", zeros, persistent=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: packed codes, scales and zero points."""
+        return sum(t.numel() * t.element_size() for t in (self.codes, self.scales, self.zeros) if t is not None)
+
+    def dequantize_rows(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """The dequantized rows `rows` (a slice or an index tensor) in `dtype`."""
+        bits = self.setting.bits
+        codes = unpack_codes(self.codes[rows], bits, self.shape[1])
+        zeros = self.zeros
+        if zeros is not None:
+            zeros = unpack_codes(zeros[rows], bits, self.groups) if self.int_zeros else zeros[rows]
+        quantized = QuantizedTensor(codes, self.scales[rows], zeros, (codes.shape[0], self.shape[1]), self.setting)
+        return dequantize(quantized).to(self.dtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole matrix, dequantized a block of rows at a time (elementwise, so identical)."""
+        rows, columns = self.shape
+        step = max(1, CHUNK_WEIGHTS // max(columns, 1))
+        if step >= rows:
+            return self.dequantize_rows(slice(0, rows))
+        out = torch.empty(self.shape, dtype=self.dtype, device=self.codes.device)
+        for start in range(0, rows, step):
+            out[start : start + step] = self.dequantize_rows(slice(start, start + step))
+        return out
+
+
+class PackedLinear(nn.Module):
+    """nn.Linear whose weight is a PackedWeight: dequantize, then F.linear."""
+
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.packed = packed
+        self.out_features, self.in_features = packed.shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.packed.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.packed.dequantize(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.packed.setting.key()}"
+
+
+class PackedEmbedding(nn.Module):
+    """nn.Embedding whose table is a PackedWeight: only the rows looked up are dequantized."""
+
+    def __init__(self, packed: PackedWeight, padding_idx: int | None) -> None:
+        super().__init__()
+        self.packed = packed
+        self.num_embeddings, self.embedding_dim = packed.shape
+        self.padding_idx = padding_idx
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.packed.dequantize()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1).to(self.packed.codes.device)
+        return self.packed.dequantize_rows(flat).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.packed.setting.key()}"
+
+
+class _Lazy(nn.Module):
+    """A module whose weight lives in a DecodedWeights store under `key`: the forward pre-hook
+    asks the store for it (decoding its frames unless the store holds it) and the forward uses it
+    once; nothing here keeps a reference, so an evicted weight is freed."""
+
+    def __init__(self, store, key: str) -> None:
+        super().__init__()
+        self.store = store
+        self.key = key
+        self._weight: torch.Tensor | None = None
+        self.register_forward_pre_hook(_fetch_weight)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.store.acquire(self.key)
+
+    def _take(self) -> torch.Tensor:
+        weight, self._weight = self._weight, None
+        return weight if weight is not None else self.store.acquire(self.key)
+
+
+def _fetch_weight(module: _Lazy, args) -> None:
+    module._weight = module.store.acquire(module.key)
+
+
+class LazyLinear(_Lazy):
+    """nn.Linear whose weight is decoded from its frames when it runs."""
+
+    def __init__(self, store, key: str, shape: tuple[int, int], bias: torch.Tensor | None) -> None:
+        super().__init__(store, key)
+        self.out_features, self.in_features = shape
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._take(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, key={self.key}"
+
+
+class LazyEmbedding(_Lazy):
+    """nn.Embedding whose table is decoded from its frames when it runs."""
+
+    def __init__(self, store, key: str, shape: tuple[int, int], padding_idx: int | None) -> None:
+        super().__init__(store, key)
+        self.num_embeddings, self.embedding_dim = shape
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self._take(), self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, key={self.key}"

@@ -1,0 +1,361 @@
+"""evo.runtime: every resident mode gives the dense load's logits exactly, generation with the KV
+cache matches token for token, the LRU stays under its cap, corrupt frames fail clearly, and
+bit-packing round-trips at every width."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from evo.compress import TensorSetting
+from evo.compress.artifact import load, read_manifest, write_artifact
+from evo.compress.config import CompressionConfig, LayerConfig
+from evo.compress.model import compress_model
+from evo.constants import TENSORS_FILE
+from evo.errors import EvoError
+from evo.modelio import describe_model
+from evo.runtime import ResidentOptions, resident_memory
+from evo.runtime.modules import LazyLinear, PackedEmbedding, PackedLinear
+from evo.runtime.packing import pack_codes, packed_row_bytes, unpack_codes
+from evo.runtime.resident import LayerCost, plan_pinned
+from evo.runtime.store import CodedWeight, DecodedWeights
+
+IDS = torch.arange(5, 37).reshape(2, 16)
+MODES = [
+    dict(resident="codes"),
+    dict(resident="compressed"),
+    dict(resident="compressed", max_resident_mb=0.02, prefetch=2),
+    dict(resident="compressed", max_resident_mb=10.0, prefetch=0),
+    dict(resident="auto", max_resident_mb=0.03),
+    dict(resident="auto", target_tokens_per_s=1e9),
+]
+
+
+def _config() -> CompressionConfig:
+    # Every stored width, symmetric and asymmetric, float and int zero points, sparsity, a bf16
+    # matrix, a dropped layer and block, and the tied embedding at 8 bits.
+    return CompressionConfig(
+        default=TensorSetting(bits=3, group_size=32),
+        embedding=TensorSetting(bits=8, group_size=None, symmetric=True, rescale=1.5),
+        layers={
+            0: LayerConfig(
+                attention=TensorSetting(bits=2, group_size=None, symmetric=True),
+                mlp=TensorSetting(bits=5, sparsity=0.25, rescale=2.0),
+            ),
+            1: LayerConfig(drop="layer"),
+            2: LayerConfig(drop="attention", mlp=TensorSetting(bits=6, group_size=64, zero_point="float")),
+            3: LayerConfig(attention=TensorSetting(bits=4, group_size=128)),
+        },
+        tensors={"model.layers.3.self_attn.v_proj.weight": TensorSetting(bits=16)},
+    )
+
+
+@pytest.fixture
+def artifact(tiny_llama, tiny_tokenizer, tmp_path):
+    info = describe_model(tiny_llama, model_id="tiny-llama")
+    result = compress_model(tiny_llama, info, _config(), measure=False, keep_tensors=True)
+    write_artifact(tmp_path / "art", tiny_llama, tiny_tokenizer, result, base_model="tiny-llama")
+    return tmp_path / "art"
+
+
+@pytest.fixture
+def qwen_artifact(tiny_qwen2, tiny_tokenizer, tmp_path):
+    """Untied head and q/k/v biases."""
+    info = describe_model(tiny_qwen2)
+    config = CompressionConfig(default=TensorSetting(bits=4, group_size=32), embedding=TensorSetting(bits=6),
+                               head=TensorSetting(bits=8, group_size=None))
+    result = compress_model(tiny_qwen2, info, config, measure=False, keep_tensors=True)
+    write_artifact(tmp_path / "qwen", tiny_qwen2, tiny_tokenizer, result)
+    return tmp_path / "qwen"
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+# --- bit-packing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("columns", [1, 7, 8, 64, 100])
+def test_packing_round_trips_at_every_width(bits, columns):
+    codes = torch.randint(0, 1 << bits, (5, columns), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.shape == (5, packed_row_bytes(columns, bits))
+    assert packed.numel() == 5 * -(-columns // 8) * bits  # exactly `bits` bits per code, rows padded to 8
+    assert torch.equal(unpack_codes(packed, bits, columns), codes)
+    assert torch.equal(unpack_codes(packed[2:4], bits, columns), codes[2:4])  # any rows alone
+    assert torch.equal(unpack_codes(packed[torch.tensor([4, 0])], bits, columns), codes[torch.tensor([4, 0])])
+
+
+def test_packing_refuses_codes_that_do_not_fit():
+    with pytest.raises(EvoError, match="does not fit in 3 bits"):
+        pack_codes(torch.tensor([[8]], dtype=torch.uint8), 3)
+
+
+# --- logits and generation ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_every_mode_gives_the_dense_logits(artifact, options):
+    dense, _ = load(artifact)
+    model, tokenizer = load(artifact, **options)
+    assert torch.equal(_logits(model), _logits(dense))
+    assert torch.equal(_logits(model), _logits(dense))  # again, with whatever the store now holds
+    assert tokenizer("t5 t6")["input_ids"] == [5, 6]
+    assert model.evo_runtime.options.mode == options["resident"]
+
+
+@pytest.mark.parametrize("resident", ["codes", "compressed"])
+def test_dequantizing_in_blocks_of_rows_changes_nothing(artifact, resident, monkeypatch):
+    import evo.runtime.modules
+
+    dense, _ = load(artifact)
+    monkeypatch.setattr(evo.runtime.modules, "CHUNK_WEIGHTS", 100)  # blocks of 1-2 rows, a ragged last one
+    model, _ = load(artifact, resident=resident)
+    assert torch.equal(_logits(model), _logits(dense))
+
+
+def test_modules_are_replaced_and_memory_shrinks(artifact):
+    dense, _ = load(artifact)
+    codes, _ = load(artifact, resident="codes")
+    assert isinstance(codes.model.layers[0].self_attn.q_proj, PackedLinear)
+    assert isinstance(codes.model.embed_tokens, PackedEmbedding)
+    assert codes.lm_head.packed is codes.model.embed_tokens.packed  # the tied head shares the codes
+    assert isinstance(codes.model.layers[2].self_attn.v_proj, torch.nn.Linear)  # bf16 matrix stays dense
+    compressed, _ = load(artifact, resident="compressed")
+    assert isinstance(compressed.model.layers[1].mlp.down_proj, LazyLinear)
+    dense_bytes = resident_memory(dense).total_bytes
+    codes_bytes = resident_memory(codes).total_bytes
+    memory = resident_memory(compressed)
+    assert memory.cached_bytes == 0 and memory.frame_bytes > 0
+    assert memory.total_bytes < codes_bytes < dense_bytes
+    manifest = read_manifest(artifact)
+    stored = {t.name: t.compressed_bytes for t in manifest.tensors}
+    assert memory.frame_bytes == sum(stored[k] for k in compressed.evo_runtime.tensor_names)
+
+
+def test_untied_head_and_biases(qwen_artifact):
+    dense, _ = load(qwen_artifact)
+    for options in MODES[:3]:
+        model, _ = load(qwen_artifact, **options)
+        assert torch.equal(_logits(model), _logits(dense))
+
+
+@pytest.mark.parametrize("options", MODES[:3] + MODES[4:5], ids=["codes", "compressed", "compressed-lru", "auto"])
+def test_generation_with_kv_cache_matches_dense(artifact, options):
+    dense, _ = load(artifact)
+    model, _ = load(artifact, **options)
+    prompt = IDS[:1, :6]
+    expected = dense.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+    got = model.generate(prompt, max_new_tokens=12, do_sample=False, use_cache=True, pad_token_id=0)
+    assert got.shape == expected.shape and torch.equal(got, expected)
+
+
+# --- the store -------------------------------------------------------------------------------------
+
+
+def _toy_store(capacity: int | None, prefetch: int) -> tuple[DecodedWeights, dict[str, int]]:
+    sizes = {f"w{i}": 4 * (10 + 7 * i) for i in range(6)}  # float32 weights of various sizes
+    coded = {k: CodedWeight(k, (n // 4,), {"codes": bytes(3)}, n) for k, n in sizes.items()}
+
+    def decode(c: CodedWeight) -> torch.Tensor:
+        return torch.full(c.shape, float(int(c.key[1:])))
+
+    return DecodedWeights(coded, decode, capacity_bytes=capacity, prefetch=prefetch), sizes
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+@pytest.mark.parametrize("capacity", [0, 100, 250, 10_000])
+def test_lru_never_exceeds_its_cap(capacity, prefetch):
+    store, sizes = _toy_store(capacity, prefetch)
+    order = [f"w{i}" for i in [0, 1, 2, 3, 4, 5, 0, 2, 4, 1, 3, 5, 5, 0]] * 3
+    for key in order:
+        weight = store.acquire(key)
+        assert float(weight[0]) == float(int(key[1:]))
+        cached = store.cached_keys()
+        assert store.cached_bytes == sum(sizes[k] for k in cached) <= capacity
+    store.close()
+    stats = store.stats()
+    assert stats.peak_cached_bytes <= capacity
+    assert stats.hits + stats.misses + stats.prefetched == len(order)
+    if capacity == 10_000:
+        assert stats.cached_bytes == sum(sizes.values())  # everything fits: all of it stays
+        assert stats.misses + stats.prefetched == len(sizes)
+
+
+def test_prefetch_keeps_decoding_ahead_pass_after_pass():
+    store, sizes = _toy_store(4 * (10 + 17 + 24), 1)  # three of the six weights fit
+    order = [f"w{i}" for i in range(6)] * 10
+    for key in order:
+        store.acquire(key)
+        time.sleep(0.002)  # the layer computes; the background thread decodes the next one meanwhile
+        # Only the weights ahead are in flight: a finished prefetch found in the LRU must not linger
+        # (its future would keep the weight alive outside the cap).
+        assert len(store._inflight) <= store.prefetch
+    store.close()
+    stats = store.stats()
+    # The first pass learns the order (the wrap from w5 to w0 only when it happens, hence one more
+    # miss); after it each weight is cached or decoded ahead: never on the critical path again.
+    assert stats.misses <= len(sizes) + 1
+    assert stats.hits + stats.prefetched + stats.misses == len(order)
+
+
+def test_lru_evicts_the_least_recently_used():
+    store, sizes = _toy_store(sizes_cap := 4 * (10 + 17 + 24), 0)
+    for key in ["w0", "w1", "w2", "w0", "w3"]:
+        store.acquire(key)
+    assert store.cached_keys() == ["w0", "w3"] and store.cached_bytes <= sizes_cap
+
+
+def test_plan_pins_most_decode_time_per_saved_byte_within_the_cap():
+    costs = (
+        LayerCost("cheap", 1000, 200, 0.001),
+        LayerCost("slow", 1000, 200, 0.010),
+        LayerCost("big", 5000, 1000, 0.020),
+    )
+    assert plan_pinned(costs, 2000, None, 0.0) == ("slow", "cheap")
+    assert plan_pinned(costs, None, None, 0.0) == ("slow", "big", "cheap")
+    # A target already met pins nothing; a target needing one pin pins the best one.
+    assert plan_pinned(costs, None, 1.0, 0.0) == ()
+    assert plan_pinned(costs, None, 1 / 0.025, 0.0) == ("slow",)
+
+
+def test_auto_reports_its_plan(artifact):
+    model, _ = load(artifact, resident="auto", max_resident_mb=0.03)
+    plan = model.evo_runtime.plan
+    assert plan.pinned_bytes <= 30_000 and plan.pinned
+    assert len(plan.costs) == len(model.evo_runtime.tensor_names)
+    assert "auto plan" in plan.summary()
+    memory = resident_memory(model)
+    assert memory.pinned_bytes == plan.pinned_bytes and memory.frame_bytes == plan.coded_frame_bytes
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+def test_corrupt_frame_met_lazily_is_the_eager_error(artifact):
+    manifest = read_manifest(artifact)
+    victim = next(t for t in manifest.tensors if t.name == "model.layers.2.mlp.up_proj.weight")
+    message = f"corrupt: tensor {victim.name} failed its checksum"
+    model, _ = load(artifact, resident="compressed", prefetch=2)  # nothing decoded yet
+    held = model.evo_runtime.store.coded[victim.name].frames
+    kind = victim.frames[0].kind
+    held[kind] = held[kind][:5] + bytes([held[kind][5] ^ 0xFF]) + held[kind][6:]  # corrupted once resident
+    data = bytearray((artifact / TENSORS_FILE).read_bytes())
+    data[victim.frames[0].offset + 5] ^= 0xFF
+    (artifact / TENSORS_FILE).write_bytes(bytes(data))
+    with pytest.raises(EvoError, match=message) as eager:
+        load(artifact)
+    with pytest.raises(EvoError, match=message) as lazy:
+        _logits(model)
+    assert str(lazy.value) == str(eager.value)
+    # On disk, every mode refuses it before building anything: read_artifact checks every frame.
+    for options in (dict(resident="codes"), dict(resident="compressed"), dict(resident="auto", max_resident_mb=1)):
+        with pytest.raises(EvoError, match=message):
+            load(artifact, **options)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(resident="fast"), "resident='fast' is unknown"),
+        (dict(resident="auto"), "needs max_resident_mb or target_tokens_per_s"),
+        (dict(resident="codes", max_resident_mb=5), "applies to resident='compressed' or 'auto'"),
+        (dict(resident="compressed", max_resident_mb=-1), "must be a non-negative number"),
+        (dict(resident="compressed", prefetch=-1), "must be a non-negative integer"),
+        (dict(resident="compressed", target_tokens_per_s=5), "applies to resident='auto' only"),
+    ],
+)
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(EvoError, match=message):
+        ResidentOptions(options.pop("resident"), **options)
+
+
+# --- fast-decoding coders (--prefer-decode-speed) ---------------------------------------------------
+
+
+def _inner_coders(frame: bytes) -> list[str]:
+    """The coders of a frame and of the byte streams inside a two-byte split."""
+    from evo.compress import coding
+
+    name = coding.frame_coder(frame)
+    if name not in ("u16-planes", "u16-bf16-fields"):
+        return [name]
+    _, _, _, pos = coding._parse_header(frame)
+    first_len, pos = coding._get_varint(frame, pos)
+    return [name, *_inner_coders(frame[pos : pos + first_len]), *_inner_coders(frame[pos + first_len :])]
+
+
+def test_prefer_decode_speed_is_exact_in_size_and_never_uses_ans(tiny_model_dir, tmp_path):
+    from evo.compress import coding
+    from evo.modelio import load_model
+    from evo.runtime.sizes import decode_speed_model
+    from evo.compress.size import SizeCache, SizeModel
+
+    directory = tiny_model_dir("llama")
+    config = CompressionConfig(default=TensorSetting(bits=3, group_size=32), embedding=TensorSetting(bits=8),
+                               layers={1: LayerConfig(drop="attention")},
+                               tensors={"model.layers.2.mlp.up_proj.weight": TensorSetting(bits=16)})
+    cache = SizeCache(tmp_path / "sizes")  # shared: the two coder choices must not mix their entries
+    smallest = SizeModel.for_model(load_model(str(directory)), cache)
+    fast = decode_speed_model(smallest)
+    sizes = {}
+    for prefer in (False, True):
+        loaded = load_model(str(directory))
+        result = compress_model(loaded, None, config, size_cache=cache, prefer_decode_speed=prefer)
+        summary = write_artifact(tmp_path / f"art{prefer}", loaded.model, loaded.tokenizer, result)
+        sizes[prefer] = summary.total_bytes
+        assert summary.total_bytes == sum(p.stat().st_size for p in (tmp_path / f"art{prefer}").iterdir())
+        data = (tmp_path / f"art{prefer}" / TENSORS_FILE).read_bytes()
+        coders = {c for t in read_manifest(tmp_path / f"art{prefer}").tensors for f in t.frames
+                  for c in _inner_coders(data[f.offset : f.offset + f.length])}
+        assert ("ans" in coders) != prefer
+        assert not prefer or coders <= {*coding.FAST_DECODE_CODERS, "u16-zstd", "u16-planes", "u16-bf16-fields"}
+    assert smallest.artifact_bytes(config) == sizes[False] < sizes[True] == fast.artifact_bytes(config)
+    dense, _ = load(tmp_path / "artFalse")
+    for options in ({}, dict(resident="compressed")):
+        model, _ = load(tmp_path / "artTrue", **options)
+        assert torch.equal(_logits(model), _logits(dense))
+
+
+def test_evo_run_prints_text_speed_and_memory(artifact, capsys):
+    from evo.cli import main
+
+    assert main(["run", str(artifact), "--prompt", "t5 t6 t7", "--max-new-tokens", "5", "--resident", "auto",
+                 "--max-resident-mb", "0.03"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("t5 t6 t7")
+    assert "tokens/s" in captured.err and "peak RSS" in captured.err and "auto plan" in captured.err
+    assert main(["run", str(artifact), "--prompt", "t5", "--resident", "codes", "--max-resident-mb", "1"]) == 2
+    assert "applies to resident='compressed' or 'auto'" in capsys.readouterr().err
+
+
+def test_generate_greedy_matches_generate(artifact):
+    from evo.runtime.generate import generate_greedy
+
+    dense, tokenizer = load(artifact)
+    model, _ = load(artifact, resident="compressed", max_resident_mb=0.02)
+    prompt = IDS[:1, :6]
+    expected = dense.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    result = generate_greedy(model, tokenizer, prompt, 7, stop_at_eos=False)
+    assert list(result.token_ids) == expected
+    assert result.peak_weight_bytes >= result.weight_memory.total_bytes > 0 and result.tokens_per_s > 0
+
+
+def test_evo_eval_gives_the_same_perplexity_in_every_mode(artifact, tmp_path, capsys):
+    import json
+
+    from evo.cli import main
+
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"t{(7 * i) % 200}" for i in range(300)))
+    results = []
+    for options in ([], ["--resident", "codes"], ["--resident", "compressed", "--max-resident-mb", "0.02"]):
+        args = ["eval", str(artifact), "--dataset", str(text), "--seq-len", "32", "--json", *options]
+        assert main(args) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ppl"])
+    assert results[0] == results[1] == results[2]
