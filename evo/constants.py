@@ -33,6 +33,7 @@ FINAL_STAGE = 2
 MANIFEST_FILE = "manifest.json"
 TENSORS_FILE = "tensors.bin"
 MODEL_CONFIG_FILE = "config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # like config.json, may name code to run (auto_map)
 
 # --- a run directory (evo search) ----------------------------------------------------------------------
 RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory

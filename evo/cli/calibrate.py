@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     )
     with step("reading corpus"):
         corpus = read_corpus(args.corpus, text_field=args.text_field)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     with ProgressDisplay(console) as display:
         calibration_set = build_calibration_set(loaded, corpus, config, progress=display.step)

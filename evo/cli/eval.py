@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from evo.cli.ui import load_model_with_progress, out, progress_bar, step
+from evo.cli.ui import add_trust_option, load_model_with_progress, out, progress_bar, step
 from evo.constants import RESIDENT_MODES
 from evo.errors import EvoError
 
@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--dtype", default="auto")
+    add_trust_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
                     help="how an artifact's weights stay in memory (see evo run); same results in every mode")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or (None if tasks else EMBEDDED_HELDOUT)
     text = read_text(dataset) if dataset else None
     model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype, resident=args.resident,
-                                     max_resident_mb=args.max_resident_mb)
+                                     max_resident_mb=args.max_resident_mb, trust_remote_code=args.trust_remote_code)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
@@ -101,14 +102,16 @@ def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
 
 
 def is_artifact(path: str) -> bool:
-    from pathlib import Path
+    import os
 
     from evo.constants import MANIFEST_FILE
 
-    return (Path(path) / MANIFEST_FILE).is_file()
+    # lexists: a manifest that is a link or a device is a (refused) artifact, not a model dir.
+    return os.path.lexists(os.path.join(path, MANIFEST_FILE))
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None):
+def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None,
+                  trust_remote_code: bool = False):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
@@ -118,5 +121,5 @@ def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense"
                         max_resident_mb=max_resident_mb)
     if resident != "dense":
         raise EvoError(f"--resident {resident} needs an evo artifact; {spec} is a model: drop the option")
-    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return loaded.model, loaded.tokenizer

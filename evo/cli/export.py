@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import console, out, render_artifact, step
+from evo.cli.ui import add_trust_option, console, out, render_artifact, step
 from evo.errors import EvoError
 
 
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ex.add_argument("--dtype", default="auto",
                     help="auto (default) = the dtype the run searched in, which its sizes and qualities hold for")
+    add_trust_option(ex)
     ex.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact in --out")
     ex.add_argument("--prefer-decode-speed", action="store_true",
                     help="code frames with zstd/packing only, not ANS (larger than the size the run recorded)")
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     store, spec = run_spec(run_dir, dtype=args.dtype)  # fails before loading anything
     point, budget = store.choose(budget)
     session = open_session(spec, run_dir, resume=True, device=args.device,
-                           status=lambda message: console.print(message))
+                           trust_remote_code=args.trust_remote_code, status=lambda message: console.print(message))
     config = CompressionConfig.from_dict(point.config)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with ProgressDisplay(console, fitness=spec.fitness) as display:
             session = open_session(spec, run_dir, resume=resume, device=args.device,
+                                   trust_remote_code=args.trust_remote_code,
                                    status=lambda message: console.print(message), progress=display.step)
             result = run_search(session, on_progress=display.search)
     except KeyboardInterrupt:

@@ -175,6 +175,7 @@ def open_session(
     *,
     resume: bool,
     device: str = "cpu",
+    trust_remote_code: bool = False,
     status: StatusCallback | None = None,
     progress: StepCallback | None = None,
 ) -> SearchSession:
@@ -213,7 +214,7 @@ def open_session(
     if not resume:
         store = RunStore.create(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
     say(f"loading model {spec.model}")
-    loaded = load_model(spec.model, dtype=spec.dtype, device=device)
+    loaded = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=trust_remote_code)
 
     calibration_path = store.path(CALIBRATION_FILE)
     if calibration_path.exists():
