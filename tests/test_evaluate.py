@@ -81,7 +81,7 @@ def test_max_tokens_keeps_whole_windows(tiny_model):
         tiny_model, stream, seq_len=16, max_tokens=50, batch_size=2, progress=lambda d, t: calls.append((d, t))
     )
     assert result.windows == 3 and result.tokens_predicted == 3 * 15
-    assert calls == [(2, 3), (3, 3)]
+    assert calls == [(0, 3), (2, 3), (3, 3)]  # the step reports its start, then each batch
     first_three = perplexity(tiny_model, stream[:48], seq_len=16)
     assert result.mean_nll == pytest.approx(first_three.mean_nll, rel=1e-6)
 

@@ -10,7 +10,7 @@ EVO = Path(__file__).resolve().parent.parent / "evo"
 SOURCES = sorted(EVO.rglob("*.py"))
 FILE_NAMES = {"manifest.json", "tensors.bin", "spec.json", "run.json", "journal.jsonl", "checkpoint.json",
               "front.json", "best.toml", "calibration.json", "reference.safetensors",
-              "activation_stats.safetensors", "size_cache", "optuna_journal.log"}
+              "activation_stats.safetensors", "size_cache", "optuna_journal.log", "uniform.json"}
 
 
 def _tree(path: Path) -> ast.AST:

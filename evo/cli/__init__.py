@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from evo import __version__
 from evo.cli import analyze, baseline, calibrate, compress, eval, export, inspect, report, run, search
+from evo.cli.helpfmt import apply_everywhere
 from evo.cli.ui import EXIT_INTERRUPTED, EXIT_USER_ERROR, console
 from evo.errors import EvoError
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_parser(sub)
-    return parser
+    return apply_everywhere(parser)  # every option's help states its default
 
 
 def main(argv: Sequence[str] | None = None) -> int:

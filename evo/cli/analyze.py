@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: tuple(v) for k, v in (("bits", args.bits), ("rescales", args.rescales),
                                          ("sparsities", args.sparsities)) if v}
     grid = replace(grid, num_layers=args.layers, **changes)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     with progress_bar() as progress:
         task = progress.add_task("compressing and measuring", total=None)
         rows = analyze(loaded, grid, progress=lambda done, total: progress.update(task, completed=done, total=total))

@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from evo.compress.model import compress_and_write
 
     make_config = BASELINES[args.baseline](args)  # option errors surface before the model loads
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     config = make_config(loaded)
     with calibration_inputs(loaded, config, getattr(args, "calibration", None), getattr(args, "hessians", None)) as (
         stats, hessians,

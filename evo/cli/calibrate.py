@@ -7,7 +7,8 @@ import time
 
 from rich.table import Table
 
-from evo.cli.ui import add_model_options, int_or_auto, load_model_with_progress, out, progress_bar, step
+from evo.cli.progress import ProgressDisplay
+from evo.cli.ui import add_model_options, console, int_or_auto, load_model_with_progress, out, step
 
 
 def add_parser(sub) -> None:
@@ -23,7 +24,7 @@ def add_parser(sub) -> None:
     cal.add_argument("--seed", type=int, default=0)
     cal.add_argument("--strategy", default="ccds", choices=["ccds", "random"], help="ccds, or random for ablations")
     cal.add_argument("--within", default="spread", choices=["spread", "nearest", "random"],
-                     help="which sequences of a cluster: spread (nearest to sub-cluster centroids, default), "
+                     help="which sequences of a cluster: spread (nearest to sub-cluster centroids), "
                           "nearest to the centroid, or random")
     cal.add_argument("--layer", type=int, default=None, help="decoder layer embedded (default num_layers // 4)")
     cal.add_argument("--embed-tokens", type=int, default=128, help="tokens of each sequence mean-pooled (default 128)")
@@ -51,15 +52,11 @@ def run(args: argparse.Namespace) -> int:
     )
     with step("reading corpus"):
         corpus = read_corpus(args.corpus, text_field=args.text_field)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
-    with progress_bar() as progress:
-        task = progress.add_task("embedding sequences", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        calibration_set = build_calibration_set(loaded, corpus, config, on_embed_progress=on_progress)
+    with ProgressDisplay(console) as display:
+        calibration_set = build_calibration_set(loaded, corpus, config, progress=display.step)
     elapsed = time.perf_counter() - start
     path = calibration_set.save(args.out)
     render_calibration(calibration_set)

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from evo.compress.model import compress_and_write
 
     config = CompressionConfig.load(args.config)
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     config.validate_against(loaded.info)
     with calibration_inputs(loaded, config, args.calibration, args.hessians) as (stats, hessians):
         with step("compressing and writing the artifact"):

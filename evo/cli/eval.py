@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from evo.cli.ui import load_model_with_progress, out, progress_bar, step
+from evo.cli.ui import add_trust_option, load_model_with_progress, out, progress_bar, step
 from evo.constants import RESIDENT_MODES
 from evo.errors import EvoError
 
@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
     ev = sub.add_parser("eval", help="perplexity and zero-shot accuracy of a model or an artifact, the standard way")
     ev.add_argument("model", help="artifact directory, alias, local model dir, .gguf file or hub id")
     ev.add_argument("--dataset", default=None,
-                    help="perplexity on wikitext2, c4, calibration_mix or a PATH (default wikitext2 unless --tasks)")
+                    help="perplexity on calibration_mix_heldout (shipped: the embedded corpus's held-out slice, which "
+                         "calibration never reads), wikitext2, c4 (from the shared data folder) or a PATH "
+                         "(default: calibration_mix_heldout unless --tasks)")
     ev.add_argument("--tasks", default=None,
                     help="zero-shot tasks, comma-separated: hellaswag, piqa, arc_easy, arc_challenge, winogrande, "
                          "boolq (name=PATH for another file)")
@@ -25,6 +27,7 @@ def add_parser(sub) -> None:
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ev.add_argument("--dtype", default="auto")
+    add_trust_option(ev)
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
                     help="how an artifact's weights stay in memory (see evo run); same results in every mode")
@@ -34,23 +37,25 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from evo.data.corpus import read_text
+    from evo.data.corpus import EMBEDDED_HELDOUT, HELDOUT_DESCRIPTION, read_text
 
     tasks = _load_tasks(args) if args.tasks else []  # bad task names and files fail before the model loads
-    dataset = args.dataset or (None if tasks else "wikitext2")
+    dataset = args.dataset or (None if tasks else EMBEDDED_HELDOUT)
     text = read_text(dataset) if dataset else None
     model, tokenizer = load_for_eval(args.model, device=args.device, dtype=args.dtype, resident=args.resident,
-                                     max_resident_mb=args.max_resident_mb)
+                                     max_resident_mb=args.max_resident_mb, trust_remote_code=args.trust_remote_code)
     record: dict = {"model": args.model}
     if text is not None:
         record.update({"dataset": dataset, **_perplexity(model, tokenizer, text, args).to_dict()})
+        if dataset == EMBEDDED_HELDOUT:
+            record["dataset_note"] = HELDOUT_DESCRIPTION
     if tasks:
         record["tasks"] = {name: result.to_dict() for name, result in _zero_shot(model, tokenizer, tasks, args)}
     if args.json:
         print(json.dumps(record))
         return 0
     if text is not None:
-        table = Table(title=f"perplexity on {dataset}")
+        table = Table(title=f"perplexity on {dataset}" + (f" ({HELDOUT_DESCRIPTION})" if dataset == EMBEDDED_HELDOUT else ""))
         for key in ("model", "ppl", "mean_nll", "tokens_predicted", "windows", "seq_len"):
             table.add_column(key)
         table.add_row(args.model, f"{record['ppl']:.3f}", f"{record['mean_nll']:.4f}", str(record["tokens_predicted"]),
@@ -97,14 +102,16 @@ def _zero_shot(model, tokenizer, tasks, args: argparse.Namespace):
 
 
 def is_artifact(path: str) -> bool:
-    from pathlib import Path
+    import os
 
     from evo.constants import MANIFEST_FILE
 
-    return (Path(path) / MANIFEST_FILE).is_file()
+    # lexists: a manifest that is a link or a device is a (refused) artifact, not a model dir.
+    return os.path.lexists(os.path.join(path, MANIFEST_FILE))
 
 
-def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None):
+def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense", max_resident_mb=None,
+                  trust_remote_code: bool = False):
     """(model, tokenizer) of an artifact directory or of any model evo.modelio loads."""
     if is_artifact(spec):
         from evo.compress.artifact import load
@@ -114,5 +121,5 @@ def load_for_eval(spec: str, *, device: str, dtype: str, resident: str = "dense"
                         max_resident_mb=max_resident_mb)
     if resident != "dense":
         raise EvoError(f"--resident {resident} needs an evo artifact; {spec} is a model: drop the option")
-    loaded = load_model_with_progress(spec, dtype=dtype, device=device)
+    loaded = load_model_with_progress(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     return loaded.model, loaded.tokenizer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import console, out, render_artifact
+from evo.cli.ui import add_trust_option, console, out, render_artifact
 
 
 def add_parser(sub) -> None:
@@ -12,10 +12,11 @@ def add_parser(sub) -> None:
     ex.add_argument("run_dir")
     ex.add_argument("--budget-mb", type=float, default=None, help="any budget on the run's front (default: the run's)")
     ex.add_argument("--out", required=True, help="output directory: best.toml and the artifact in it")
-    ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    ex.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ex.add_argument("--dtype", default="auto",
                     help="auto (default) = the dtype the run searched in, which its sizes and qualities hold for")
-    ex.add_argument("--overwrite", action="store_true")
+    add_trust_option(ex)
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact in --out")
     ex.add_argument("--prefer-decode-speed", action="store_true",
                     help="code frames with zstd/packing only, not ANS (larger than the size the run recorded)")
 
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from evo.search.exporting import export_run
 
     result = export_run(args.run_dir, args.out, budget_mb=args.budget_mb, device=args.device, dtype=args.dtype,
+                        trust_remote_code=args.trust_remote_code,
                         overwrite=args.overwrite, prefer_decode_speed=args.prefer_decode_speed,
                         status=lambda message: console.print(message))
     point = result.point

@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
 
     from evo.compress.config import tensor_entries
 
-    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device)
+    loaded = load_model_with_progress(args.model, dtype=args.dtype, device=args.device,
+                                      trust_remote_code=args.trust_remote_code)
     info = loaded.info
     entries = tensor_entries(info)
     if args.json:

@@ -26,13 +26,16 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(args.run_dir)
     paths = write_report(report, Path(args.out) if args.out else Path(args.run_dir) / "report", baselines)
     table = Table(title=f"Pareto front of {args.run_dir} under {report.budget_bytes / 1e6:.3f} MB "
-                        f"({report.metric}, lower is better)")
+                        f"({report.metric}: {report.metric_label}, lower is better)")
     for name in ("MB", report.metric, "evaluation #", "chosen"):
         table.add_column(name, justify="right")
     for entry in report.front:
         table.add_row(f"{entry.size_bytes / 1e6:.3f}", f"{entry.quality:.4f}", str(entry.index),
                       "*" if entry is report.chosen else "")
     out.print(table)
+    for u in report.uniform:
+        quality = f"{report.metric} {u.quality:.4f}" if u.quality is not None else "not evaluated by this run"
+        out.print(f"uniform {u.bits}-bit: {u.size_bytes / 1e6:.3f} MB, {quality}", highlight=False)
     summary = report.summary()
     out.print(f"{summary['evaluations']} evaluations ({summary['final_stage_evaluations']} at the final stage), "
               f"{summary['evaluation_seconds']:.0f} s evaluating, engine {report.engine}")

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from evo.cli.progress import ProgressDisplay
 from evo.cli.ui import EXIT_INTERRUPTED, add_model_options, console, out
 from evo.errors import EvoError
+
+RUN_DIR_PATTERN = "runs/<model name>-<budget>MB-<space>-s<seed>"
+
+
+def default_run_dir(model: str, budget_mb: float, space: str, seed: int):
+    """Where `evo search` writes without --run-dir (RUN_DIR_PATTERN; --help states it)."""
+    from pathlib import Path
+
+    return Path("runs") / f"{Path(model).stem}-{budget_mb:g}MB-{Path(space).stem}-s{seed}"
 
 
 def add_parser(sub) -> None:
@@ -18,24 +27,22 @@ def add_parser(sub) -> None:
                          "required for a new run")
     add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
-    se.add_argument("--space", default="default", help="search space: a name in evo/search/spaces/ (default, bits, evop, double_compression) or a .toml file")
-    se.add_argument("--engine", default="deap", help="deap (NSGA-II, default), optuna or random")
+    se.add_argument("--space", default="default", help="search space: a name (bits, default, double_compression, evop; in evo/search/spaces/) or a .toml file")
+    se.add_argument("--engine", default="deap", help="deap (NSGA-II), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
-    se.add_argument("--generations", type=int, default=10,
-                    help="generations (default 10; on resume: the run's own unless given, which extends the run)")
-    se.add_argument("--population", type=int, default=12)
-    se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (default) or ppl")
-    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--generations", type=int, default=10, help="generations after the first population (on resume: the run's own unless given, which extends the run)")
+    se.add_argument("--population", type=int, default=12, help="genomes kept per generation (DEAP: 2x as offspring)")
+    se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (nats/token) or ppl (calibration perplexity)")
+    se.add_argument("--seed", type=int, default=0, help="seed of the CCDS draw and of the engine")
     se.add_argument("--samples", type=int, default=16, help="calibration sequences (CCDS)")
     se.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
-    se.add_argument("--clusters", type=int, default=8)
+    se.add_argument("--clusters", type=int, default=8, help="CCDS k-means clusters")
     se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
     se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
-    se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
-    se.add_argument("--resume", default=None, metavar="RUN_DIR",
-                    help="continue the run in RUN_DIR with its own settings (options given must match it)")
+    se.add_argument("--run-dir", default=None, help=f"run directory (default: {RUN_DIR_PATTERN}, e.g. {default_run_dir('smollm2-135m', 70, 'default', 0)})")
+    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match it)")
 
 
 def _search_spec(args: argparse.Namespace):
@@ -54,8 +61,6 @@ def _search_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from evo.search.lifecycle import check_budget_mb, is_complete_run, normalize_run_dir
     from evo.search.loop import open_session, run_search
 
@@ -69,20 +74,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.budget_mb is None:
             raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
-        run_dir = normalize_run_dir(Path("runs") / f"{Path(args.model.rstrip('/')).stem}-{args.budget_mb:g}MB-"
-                                                   f"{args.space}-s{args.seed}")
+        run_dir = normalize_run_dir(default_run_dir(args.model.rstrip("/"), args.budget_mb, args.space, args.seed))
     resume = bool(args.resume) or is_complete_run(run_dir)
     given = getattr(args, "given_options", None)
     spec = _resume_spec(args, run_dir, given) if resume else _search_spec(args)
-    session = open_session(spec, run_dir, resume=resume, device=args.device,
-                           status=lambda message: console.print(message),
-                           extend=resume and (given is None or "generations" in given))
-    if resume:
-        console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
-                      f"{len(session.store)} evaluations journaled)")
     try:
-        with SearchDisplay(session.spec) as display:
-            result = run_search(session, on_progress=display.update)
+        with ProgressDisplay(console, fitness=spec.fitness) as display:
+            session = open_session(spec, run_dir, resume=resume, device=args.device,
+                                   trust_remote_code=args.trust_remote_code,
+                                   status=lambda message: console.print(message), progress=display.step,
+                                   extend=resume and (given is None or "generations" in given))
+            if resume:
+                console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
+                              f"{len(session.store)} evaluations journaled)")
+            result = run_search(session, on_progress=display.search)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",
@@ -123,35 +128,6 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     for action in search._actions:
         action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv))) - {"command"}
-
-
-class SearchDisplay:
-    """Rich live progress on a terminal, one plain line per evaluation otherwise."""
-
-    def __init__(self, spec) -> None:
-        self.spec = spec
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
-                                 disable=not console.is_terminal)
-        self.task = None
-
-    def __enter__(self):
-        self.progress.__enter__()
-        self.task = self.progress.add_task("search", total=None, detail="")
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, p) -> None:
-        best = f"{p.best_quality:.4f} at {p.best_bytes / 1e6:.3f} MB" if p.best_quality is not None else "-"
-        eta = f"{p.eta_seconds / 60:.1f} min" if p.eta_seconds is not None else "-"
-        detail = (f"gen {p.generation}/{p.generations} stage {p.stage} best {self.spec.fitness} {best} "
-                  f"front {p.front_size} {p.evals_per_second:.2f} eval/s ETA {eta}")
-        if console.is_terminal:
-            self.progress.update(self.task, completed=p.evaluations_done, total=p.evaluations_total, detail=detail)
-        else:
-            console.print(f"[{p.evaluations_done}/{p.evaluations_total}] {detail}", highlight=False)
 
 
 def render_front(result, spec) -> None:

@@ -48,11 +48,16 @@ def step(description: str):
     console.print(f"{description}: done in {time.perf_counter() - start:.1f} s")
 
 
-def load_model_with_progress(spec: str, *, dtype: str, device: str):
+def load_model_with_progress(spec: str, *, dtype: str, device: str, trust_remote_code: bool = False):
     from evo.modelio import load_model
 
     with step(f"loading model {spec}"):
-        return load_model(spec, dtype=dtype, device=device)
+        return load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+def add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the Python code a hub model ships (auto_map); off by default: such models are refused")
 
 
 @contextmanager
@@ -76,8 +81,12 @@ def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: st
                   else default_stats_tokens(loaded.tokenizer))
     stats = None
     if want_stats:
-        with step(f"collecting activation statistics on {len(tokens)} sequences"):
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        from evo.cli.progress import ProgressDisplay
+        from evo.progress import STATISTICS, counter
+
+        with ProgressDisplay(console) as display:
+            stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                             progress=counter(display.step, STATISTICS, "sequences"))
     if not want_hessians:
         yield stats, None
         return
@@ -97,11 +106,12 @@ def int_or_auto(text: str) -> int | str:
 
 
 def add_model_options(parser: argparse.ArgumentParser, device: str = "cpu") -> None:
-    from evo.modelio import DEFAULT_MODEL
+    from evo.constants import DEFAULT_MODEL  # not evo.modelio: `evo --help` must not import torch
 
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--device", default=device, help=f"cpu, cuda, cuda:N or auto = CUDA when available (default {device})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local dir, .gguf file or hub id")
+    parser.add_argument("--device", default=device, help="cpu, cuda, cuda:N or auto = CUDA when available")
     parser.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    add_trust_option(parser)
 
 
 def positive_int(text: str, option: str) -> int:

@@ -30,10 +30,11 @@ from torch import nn
 
 from evo import __version__
 from evo.compress import QuantizedTensor, TensorSetting, dequantize
-from evo.compress.coding import EncodedTensor, decode_tensor, encode_tensor
+from evo.compress import integrity
+from evo.compress.coding import EncodedTensor, check_encoded, decode_tensor, encode_tensor
 from evo.compress.config import CompressionConfig
 from evo.compress.structure import apply_block_drop, shrink_config
-from evo.constants import DTYPES, MANIFEST_FILE, MODEL_CONFIG_FILE, TENSORS_FILE
+from evo.constants import DTYPES, MANIFEST_FILE, MODEL_CONFIG_FILE, TENSORS_FILE, TOKENIZER_CONFIG_FILE
 from evo.errors import EvoError
 from evo.types import ModelInfo
 
@@ -572,18 +573,19 @@ def read_manifest(path: str | os.PathLike[str]) -> ArtifactManifest:
     path = Path(path)
     if not path.is_dir():
         raise EvoError(f"artifact {path} does not exist or is not a directory: check the path, or export one first")
-    manifest_path = path / MANIFEST_FILE
-    try:
-        text = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise EvoError(
-            f"artifact {path} has no {MANIFEST_FILE}: it is incomplete or not an evo artifact; re-export it"
-        ) from None
+    size = integrity.regular_file_size(path, MANIFEST_FILE, f"artifact {path}")  # no link to /dev/zero
+    if size > integrity.MAX_MANIFEST_BYTES:
+        raise EvoError(f"artifact {path}: {MANIFEST_FILE} holds {size} bytes, more than any evo manifest; re-export it")
+    text = integrity.read_regular_file(path, MANIFEST_FILE, size, f"artifact {path}")
     try:
         data = json.loads(text)
-    except (ValueError, RecursionError):  # bad JSON, bad UTF-8, or nested past Python's stack
+    except RecursionError:
+        raise EvoError(f"artifact {path}: {MANIFEST_FILE} is nested too deeply to be an evo manifest; re-export it") from None
+    except ValueError:  # bad JSON, non-UTF-8, an integer of thousands of digits
         raise EvoError(f"artifact {path}: {MANIFEST_FILE} is truncated or corrupt; re-export it") from None
-    return ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST_FILE}")
+    manifest = ArtifactManifest.from_dict(data, f"artifact {path}: {MANIFEST_FILE}")
+    integrity.validate_manifest(manifest, f"artifact {path}: {MANIFEST_FILE}")
+    return manifest
 
 
 def check_base_model(manifest: ArtifactManifest, expected_base_model: str, path: str | os.PathLike[str] = "") -> None:
@@ -596,17 +598,87 @@ def check_base_model(manifest: ArtifactManifest, expected_base_model: str, path:
 
 
 def _read_tensors_bin(path: Path, manifest: ArtifactManifest) -> bytes:
+    # validate_manifest has checked that the frames tile exactly tensor_bytes bytes.
+    return integrity.read_regular_file(path, TENSORS_FILE, manifest.tensor_bytes, f"artifact {path}")
+
+
+def read_frames(path: Path, manifest: ArtifactManifest, blob: bytes) -> dict[str, EncodedTensor]:
+    """Tensor name → its frames, each checked (check_stored_tensor) before anything is decompressed
+    or allocated."""
+    return {tensor.name: check_stored_tensor(path, tensor, stored_frames(tensor, blob)) for tensor in manifest.tensors}
+
+
+def read_artifact(
+    path: str | os.PathLike[str], *, expected_base_model: str | None = None
+) -> tuple[ArtifactManifest, dict[str, EncodedTensor]]:
+    """The manifest and every tensor's frames, after every check that needs no model: manifest
+    integers, regular files of the recorded sizes (no links), no auto_map, sha256 and each
+    frame's declared sizes against its tensor's shape. Eager and resident loading both start here.
+    """
+    from evo.remote_code import read_json_bounded, refuse_remote_code
+
+    path = Path(path)
+    where = f"artifact {path}"
+    manifest = read_manifest(path)  # every manifest integer validated
+    if expected_base_model is not None:
+        check_base_model(manifest, expected_base_model, path)
+    drops = manifest.config.drops
+    if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
+        raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
+    integrity.check_directory(path, manifest, where)  # regular files of the recorded sizes, no links
+    configs = {name: read_json_bounded(path / name, where) for name in (MODEL_CONFIG_FILE, TOKENIZER_CONFIG_FILE)}
+    refuse_remote_code(where, configs, trust_remote_code=False,
+                       hint="evo artifacts never run code; re-export it from a model transformers supports natively")
+    blob = _read_tensors_bin(path, manifest)
+    return manifest, read_frames(path, manifest, blob)  # before any model exists: a bomb costs nothing
+
+
+def build_model(path: str | os.PathLike[str], manifest: ArtifactManifest, torch_dtype: torch.dtype) -> nn.Module:
+    """The artifact's architecture with uninitialised weights, once config.json has been checked
+    against the manifest's shapes on the meta device (integrity.check_model_config)."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    where = f"artifact {path}"
     try:
-        data = (path / TENSORS_FILE).read_bytes()
-    except FileNotFoundError:
-        raise EvoError(f"artifact {path} has no {TENSORS_FILE}: it is incomplete; re-export it") from None
-    end = max((f.offset + f.length for t in manifest.tensors for f in t.frames), default=0)
-    if len(data) != manifest.tensor_bytes or end > len(data):
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        integrity.check_model_config(config, manifest, where, lambda: _build_model(config, manifest, torch_dtype, path))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG_FILE} ({exc}); re-export it") from None
+    declared = integrity.dense_bytes(manifest, torch.empty(0, dtype=torch_dtype).element_size())
+    try:
+        return _build_model(config, manifest, torch_dtype, path)
+    except (MemoryError, RuntimeError) as exc:
         raise EvoError(
-            f"artifact {path}: {TENSORS_FILE} holds {len(data)} bytes but the manifest expects {manifest.tensor_bytes}; "
-            "it is truncated or corrupt: re-export it"
+            f"artifact {path}: its weights take {declared / 1e9:.2f} GB and building the model failed "
+            f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); free memory or use a larger machine"
+        ) from None
+
+
+def _build_model(config, manifest: ArtifactManifest, torch_dtype: torch.dtype, path: Path):
+    """The compressed architecture (dropped layers and blocks gone, embeddings tied) and its
+    description; run once on the meta device to check config.json, then for real."""
+    from transformers import AutoModelForCausalLM
+
+    from evo.modelio import describe_model
+
+    # Every parameter is overwritten from the frames (checked below), so random
+    # initialisation would only cost time: seconds for a 135M model.
+    with _no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=False)
+    info = describe_model(model, model_id=manifest.base_model)
+    if info.num_layers != len(manifest.kept_layers):
+        raise EvoError(
+            f"artifact {path}: {MODEL_CONFIG_FILE} builds {info.num_layers} layers but the manifest keeps "
+            f"{len(manifest.kept_layers)}; re-export it"
         )
-    return data
+    for new_index, base_index in enumerate(manifest.kept_layers):
+        drop = manifest.config.drop_for(base_index)
+        if drop in ("attention", "mlp"):
+            apply_block_drop(model, info.layers[new_index], drop)
+    if manifest.tied_embeddings:
+        model.tie_weights()  # skipped along with initialisation; the head then shares the embedding
+    return model
 
 
 def stored_frames(tensor: StoredTensor, blob: bytes) -> dict[str, bytes]:
@@ -614,19 +686,28 @@ def stored_frames(tensor: StoredTensor, blob: bytes) -> dict[str, bytes]:
     return {frame.kind: blob[frame.offset : frame.offset + frame.length] for frame in tensor.frames}
 
 
-def decode_stored_tensor(
-    path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]
-) -> QuantizedTensor:
-    """The QuantizedTensor stored in `frames`, each frame checked against its sha256 first.
-
-    Shared by load() and the lazy decoding of evo.runtime, so a corrupt frame fails the same way.
-    """
+def check_stored_tensor(path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]) -> EncodedTensor:
+    """The EncodedTensor of one stored tensor's frames, each checked against its sha256 and then every
+    size it declares against the tensor's shape and setting (check_encoded); nothing is decompressed."""
     for frame in tensor.frames:
         data = frames.get(frame.kind)
         if data is None or hashlib.sha256(data).hexdigest() != frame.sha256:
             raise EvoError(f"artifact {path} is corrupt: tensor {tensor.name} failed its checksum; re-export it")
     coders = {frame.kind: frame.coder for frame in tensor.frames}
-    return decode_tensor(EncodedTensor(dict(frames), coders, 0.0), tensor.shape, tensor.setting)
+    item = EncodedTensor(dict(frames), coders, 0.0)
+    try:
+        check_encoded(item, tensor.shape, tensor.setting)
+    except EvoError as exc:
+        raise EvoError(f"artifact {path}: tensor {tensor.name}: {exc}; re-export it") from None
+    return item
+
+
+def decode_stored_tensor(
+    path: str | os.PathLike[str], tensor: StoredTensor, frames: dict[str, bytes]
+) -> QuantizedTensor:
+    """The QuantizedTensor stored in `frames`, checked first (check_stored_tensor): the lazy decoding
+    of evo.runtime and read_artifact refuse a corrupt or hostile frame the same way, before decoding."""
+    return decode_tensor(check_stored_tensor(path, tensor, frames), tensor.shape, tensor.setting)
 
 
 def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
@@ -667,70 +748,38 @@ def load(
     """(model, tokenizer) from an artifact directory: a plain transformers model, in eval mode.
 
     dtype defaults to the dtype the model was compressed in, which reproduces its logits
-    exactly. Every frame's sha256 is checked before it is decoded. No code from the artifact
-    runs (no trust_remote_code, no pickle). resident="dense" (default) holds dequantized
-    weights; "codes", "compressed" and "auto" keep them smaller (see evo.runtime.resident:
-    same logits, `model.evo_runtime` says what is held).
+    exactly. Every frame's sha256 and every size the manifest, the frames and config.json declare
+    are checked (read_artifact, build_model) before anything is decompressed or allocated, so a
+    tampered artifact costs no more memory than its declared weights. No code from the artifact
+    runs (no trust_remote_code, no auto_map, no pickle). resident="dense" (default) holds
+    dequantized weights; "codes", "compressed" and "auto" keep them smaller (see evo.runtime.resident:
+    same logits, `model.evo_runtime` says what is held), from the same checked frames.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer, GenerationConfig
 
-    from evo.modelio import describe_model, resolve_device
+    from evo.modelio import resolve_device
     from evo.runtime.resident import ResidentOptions, attach
 
     options = ResidentOptions(resident, max_resident_mb, target_tokens_per_s, prefetch)
     path = Path(path)
-    manifest = read_manifest(path)
-    if expected_base_model is not None:
-        check_base_model(manifest, expected_base_model, path)
-    drops = manifest.config.drops
-    if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
-        raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
-    blob = _read_tensors_bin(path, manifest)
+    manifest, encoded = read_artifact(path, expected_base_model=expected_base_model)
     torch_device = resolve_device(device)
     torch_dtype = _resolve_load_dtype(dtype, manifest, torch_device)
-    try:
-        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-        # Every parameter is overwritten from the frames (checked below), so random
-        # initialisation would only cost time: seconds for a 135M model.
-        with _no_init_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
-        raise EvoError(f"artifact {path}: cannot rebuild the model from {MODEL_CONFIG_FILE} ({exc}); re-export it") from None
-    info = describe_model(model, model_id=manifest.base_model)
-    if info.num_layers != len(manifest.kept_layers):
-        raise EvoError(
-            f"artifact {path}: {MODEL_CONFIG_FILE} builds {info.num_layers} layers but the manifest keeps "
-            f"{len(manifest.kept_layers)}; re-export it"
-        )
-    for new_index, base_index in enumerate(manifest.kept_layers):
-        drop = manifest.config.drop_for(base_index)
-        if drop in ("attention", "mlp"):
-            apply_block_drop(model, info.layers[new_index], drop)
-
-    if manifest.tied_embeddings:
-        model.tie_weights()  # skipped along with initialisation; the head then shares the embedding
+    model = build_model(path, manifest, torch_dtype)
     runtime = None
     if options.mode != "dense":
-        runtime = attach(model, manifest, blob, path=path, options=options, dtype=torch_dtype, device=torch_device)
+        runtime = attach(model, manifest, encoded, path=path, options=options, dtype=torch_dtype, device=torch_device)
     params = dict(model.named_parameters())
-    loaded = set(runtime.tensor_names) if runtime is not None else set()
+    held = runtime.tensor_names if runtime is not None else frozenset()
     for tensor in manifest.tensors:
-        if tensor.name in loaded:
+        frames = encoded.pop(tensor.name)  # each tensor's frames are freed once decoded
+        if tensor.name in held:
             continue  # held packed or coded by evo.runtime
-        param = params.get(tensor.name)
-        if param is None or tuple(param.shape) != tensor.shape:
-            raise EvoError(
-                f"artifact {path}: tensor {tensor.name} {tensor.shape} does not fit the model its config builds; "
-                "re-export it"
-            )
-        quantized = decode_stored_tensor(path, tensor, stored_frames(tensor, blob))
+        param = params[tensor.name]  # check_model_config matched every name and shape
+        quantized = decode_tensor(frames, tensor.shape, tensor.setting)
         param.copy_(dequantize(quantized).to(dtype=param.dtype))
-        loaded.add(tensor.name)
-    missing = sorted(set(params) - loaded)
-    if missing:
-        raise EvoError(f"artifact {path} lacks tensor(s) {missing[:3]} that its model needs; re-export it")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise EvoError(f"artifact {path}: cannot load its tokenizer ({exc}); re-export it") from None
     if (path / "generation_config.json").is_file():

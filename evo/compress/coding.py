@@ -2,6 +2,9 @@
 and the frames that store one compressed matrix (encode_tensor / decode_tensor).
 
 Every frame starts with a header (coder id, bits, count) so `decode(frame)` needs nothing else.
+Decoding is bounded: every size a frame declares (zstd content sizes, packed lengths, ANS symbol
+ranges) is checked against the value count before anything is allocated or decompressed, and a
+caller that knows the count and bits (from a manifest's shapes) passes them to `decode`.
 
 Frame layout: byte 0 coder id, byte 1 bits per value (1..8 for codes, 16 for 16-bit values),
 then the value count as a LEB128 varint, then the coder's payload:
@@ -47,6 +50,7 @@ _CODER_IDS = {
     "u16-bf16-fields": 7,
 }
 _CODER_NAMES = {v: k for k, v in _CODER_IDS.items()}
+CODERS = tuple(_CODER_IDS)  # every coder a frame (and a manifest) may name
 
 
 def _put_varint(out: bytearray, value: int) -> None:
@@ -56,11 +60,19 @@ def _put_varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
+# A varint of a 64-bit count takes at most ten bytes; longer ones are corrupt (and would build
+# ever larger Python ints from a hostile frame).
+_MAX_VARINT_BYTES = 10
+
+
 def _get_varint(buf: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
+    start = pos
     while True:
         if pos >= len(buf):
             raise EvoError("corrupt frame: truncated varint")
+        if pos - start >= _MAX_VARINT_BYTES:
+            raise EvoError("corrupt frame: a varint longer than 10 bytes")
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -86,8 +98,36 @@ def _zstd(data: bytes) -> bytes:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
 
 
-def _unzstd(data: bytes) -> bytes:
-    return zstandard.ZstdDecompressor().decompress(data)
+def _zstd_content_size(data: bytes, expected: int) -> None:
+    """Refuse a zstd payload unless its header records exactly `expected` decompressed bytes.
+
+    python-zstandard allocates the recorded content size whatever max_output_size says, so the
+    recorded size is what must be checked; a frame without one could expand to anything.
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError:
+        raise EvoError("corrupt frame: its payload is not a zstd frame") from None
+    if declared < 0 or declared == zstandard.CONTENTSIZE_UNKNOWN:  # frame_content_size says -1
+        raise EvoError("corrupt frame: its zstd payload does not record its decompressed size; evo writes it always")
+    if declared != expected:
+        raise EvoError(f"corrupt frame: its zstd payload expands to {declared} bytes, {expected} expected")
+
+
+def _unzstd(data: bytes, expected: int) -> bytes:
+    _zstd_content_size(data, expected)
+    try:
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=expected, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise EvoError(f"corrupt frame: its zstd payload does not decode ({exc})") from None
+    if len(out) != expected:
+        raise EvoError(f"corrupt frame: its zstd payload decoded to {len(out)} bytes, {expected} expected")
+    return out
+
+
+def packed_bytes(count: int, bits: int) -> int:
+    """Bytes of `count` codes bit-packed `bits` bits each."""
+    return -(-count * bits // 8)
 
 
 def _check_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -176,18 +216,45 @@ def _encode_ans(codes: np.ndarray, bits: int) -> bytes:
     return bytes(out) + coder.get_compressed().astype("<u4").tobytes()
 
 
-def _decode_ans(frame: bytes, pos: int, count: int) -> np.ndarray:
+def _parse_ans(frame: bytes, pos: int, count: int, bits: int) -> tuple[int, np.ndarray, int]:
+    """(low, histogram, offset of the words) of an ANS payload, its sizes bounded by 2^bits and count."""
     if count == 0:
-        return np.zeros(0, np.uint8)
+        if pos != len(frame):
+            raise EvoError("corrupt frame: an empty ANS frame carries a payload")
+        return 0, np.zeros(0, np.int64), pos
     low, pos = _get_varint(frame, pos)
     span, pos = _get_varint(frame, pos)
+    if span < 1 or low + span > (1 << bits):
+        raise EvoError(f"corrupt frame: ANS symbol range [{low}, {low + span}) exceeds the {1 << bits} codes of {bits} bits")
     counts = np.empty(span, np.int64)
+    total = 0
     for i in range(span):
-        counts[i], pos = _get_varint(frame, pos)
-    if span == 1:
+        value, pos = _get_varint(frame, pos)
+        total += value
+        if total > count:
+            raise EvoError(f"corrupt frame: the ANS histogram counts more than the frame's {count} values")
+        counts[i] = value
+    if total != count:
+        raise EvoError(f"corrupt frame: the ANS histogram counts {total} values, the header says {count}")
+    words = len(frame) - pos
+    if span == 1 and words:
+        raise EvoError("corrupt frame: a constant ANS frame carries a payload")
+    if span > 1 and (words == 0 or words % 4):
+        raise EvoError(f"corrupt frame: the ANS payload holds {words} bytes, not a whole number of 32-bit words")
+    return low, counts, pos
+
+
+def _decode_ans(frame: bytes, pos: int, count: int, bits: int) -> np.ndarray:
+    low, counts, pos = _parse_ans(frame, pos, count, bits)
+    if count == 0:
+        return np.zeros(0, np.uint8)
+    if counts.size == 1:
         return np.full(count, low, np.uint8)
     words = np.frombuffer(frame, dtype="<u4", offset=pos).astype(np.uint32)
-    symbols = constriction.stream.stack.AnsCoder(words).decode(_ans_model(counts), count)
+    try:
+        symbols = constriction.stream.stack.AnsCoder(words).decode(_ans_model(counts), count)
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise EvoError(f"corrupt frame: the ANS payload does not decode ({exc})") from None
     return (symbols + low).astype(np.uint8)
 
 
@@ -286,23 +353,71 @@ def frame_coder(frame: bytes) -> str:
     return frame_info(frame)[0]
 
 
-def decode(frame: bytes) -> np.ndarray:
-    """The exact values a frame was encoded from: uint8 for code frames, uint16 for 16-bit frames."""
-    coder, bits, count, pos = _parse_header(frame)
+_U16_CODERS = ("u16-zstd", *_U16_SPLITS)
+
+
+def check_frame(frame: bytes, count: int | None = None, bits: int | None = None) -> tuple[str, int, int, int]:
+    """(coder, bits, count, payload offset) of a frame whose every declared size is consistent,
+    without decompressing anything: the header agrees with the `count` and `bits` the caller
+    expects (when given), bits fit the coder, zstd payloads record exactly the bytes `count`
+    values take, packed payloads have exactly their length, ANS ranges lie within 2^bits and
+    their histogram sums to `count`, and the two halves of a 16-bit split check too."""
+    coder, frame_bits, frame_count, pos = _parse_header(frame)
+    if count is not None and frame_count != count:
+        raise EvoError(f"corrupt frame: its header says {frame_count} values, {count} expected")
+    if bits is not None and frame_bits != bits:
+        raise EvoError(f"corrupt frame: its header says {frame_bits} bits per value, {bits} expected")
+    if coder in _U16_CODERS:
+        if frame_bits != 16:
+            raise EvoError(f"corrupt frame: a {coder} frame holds 16-bit values, its header says {frame_bits} bits")
+    elif not 1 <= frame_bits <= 8:
+        raise EvoError(f"corrupt frame: a {coder} frame holds codes of 1..8 bits, its header says {frame_bits}")
+    payload = frame[pos:]
     if coder == "zstd":
-        values = np.frombuffer(_unzstd(frame[pos:]), dtype=np.uint8).copy()
+        _zstd_content_size(payload, frame_count)
     elif coder == "zstd-packed":
-        values = unpack_bits(_unzstd(frame[pos:]), bits, count)
+        _zstd_content_size(payload, packed_bytes(frame_count, frame_bits))
+    elif coder == "packed":
+        if len(payload) != packed_bytes(frame_count, frame_bits):
+            raise EvoError(
+                f"corrupt frame: {frame_count} packed codes of {frame_bits} bits take "
+                f"{packed_bytes(frame_count, frame_bits)} bytes, the frame holds {len(payload)}"
+            )
+    elif coder == "ans":
+        _parse_ans(frame, pos, frame_count, frame_bits)
+    elif coder == "u16-zstd":
+        _zstd_content_size(payload, 2 * frame_count)
+    else:  # a two-byte split: each half is a code frame of the same count
+        first_len, split = _get_varint(frame, pos)
+        if first_len > len(frame) - split:
+            raise EvoError("corrupt frame: the first half of a 16-bit split runs past the frame")
+        check_frame(frame[split : split + first_len], frame_count, 8)
+        check_frame(frame[split + first_len :], frame_count, 8)
+    return coder, frame_bits, frame_count, pos
+
+
+def decode(frame: bytes, count: int | None = None, bits: int | None = None) -> np.ndarray:
+    """The exact values a frame was encoded from: uint8 for code frames, uint16 for 16-bit frames.
+
+    `count` and `bits`, when given, are what the caller expects (from a tensor's shape and
+    setting); without them the header's own count bounds every allocation. Nothing is
+    allocated or decompressed before check_frame has passed.
+    """
+    coder, bits, count, pos = check_frame(frame, count, bits)
+    if coder == "zstd":
+        values = np.frombuffer(_unzstd(frame[pos:], count), dtype=np.uint8).copy()
+    elif coder == "zstd-packed":
+        values = unpack_bits(_unzstd(frame[pos:], packed_bytes(count, bits)), bits, count)
     elif coder == "packed":
         values = unpack_bits(frame[pos:], bits, count)
     elif coder == "ans":
-        values = _decode_ans(frame, pos, count)
+        values = _decode_ans(frame, pos, count, bits)
     elif coder == "u16-zstd":
-        values = np.frombuffer(_unzstd(frame[pos:]), dtype="<u2").astype(np.uint16)
+        values = np.frombuffer(_unzstd(frame[pos:], 2 * count), dtype="<u2").astype(np.uint16)
     else:  # a two-byte split
         first_len, pos = _get_varint(frame, pos)
-        first = decode(frame[pos : pos + first_len])
-        second = decode(frame[pos + first_len :])
+        first = decode(frame[pos : pos + first_len], count, 8)
+        second = decode(frame[pos + first_len :], count, 8)
         values = _U16_SPLITS[coder][1](first, second)
     if values.size != count:
         raise EvoError(f"corrupt frame: decoded {values.size} values, header says {count}")
@@ -381,32 +496,54 @@ def encode_tensor(q: QuantizedTensor, *, prefer_decode_speed: bool = False) -> E
     return EncodedTensor(frames, coders, order0_entropy_bits(codes))
 
 
-def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
-    """The exact QuantizedTensor that encode_tensor was given."""
+def expected_frames(shape: tuple[int, ...], setting: TensorSetting) -> dict[str, tuple[int, int]]:
+    """Frame kind → (value count, bits per value) that a tensor of this shape and setting stores."""
     shape = tuple(shape)
-    _, bits, count = frame_info(encoded.frames["codes"])
-    if bits != (setting.bits if setting.quantized else 16) or count != int(np.prod(shape)):
+    numel = int(np.prod(shape, dtype=object))  # exact even for absurd shapes (no int64 overflow)
+    if not setting.quantized:
+        return {"codes": (numel, 16)}
+    if len(shape) != 2:
+        raise EvoError(f"a quantized tensor is a matrix; shape {shape} under setting {setting.key()} is not")
+    groups = shape[0] * num_groups(shape[1], setting.group_size)
+    frames = {"codes": (numel, setting.bits), "scales": (groups, 16)}
+    if not setting.symmetric:
+        frames["zeros"] = (groups, setting.bits if setting.zero_point == "int" else 16)
+    return frames
+
+
+def check_encoded(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> dict[str, tuple[int, int]]:
+    """Check, before anything is decompressed, that the frames are exactly those the shape and
+    setting imply and that every size they declare agrees; returns expected_frames."""
+    expected = expected_frames(shape, setting)
+    if set(encoded.frames) != set(expected):
         raise EvoError(
-            f"encoded codes hold {count} values of {bits} bits; setting {setting.key()} and shape {shape} "
-            "do not match them"
+            f"encoded frames {sorted(encoded.frames)} and shape {tuple(shape)} under setting {setting.key()} "
+            f"(frames {sorted(expected)}) do not match"
         )
-    values = decode(encoded.frames["codes"])
+    for kind, (count, bits) in expected.items():
+        try:
+            check_frame(encoded.frames[kind], count, bits)
+        except EvoError as exc:
+            raise EvoError(
+                f"the {kind} frame and shape {tuple(shape)} under setting {setting.key()} do not match: {exc}"
+            ) from None
+    return expected
+
+
+def decode_tensor(encoded: EncodedTensor, shape: tuple[int, ...], setting: TensorSetting) -> QuantizedTensor:
+    """The exact QuantizedTensor that encode_tensor was given; every frame is checked against the
+    shape and setting (check_encoded) before anything is allocated."""
+    shape = tuple(shape)
+    expected = check_encoded(encoded, shape, setting)
+    values = decode(encoded.frames["codes"], *expected["codes"])
     if not setting.quantized:
         return QuantizedTensor(_from_u16(values, torch.bfloat16, shape), None, None, shape, setting)
     groups = (shape[0], num_groups(shape[1], setting.group_size))
     codes = torch.from_numpy(values).reshape(shape)
-    for kind in ("scales", "zeros"):
-        if kind in encoded.frames:
-            _, _, count = frame_info(encoded.frames[kind])
-            if count != groups[0] * groups[1]:
-                raise EvoError(f"the {kind} frame holds {count} values but shape {shape} with setting "
-                               f"{setting.key()} needs {groups[0] * groups[1]}: the artifact is corrupt; re-export it")
-    scales = _from_u16(decode(encoded.frames["scales"]), torch.float16, groups)
+    scales = _from_u16(decode(encoded.frames["scales"], *expected["scales"]), torch.float16, groups)
     zeros = None
     if not setting.symmetric:
-        if "zeros" not in encoded.frames:
-            raise EvoError(f"encoded tensor lacks the zero-point frame its setting {setting.key()} needs")
-        raw = decode(encoded.frames["zeros"])
+        raw = decode(encoded.frames["zeros"], *expected["zeros"])
         if setting.zero_point == "int":
             zeros = torch.from_numpy(raw.astype(np.uint8)).reshape(groups)
         else:

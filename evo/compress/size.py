@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -192,6 +192,7 @@ class SizeModel:
         self.base_model = base_model
         self.device = torch.device(device)
         self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)
+        self.on_entry: Callable[[int], None] | None = None  # told len(entries known) when one is added
         self._entries: dict[tuple[str, TensorSetting], SizeEntry] = {}  # over the on-disk cache
         self._digests: dict[str, str] = {}
         self._rows: dict[tuple[str, str, TensorSetting], _Row] = {}
@@ -308,6 +309,8 @@ class SizeModel:
             entry = SizeEntry.from_encoded(encode())
             self.size_cache.put(key, entry)
         self._entries[(source, setting)] = entry
+        if self.on_entry is not None:
+            self.on_entry(len(self._entries))
         return entry
 
     # --- the fast plan --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from sklearn.metrics import silhouette_score
 
 from evo.errors import EvoError
 from evo.evaluate.forward import Hook, StopForward, forward_batches
+from evo.progress import EMBEDDING, KMEANS, StepCallback, counter
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -27,6 +28,7 @@ STRATEGIES = ("ccds", "random")
 WITHIN_CLUSTER = ("spread", "nearest", "random")
 AUTO_K_RANGE = (2, 16)  # k tried when n_clusters="auto", bounded by the number of sequences
 SILHOUETTE_SAMPLE = 2000  # silhouette is O(n²): score a fixed random subset
+SPREAD = "k-means within clusters"  # the progress step of the spread draw's sub-clusterings
 
 
 def embed_sequences(
@@ -137,7 +139,8 @@ class CCDSSampler:
             chosen.append(members[inside[np.lexsort((inside, distances))[0]]])
         return np.asarray(chosen, dtype=np.int64)
 
-    def fit(self, embeddings: np.ndarray) -> "CCDSSampler":
+    def fit(self, embeddings: np.ndarray, progress: ProgressCallback | None = None) -> "CCDSSampler":
+        """Cluster the embeddings; `progress(done, total)` counts the KMeans fits (one per k tried)."""
         embeddings = np.asarray(embeddings, dtype=np.float64)
         self.embeddings_ = embeddings
         n = embeddings.shape[0]
@@ -151,8 +154,12 @@ class CCDSSampler:
             subset = rng.choice(n, size=min(n, SILHOUETTE_SAMPLE), replace=False)
             self.silhouette_scores_ = {}
             fits = {}
+            if progress:
+                progress(0, high - low + 1)
             for k in range(low, high + 1):
                 fits[k] = self._kmeans(k).fit(embeddings)
+                if progress:
+                    progress(k - low + 1, high - low + 1)
                 labels = fits[k].labels_[subset]
                 self.silhouette_scores_[k] = (
                     float(silhouette_score(embeddings[subset], labels)) if len(set(labels)) > 1 else -1.0
@@ -160,7 +167,11 @@ class CCDSSampler:
             best = max(self.silhouette_scores_, key=lambda k: (self.silhouette_scores_[k], -k))
             kmeans = fits[best]
         else:
+            if progress:
+                progress(0, 1)
             kmeans = self._kmeans(int(self.n_clusters)).fit(embeddings)
+            if progress:
+                progress(1, 1)
         self.n_clusters_ = int(kmeans.n_clusters)
         self.labels_ = kmeans.labels_.astype(np.int64)
         self.cluster_centers_ = kmeans.cluster_centers_
@@ -171,7 +182,9 @@ class CCDSSampler:
     def _kmeans(self, k: int) -> KMeans:
         return KMeans(n_clusters=k, n_init=10, random_state=self.random_state)
 
-    def sample(self) -> Selection:
+    def sample(self, progress: ProgressCallback | None = None) -> Selection:
+        """Draw; `progress(done, total)` counts the calibration set's clusters drawn from (with
+        within_cluster="spread" each one is a KMeans fit of its own)."""
         if not hasattr(self, "labels_"):
             raise RuntimeError("CCDSSampler.sample() called before fit()")
         rng = np.random.default_rng(self.random_state)
@@ -181,22 +194,26 @@ class CCDSSampler:
             rest = np.setdiff1d(everything, chosen)
             heldout = rng.choice(rest, size=self.n_heldout, replace=False)
             return Selection(calibration=np.sort(chosen), heldout=np.sort(heldout))
-        chosen = self._stratified(everything, self.n_samples, rng, self.within_cluster)
+        chosen = self._stratified(everything, self.n_samples, rng, self.within_cluster, progress)
         rest = np.setdiff1d(everything, chosen)
         heldout = self._stratified(rest, self.n_heldout, rng, "random")
         return Selection(calibration=np.sort(chosen), heldout=np.sort(heldout))
 
-    def _stratified(self, pool: np.ndarray, count: int, rng: np.random.Generator, within: str) -> np.ndarray:
+    def _stratified(self, pool: np.ndarray, count: int, rng: np.random.Generator, within: str,
+                    progress: ProgressCallback | None = None) -> np.ndarray:
         if count == 0:
             return np.zeros(0, dtype=np.int64)
         labels = self.labels_[pool]
         sizes = np.bincount(labels, minlength=self.n_clusters_)
         quotas = allocate_quotas(sizes, count)
         picked = []
+        drawn_from = int(np.count_nonzero(quotas))
         for cluster in range(self.n_clusters_):
             members = pool[labels == cluster]
             if quotas[cluster] == 0:
                 continue
+            if progress:
+                progress(len(picked), drawn_from)
             if within == "nearest":
                 order = np.lexsort((members, self.distances_[members]))  # ties broken by index
                 picked.append(members[order[: quotas[cluster]]])
@@ -204,6 +221,8 @@ class CCDSSampler:
                 picked.append(self._spread(members, int(quotas[cluster])))
             else:
                 picked.append(rng.choice(members, size=quotas[cluster], replace=False))
+        if progress:
+            progress(len(picked), drawn_from)
         return np.concatenate(picked).astype(np.int64)
 
 
@@ -278,8 +297,13 @@ def build_calibration_set(
     config: CalibrationConfig,
     *,
     on_embed_progress: ProgressCallback | None = None,
+    progress: StepCallback | None = None,
 ):
-    """Tokenize → cut → embed with the model → cluster → draw. Returns a CalibrationSet."""
+    """Tokenize → cut → embed with the model → cluster → draw. Returns a CalibrationSet.
+
+    `progress` hears the steps embedding (sequences), k-means (fits) and, with within-cluster
+    "spread", the per-cluster sub-clustering (clusters); `on_embed_progress(done, total)` is the
+    older callback for the embedding alone."""
     from sklearn.metrics import adjusted_rand_score
 
     from evo import __version__
@@ -308,11 +332,11 @@ def build_calibration_set(
         pool.token_ids[:, : config.embed_tokens],
         layer=layer,
         batch_size=config.batch_size,
-        progress=on_embed_progress,
+        progress=on_embed_progress or counter(progress, EMBEDDING, "sequences"),
     )
     layer %= len(layers)  # record -1 as the index it meant
-    sampler.fit(embeddings)
-    selection = sampler.sample()
+    sampler.fit(embeddings, progress=counter(progress, KMEANS, "fits"))
+    selection = sampler.sample(progress=counter(progress, SPREAD, "clusters"))
 
     def sequence_set(indices: np.ndarray) -> SequenceSet:
         part = pool.subset(indices)

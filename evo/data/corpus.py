@@ -25,6 +25,12 @@ RECORD_SUFFIXES = (".jsonl", ".parquet")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + RECORD_SUFFIXES + (".zst",)
 
 EMBEDDED_CORPUS = "calibration_mix"
+# The last documents of each embedded file are an evaluation slice that calibration never reads:
+# `evo eval`'s offline default (~45k tokens of the six domains, a minute on a CPU for 135M).
+EMBEDDED_HELDOUT = "calibration_mix_heldout"
+HELDOUT_FRACTION = 0.05
+HELDOUT_DESCRIPTION = (f"held-out slice of evo's embedded corpus: the last {HELDOUT_FRACTION:.0%} of the documents of "
+                       "each of its six files, which calibration never reads")
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,8 @@ def shared_data_dirs() -> list[Path]:
     return dirs
 
 
-def find_builtin(name: str) -> Path:
-    """Path of a built-in evaluation corpus, or an EvoError that names --corpus PATH."""
+def find_builtin(name: str, option: str = "--corpus") -> Path:
+    """Path of a built-in evaluation corpus, or an EvoError that names `option` PATH."""
     builtin = BUILTIN_CORPORA[name]
     for directory in shared_data_dirs():
         candidate = directory / builtin.relative_path
@@ -122,7 +128,8 @@ def find_builtin(name: str) -> Path:
             return candidate
     raise EvoError(
         f"built-in corpus {name!r} ({builtin.description}) not found: looked for {builtin.relative_path} "
-        "under $EVO_DATA_DIR, ./shared/data and ../shared/data; pass the file with --corpus PATH"
+        f"under $EVO_DATA_DIR, ./shared/data and ../shared/data; pass the file's path instead "
+        f"({option} PATH), or use {EMBEDDED_HELDOUT} (shipped with evo)"
     )
 
 
@@ -131,7 +138,8 @@ def canonical_corpus_name(spec: str) -> str:
     return _BUILTIN_ALIASES.get(key, key)
 
 
-def read_corpus(specs: Sequence[str] | str = (EMBEDDED_CORPUS,), *, text_field: str = "text") -> Corpus:
+def read_corpus(specs: Sequence[str] | str = (EMBEDDED_CORPUS,), *, text_field: str = "text",
+                option: str = "--corpus") -> Corpus:
     """Read documents from built-in names, files and directories (expanded, sorted)."""
     if isinstance(specs, str):
         specs = [specs]
@@ -140,15 +148,42 @@ def read_corpus(specs: Sequence[str] | str = (EMBEDDED_CORPUS,), *, text_field: 
     documents: list[Document] = []
     files: list[CorpusFile] = []
     for spec in specs:
-        for source, path, raw in _iter_corpus_files(spec):
+        for source, path, raw in _iter_corpus_files(spec, option):
             docs = _documents_from_bytes(raw, path=path, source=source, text_field=text_field)
-            files.append(CorpusFile(source=source, path=path, sha256=hashlib.sha256(raw).hexdigest(), documents=len(docs)))
+            digest = hashlib.sha256(raw).hexdigest()
+            part = _embedded_part(spec)
+            if part is not None:
+                docs, path, digest = _split_embedded(docs, path, part)
+            files.append(CorpusFile(source=source, path=path, sha256=digest, documents=len(docs)))
             documents.extend(docs)
     if not any(_VISIBLE.search(doc.text) for doc in documents):  # NUL bytes and blanks are no text
         names = ", ".join(f.path for f in files) or ", ".join(specs)
-        raise EvoError(f"corpus is empty: no text in {names}; pass files with text via --corpus PATH")
+        raise EvoError(f"corpus is empty: no text in {names}; pass files with text via {option} PATH")
     _check_unique_sources(files)
     return Corpus(documents=tuple(documents), files=tuple(files))
+
+
+def _embedded_part(spec: str) -> str | None:
+    """"calibration" or "heldout" for the two halves of the embedded corpus, else None."""
+    if Path(spec).exists():
+        return None
+    name = canonical_corpus_name(spec)
+    return {EMBEDDED_CORPUS: "calibration", EMBEDDED_HELDOUT: "heldout"}.get(name)
+
+
+def heldout_cut(n_documents: int) -> int:
+    """Index of the first held-out document of an embedded file of n documents (at least one)."""
+    return n_documents - max(1, round(n_documents * HELDOUT_FRACTION))
+
+
+def _split_embedded(docs: list[Document], path: str, part: str) -> tuple[list[Document], str, str]:
+    """One part of an embedded file's documents (indices kept), its path and a hash of that part."""
+    cut = heldout_cut(len(docs))
+    kept = docs[:cut] if part == "calibration" else docs[cut:]
+    if part == "heldout":
+        path = f"{path}#heldout"
+    digest = hashlib.sha256("\0".join(d.text for d in kept).encode()).hexdigest()
+    return kept, path, digest
 
 
 _VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f]")
@@ -164,14 +199,14 @@ def _check_unique_sources(files: list[CorpusFile]) -> None:
         seen[f.source] = f.path
 
 
-def _iter_corpus_files(spec: str) -> Iterable[tuple[str, str, bytes]]:
+def _iter_corpus_files(spec: str, option: str = "--corpus") -> Iterable[tuple[str, str, bytes]]:
     """(source name, path, raw bytes) for each file named by one --corpus argument."""
     name = canonical_corpus_name(spec)
-    if name == EMBEDDED_CORPUS and not Path(spec).exists():
+    if name in (EMBEDDED_CORPUS, EMBEDDED_HELDOUT) and not Path(spec).exists():
         yield from _embedded_files()
         return
     if name in BUILTIN_CORPORA and not Path(spec).exists():
-        path = find_builtin(name)
+        path = find_builtin(name, option)
         yield path.stem.split(".")[0], str(path), path.read_bytes()
         return
     path = Path(spec).expanduser()
@@ -187,8 +222,9 @@ def _iter_corpus_files(spec: str) -> Iterable[tuple[str, str, bytes]]:
     if path.is_file():
         yield _source_name(path), str(path), path.read_bytes()
         return
-    known = ", ".join([EMBEDDED_CORPUS, *BUILTIN_CORPORA])
-    raise EvoError(f"corpus {spec} does not exist: pass an existing file or directory with --corpus PATH, or one of {known}")
+    known = ", ".join([EMBEDDED_CORPUS, EMBEDDED_HELDOUT, *BUILTIN_CORPORA])
+    raise EvoError(f"corpus {spec} does not exist: pass an existing file or directory with {option} PATH, "
+                   f"or one of {known}")
 
 
 def _source_name(path: Path) -> str:
@@ -299,16 +335,16 @@ def wikitext_hf_text(raw: str) -> str:
     return "\n\n".join(rows)
 
 
-def read_text(spec: str) -> str:
+def read_text(spec: str, option: str = "--dataset") -> str:
     """The whole text of an evaluation corpus, documents joined by blank lines; the built-in
     wikitext2 follows the Hugging Face recipe (see wikitext_hf_text)."""
     name = canonical_corpus_name(spec)
     if name in BUILTIN_CORPORA and not Path(spec).exists():
-        path = find_builtin(name)
+        path = find_builtin(name, option)
         if path.suffix in TEXT_SUFFIXES:
             text = _decode(path.read_bytes(), str(path))
             return wikitext_hf_text(text) if name == "wikitext2" else text
-    corpus = read_corpus([spec])
+    corpus = read_corpus([spec], option=option)
     return "\n\n".join(doc.text for doc in corpus.documents)
 
 

@@ -106,6 +106,8 @@ def _batches(model, ids, batch_size, hooks, progress):
     handles = [hook.register() for hook in hooks]
     model.eval()
     try:
+        if progress:
+            progress(0, count)  # the step starts now: its elapsed time counts from here
         for start in range(0, count, batch_size):
             batch = ids[start : start + batch_size].to(device)
             with torch.no_grad():

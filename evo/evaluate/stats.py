@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,9 +43,11 @@ class _Accumulator:
 
 
 def collect_activation_stats(
-    model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4
+    model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, ActivationStats]:
-    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name.
+    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name;
+    `progress(done, total)` counts sequences.
 
     `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
     the forward never reaches (a dropped block) gets no entry.
@@ -59,7 +62,7 @@ def collect_activation_stats(
             continue  # replaced by a structural drop
         accumulators[lin.name] = _Accumulator(lin.shape[1], device)
         hooks.append(Hook(module, accumulators[lin.name], pre=True))
-    run_forward(model, token_ids, batch_size, hooks=hooks)
+    run_forward(model, token_ids, batch_size, hooks=hooks, progress=progress)
     return {name: acc.stats() for name, acc in accumulators.items() if acc.calls}
 
 

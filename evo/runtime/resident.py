@@ -250,7 +250,7 @@ class ResidentRuntime:
 def attach(
     model: nn.Module,
     manifest,
-    blob: bytes,
+    encoded: dict,
     *,
     path,
     options: ResidentOptions,
@@ -259,8 +259,10 @@ def attach(
 ) -> ResidentRuntime:
     """Replace the model's nn.Linear / nn.Embedding modules whose weight the artifact stores by
     their packed ("codes") or lazily decoded ("compressed", "auto") stand-ins. Returns the names
-    of the tensors taken over; load() fills the rest (norms, biases, bf16 tensors) as usual."""
-    from evo.compress.artifact import decode_stored_tensor, stored_frames
+    of the tensors taken over; load() fills the rest (norms, biases, bf16 tensors) as usual.
+    `encoded` holds every tensor's frames as evo.compress.artifact.read_artifact checked them
+    (sha256, every declared size against the shape); each decode checks them again."""
+    from evo.compress.artifact import decode_stored_tensor
 
     stored = {t.name: t for t in manifest.tensors}
     names_of_param: dict[int, str] = {}
@@ -298,7 +300,7 @@ def attach(
             if not tensor.setting.quantized:
                 continue  # a bf16 matrix has no codes
             if key not in packed:
-                packed[key] = PackedWeight(decode_stored_tensor(path, tensor, stored_frames(tensor, blob)), dtype)
+                packed[key] = PackedWeight(decode_stored_tensor(path, tensor, encoded[key].frames), dtype)
             new = (
                 PackedLinear(packed[key], module.bias)
                 if kind is nn.Linear
@@ -308,7 +310,7 @@ def attach(
             if key not in store.coded:
                 numel = math.prod(tensor.shape)
                 store.coded[key] = CodedWeight(
-                    key, tensor.shape, stored_frames(tensor, blob), numel * torch.empty((), dtype=dtype).element_size()
+                    key, tensor.shape, encoded[key].frames, numel * torch.empty((), dtype=dtype).element_size()
                 )
             new = (
                 LazyLinear(store, key, tensor.shape, module.bias)

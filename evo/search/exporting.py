@@ -34,7 +34,7 @@ class ExportResult:
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget_mb: float | None = None,
                device: str = "cpu", dtype: str = "auto", overwrite: bool = False, prefer_decode_speed: bool = False,
-               status=None) -> ExportResult:
+               trust_remote_code: bool = False, status=None) -> ExportResult:
     from evo.compress.config import CompressionConfig
     from evo.search.lifecycle import check_budget_mb, check_directory_path, normalize_run_dir
     from evo.search.loop import run_spec
@@ -66,7 +66,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     from evo.compress.model import compress_and_write
     from evo.search.loop import open_session
 
-    session = open_session(spec, run_dir, resume=True, device=device, status=say)
+    session = open_session(spec, run_dir, resume=True, device=device, trust_remote_code=trust_remote_code,
+                           status=say)
     expected = point.size_bytes
     if prefer_decode_speed:
         from evo.runtime.sizes import decode_speed_size

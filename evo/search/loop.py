@@ -18,6 +18,7 @@ from evo.constants import (
     BEST_FILE,
     CALIBRATION_FILE,
     CHECKPOINT_FILE,
+    FINAL_STAGE,
     MB,
     REFERENCE_FILE,
     RUN_FILE,
@@ -26,6 +27,7 @@ from evo.constants import (
     STATS_FILE,
 )
 from evo.errors import EvoError
+from evo.progress import REFERENCE, SIZE_TABLE, STATISTICS, StepCallback, StepProgress, counter
 from evo.search.store import RunStore, best_under_budget, evaluation_key
 from evo.types import FrontPoint
 
@@ -156,7 +158,7 @@ class Progress:
     best_bytes: int | None
     front_size: int
     evals_per_second: float
-    eta_seconds: float | None
+    eta_seconds: float | None  # from each stage's measured seconds per evaluation (evo.search.live)
     stage: int
     phase: str = "search"
 
@@ -215,7 +217,9 @@ def open_session(
     *,
     resume: bool,
     device: str = "cpu",
+    trust_remote_code: bool = False,
     status: StatusCallback | None = None,
+    progress: StepCallback | None = None,
     extend: bool = False,
 ) -> SearchSession:
     """Create or reopen a run directory and prepare the evaluator.
@@ -227,7 +231,8 @@ def open_session(
     evaluation. The run is locked for this process's life. On resume the run's own generations are
     kept unless `extend` (the user asked for `spec.generations`); spec.json is rewritten only
     once the resume is accepted. The model is loaded in the run's dtype (spec.dtype; "auto"
-    takes the run's recorded one on resume).
+    takes the run's recorded one on resume). `progress` hears the long steps: embedding, k-means,
+    statistics, dense reference, size table.
     """
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.calibset import CalibrationSet
@@ -286,7 +291,7 @@ def open_session(
     if not (resume and calibration_path.exists()):
         corpus = read_corpus(list(spec.corpus))  # a missing or empty corpus fails before the model loads
     say(f"loading model {spec.model} ({spec.dtype})")
-    loaded = load_model(spec.model, dtype=spec.dtype, device=device)
+    loaded = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=trust_remote_code)
     created = False
     if not resume:
         lock = _create_checked_run(spec, space, loaded, run_dir, say)
@@ -300,9 +305,9 @@ def open_session(
             corpus = corpus if corpus is not None else read_corpus(list(spec.corpus))
             config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
                                        seq_len=spec.seq_len, seed=spec.seed, max_candidates=CCDS_CANDIDATES)
-            calibration = build_calibration_set(loaded, corpus, config)
+            calibration = build_calibration_set(loaded, corpus, config, progress=progress)
             calibration.save(calibration_path)
-        evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, space=space)
+        evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, progress, space=space)
         genes = space.genes(loaded.info)
         session = SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
         tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
@@ -357,7 +362,8 @@ def _create_checked_run(spec: SearchSpec, space, loaded, run_dir: Path, say: Sta
     return create_run_directory(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
 
 
-def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback, space=None):
+def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback,
+                     progress: StepCallback | None = None, space=None):
     from evo.evaluate.evaluator import Evaluator, FitnessConfig
     from evo.evaluate.reference import DenseReference
     from evo.compress.size import SizeCache, SizeModel
@@ -370,9 +376,16 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         stats = load_stats(stats_path)
     else:
         say("collecting activation statistics")
-        stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                         progress=counter(progress, STATISTICS, "sequences"))
         save_stats(stats, stats_path)
     size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
+    if progress is not None and space is not None:
+        from evo.search.live import size_table_entries
+
+        table = size_table_entries(space, loaded.info)
+        size_model.on_entry = lambda known: progress(
+            StepProgress(SIZE_TABLE, known, max(known, table), "tensor settings", open_ended=True))
     if space is not None:  # the exact check, before the dense reference (the costly step)
         check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
@@ -382,7 +395,8 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         reference = DenseReference.load(reference_path)
     else:
         say("computing the dense model's reference outputs")
-        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k)
+        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
+                                           progress=counter(progress, REFERENCE, "batches"))
         reference.save(reference_path)
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
     evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats,
@@ -438,6 +452,9 @@ def run_search(
 
     spec, store = session.spec, session.store
     problem = make_problem(session)
+    from evo.search.uniform import write_uniform_points
+
+    write_uniform_points(session)  # the report's reference lines: exact sizes of the space's uniform widths
     engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
                          multi_stage=spec.multi_stage, sampler=spec.sampler)
     checkpoint = store.read_checkpoint()
@@ -447,25 +464,40 @@ def run_search(
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise EvoError(f"{store.path(CHECKPOINT_FILE)} holds a malformed engine state ({exc!r}): "
                            "this run cannot be resumed") from None
+    from evo.search.live import StageClock, planned_by_stage
+
     total = evaluations_planned(spec)
+    planned = planned_by_stage(spec.engine, spec.population, spec.generations, spec.multi_stage)
+    done_by_stage = {stage: 0 for stage in planned}
+    for entry in store.entries():
+        done_by_stage[entry.stage] = done_by_stage.get(entry.stage, 0) + 1
+    clock = StageClock({stage: spec.samples * spec.seq_len if stage == FINAL_STAGE
+                        else spec.screen_sequences * spec.screen_tokens for stage in planned})
+    final_stage = max(planned)
     new_evaluations = 0
     started = time.perf_counter()
     seconds_per_new: list[float] = []
+    results: list = []
 
     def report(stage: int) -> None:
         if on_progress is None:
             return
         front = engine.front()
-        best = best_under_budget((score for _, score in front), spec.budget_bytes)
+        # The live best is export's choice over what the engine was told plus this batch's final scores.
+        told = [score for _, score in front]
+        pending = [score for request, score in results if request.stage == final_stage]
+        best = best_under_budget(told + pending, spec.budget_bytes)
         done = len(store)
         rate = new_evaluations / max(time.perf_counter() - started, 1e-9)
-        eta = (total - done) / rate if rate > 0 and done < total else None
+        remaining = {s: planned[s] - done_by_stage.get(s, 0) for s in planned}
+        eta = clock.eta_seconds(remaining) if done < total else 0.0
         on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
                              evaluations_total=total, new_evaluations=new_evaluations,
                              best_quality=best.quality if best else None,
                              best_bytes=best.size_bytes if best else None, front_size=len(front),
                              evals_per_second=rate, eta_seconds=eta, stage=stage))
 
+    report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
         requests = engine.ask()
         results = []
@@ -480,6 +512,10 @@ def run_search(
                 entry = store.append(request.genome, request.stage, quality, size, seconds)
                 new_evaluations += 1
                 seconds_per_new.append(seconds)
+                done_by_stage[request.stage] = done_by_stage.get(request.stage, 0) + 1
+                clock.tick(request.stage)
+            else:
+                clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
         engine.tell(results)
