@@ -289,7 +289,7 @@ def test_malformed_artifact_files_are_one_line(tiny_llama, tiny_tokenizer, tmp_p
     nested = tmp_path / "nested"
     shutil.copytree(art, nested)
     (nested / "manifest.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
-    with pytest.raises(EvoError, match="truncated or corrupt"):
+    with pytest.raises(EvoError, match="truncated or corrupt|nested too deeply"):
         read_manifest(nested)
     garbage = tmp_path / "garbage"
     shutil.copytree(art, garbage)
@@ -304,7 +304,7 @@ def test_malformed_artifact_files_are_one_line(tiny_llama, tiny_tokenizer, tmp_p
     encoded = encode_tensor(quantize(weight, setting))
     other = encode_tensor(quantize(torch.randn(8, 128), setting))
     frames = {**encoded.frames, "scales": other.frames["scales"]}
-    with pytest.raises(EvoError, match="scales frame holds"):
+    with pytest.raises(EvoError, match="scales"):
         decode_tensor(EncodedTensor(frames, encoded.coders, 0.0), (8, 64), setting)
 
 

@@ -108,6 +108,7 @@ def _resume_spec(args: argparse.Namespace, run_dir, given: set[str] | None):
     command line (a given option that differs from the run's is refused by open_session)."""
     from dataclasses import fields, replace
 
+    from evo.constants import MB
     from evo.search.loop import run_spec
 
     _, stored = run_spec(run_dir)
@@ -115,7 +116,7 @@ def _resume_spec(args: argparse.Namespace, run_dir, given: set[str] | None):
         given = {f.name for f in fields(stored)} | set(_SPEC_FIELD)
     if args.budget_mb is None:
         given = given - {"budget_mb"}
-        args = argparse.Namespace(**{**vars(args), "budget_mb": stored.budget_bytes / 1_000_000})
+        args = argparse.Namespace(**{**vars(args), "budget_mb": stored.budget_bytes / MB})
     asked = _search_spec(args)
     names = {_SPEC_FIELD.get(name, name) for name in given} & {f.name for f in fields(stored)}
     return replace(stored, **{name: getattr(asked, name) for name in names})

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from evo.constants import LOCK_FILE, RUN_FILE, SPEC_FILE
+from evo.constants import LOCK_FILE, MB, RUN_FILE, SPEC_FILE
 from evo.errors import EvoError
 
 STAGING_PREFIX = ".evo-creating-"  # a run being created, beside its final path
@@ -52,7 +52,7 @@ def check_budget_mb(value: float | None, option: str = "--budget-mb") -> None:
         return
     if not math.isfinite(value) or value <= 0:
         raise EvoError(f"{option} {value!r}: give a finite positive number of MB, e.g. {option} 70")
-    if value * 1_000_000 > 1e18:
+    if value * MB > 1e18:
         raise EvoError(f"{option} {value:g}: no artifact is that large; give a budget in MB, e.g. {option} 70")
 
 
