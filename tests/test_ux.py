@@ -110,8 +110,14 @@ def searched(tiny_model_dir, tmp_path_factory):
     corpus = _corpus(tmp_path_factory.mktemp("corpus"))
     common = dict(model=str(tiny_model_dir("llama")), corpus=(str(corpus),), samples=6, seq_len=32, clusters=3,
                   screen_sequences=2, screen_tokens=16, generations=2, population=4, fitness="ppl")
-    probe = open_session(SearchSpec(budget_bytes=10**9, **common), tmp_path_factory.mktemp("probe") / "run",
-                         resume=False)
+    # The probe's budget must lie within the space's reach (checked before CCDS): midway on the estimate.
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
+
+    reach = early_budget_range(SearchSpace.load("default"), load_model(common["model"]))
+    probe = open_session(SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, **common),
+                         tmp_path_factory.mktemp("probe") / "run", resume=False)
     budget = probe.size_of(probe.space.uniform_genome(probe.loaded.info, 4)) + 1
     steps, reports = [], []
     run_dir = tmp_path_factory.mktemp("search") / "run"

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     se.add_argument("--space", default="default", help="search space: a name (bits, default, double_compression, evop; in evo/search/spaces/) or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
-    se.add_argument("--generations", type=int, default=10, help="generations after the first population (on resume: the run's own unless given, which extends the run)")
+    se.add_argument("--generations", type=int, default=10, help="generations after the first population")
     se.add_argument("--population", type=int, default=12, help="genomes kept per generation (DEAP: 2x as offspring)")
     se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (nats/token) or ppl (calibration perplexity)")
     se.add_argument("--seed", type=int, default=0, help="seed of the CCDS draw and of the engine")
@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
     se.add_argument("--run-dir", default=None, help=f"run directory (default: {RUN_DIR_PATTERN}, e.g. {default_run_dir('smollm2-135m', 70, 'default', 0)})")
-    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match it)")
+    se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
+                         "them; a larger --generations extends it)")
 
 
 def _search_spec(args: argparse.Namespace):
