@@ -29,14 +29,20 @@ def add_parser(sub) -> None:
     se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
     se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
+    se.add_argument("--stages", default=None, metavar="T[,T:N]...",
+                    help="EvoPress's schedule: tokens per stage, survivors of each later stage, e.g. "
+                         "2048,16384:16,131072:4 (the last = --samples × --seq-len)")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
     se.add_argument("--run-dir", default=None, help="run directory (default runs/<model>-<budget>MB-s<seed>)")
+    se.add_argument("--size-workers", type=int, default=None,
+                    help="processes that code the space's size table at the start (default: all cores)")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
 
 
 def _search_spec(args: argparse.Namespace):
     from evo.constants import MB
     from evo.search.loop import SearchSpec
+    from evo.search.schedule import parse_stages
 
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
@@ -44,6 +50,7 @@ def _search_spec(args: argparse.Namespace):
         seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
         screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
         multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs), dtype=args.dtype,
+        stages=parse_stages(args.stages) if args.stages else (),
     )
 
 
@@ -66,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                            status=lambda message: console.print(message))
     try:
         with SearchDisplay(session.spec) as display:
-            result = run_search(session, on_progress=display.update)
+            result = run_search(session, on_progress=display.update, size_workers=args.size_workers,
+                                on_table=display.table)
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir} --budget-mb {args.budget_mb:g}` "
@@ -95,6 +103,13 @@ class SearchDisplay:
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
+
+    def table(self, done: int, total: int) -> None:
+        """Progress of the size table's coding (before the first evaluation)."""
+        if console.is_terminal:
+            self.progress.update(self.task, completed=done, total=total, detail="coding the size table")
+        elif done == total or done % max(1, total // 10) == 0:
+            console.print(f"size table: {done}/{total} (tensor, setting) pairs coded", highlight=False)
 
     def update(self, p) -> None:
         best = f"{p.best_quality:.4f} at {p.best_bytes / 1e6:.3f} MB" if p.best_quality is not None else "-"
