@@ -265,7 +265,7 @@ def main() -> int:
     print(f"\nbudget {budget / MB:.3f} MB; full evaluation {sequences} × {tokens} tokens = {flops / 1e9:.1f} GFLOP, "
           f"limit {limit_ms:.2f} ms at {args.peak_tflops:g} TFLOP/s")
     header = f"{'variant':<14}{'evals/s':>9}{'fwd+KL':>8}{'mater.':>8}{'size':>7}{'engine':>8}{'table s':>9}" \
-             f"{'full ms':>9}{'× limit':>9}{'recomp':>8}{'GPU GiB':>9}"
+             f"{'full ms':>9}{'× limit':>11}{'recomp':>8}{'GPU GiB':>9}"
     print(header)
     for name, row in rows.items():
         if "skipped" in row:
@@ -276,7 +276,7 @@ def main() -> int:
         print(f"{name:<14}{row['evals_per_second']:>9.2f}{share.get('forward_kl', 0):>8.1%}"
               f"{share.get('materialise', 0):>8.1%}{share.get('size', 0):>7.1%}{share.get('engine', 0):>8.1%}"
               f"{row['size_table_seconds']:>9.1f}{full or float('nan'):>9.1f}"
-              f"{(full or float('nan')) / limit_ms:>9.1f}{row['recomputed']:>8d}"
+              f"{(full or float('nan')) / limit_ms:>11.1f}{row['recomputed']:>8d}"
               f"{row.get('gpu_peak_gib', float('nan')):>9.2f}")
         stages = ", ".join(f"stage {s}: {v['evals_per_second']:.2f}/s ({v['evaluations']})"
                            for s, v in row["per_stage"].items())
