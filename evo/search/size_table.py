@@ -27,7 +27,7 @@ from evo.compress.coding import encode_tensor
 from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES
 from evo.compress.plan import stats_for
 from evo.compress.settings import TensorSetting
-from evo.compress.size import SizeEntry, SizeKey, SizeModel, _layer_tensors
+from evo.compress.size import SizeEntry, SizeKey, SizeModel
 from evo.compress.structure import is_replaced, replaced_modules
 from evo.errors import EvoError
 from evo.types import ModelInfo
@@ -97,7 +97,8 @@ class SizeTable:
         for layer in info.layers:
             linears = {lin.name: lin.role for lin in layer.linears}
             removed = [replaced_modules(layer, drop) for drop in space.drops]
-            for name, _ in _layer_tensors(layer):
+            # plan_model's order within a layer: linears, then norms and biases
+            for name in [lin.name for lin in layer.linears] + [name for name, _ in layer.other_tensors]:
                 names.append(name)
                 keep_rows.append([not is_replaced(name, modules) for modules in removed])
                 layer_of.append(drop_gene[layer.index])
