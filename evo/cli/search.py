@@ -7,6 +7,7 @@ import argparse
 from rich.table import Table
 
 from evo.cli.progress import ProgressDisplay
+from evo.progress import StepProgress
 from evo.cli.ui import EXIT_INTERRUPTED, add_model_options, console, out
 from evo.errors import EvoError
 
@@ -40,8 +41,13 @@ def add_parser(sub) -> None:
     se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
     se.add_argument("--screen-tokens", type=int, default=128, help="stage-1 screening: tokens per sequence")
     se.add_argument("--single-stage", action="store_true", help="score every offspring on the full calibration set")
+    se.add_argument("--stages", default=None, metavar="T[,T:N]...",
+                    help="EvoPress's schedule: tokens per stage, survivors of each later stage, e.g. "
+                         "2048,16384:16,131072:4 (the last = --samples × --seq-len)")
     se.add_argument("--seed-configs", nargs="*", default=[], help="known configs to include in the first population")
     se.add_argument("--run-dir", default=None, help=f"run directory (default: {RUN_DIR_PATTERN}, e.g. {default_run_dir('smollm2-135m', 70, 'default', 0)})")
+    se.add_argument("--size-workers", type=int, default=None,
+                    help="processes that code the space's size table at the start (default: all cores)")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
                          "them; a larger --generations extends it)")
 
@@ -49,6 +55,7 @@ def add_parser(sub) -> None:
 def _search_spec(args: argparse.Namespace):
     from evo.constants import MB
     from evo.search.loop import SearchSpec
+    from evo.search.schedule import parse_stages
 
     if args.budget_mb is None:
         raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
@@ -58,6 +65,7 @@ def _search_spec(args: argparse.Namespace):
         seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
         screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
         multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs), dtype=args.dtype,
+        stages=parse_stages(args.stages) if args.stages else (),
     )
 
 
@@ -88,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             if resume:
                 console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
                               f"{len(session.store)} evaluations journaled)")
-            result = run_search(session, on_progress=display.search)
+            result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
+                                on_table=lambda done, total: display.step(
+                                    StepProgress("size table (coding every tensor x setting)", done, total, "pairs")))
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",

@@ -32,7 +32,8 @@ from evo.evaluate.reference import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K, DenseRef
 from evo.types import ModelInfo
 
 METRICS = ("kl", "ppl")
-DEFAULT_CACHE_BYTES = 2 << 30  # dequantized weights kept for reuse, per Evaluator
+DEFAULT_CACHE_BYTES = None  # dequantized weights kept for reuse: sized from free memory (evaluate/resident.py)
+FORWARD_MEMORY_SHARE = 0.25  # of the free device memory at most one micro-batch's logits may take
 
 ProgressCallback = Callable[[int, int], None]  # (batches done, batches total)
 
@@ -54,7 +55,9 @@ class FitnessConfig:
     top_k: dense log-probabilities kept per position (the rest is one tail outcome).
     tail_samples: tokens drawn from the rest per position, for the unbiased tail term of the KL
         (0 keeps only the top-k lower bound; see topk_kl).
-    batch_size: sequences per forward pass.
+    batch_size: sequences per forward pass; None (the default) runs a stage's whole batch in one
+        forward when its logits fit in a quarter of the free device memory, else the largest
+        micro-batch that does.
     """
 
     metric: str = "kl"
@@ -62,13 +65,15 @@ class FitnessConfig:
     screen_tokens: int = 128
     top_k: int = DEFAULT_TOP_K
     tail_samples: int = DEFAULT_TAIL_SAMPLES
-    batch_size: int = 4
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise EvoError(f"FitnessConfig.metric={self.metric!r} is unknown: use one of {list(METRICS)}")
-        for name in ("screen_sequences", "top_k", "batch_size"):
+        for name in ("screen_sequences", "top_k"):
             _positive_int(name, getattr(self, name))
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
         if isinstance(self.tail_samples, bool) or not isinstance(self.tail_samples, int) or self.tail_samples < 0:
             raise EvoError(f"FitnessConfig.tail_samples={self.tail_samples!r} must be a non-negative integer")
         if _positive_int("screen_tokens", self.screen_tokens) < 2:
@@ -96,6 +101,7 @@ class EvaluationStats:
     seconds: float = 0.0  # in evaluate(), all evaluations
     swapped: int = 0  # tensors whose resident weights were replaced, all evaluations
     compressed: int = 0  # of those, compressed anew (the weight cache missed)
+    recomputed: int = 0  # of those, (tensor, setting) pairs compressed before in this evaluator (evicted)
     last_seconds: float = 0.0
     last_swapped: int = 0
     last_compressed: int = 0
@@ -149,8 +155,9 @@ class Evaluator:
         reference: DenseReference | None = None,
         *,
         stats: Mapping[str, ActivationStats] | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int | None = DEFAULT_CACHE_BYTES,
         base_weights: Mapping[str, torch.Tensor] | None = None,
+        compile: bool = False,
     ) -> None:
         if not isinstance(fitness, FitnessConfig):
             raise EvoError(f"fitness must be a FitnessConfig, got {type(fitness).__name__}")
@@ -181,8 +188,22 @@ class Evaluator:
         self._resident: dict[str, str | None] = dict.fromkeys(shapes)  # tensor → setting key, None = original
         self._replaced: dict[tuple[int, str], dict[str, nn.Module]] = {}  # (layer, block) → its original modules
         self._layer_drops_checked = False
+        if cache_bytes is None:
+            from evo.evaluate.resident import cache_budget, logits_bytes
+
+            dtype_bytes = self._params[next(iter(shapes))].element_size()
+            reserve = logits_bytes(*self.token_ids.shape, info.vocab_size, dtype_bytes)
+            cache_bytes = cache_budget(self.device, reserve_bytes=reserve)
         self._cache = _WeightCache(int(cache_bytes))
+        self._seen: set[tuple[str, str]] = set()
+        self._recomputed = 0  # (tensor, setting key) compressed once in this evaluator
         self._stats = EvaluationStats()
+        self._forward_model = self.model
+        # (sequences, tokens) of the stages of a longer schedule (evo.search.schedule), over the defaults
+        self.stage_shapes: dict[int, tuple[int, int]] = {}
+        if compile and self.device.type == "cuda":
+            # dynamic=False: the stage shapes are few and static; recompiles stay bounded
+            self._forward_model = torch.compile(self.model, dynamic=False)
 
     def _check_reference(self, reference: DenseReference | None) -> DenseReference | None:
         if reference is None:
@@ -227,6 +248,8 @@ class Evaluator:
 
     def stage_shape(self, stage: int) -> tuple[int, int]:
         """(sequences, tokens) a stage scores."""
+        if stage in self.stage_shapes:
+            return self.stage_shapes[stage]
         if stage == SCREEN_STAGE:
             return self.fitness.screen_sequences, self.fitness.screen_tokens
         if stage == FINAL_STAGE:
@@ -239,6 +262,7 @@ class Evaluator:
         """The config's quality at `stage`, lower is better: mean KL in nats per token, or perplexity."""
         sequences, tokens = self.stage_shape(stage)
         tic = time.perf_counter()
+        recomputed_before = self._recomputed
         swapped, compressed = self.materialise(config)
         ids = self.token_ids[:sequences, :tokens]
         if self.fitness.metric == "kl":
@@ -254,6 +278,7 @@ class Evaluator:
             seconds=s.seconds + seconds,
             swapped=s.swapped + swapped,
             compressed=s.compressed + compressed,
+            recomputed=s.recomputed + self._recomputed - recomputed_before,
             last_seconds=seconds,
             last_swapped=swapped,
             last_compressed=compressed,
@@ -295,6 +320,9 @@ class Evaluator:
                 )
                 self._cache.put((tensor.source, key), weight)
                 compressed += 1
+                if (tensor.source, key) in self._seen:
+                    self._recomputed += 1
+                self._seen.add((tensor.source, key))
             param.data.copy_(weight)
             self._resident[tensor.source] = key
             swapped += 1
@@ -362,20 +390,33 @@ class Evaluator:
 
     # --- metrics ------------------------------------------------------------------------------------------
 
+    def micro_batch(self, sequences: int, tokens: int) -> int:
+        """Sequences per forward: fitness.batch_size, or the whole stage when its logits fit."""
+        if self.fitness.batch_size is not None:
+            return self.fitness.batch_size
+        from evo.evaluate.resident import available_bytes, logits_bytes
+
+        free = available_bytes(self.device)
+        dtype_bytes = next(iter(self._params.values())).element_size()
+        per_sequence = logits_bytes(1, tokens, self.info.vocab_size, dtype_bytes)
+        if free is None:
+            return sequences
+        return max(1, min(sequences, int(free * FORWARD_MEMORY_SHARE) // max(per_sequence, 1)))
+
     def _batches(self, ids: torch.Tensor, progress: ProgressCallback | None):
         self._check_layer_drops(ids)
-        size = self.fitness.batch_size
-        return forward_batches(self.model, ids, size, progress=per_batch(progress, size))
+        size = self.micro_batch(*ids.shape)
+        return forward_batches(self._forward_model, ids, size, progress=per_batch(progress, size))
 
     def _kl(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:
         sequences, tokens = ids.shape
-        total = 0.0  # a Python float (float64): thousands of positions lose nothing
+        # float64 on the device: thousands of positions lose nothing, and the host syncs once
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         for start, batch, logits in self._batches(ids, progress):
-            for row in range(batch.shape[0]):  # one float32 [tokens, vocab] at a time
-                seq = start + row
-                kl = topk_kl(logits[row], *(part[seq, :tokens] for part in self._reference_rows))
-                total += float(kl.double().sum())
-        return total / (sequences * tokens)
+            rows = slice(start, start + batch.shape[0])
+            kl = topk_kl(logits, *(part[rows, :tokens] for part in self._reference_rows))
+            total += kl.double().sum()
+        return float(total) / (sequences * tokens)
 
     def _perplexity(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:
         sequences, tokens = ids.shape

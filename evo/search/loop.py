@@ -57,6 +57,9 @@ class SearchSpec:
     top_k: int = 256  # dense reference: top-256 log-probs + tail mass + 16 tail samples (±0.3 % of exact KL)
     multi_stage: bool = True
     seed_configs: tuple[str, ...] = ()
+    # EvoPress's schedule: (tokens, survivors) per stage, the first (tokens, 0); () = the two-stage
+    # screen/full default. See evo.search.schedule.
+    stages: tuple[tuple[int, int], ...] = ()
     # The dtype the model is loaded in: its weights' bits decide every size and quality of the run.
     # "auto" is resolved when the run starts (bfloat16 on CUDA, float32 on CPU) and recorded, so a
     # resume or an export loads the same weights on any device.
@@ -87,6 +90,15 @@ class SearchSpec:
         for name in ("population", "samples", "clusters", "seq_len", "screen_sequences", "screen_tokens", "top_k"):
             if getattr(self, name) < 1:
                 raise EvoError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.stages:
+            from evo.search.schedule import build_schedule
+
+            object.__setattr__(self, "stages", tuple((int(t), int(n)) for t, n in self.stages))
+            if not self.multi_stage:
+                raise EvoError("--stages and --single-stage exclude each other")
+            if self.engine != "deap":
+                raise EvoError(f"--stages is a schedule of the deap engine: use --engine deap (not {self.engine})")
+            build_schedule(self.stages, samples=self.samples, seq_len=self.seq_len)
         if self.dtype != "auto":
             from evo.modelio import dtype_name
 
@@ -96,6 +108,7 @@ class SearchSpec:
         data = asdict(self)
         data["corpus"] = list(self.corpus)
         data["seed_configs"] = list(self.seed_configs)
+        data["stages"] = [list(stage) for stage in self.stages]
         return data
 
     @classmethod
@@ -112,10 +125,20 @@ class SearchSpec:
         try:
             data["corpus"] = tuple(data["corpus"])
             data["seed_configs"] = tuple(data.get("seed_configs", ()))
+            data["stages"] = tuple(tuple(stage) for stage in data.get("stages", ()))
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise EvoError(f"{where} lacks a field or has one of the wrong type ({exc}): "
                            "this run cannot be resumed") from None
+
+    def rescoring(self) -> tuple[tuple[int, int], ...]:
+        """(stage number, survivors) of the stages after the screen; () for the default two stages."""
+        from evo.search.schedule import build_schedule
+
+        if not self.stages:
+            return ()
+        return tuple((s.number, s.survivors) for s in build_schedule(self.stages, samples=self.samples,
+                                                                     seq_len=self.seq_len)[1:])
 
     def mismatches(self, other: "SearchSpec") -> list[str]:
         """The settings in which `other` (asked on resume) differs; "auto" dtype asks for the run's."""
@@ -137,8 +160,10 @@ def _check_field_types(spec: "SearchSpec") -> None:
             ok = isinstance(value, str)
         elif kind == "str | None":
             ok = value is None or isinstance(value, str)
-        elif kind.startswith("tuple"):
+        elif kind == "tuple[str, ...]":
             ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+        elif kind.startswith("tuple"):
+            ok = isinstance(value, tuple)
         else:
             ok = True
         if not ok:
@@ -176,14 +201,16 @@ class SearchResult:
 
 ProgressCallback = Callable[[Progress], None]
 StatusCallback = Callable[[str], None]
+TableProgress = Callable[[int, int], None]  # (size-table pairs coded, pairs total)
 
 
 def evaluations_planned(spec: SearchSpec) -> int:
     """Evaluations an uninterrupted run makes, as its engine counts them."""
     from evo.search.engines.base import engine_class
 
+    extra = {"stages": spec.rescoring()} if spec.stages else {}
     return engine_class(spec.engine).evaluations_planned(population=spec.population, generations=spec.generations,
-                                                         multi_stage=spec.multi_stage)
+                                                         multi_stage=spec.multi_stage, **extra)
 
 
 class SearchSession:
@@ -203,12 +230,26 @@ class SearchSession:
         self.activation_stats = activation_stats
         self.genes = genes
         self.status = status
+        self.size_table = None  # a filled SizeTable once run_search has coded the space (fill_size_table)
 
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
 
     def size_of(self, genome) -> int:
+        if self.size_table is not None:
+            return self.size_table.artifact_bytes(genome)
         return self.size_model.artifact_bytes(self.config_of(genome))
+
+    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None):
+        """Code every (tensor, setting) pair of the space into the run's size cache, in `workers`
+        processes (all cores by default), and size genomes from the table from now on."""
+        from evo.search.size_table import SizeTable
+
+        if self.size_table is None:
+            table = SizeTable(self.space, self.loaded.info, self.size_model)
+            table.fill(workers=workers, progress=progress)
+            self.size_table = table
+        return self.size_table
 
 
 def open_session(
@@ -401,6 +442,11 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
     evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats,
                           base_weights=size_model.weights)
+    if spec.stages:
+        from evo.search.schedule import build_schedule, stage_shape
+
+        schedule = build_schedule(spec.stages, samples=spec.samples, seq_len=spec.seq_len)
+        evaluator.stage_shapes = {stage.number: stage_shape(stage, spec.seq_len) for stage in schedule}
     return evaluator, size_model, stats
 
 
@@ -446,17 +492,21 @@ def run_search(
     session: SearchSession,
     *,
     on_progress: ProgressCallback | None = None,
+    size_workers: int | None = None,
+    on_table: TableProgress | None = None,
 ) -> SearchResult:
-    """Run (or continue) the search until spec.generations generations are done."""
+    """Run (or continue) the search until spec.generations generations are done. The space's size
+    table is coded first, in size_workers processes (all cores by default)."""
     from evo.search.engines import Score, make_engine
 
     spec, store = session.spec, session.store
+    session.fill_size_table(workers=size_workers, progress=on_table)
     problem = make_problem(session)
     from evo.search.uniform import write_uniform_points
 
     write_uniform_points(session)  # the report's reference lines: exact sizes of the space's uniform widths
     engine = make_engine(spec.engine, problem, population=spec.population, seed=spec.seed,
-                         multi_stage=spec.multi_stage, sampler=spec.sampler)
+                         multi_stage=spec.multi_stage, sampler=spec.sampler, stages=spec.rescoring())
     checkpoint = store.read_checkpoint()
     if checkpoint is not None:
         try:

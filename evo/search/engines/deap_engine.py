@@ -55,6 +55,7 @@ class DeapEngine:
         max_level_moves: int = 3,
         multi_stage: bool = True,
         seed: int = 0,
+        stages: tuple[tuple[int, int], ...] = (),
         **_ignored: Any,  # settings meant for other engines (e.g. sampler)
     ) -> None:
         if population < 2:
@@ -67,6 +68,10 @@ class DeapEngine:
         self.mutation_rate = mutation_rate
         self.max_level_moves = max_level_moves
         self.multi_stage = multi_stage
+        # (stage number, survivors) of each re-scoring stage after the screen (evo.search.schedule);
+        # by default one: the final stage for survivors_size genomes
+        self.rescoring = tuple(stages) or ((FINAL_STAGE, self.survivors_size),)
+        self.step = 0  # index into rescoring while confirming
         self.rng = random.Random(seed)
         self.generation = 0
         self.phase = "init"
@@ -76,11 +81,14 @@ class DeapEngine:
         self._screened: list[tuple[Genome, Score]] = []
 
     @classmethod
-    def evaluations_planned(cls, *, population: int, generations: int, multi_stage: bool = True) -> int:
+    def evaluations_planned(cls, *, population: int, generations: int, multi_stage: bool = True,
+                            stages: tuple[tuple[int, int], ...] = ()) -> int:
         """The initial population, then per generation the screened offspring and the survivors
-        re-scored (without multi-stage, the offspring once)."""
+        re-scored at each later stage (without multi-stage, the offspring once)."""
         offspring = 2 * population
         survivors = max(1, population // 2) if multi_stage else 0
+        if stages:
+            survivors = sum(min(n, offspring) for _, n in stages)
         return population + generations * (offspring + survivors)
 
     # --- ask / tell ----------------------------------------------------------------------------
@@ -96,8 +104,8 @@ class DeapEngine:
             stage = SCREEN_STAGE if self.multi_stage else FINAL_STAGE
         else:  # confirm: the best screened offspring get the full evaluation
             ranked = sorted(self._screened, key=lambda item: (constrained_fitness(item[1], self.problem.budget_bytes), item[0]))
-            genomes = [g for g, _ in ranked[: self.survivors_size]]
-            stage = FINAL_STAGE
+            stage, survivors = self.rescoring[self.step]
+            genomes = [g for g, _ in ranked[:survivors]]
         self._pending = [Request(tuple(g), stage) for g in genomes]
         return list(self._pending)
 
@@ -115,6 +123,11 @@ class DeapEngine:
         if self.phase == "screen" and self.multi_stage:
             self._screened = scored
             self.phase = "confirm"
+            self.step = 0
+            return
+        if self.phase == "confirm" and self.step + 1 < len(self.rescoring):
+            self._screened = scored  # the next stage re-scores the best of these
+            self.step += 1
             return
         self._remember(scored)
         self.population = self._select(self.population + scored, self.population_size)
@@ -190,6 +203,7 @@ class DeapEngine:
             "engine": self.name,
             "generation": self.generation,
             "phase": self.phase,
+            "step": self.step,
             "rng": rng_state(self.rng),
             "population": [pair(g, s) for g, s in self.population],
             "screened": [pair(g, s) for g, s in self._screened],
@@ -201,6 +215,7 @@ class DeapEngine:
         check_engine_state(state, self.name)
         self.generation = int(state["generation"])
         self.phase = state["phase"]
+        self.step = int(state.get("step", 0))  # checkpoints of two-stage runs have no step
         set_rng_state(self.rng, state["rng"])
         self.population = [unpair(p) for p in state["population"]]
         self._screened = [unpair(p) for p in state["screened"]]

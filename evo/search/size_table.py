@@ -1,0 +1,237 @@
+"""The size table of a run: every (tensor, setting) pair a search space allows, coded once at the
+start of the run (in parallel worker processes) into the run's size cache, laid out as an array
+[tensors × columns] so that the tensors.bin bytes of a genome — or of a batch of genomes — is one
+vectorised gather and sum.
+
+A column is the index of the setting a tensor takes: for a decoder linear the combination of its
+unit's genes (bits × rescale × sparsity × ...), for the embedding/head its bits choice; norms and
+biases are always kept (column 0). A drop gene zeroes the tensors it removes. The table's sums equal
+SizeModel.tensor_bytes exactly (tests check them against written artifacts); the rest of an
+artifact (manifest, config, tokenizer files) depends on the config's layout and is taken from the
+SizeModel's memoised manifest path, which after the table is filled never encodes a tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import torch
+
+from evo.compress.apply import compress_tensor
+from evo.compress.coding import encode_tensor
+from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES
+from evo.compress.plan import stats_for
+from evo.compress.settings import TensorSetting
+from evo.compress.size import SizeEntry, SizeKey, SizeModel
+from evo.compress.structure import is_replaced, replaced_modules
+from evo.errors import EvoError
+from evo.types import ModelInfo
+
+TableProgress = Callable[[int, int], None]  # (pairs coded, pairs total)
+
+_WORK: dict = {}  # what forked workers read: the base weights and activation statistics
+
+
+def _encode_pair(source: str, setting: TensorSetting) -> SizeEntry:
+    weights, stats = _WORK["weights"], _WORK["stats"]
+    act = stats_for(stats, source, setting)
+    weight = weights[source].to("cpu")
+    return SizeEntry.from_encoded(encode_tensor(compress_tensor(weight, setting, act).quantized))
+
+
+def _encode_pair_tuple(pair: tuple[str, TensorSetting]) -> SizeEntry:
+    return _encode_pair(*pair)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # one process per core: threads inside would oversubscribe
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class SizeTable:
+    """Exact tensors.bin bytes of any genome of `space` on `info`, from a [tensors × columns] table.
+
+    genes: the space's genome layout for the model (space.genes(info)).
+    """
+
+    def __init__(self, space, info: ModelInfo, size_model: SizeModel) -> None:
+        self.space = space
+        self.info = info
+        self.size_model = size_model
+        self.genes = space.genes(info)
+        unit_names = [name for name, _ in space.unit_genes]
+        self.unit_settings: list[TensorSetting] = [
+            space.setting(dict(zip(unit_names, values)))
+            for values in itertools.product(*(values for _, values in space.unit_genes))
+        ]
+        # genes of each unit, in unit_genes order; mixed radix strides give the combination index
+        units = max((g.unit for g in self.genes if g.unit is not None), default=-1) + 1
+        unit_genes = np.zeros((max(units, 1), len(unit_names)), dtype=np.int64)
+        for i, gene in enumerate(self.genes):
+            if gene.unit is not None:
+                unit_genes[gene.unit, unit_names.index(gene.kind)] = i
+        sizes = [len(values) for _, values in space.unit_genes]
+        strides = [int(np.prod(sizes[k + 1:])) for k in range(len(sizes))]
+        self._unit_genes = unit_genes
+        self._strides = np.asarray(strides, dtype=np.int64)
+        drop_gene = {g.layer: i for i, g in enumerate(self.genes) if g.kind == "drop"}
+        gene_index = {g.name: i for i, g in enumerate(self.genes)}
+        unit_of = {(g.layer, g.name.split(".")[1] if space.granularity == "group" else "all"): g.unit
+                   for g in self.genes if g.unit is not None}
+
+        names: list[str] = []
+        columns: list[list[TensorSetting]] = []  # per tensor, its setting by column
+        kind: list[int] = []  # 0 fixed column 0, 1 unit combination, 2 a gene's choice index
+        source_of: list[int] = []  # unit index (kind 1) or gene index (kind 2)
+        layer_of: list[int] = []  # position of the layer's drop gene, -1 outside decoder layers
+        keep_rows: list[list[bool]] = []  # per tensor, kept under each drop choice
+        n_drops = len(space.drops)
+        for layer in info.layers:
+            linears = {lin.name: lin.role for lin in layer.linears}
+            removed = [replaced_modules(layer, drop) for drop in space.drops]
+            # plan_model's order within a layer: linears, then norms and biases
+            for name in [lin.name for lin in layer.linears] + [name for name, _ in layer.other_tensors]:
+                names.append(name)
+                keep_rows.append([not is_replaced(name, modules) for modules in removed])
+                layer_of.append(drop_gene[layer.index])
+                role = linears.get(name)
+                if role is None:
+                    columns.append([KEPT]); kind.append(0); source_of.append(0)
+                    continue
+                group = "all" if space.granularity == "layer" else (
+                    "attention" if role in ATTENTION_ROLES else "mlp" if role in MLP_ROLES else None)
+                if group is None:  # a linear of neither block takes the config's default: kept
+                    columns.append([KEPT]); kind.append(0); source_of.append(0)
+                    continue
+                columns.append(list(self.unit_settings)); kind.append(1); source_of.append(unit_of[(layer.index, group)])
+        for tensor in info.non_decoder:
+            names.append(tensor.name)
+            keep_rows.append([True] * n_drops)
+            layer_of.append(-1)
+            gene = {"embedding": "embedding.bits", "head": "head.bits"}.get(tensor.role)
+            if gene in gene_index:
+                i = gene_index[gene]
+                columns.append([space.setting({"bits": b}, key=gene) for b in self.genes[i].choices])
+                kind.append(2); source_of.append(i)
+            else:
+                columns.append([KEPT]); kind.append(0); source_of.append(0)
+        self.names = names
+        self.columns = columns
+        self._kind = np.asarray(kind, dtype=np.int64)
+        self._source = np.asarray(source_of, dtype=np.int64)
+        self._layer = np.asarray(layer_of, dtype=np.int64)
+        self._keep = np.asarray(keep_rows, dtype=bool)
+        self.table = np.zeros((len(names), max(len(c) for c in columns)), dtype=np.int64)  # unused columns: 0
+        self.filled = False
+        self._rows = np.arange(len(names))
+
+    # --- building ------------------------------------------------------------------------------------
+
+    def pairs(self) -> list[tuple[str, TensorSetting]]:
+        """Every distinct (tensor, setting) the space allows, in table order."""
+        seen: dict[tuple[str, TensorSetting], None] = {}
+        for name, settings in zip(self.names, self.columns):
+            for setting in settings:
+                seen.setdefault((name, setting), None)
+        return list(seen)
+
+    def fill(self, *, workers: int | None = None, progress: TableProgress | None = None) -> int:
+        """Code every pair missing from the size cache (workers processes, all cores by default) and
+        fill the table. Returns how many pairs were coded here. Results do not depend on workers."""
+        model = self.size_model
+        pairs = self.pairs()
+        missing = [pair for pair in pairs if not self._cached(*pair)]
+        self.code(missing, workers=workers, progress=progress, already=len(pairs) - len(missing))
+        for row, (name, settings) in enumerate(zip(self.names, self.columns)):
+            for column, setting in enumerate(settings):
+                self.table[row, column] = model._entry(name, setting).compressed_bytes
+        self.filled = True
+        return len(missing)
+
+    def code(self, pairs: list[tuple[str, TensorSetting]], *, workers: int | None = None,
+             progress: TableProgress | None = None, already: int = 0) -> None:
+        """Code `pairs` into the size cache, in `workers` processes (all cores by default); the
+        entries are stored in the pairs' order whatever the workers (deterministic)."""
+        workers = default_workers() if workers is None else workers
+        if workers < 1:
+            raise EvoError("--size-workers must be 1 or more")
+        total = already + len(pairs)
+        done = already
+        if progress is not None:
+            progress(done, total)
+        if not pairs:
+            return
+        _WORK.update(weights=self.size_model.weights, stats=self.size_model.stats)
+        try:
+            if workers == 1 or len(pairs) == 1:
+                for pair in pairs:
+                    self._store(pair, _encode_pair(*pair))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            else:
+                # fork: workers share the parent's weights without pickling them
+                context = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+                    chunk = max(1, min(64, len(pairs) // (8 * workers)))
+                    results = pool.map(_encode_pair_tuple, pairs, chunksize=chunk)  # in order
+                    for pair, entry in zip(pairs, results):
+                        self._store(pair, entry)
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+        finally:
+            _WORK.clear()
+        self.size_model.sizes_computed += len(pairs)
+
+    def _key(self, source: str, setting: TensorSetting) -> SizeKey:
+        model = self.size_model
+        act = stats_for(model.stats, source, setting)
+        return SizeKey(model.model_id, source, setting.key(), model._digest(source, act) if act is not None else "")
+
+    def _cached(self, source: str, setting: TensorSetting) -> bool:
+        entry = self.size_model.size_cache.get(self._key(source, setting))
+        return entry is not None and bool(entry.frame_bytes) and set(entry.frame_bytes) == set(entry.coders)
+
+    def _store(self, pair: tuple[str, TensorSetting], entry: SizeEntry) -> None:
+        self.size_model.size_cache.put(self._key(*pair), entry)
+
+    # --- sizes ---------------------------------------------------------------------------------------
+
+    def columns_of(self, genomes: np.ndarray) -> np.ndarray:
+        """[batch × tensors] column of each tensor under each genome."""
+        combos = (genomes[:, self._unit_genes] * self._strides).sum(-1)  # [batch × units]
+        gene_values = genomes[:, self._source]
+        unit_values = combos[:, np.where(self._kind == 1, self._source, 0)]
+        return np.where(self._kind == 1, unit_values, np.where(self._kind == 2, gene_values, 0))
+
+    def tensor_bytes_many(self, genomes: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
+        """tensors.bin bytes of each genome of a batch: one gather and one sum."""
+        if not self.filled:
+            raise EvoError("the size table is not filled: call fill() first")
+        batch = np.asarray(genomes, dtype=np.int64).reshape(-1, len(self.genes))
+        columns = self.columns_of(batch)
+        drops = np.where(self._layer >= 0, batch[:, np.maximum(self._layer, 0)], 0)  # [batch × tensors]
+        kept = self._keep[self._rows, drops]
+        return (self.table[self._rows, columns] * kept).sum(-1)
+
+    def tensor_bytes(self, genome: Sequence[int]) -> int:
+        return int(self.tensor_bytes_many([genome])[0])
+
+    def artifact_bytes(self, genome: Sequence[int]) -> int:
+        """The whole artifact's bytes: the table's tensors plus the config's manifest and metadata
+        files (exactly SizeModel.artifact_bytes of the decoded config)."""
+        config = self.space.decode(tuple(genome), self.info)
+        size = self.size_model.size(config)
+        tensors = self.tensor_bytes(genome)
+        if tensors != size.tensor_bytes:
+            raise RuntimeError(f"size table says {tensors} tensor bytes, SizeModel {size.tensor_bytes}")
+        return tensors + size.total_bytes - size.tensor_bytes

@@ -1,0 +1,94 @@
+"""The size table: a genome's tensors.bin bytes from the [tensors × settings] array equal the
+SizeModel's old path and the bytes write_artifact puts on disk, for random genomes; workers do not
+change the table."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from evo.compress.artifact import write_artifact
+from evo.compress.model import compress_model
+from evo.compress.size import SizeCache, SizeModel
+from evo.evaluate.stats import collect_activation_stats
+from evo.modelio import load_model
+from evo.search.size_table import SizeTable
+from evo.search.space import SearchSpace
+
+TOKENS = np.random.default_rng(0).integers(3, 259, size=(4, 32))
+
+
+def _space(granularity="group"):
+    return SearchSpace.from_dict({
+        "granularity": granularity,
+        "quantization": {"group_size": 32},
+        "genes": {"bits": [2, 3, 4, 16], "sparsity": [0.0, 0.5]},
+        "structure": {"drop": ["none", "attention", "mlp", "layer"]},
+        "embedding": {"bits": [4, 8, 16]},
+        "head": {"bits": [4, 16]},
+    })
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_dir):
+    directory = tiny_model_dir("llama")
+    loaded = load_model(str(directory))
+    stats = collect_activation_stats(loaded.model, loaded.info, TOKENS)
+    return directory, loaded, stats
+
+
+def _random_genomes(genes, n, seed=0):
+    rng = random.Random(seed)
+    genomes = []
+    for _ in range(n):
+        genome = [rng.randrange(len(g.choices)) for g in genes]
+        drops = [i for i, g in enumerate(genes) if g.kind == "drop"]
+        if all(genes[i].choices[genome[i]] == "layer" for i in drops):
+            genome[drops[0]] = 0
+        genomes.append(tuple(genome))
+    return genomes
+
+
+@pytest.mark.parametrize("granularity", ["group", "layer"])
+def test_table_equals_size_model_and_disk(llama, tmp_path, granularity):
+    directory, loaded, stats = llama
+    space = _space(granularity)
+    cache = SizeCache(tmp_path / "sizes")
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, cache, stats=stats))
+    coded = table.fill(workers=2)
+    assert coded == len(table.pairs()) > 0
+    old = SizeModel.for_model(loaded, SizeCache(tmp_path / "old"), stats=stats)  # the old path, its own cache
+    genomes = _random_genomes(table.genes, 12, seed=1)
+    batch = table.tensor_bytes_many(genomes)
+    for genome, tensor_bytes in zip(genomes, batch):
+        config = space.decode(genome, loaded.info)
+        assert tensor_bytes == old.tensor_bytes(config)
+        assert table.artifact_bytes(genome) == old.artifact_bytes(config)
+    for genome in genomes[:3]:  # and the bytes actually written
+        config = space.decode(genome, loaded.info)
+        fresh = load_model(str(directory))
+        result = compress_model(fresh, None, config, stats=stats, size_cache=cache)
+        assert all(t.encoded is None for t in result.tensors)  # every entry came from the table's coding
+        summary = write_artifact(tmp_path / f"art{hash(genome)}", fresh.model, fresh.tokenizer, result)
+        assert summary.total_bytes == table.artifact_bytes(genome)
+        assert result.tensor_bytes == table.tensor_bytes(genome)
+
+
+def test_workers_do_not_change_the_table_and_progress_is_reported(llama, tmp_path):
+    _, loaded, stats = llama
+    space = _space()
+    tables = []
+    for workers in (1, 2):
+        table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / f"w{workers}"),
+                                                                  stats=stats))
+        seen = []
+        table.fill(workers=workers, progress=lambda done, total: seen.append((done, total)))
+        assert seen[-1][0] == seen[-1][1] == len(table.pairs())
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        tables.append(table.table.copy())
+    assert np.array_equal(tables[0], tables[1])
+    # a second fill finds every pair in the cache
+    again = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "w2"), stats=stats))
+    assert again.fill(workers=2) == 0 and np.array_equal(again.table, tables[0])
