@@ -166,6 +166,7 @@ def test_a_few_random_kills_end_as_an_uninterrupted_run(tiny_model_dir, tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("engine", ENGINES)
 def test_twenty_random_kills_end_as_an_uninterrupted_run(tiny_model_dir, tmp_path, engine):
     phases = kill_at_random_instants(tiny_model_dir, tmp_path, engine, kills=20, seed=0)
