@@ -7,6 +7,7 @@ Every file evo writes in place (run directories, caches, references, configs) go
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,3 +42,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_directory(new: Path, target: Path, *, trash_prefix: str) -> None:
+    """Move directory `new` onto `target`. An existing `target` is moved aside first (a directory
+    with files cannot be replaced by rename) into a temp folder named `trash_prefix…` beside it,
+    and put back if the final rename fails, so the old one survives a failure."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=trash_prefix))
+    os.replace(target, trash / "old")
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(trash / "old", target)
+        raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

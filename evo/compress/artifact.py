@@ -35,6 +35,7 @@ from evo.compress.coding import EncodedTensor, check_encoded, decode_tensor, enc
 from evo.compress.config import CompressionConfig
 from evo.compress.structure import apply_block_drop, shrink_config
 from evo.constants import DTYPES, MANIFEST_FILE, MODEL_CONFIG_FILE, TENSORS_FILE, TOKENIZER_CONFIG_FILE
+from evo.fileio import replace_directory
 from evo.errors import EvoError
 from evo.types import ModelInfo
 
@@ -272,7 +273,7 @@ def write_artifact(
         )
         manifest_bytes = ManifestWriter().encode(manifest, sum(files.values()))
         _write_bytes(tmp / MANIFEST_FILE, manifest_bytes)  # written last: its presence marks a whole artifact
-        _move_into_place(tmp, out_dir)
+        replace_directory(tmp, out_dir, trash_prefix=f".{out_dir.name}.old-")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -546,23 +547,6 @@ def _write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    # An old artifact (checked by the caller) is moved aside first: a directory cannot be
-    # replaced by rename while it has files, and the old one must survive a failed rename.
-    trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-    os.replace(out_dir, trash / "artifact")
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(trash / "artifact", out_dir)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 # --- reading ---------------------------------------------------------------------------------------

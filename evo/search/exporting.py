@@ -15,6 +15,7 @@ from pathlib import Path
 
 from evo.constants import EXPORT_ARTIFACT_DIR, EXPORT_CONFIG_FILE, MANIFEST_FILE, MB
 from evo.errors import EvoError
+from evo.fileio import replace_directory
 from evo.types import FrontPoint
 
 STAGING_PREFIX = ".evo-exporting-"
@@ -88,7 +89,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget
                 "nothing was written: search again with this evo"
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        _replace(staging / EXPORT_ARTIFACT_DIR, artifact_path)
+        replace_directory(staging / EXPORT_ARTIFACT_DIR, artifact_path, trash_prefix=f"{STAGING_PREFIX}old-")
         os.replace(staging / EXPORT_CONFIG_FILE, config_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -114,19 +115,3 @@ def _same_export(config_path: Path, artifact_path: Path, config_text: str, point
     on_disk = {p.relative_to(artifact_path).as_posix(): p.stat().st_size
                for p in artifact_path.rglob("*") if p.is_file() and p.name != MANIFEST_FILE}
     return on_disk == manifest.files
-
-
-def _replace(new: Path, target: Path) -> None:
-    """Move a directory onto `target`, the old one aside first so it survives a failed rename."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    trash = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{STAGING_PREFIX}old-"))
-    os.replace(target, trash / "old")
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(trash / "old", target)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
