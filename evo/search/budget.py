@@ -67,6 +67,10 @@ def early_budget_range(space, loaded, size_cache=None, *, row_fraction: float = 
     `size_cache` is unused (kept for callers that pass one)."""
     from evo.compress.artifact import ArtifactMetadata
 
+    if getattr(space, "format", None) == "gguf":  # exact and cheap: sizes come from types alone
+        from evo.search.gguf_space import GGUFSearchSize
+
+        return budget_range(space, loaded, GGUFSearchSize(loaded))
     smallest, largest = extreme_configs(space, loaded.info)
     weights = dict(loaded.model.named_parameters())
     stats = stand_in_stats(loaded.info)

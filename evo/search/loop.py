@@ -245,6 +245,8 @@ class SearchSession:
         processes (all cores by default), and size genomes from the table from now on."""
         from evo.search.size_table import SizeTable
 
+        if getattr(self.space, "format", None) == "gguf":
+            return None  # its size model is already a table: metadata once, a lookup per tensor
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
             table.fill(workers=workers, progress=progress)
@@ -411,6 +413,10 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
     from evo.evaluate.stats import collect_activation_stats, load_stats, save_stats
     from evo.search.budget import budget_range, check_budget
 
+    if getattr(space, "format", None) == "gguf":
+        from evo.search.gguf_space import build_gguf_evaluator
+
+        return build_gguf_evaluator(store, spec, loaded, calibration, say, progress, space)
     tokens = calibration.calibration.token_ids
     stats_path = store.path(STATS_FILE)
     if stats_path.exists():
@@ -456,6 +462,9 @@ def make_problem(session: SearchSession):
 
     spec = session.spec
     seeds = tuple(_seed_genomes(session))
+    space_seeds = getattr(session.space, "seed_genomes", None)  # the GGUF space's llama.cpp recipes
+    if space_seeds is not None:
+        seeds += tuple(g for g in space_seeds(session) if g not in seeds)
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
                       fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory)
     smallest = session.size_of(extreme_genome(problem, smallest=True))
@@ -583,9 +592,7 @@ def _checkpoint(session: SearchSession, engine) -> None:
                               generation=engine.generation)
     best = best_under_budget(front, session.spec.budget_bytes)
     if best is not None:
-        from evo.compress.config import CompressionConfig
-
-        session.store.write_text(BEST_FILE, CompressionConfig.from_dict(best.config).to_toml())
+        session.store.write_text(BEST_FILE, session.config_of(best.genome).to_toml())
     session.store.write_checkpoint({"generation": engine.generation, "engine": engine.state_dict()})
 
 

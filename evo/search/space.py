@@ -286,6 +286,10 @@ class SearchSpace:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise EvoError(f"search space {path} is not valid TOML ({exc}): fix the file") from None
+        if data.get("format", "evo") == "gguf":  # llama.cpp types in exact GGUF bytes
+            from evo.search.gguf_space import GGUFSpace
+
+            return GGUFSpace.from_dict(data, source=str(path))
         return cls.from_dict(data, source=str(path))
 
 
@@ -516,7 +520,8 @@ def warm_start(problem: Problem, rng: random.Random, size: int) -> list[Genome]:
         for level in reversed(range(len(bits_gene.choices))):
             if len(chosen) >= size:
                 break
-            uniform = tuple(level if gene.kind == "bits" else _uniform_value(gene) for gene in problem.genes)
+            uniform = tuple(min(level, len(gene.choices) - 1) if gene.kind == "bits" else _uniform_value(gene)
+                            for gene in problem.genes)
             add(uniform)
             if problem.size_of(uniform) <= problem.budget_bytes:
                 break  # the largest uniform width that fits is in; narrower ones are dominated
