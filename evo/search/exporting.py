@@ -48,6 +48,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     budget = int(round(budget_mb * MB)) if budget_mb is not None else None
     store, spec = run_spec(run_dir, dtype=dtype)  # fails before loading anything
     point, budget = store.choose(budget)
+    if point.config.get("format") == "gguf":
+        raise EvoError(f"run {run_dir} searched GGUF types: export it with --format gguf --out FILE.gguf")
     config = CompressionConfig.from_dict(point.config)
     config_text = config.to_toml()
     config_path, artifact_path = out_dir / EXPORT_CONFIG_FILE, out_dir / EXPORT_ARTIFACT_DIR

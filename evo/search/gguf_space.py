@@ -359,6 +359,7 @@ class GGUFSearchSize:
         self.alignment = plan.alignment
         self._kv_bytes = HEADER_BYTES + sum(kv_bytes(kv) for kv in plan.metadata)
         self._layouts: dict[tuple[int, ...], tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]] = {}
+        self._checked: set[tuple[str, str]] = set()
         self.evaluated = 0
 
     def layout(self, dropped: tuple[int, ...]) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
@@ -382,6 +383,9 @@ class GGUFSearchSize:
         total = fixed
         for source, shape in tensors:
             qtype = types.get(source, "F32") if len(shape) == 2 else "F32"
+            if (source, qtype) not in self._checked:  # one line naming the tensor, not a size error
+                quants.check_allowed(source, tuple(shape), qtype)
+                self._checked.add((source, qtype))
             total += pad(_nbytes(tuple(shape), qtype), self.alignment)
         self.evaluated += 1
         return total
