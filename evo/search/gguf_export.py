@@ -30,8 +30,6 @@ class GGUFExportResult:
 def export_gguf_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, budget_mb: float | None = None,
                     device: str = "cpu", dtype: str = "auto", overwrite: bool = False,
                     trust_remote_code: bool = False, status=None) -> GGUFExportResult:
-    from evo.gguf.writer import encode_tensors, plan_gguf, plan_tensors, write_gguf
-    from evo.search.gguf_space import GGUFConfig
     from evo.search.lifecycle import check_budget_mb, normalize_run_dir
     from evo.search.loop import open_session, run_spec
 
@@ -51,13 +49,27 @@ def export_gguf_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, budge
                        "without --format gguf, or search with --space gguf")
     session = open_session(spec, run_dir, resume=True, device=device, trust_remote_code=trust_remote_code,
                            status=say)
+    summary = write_point(session, point, out, overwrite=overwrite, status=say)
+    return GGUFExportResult(path=out, point=point, budget_bytes=budget, metric=spec.fitness,
+                            predicted_bytes=point.size_bytes, written_bytes=summary.written_bytes, types=summary.types)
+
+
+def write_point(session, point: FrontPoint, out: str | os.PathLike, *, overwrite: bool = False, status=None):
+    """Write one front point of an open GGUF session as a GGUF file whose os.stat size is the size the
+    run recorded (checked before and after writing). Returns the writer's GGUFSummary."""
+    from evo.gguf.writer import encode_tensors, plan_gguf, plan_tensors, write_gguf
+    from evo.search.gguf_space import GGUFConfig
+
+    say = status or (lambda message: None)
+    out = Path(out)
+    run_dir = session.store.directory
     config = session.config_of(point.genome)
     recorded = GGUFConfig.from_dict(point.config)  # JSON sorts its keys: compare as mappings
     if config.type_of != recorded.type_of or config.dropped != recorded.dropped:
         raise EvoError(f"run {run_dir}'s front records another config for its genome than this evo decodes: "
                        "export it with the evo that searched it")
     loaded = session.loaded
-    session.evaluator.restore()  # the original weights (nothing was evaluated, but be sure)
+    session.evaluator.restore()  # the original weights: a search in this process swapped levels in
     type_of = config.type_of
     drops = config.drops
     types = {t.name: type_of[t.source] for t in plan_tensors(loaded, drops) if t.source in type_of}
@@ -74,5 +86,4 @@ def export_gguf_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, budge
     if written != point.size_bytes:  # write_gguf already checked the plan's size: a bug, not a user error
         out.unlink()
         raise RuntimeError(f"GGUF size mismatch: the run recorded {point.size_bytes} bytes, the file has {written}")
-    return GGUFExportResult(path=out, point=point, budget_bytes=budget, metric=spec.fitness,
-                            predicted_bytes=point.size_bytes, written_bytes=written, types=summary.types)
+    return summary
