@@ -194,7 +194,7 @@ def search_task(task: dict) -> dict:
     run_dir = Path(task["run_dir"])
     spec = SearchSpec(budget_bytes=task["budget"], model=task["model"], space="gguf", seed=task["seed"],
                       generations=task["generations"], population=task["population"], samples=task["samples"],
-                      seq_len=task["calib_len"], clusters=min(8, max(1, task["samples"] // 2)), screen_sequences=min(4, task["samples"]),
+                      dtype="float32", seq_len=task["calib_len"], clusters=min(8, max(1, task["samples"] // 2)), screen_sequences=min(4, task["samples"]),
                       screen_tokens=min(128, task["calib_len"]))
     session = open_session(spec, run_dir, resume=is_run(run_dir), device=task["device"])
     result = run_search(session)

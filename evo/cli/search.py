@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
                          "required for a new run")
     add_model_options(se, device="auto")
     se.add_argument("--corpus", nargs="+", default=["calibration_mix"], help="calibration corpus (default: embedded mix)")
-    se.add_argument("--space", default="default", help="search space: a name (bits, default, double_compression, evop; in evo/search/spaces/) or a .toml file")
+    se.add_argument("--space", default="default", help="search space: a name (bits, default, double_compression, evop, gguf; in evo/search/spaces/) or a .toml file")
     se.add_argument("--engine", default="deap", help="deap (NSGA-II), optuna or random")
     se.add_argument("--sampler", default=None, help="with --engine optuna: tpe (default), nsga2 or random")
     se.add_argument("--generations", type=int, default=10, help="generations after the first population")
@@ -105,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
                       soft_wrap=True, highlight=False)
         return EXIT_INTERRUPTED
     render_front(result, session.spec)
+    export = (f"evo export {run_dir} --format gguf --out {run_dir / 'best.gguf'}"
+              if getattr(session.space, "format", None) == "gguf" else f"evo export {run_dir} --out {run_dir / 'export'}")
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
-              f"export with `evo export {run_dir} --out {run_dir / 'export'}`")
+              f"export with `{export}`")
     return 0
 
 
