@@ -327,8 +327,8 @@ def open_session(
             spec = replace(spec, dtype=stored.dtype)  # a run from before the dtype was recorded: "auto"
     else:
         check_directory_path(run_dir, "--run-dir")
-    if spec.dtype == "auto":
-        spec = replace(spec, dtype=auto_dtype_name(device))
+    if spec.dtype == "auto":  # a GGUF space encodes float32 weights, as llama-quantize does (norms stay exact)
+        spec = replace(spec, dtype="float32" if getattr(space, "format", None) == "gguf" else auto_dtype_name(device))
     calibration_path = run_dir / CALIBRATION_FILE
     corpus = None
     if not (resume and calibration_path.exists()):
