@@ -186,6 +186,7 @@ class Progress:
     eta_seconds: float | None  # from each stage's measured seconds per evaluation (evo.search.live)
     stage: int
     phase: str = "search"
+    workers: tuple = ()  # evo.search.workers.WorkerRate per Ray actor, with --workers
 
 
 @dataclass
@@ -240,14 +241,15 @@ class SearchSession:
             return self.size_table.artifact_bytes(genome)
         return self.size_model.artifact_bytes(self.config_of(genome))
 
-    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None):
+    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None):
         """Code every (tensor, setting) pair of the space into the run's size cache, in `workers`
-        processes (all cores by default), and size genomes from the table from now on."""
+        processes (all cores by default) or on a WorkerPool's actors, and size genomes from the
+        table from now on."""
         from evo.search.size_table import SizeTable
 
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
-            table.fill(workers=workers, progress=progress)
+            table.fill(workers=workers, progress=progress, pool=pool)
             self.size_table = table
         return self.size_table
 
@@ -494,13 +496,16 @@ def run_search(
     on_progress: ProgressCallback | None = None,
     size_workers: int | None = None,
     on_table: TableProgress | None = None,
+    workers=None,
 ) -> SearchResult:
     """Run (or continue) the search until spec.generations generations are done. The space's size
-    table is coded first, in size_workers processes (all cores by default)."""
+    table is coded first, in size_workers processes (all cores by default). With `workers` (an
+    evo.search.workers.WorkerPool) each asked batch is scored on its Ray actors, and so is the
+    size table; the journal and checkpoints are written here either way."""
     from evo.search.engines import Score, make_engine
 
     spec, store = session.spec, session.store
-    session.fill_size_table(workers=size_workers, progress=on_table)
+    session.fill_size_table(workers=size_workers, progress=on_table, pool=workers)
     problem = make_problem(session)
     from evo.search.uniform import write_uniform_points
 
@@ -545,18 +550,24 @@ def run_search(
                              evaluations_total=total, new_evaluations=new_evaluations,
                              best_quality=best.quality if best else None,
                              best_bytes=best.size_bytes if best else None, front_size=len(front),
-                             evals_per_second=rate, eta_seconds=eta, stage=stage))
+                             evals_per_second=rate, eta_seconds=eta, stage=stage,
+                             workers=workers.rates() if workers is not None else ()))
 
     report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
         requests = engine.ask()
         results = []
+        remote = _submit(session, requests, workers) if workers is not None else None
         for request in requests:
             entry = store.lookup(evaluation_key(request.genome, request.stage))
             if entry is None:
                 tic = time.perf_counter()
                 config = session.config_of(request.genome)
-                quality = session.evaluator.evaluate(config, request.stage)
+                if remote is None:
+                    quality = session.evaluator.evaluate(config, request.stage)
+                else:  # scored on an actor: its own seconds, not the wait
+                    quality, seconds = remote[1].get(remote[0][evaluation_key(request.genome, request.stage)])
+                    tic = time.perf_counter() - seconds
                 size = session.size_model.artifact_bytes(config)
                 seconds = time.perf_counter() - tic
                 entry = store.append(request.genome, request.stage, quality, size, seconds)
@@ -574,6 +585,19 @@ def run_search(
     result = _result(session, engine, new_evaluations)
     result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
     return result
+
+
+def _submit(session: SearchSession, requests, workers):
+    """Send the batch's evaluations that the journal lacks (each key once) to the worker pool:
+    ({key: item index}, BatchResults)."""
+    index: dict[str, int] = {}
+    items = []
+    for request in requests:
+        key = evaluation_key(request.genome, request.stage)
+        if key not in index and session.store.lookup(key) is None:
+            index[key] = len(items)
+            items.append((session.config_of(request.genome), request.stage))
+    return index, workers.evaluate(items)
 
 
 def _checkpoint(session: SearchSession, engine) -> None:
