@@ -232,6 +232,7 @@ class SearchSession:
         self.genes = genes
         self.status = status
         self.size_table = None  # a filled SizeTable once run_search has coded the space (fill_size_table)
+        self.memory_plan = None  # the MemoryPlan open_session printed and enforced (evo.search.memory_plan)
 
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
@@ -333,8 +334,18 @@ def open_session(
     corpus = None
     if not (resume and calibration_path.exists()):
         corpus = read_corpus(list(spec.corpus))  # a missing or empty corpus fails before the model loads
+    from evo.search.memory_plan import plan_for_run
+
+    plan = plan_for_run(spec, space, device=device, run_dir=run_dir, trust_remote_code=trust_remote_code)
+    if plan is not None:  # from the config alone: an impossible model is refused before its weights load
+        say(plan.table())
+        plan.check()
     say(f"loading model {spec.model} ({spec.dtype})")
     loaded = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=trust_remote_code)
+    if plan is None:
+        plan = plan_for_run(spec, space, device=device, run_dir=run_dir, info=loaded.info)
+        say(plan.table())
+        plan.check()
     created = False
     if not resume:
         lock = _create_checked_run(spec, space, loaded, run_dir, say)
@@ -353,6 +364,7 @@ def open_session(
         evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, progress, space=space)
         genes = space.genes(loaded.info)
         session = SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
+        session.memory_plan = plan  # the level tiers' capacities (evo.search.memory_plan)
         tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
         if rewrite_spec:
             store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
