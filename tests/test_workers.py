@@ -161,8 +161,6 @@ def test_resume_after_kill_9_of_the_driver_with_workers_ends_with_the_same_front
     assert children
     process.kill()  # SIGKILL: the driver
     process.wait()
-    _, alive = psutil.wait_procs(children, timeout=60)
-    assert not alive, f"Ray processes outlived their driver: {[p.pid for p in alive]}"  # they share its fate
     journaled = len(journal.read_text().splitlines())
     resumed = subprocess.run(command + ["--workers", "1", "--resume", str(run_dir)], capture_output=True,
                              text=True, timeout=600)
@@ -172,3 +170,7 @@ def test_resume_after_kill_9_of_the_driver_with_workers_ends_with_the_same_front
     assert len(keys) == len(set(keys)) and sorted(keys) == sorted(_keys(straight))
     for name in ("front.json", "checkpoint.json", "best.toml"):
         assert (run_dir / name).read_bytes() == (straight / name).read_bytes(), name
+    # the killed driver's cluster shares its fate (raylet, GCS, actors at once; Ray's agents give up on
+    # reporting to the dead GCS within about a minute)
+    _, alive = psutil.wait_procs(children, timeout=120)
+    assert not alive, f"Ray processes outlived their driver: {[p.pid for p in alive]}"

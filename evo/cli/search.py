@@ -134,10 +134,10 @@ def _worker_settings(args: argparse.Namespace):
         if address is not None:
             raise EvoError("--ray-address needs --workers N (the actors to start on the cluster)")
         return None
-    from evo.search.workers import WorkerSettings, _ray
+    from evo.search.workers import WorkerSettings, require_ray
 
     settings = WorkerSettings(workers=workers, address=address)
-    _ray()  # Ray missing is said before the model loads
+    require_ray()  # Ray missing is said before the model loads
     return settings
 
 

@@ -110,7 +110,7 @@ class EvaluationActor:
             size_table._WORK.clear()
 
 
-def _ray():
+def require_ray():
     try:
         import ray
     except ImportError:
@@ -154,7 +154,7 @@ class WorkerPool:
               status: Callable[[str], None] | None = None) -> "WorkerPool":
         """Start (or join) Ray and one actor per worker, each built from the session's inputs."""
         say = status or (lambda message: None)
-        ray = _ray()
+        ray = require_ray()
         device = session.evaluator.device.type
         gpus = 1 if device == "cuda" else 0
         started_ray = False
@@ -193,7 +193,7 @@ class WorkerPool:
         return pool
 
     def close(self) -> None:
-        ray = _ray()
+        ray = require_ray()
         for worker in self.workers:
             try:
                 ray.kill(worker.actor)
@@ -222,7 +222,7 @@ class WorkerPool:
     def _run(self, tasks: Sequence[_Task]) -> Iterator[tuple[_Task, Any, _Worker]]:
         """Run tasks over the live actors, at most IN_FLIGHT_PER_WORKER each, yielding (task, result,
         worker) as they finish; a task whose actor died goes back to the queue's front."""
-        ray = _ray()
+        ray = require_ray()
         queue = deque(tasks)
         running: dict = {}  # object ref → (task, worker)
         while queue or running:
