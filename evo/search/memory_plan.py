@@ -152,7 +152,9 @@ class MemoryPlan:
 
 
 def _gb(size: int | None) -> str:
-    return "?" if size is None else f"{size / GB:.2f} GB"
+    if size is None:
+        return "?"
+    return f"{size / GB:.2f} GB" if size >= GB // 10 else f"{size / 10**6:.2f} MB"
 
 
 def _ranges(layers: tuple[int, ...]) -> str:

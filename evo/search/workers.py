@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from evo.errors import EvoError
@@ -66,7 +66,7 @@ class WorkerRate:
 
     name: str
     evaluations: int
-    evals_per_second: float
+    evals_per_second: float  # over the actor's own evaluation seconds (startup and waits excluded)
     alive: bool = True
 
 
@@ -123,7 +123,6 @@ class _Worker:
     name: str
     actor: Any
     evaluations: int = 0
-    busy_since: float | None = None
     seconds: float = 0.0
     alive: bool = True
     in_flight: int = 0
@@ -145,7 +144,6 @@ class WorkerPool:
     started_ray: bool
     device: str
     requeued: int = 0  # tasks re-run on another actor after theirs died
-    started: float = field(default_factory=time.perf_counter)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -216,8 +214,9 @@ class WorkerPool:
         return [w.actor for w in self.workers if w.alive]
 
     def rates(self) -> tuple[WorkerRate, ...]:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        return tuple(WorkerRate(w.name, w.evaluations, w.evaluations / elapsed, w.alive) for w in self.workers)
+        """Each actor's evaluations and its rate over the seconds it spent evaluating them."""
+        return tuple(WorkerRate(w.name, w.evaluations, w.evaluations / w.seconds if w.seconds > 0 else 0.0, w.alive)
+                     for w in self.workers)
 
     def _run(self, tasks: Sequence[_Task]) -> Iterator[tuple[_Task, Any, _Worker]]:
         """Run tasks over the live actors, at most IN_FLIGHT_PER_WORKER each, yielding (task, result,
