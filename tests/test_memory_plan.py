@@ -64,7 +64,7 @@ def test_a_model_whose_layer_cannot_fit_is_refused_in_one_line_with_the_numbers(
     with pytest.raises(EvoError) as refused:
         plan.check()
     message = str(refused.value)
-    assert "\n" not in message and "one layer's working set needs" in message and "GB" in message
+    assert "\n" not in message and "one layer's working set needs" in message and " MB (" in message
     fits_layer = plan_memory(_inputs(info, device_free_bytes=plan.layer_working_set_bytes + 1))
     assert fits_layer.refusal is not None and "base weights" in fits_layer.refusal  # evo keeps them resident
 

@@ -242,14 +242,16 @@ def plan_memory(inputs: MemoryInputs) -> MemoryPlan:
 
     refusal = None
     name = info.model_id or info.architecture
+    resident = base * (2 if inputs.device == "cpu" else 1)  # on the CPU the restore copy shares the same RAM
     if working_set > free:
         refusal = (f"model {name} cannot be evaluated on {inputs.device}: one layer's working set needs "
                    f"{_gb(working_set)} (embedding and head {_gb(non_decoder)}, a layer and its candidate "
                    f"{_gb(2 * largest_layer)}, one sequence's forward {_gb(forward(1))}) but {_gb(free)} is free: "
                    f"use a device with more memory, a shorter --seq-len or a smaller model")
-    elif base + forward(1) + reference > free:
-        refusal = (f"model {name} does not fit on {inputs.device}: its base weights ({_gb(base)}) plus one sequence's "
-                   f"forward ({_gb(forward(1))}) need {_gb(base + forward(1) + reference)} resident but "
+    elif resident + forward(1) + reference > free:
+        refusal = (f"model {name} does not fit on {inputs.device}: its base weights ({_gb(resident)}"
+                   f"{' with the copy evo restores from' if inputs.device == 'cpu' else ''}) plus one sequence's "
+                   f"forward ({_gb(forward(1))}) need {_gb(resident + forward(1) + reference)} resident but "
                    f"{_gb(free)} is free (evo keeps the base weights resident): use a device with more memory "
                    f"or a smaller --dtype")
     elif inputs.device == "cuda" and base + reference > inputs.host_free_bytes:
