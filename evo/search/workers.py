@@ -5,8 +5,9 @@ the engine's asked batch is spread over the actors; the driver keeps the journal
 Ray (not a home-made scheduler) starts the processes, places them on GPUs and reports their deaths:
 a candidate whose actor dies is re-queued on the others, so nothing is lost, and since only the
 driver journals, nothing is journaled twice. A candidate's quality does not depend on which actor
-scored it (each rebuilds the driver's evaluator from the same inputs, one thread per CPU slot), so N
-workers end with the same front as one. The size table is coded by the same actors.
+scored it (each rebuilds the driver's evaluator from the same inputs, with one micro-batch size fixed
+by the driver and one thread per CPU slot), so N workers end with the same front as one. The size
+table is coded by the same actors.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from evo.constants import FINAL_STAGE
 from evo.errors import EvoError
 
 OBJECT_STORE_BYTES = 200 * 10**6  # a local cluster's shared memory: the inputs are sent once, results are floats
@@ -172,8 +174,13 @@ class WorkerPool:
                          include_dashboard=False, log_to_driver=False, logging_level="error")
             started_ray = True
         spec, evaluator = session.spec, session.evaluator
+        # One micro-batch size for every actor, fixed here: sized from each actor's free memory it could
+        # differ between them (and in time), and with it the float sums of a candidate's KL.
+        fitness = evaluator.fitness
+        if fitness.batch_size is None:
+            fitness = replace(fitness, batch_size=evaluator.micro_batch(*evaluator.stage_shape(FINAL_STAGE)))
         inputs = ActorInputs(model=spec.model, dtype=spec.dtype, trust_remote_code=trust_remote_code,
-                             info=session.loaded.info, token_ids=evaluator.token_ids.cpu(), fitness=evaluator.fitness,
+                             info=session.loaded.info, token_ids=evaluator.token_ids.cpu(), fitness=fitness,
                              reference=evaluator.reference, stats=session.activation_stats,
                              stage_shapes=dict(evaluator.stage_shapes), threads=1)
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(EvaluationActor)
