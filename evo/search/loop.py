@@ -578,7 +578,7 @@ def run_search(
                 if remote is None:
                     quality = session.evaluator.evaluate(config, request.stage)
                 else:  # scored on an actor: its own seconds, not the wait
-                    quality, seconds = remote[1].get(remote[0][evaluation_key(request.genome, request.stage)])
+                    quality, seconds = remote.get(evaluation_key(request.genome, request.stage))
                     tic = time.perf_counter() - seconds
                 size = session.size_model.artifact_bytes(config)
                 seconds = time.perf_counter() - tic
@@ -600,16 +600,14 @@ def run_search(
 
 
 def _submit(session: SearchSession, requests, workers):
-    """Send the batch's evaluations that the journal lacks (each key once) to the worker pool:
-    ({key: item index}, BatchResults)."""
-    index: dict[str, int] = {}
-    items = []
+    """Send the batch's evaluations that the journal lacks (each key once) to the worker pool; the
+    BatchResults it returns gives each one's (quality, seconds) by key."""
+    items: dict[str, tuple] = {}
     for request in requests:
         key = evaluation_key(request.genome, request.stage)
-        if key not in index and session.store.lookup(key) is None:
-            index[key] = len(items)
-            items.append((session.config_of(request.genome), request.stage))
-    return index, workers.evaluate(items)
+        if key not in items and session.store.lookup(key) is None:
+            items[key] = (session.config_of(request.genome), request.stage)
+    return workers.evaluate(items)
 
 
 def _checkpoint(session: SearchSession, engine) -> None:

@@ -255,10 +255,12 @@ class WorkerPool:
                 continue
             yield task, result, worker
 
-    def evaluate(self, items: Sequence[tuple[Any, int]]) -> "BatchResults":
-        """Start scoring (config, stage) items; results are read in any order from the returned object."""
-        tasks = [_Task(i, "evaluate", (config, stage)) for i, (config, stage) in enumerate(items)]
-        return BatchResults(self, self._run(tasks))
+    def evaluate(self, items: dict[str, tuple[Any, int]]) -> "BatchResults":
+        """Start scoring {key: (config, stage)}; results are read by key, in any order, from the
+        returned object."""
+        keys = list(items)
+        tasks = [_Task(i, "evaluate", items[key]) for i, key in enumerate(keys)]
+        return BatchResults(self._run(tasks), keys)
 
     def encode_pairs(self, pairs: list) -> Iterator:
         """Size-table entries of `pairs`, in the pairs' order, coded over the actors."""
@@ -274,24 +276,24 @@ class WorkerPool:
 
 
 class BatchResults:
-    """The results of one batch as they arrive: `get(i)` blocks until item i is scored."""
+    """The results of one batch as they arrive: `get(key)` blocks until that item is scored."""
 
-    def __init__(self, pool: WorkerPool, running: Iterator) -> None:
-        self.pool = pool
+    def __init__(self, running: Iterator, keys: list[str]) -> None:
         self._running = running
-        self._results: dict[int, tuple[float, float]] = {}
+        self._keys = keys
+        self._results: dict[str, tuple[float, float]] = {}
 
-    def get(self, index: int) -> tuple[float, float]:
-        """(quality, seconds the actor spent) of item `index`."""
-        while index not in self._results:
+    def get(self, key: str) -> tuple[float, float]:
+        """(quality, seconds the actor spent) of the item `key`."""
+        while key not in self._results:
             try:
                 task, (quality, seconds), worker = next(self._running)
             except StopIteration:
-                raise RuntimeError(f"batch item {index} was never scored") from None
+                raise RuntimeError(f"batch item {key} was never scored") from None
             worker.evaluations += 1
             worker.seconds += seconds
-            self._results[task.index] = (quality, seconds)
-        return self._results.pop(index)
+            self._results[self._keys[task.index]] = (quality, seconds)
+        return self._results.pop(key)
 
 
 def _first_line(exc: BaseException) -> str:
