@@ -48,6 +48,15 @@ def _encode_pair_tuple(pair: tuple[str, TensorSetting]) -> SizeEntry:
     return _encode_pair(*pair)
 
 
+def encode_pairs(pairs: list[tuple[str, TensorSetting]], weights, stats) -> list[SizeEntry]:
+    """Size entries of (tensor, setting) pairs coded in this process from `weights` (a Ray actor's copy)."""
+    _WORK.update(weights=weights, stats=stats)
+    try:
+        return [_encode_pair(*pair) for pair in pairs]
+    finally:
+        _WORK.clear()
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core: threads inside would oversubscribe
 

@@ -86,9 +86,11 @@ class EvaluationActor:
         loaded = load_model(inputs.model, dtype=inputs.dtype, device=device,
                             trust_remote_code=inputs.trust_remote_code)
         self.stats = inputs.stats
+        # the CPU copy the evaluator restores from, and the size table is coded from
+        self.weights = {name: p.detach().to("cpu", copy=True) for name, p in loaded.model.named_parameters()}
         # The driver's ModelInfo: a model that differs in any tensor is refused here (check_matches).
         self.evaluator = Evaluator(loaded.model, inputs.info, inputs.token_ids, inputs.fitness, inputs.reference,
-                                   stats=inputs.stats)
+                                   stats=inputs.stats, base_weights=self.weights)
         self.evaluator.stage_shapes = dict(inputs.stage_shapes)
 
     def where(self) -> str:
@@ -103,13 +105,9 @@ class EvaluationActor:
 
     def encode_pairs(self, pairs: list) -> list:
         """Size-table entries of (tensor, setting) pairs, coded from this actor's CPU copy of the weights."""
-        from evo.search import size_table
+        from evo.search.size_table import encode_pairs
 
-        size_table._WORK.update(weights=self.evaluator._originals, stats=self.stats)
-        try:
-            return [size_table._encode_pair(*pair) for pair in pairs]
-        finally:
-            size_table._WORK.clear()
+        return encode_pairs(pairs, self.weights, self.stats)
 
 
 def require_ray():
