@@ -343,16 +343,16 @@ def describe_model(model: nn.Module, *, model_id: str = "") -> ModelInfo:
     tied = bool(
         output_emb is not None
         and input_emb is not None
-        and output_emb.weight.data_ptr() == input_emb.weight.data_ptr()
+        and _storage(output_emb.weight) == _storage(input_emb.weight)
     )
     non_decoder = []
     seen_ptrs = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         if name.startswith(layers_path + "."):
             continue
-        if param.data_ptr() in seen_ptrs:  # a tied head shares the embedding's storage
+        if _storage(param) in seen_ptrs:  # a tied head shares the embedding's storage
             continue
-        seen_ptrs.add(param.data_ptr())
+        seen_ptrs.add(_storage(param))
         non_decoder.append(TensorInfo(name=name, shape=tuple(param.shape), role=_non_decoder_role(model, name, param)))
 
     config = model.config
@@ -368,6 +368,32 @@ def describe_model(model: nn.Module, *, model_id: str = "") -> ModelInfo:
         vocab_size=int(input_emb.weight.shape[0]),
         total_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def _storage(param: torch.Tensor) -> int:
+    """What identifies a tensor's storage: its address, or on the meta device (no storage) the
+    parameter itself (tied weights are one Parameter)."""
+    return id(param) if param.is_meta else param.data_ptr()
+
+
+def describe_config(spec: str, *, trust_remote_code: bool = False) -> ModelInfo | None:
+    """The ModelInfo of a model from its config alone: the model is built on the meta device, so no
+    weight is read or allocated (the memory plan of a 70B model takes a second). Local directories
+    only; None otherwise, or when the config cannot be read or built (load_model then says why)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        source = resolve_model_source(spec)
+        if source.kind != "dir":
+            # a hub config may need the network and a GGUF's is parsed from the whole file (~15 s for
+            # 135M): load_model reads them once, and the caller plans from the loaded model instead
+            return None
+        config = AutoConfig.from_pretrained(source.location, trust_remote_code=bool(trust_remote_code))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=bool(trust_remote_code))
+        return describe_model(model, model_id=source.model_id)
+    except (EvoError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _non_decoder_role(model: nn.Module, name: str, param: torch.Tensor) -> str:

@@ -103,6 +103,9 @@ class ProgressDisplay:
         best = f"{p.best_quality:.4f} at {p.best_bytes / 1e6:.3f} MB" if p.best_quality is not None else "-"
         detail = (f"gen {p.generation}/{p.generations} stage {p.stage} best {self.fitness} {best} "
                   f"front {p.front_size} {p.evals_per_second:.2f} eval/s")
+        if p.workers:  # Ray actors: each one's rate, a dead one marked
+            detail += " (" + ", ".join(f"{w.name.split()[0]} {w.evals_per_second:.2f}" + ("" if w.alive else " dead")
+                                       for w in p.workers) + " eval/s)"
         if "evaluations" not in self.tasks:
             self.tasks["evaluations"] = self.progress.add_task("evaluations", total=p.evaluations_total, unit="",
                                                                detail="", open_ended=False, eta=None)

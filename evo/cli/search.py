@@ -48,6 +48,11 @@ def add_parser(sub) -> None:
     se.add_argument("--run-dir", default=None, help=f"run directory (default: {RUN_DIR_PATTERN}, e.g. {default_run_dir('smollm2-135m', 70, 'default', 0)})")
     se.add_argument("--size-workers", type=int, default=None,
                     help="processes that code the space's size table at the start (default: all cores)")
+    se.add_argument("--workers", type=int, default=None,
+                    help="score each batch on N Ray actors (one per GPU, or per CPU slot), which also code the "
+                         "size table; the journal stays here (default: none, this process scores)")
+    se.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="with --workers: join this Ray cluster (host:port) instead of starting a local one")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
                          "them; a larger --generations extends it)")
 
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         if args.budget_mb is None:
             raise EvoError("--budget-mb is required for a new run, e.g. --budget-mb 70")
         run_dir = normalize_run_dir(default_run_dir(args.model.rstrip("/"), args.budget_mb, args.space, args.seed))
+    settings = _worker_settings(args)
     resume = bool(args.resume) or is_complete_run(run_dir)
     given = getattr(args, "given_options", None)
     spec = _resume_spec(args, run_dir, given) if resume else _search_spec(args)
@@ -96,9 +102,20 @@ def run(args: argparse.Namespace) -> int:
             if resume:
                 console.print(f"resuming run {run_dir} ({session.spec.generations} generations, "
                               f"{len(session.store)} evaluations journaled)")
-            result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
-                                on_table=lambda done, total: display.step(
-                                    StepProgress("size table (coding every tensor x setting)", done, total, "pairs")))
+            pool = None
+            if settings is not None:
+                from evo.search.workers import WorkerPool
+
+                pool = WorkerPool.start(session, settings, trust_remote_code=args.trust_remote_code,
+                                        status=lambda message: console.print(message))
+            try:
+                result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
+                                    on_table=lambda done, total: display.step(
+                                        StepProgress("size table (coding every tensor x setting)", done, total,
+                                                     "pairs")), workers=pool)
+            finally:
+                if pool is not None:
+                    pool.close()
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",
@@ -110,6 +127,20 @@ def run(args: argparse.Namespace) -> int:
     out.print(f"{result.evaluations} evaluations ({result.new_evaluations} in this process); run directory {run_dir}; "
               f"export with `{export}`")
     return 0
+
+
+def _worker_settings(args: argparse.Namespace):
+    """--workers / --ray-address as WorkerSettings (None: no Ray), checked before anything loads."""
+    workers, address = getattr(args, "workers", None), getattr(args, "ray_address", None)
+    if workers is None:
+        if address is not None:
+            raise EvoError("--ray-address needs --workers N (the actors to start on the cluster)")
+        return None
+    from evo.search.workers import WorkerSettings, require_ray
+
+    settings = WorkerSettings(workers=workers, address=address)
+    require_ray()  # Ray missing is said before the model loads
+    return settings
 
 
 # `evo search` option → SearchSpec field, where the names differ.

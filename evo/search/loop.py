@@ -186,6 +186,7 @@ class Progress:
     eta_seconds: float | None  # from each stage's measured seconds per evaluation (evo.search.live)
     stage: int
     phase: str = "search"
+    workers: tuple = ()  # evo.search.workers.WorkerRate per Ray actor, with --workers
 
 
 @dataclass
@@ -231,6 +232,7 @@ class SearchSession:
         self.genes = genes
         self.status = status
         self.size_table = None  # a filled SizeTable once run_search has coded the space (fill_size_table)
+        self.memory_plan = None  # the MemoryPlan open_session printed and enforced (evo.search.memory_plan)
 
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
@@ -240,16 +242,17 @@ class SearchSession:
             return self.size_table.artifact_bytes(genome)
         return self.size_model.artifact_bytes(self.config_of(genome))
 
-    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None):
+    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None):
         """Code every (tensor, setting) pair of the space into the run's size cache, in `workers`
-        processes (all cores by default), and size genomes from the table from now on."""
+        processes (all cores by default) or on a WorkerPool's actors, and size genomes from the
+        table from now on."""
         from evo.search.size_table import SizeTable
 
         if getattr(self.space, "format", None) == "gguf":
             return None  # its size model is already a table: metadata once, a lookup per tensor
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
-            table.fill(workers=workers, progress=progress)
+            table.fill(workers=workers, progress=progress, pool=pool)
             self.size_table = table
         return self.size_table
 
@@ -333,8 +336,18 @@ def open_session(
     corpus = None
     if not (resume and calibration_path.exists()):
         corpus = read_corpus(list(spec.corpus))  # a missing or empty corpus fails before the model loads
+    from evo.search.memory_plan import plan_for_run
+
+    plan = plan_for_run(spec, space, device=device, run_dir=run_dir, trust_remote_code=trust_remote_code)
+    if plan is not None:  # from the config alone: an impossible model is refused before its weights load
+        say(plan.table())
+        plan.check()
     say(f"loading model {spec.model} ({spec.dtype})")
     loaded = load_model(spec.model, dtype=spec.dtype, device=device, trust_remote_code=trust_remote_code)
+    if plan is None:
+        plan = plan_for_run(spec, space, device=device, run_dir=run_dir, info=loaded.info)
+        say(plan.table())
+        plan.check()
     created = False
     if not resume:
         lock = _create_checked_run(spec, space, loaded, run_dir, say)
@@ -353,6 +366,7 @@ def open_session(
         evaluator, size_model, stats = _build_evaluator(store, spec, loaded, calibration, say, progress, space=space)
         genes = space.genes(loaded.info)
         session = SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
+        session.memory_plan = plan  # the level tiers' capacities (evo.search.memory_plan)
         tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
         if rewrite_spec:
             store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
@@ -503,13 +517,16 @@ def run_search(
     on_progress: ProgressCallback | None = None,
     size_workers: int | None = None,
     on_table: TableProgress | None = None,
+    workers=None,
 ) -> SearchResult:
     """Run (or continue) the search until spec.generations generations are done. The space's size
-    table is coded first, in size_workers processes (all cores by default)."""
+    table is coded first, in size_workers processes (all cores by default). With `workers` (an
+    evo.search.workers.WorkerPool) each asked batch is scored on its Ray actors, and so is the
+    size table; the journal and checkpoints are written here either way."""
     from evo.search.engines import Score, make_engine
 
     spec, store = session.spec, session.store
-    session.fill_size_table(workers=size_workers, progress=on_table)
+    session.fill_size_table(workers=size_workers, progress=on_table, pool=workers)
     problem = make_problem(session)
     from evo.search.uniform import write_uniform_points
 
@@ -554,18 +571,24 @@ def run_search(
                              evaluations_total=total, new_evaluations=new_evaluations,
                              best_quality=best.quality if best else None,
                              best_bytes=best.size_bytes if best else None, front_size=len(front),
-                             evals_per_second=rate, eta_seconds=eta, stage=stage))
+                             evals_per_second=rate, eta_seconds=eta, stage=stage,
+                             workers=workers.rates() if workers is not None else ()))
 
     report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
         requests = engine.ask()
         results = []
+        remote = _submit(session, requests, workers) if workers is not None else None
         for request in requests:
             entry = store.lookup(evaluation_key(request.genome, request.stage))
             if entry is None:
                 tic = time.perf_counter()
                 config = session.config_of(request.genome)
-                quality = session.evaluator.evaluate(config, request.stage)
+                if remote is None:
+                    quality = session.evaluator.evaluate(config, request.stage)
+                else:  # scored on an actor: its own seconds, not the wait
+                    quality, seconds = remote.get(evaluation_key(request.genome, request.stage))
+                    tic = time.perf_counter() - seconds
                 size = session.size_model.artifact_bytes(config)
                 seconds = time.perf_counter() - tic
                 entry = store.append(request.genome, request.stage, quality, size, seconds)
@@ -583,6 +606,17 @@ def run_search(
     result = _result(session, engine, new_evaluations)
     result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
     return result
+
+
+def _submit(session: SearchSession, requests, workers):
+    """Send the batch's evaluations that the journal lacks (each key once) to the worker pool; the
+    BatchResults it returns gives each one's (quality, seconds) by key."""
+    items: dict[str, tuple] = {}
+    for request in requests:
+        key = evaluation_key(request.genome, request.stage)
+        if key not in items and session.store.lookup(key) is None:
+            items[key] = (session.config_of(request.genome), request.stage)
+    return workers.evaluate(items)
 
 
 def _checkpoint(session: SearchSession, engine) -> None:

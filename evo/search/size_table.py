@@ -48,6 +48,15 @@ def _encode_pair_tuple(pair: tuple[str, TensorSetting]) -> SizeEntry:
     return _encode_pair(*pair)
 
 
+def encode_pairs(pairs: list[tuple[str, TensorSetting]], weights, stats) -> list[SizeEntry]:
+    """Size entries of (tensor, setting) pairs coded in this process from `weights` (a Ray actor's copy)."""
+    _WORK.update(weights=weights, stats=stats)
+    try:
+        return [_encode_pair(*pair) for pair in pairs]
+    finally:
+        _WORK.clear()
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)  # one process per core: threads inside would oversubscribe
 
@@ -143,13 +152,14 @@ class SizeTable:
                 seen.setdefault((name, setting), None)
         return list(seen)
 
-    def fill(self, *, workers: int | None = None, progress: TableProgress | None = None) -> int:
-        """Code every pair missing from the size cache (workers processes, all cores by default) and
-        fill the table. Returns how many pairs were coded here. Results do not depend on workers."""
+    def fill(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None) -> int:
+        """Code every pair missing from the size cache (workers processes, all cores by default, or a
+        WorkerPool's Ray actors) and fill the table. Returns how many pairs were coded here. Results
+        do not depend on workers."""
         model = self.size_model
         pairs = self.pairs()
         missing = [pair for pair in pairs if not self._cached(*pair)]
-        self.code(missing, workers=workers, progress=progress, already=len(pairs) - len(missing))
+        self.code(missing, workers=workers, progress=progress, already=len(pairs) - len(missing), pool=pool)
         for row, (name, settings) in enumerate(zip(self.names, self.columns)):
             for column, setting in enumerate(settings):
                 self.table[row, column] = model._entry(name, setting).compressed_bytes
@@ -157,9 +167,10 @@ class SizeTable:
         return len(missing)
 
     def code(self, pairs: list[tuple[str, TensorSetting]], *, workers: int | None = None,
-             progress: TableProgress | None = None, already: int = 0) -> None:
-        """Code `pairs` into the size cache, in `workers` processes (all cores by default); the
-        entries are stored in the pairs' order whatever the workers (deterministic)."""
+             progress: TableProgress | None = None, already: int = 0, pool=None) -> None:
+        """Code `pairs` into the size cache, in `workers` processes (all cores by default) or on a
+        WorkerPool's actors (`pool`); the entries are stored in the pairs' order whatever the
+        workers (deterministic)."""
         workers = default_workers() if workers is None else workers
         if workers < 1:
             raise EvoError("--size-workers must be 1 or more")
@@ -171,7 +182,13 @@ class SizeTable:
             return
         _WORK.update(weights=self.size_model.weights, stats=self.size_model.stats)
         try:
-            if workers == 1 or len(pairs) == 1:
+            if pool is not None:  # the search's Ray actors, each with its own copy of the weights
+                for pair, entry in zip(pairs, pool.encode_pairs(pairs)):
+                    self._store(pair, entry)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            elif workers == 1 or len(pairs) == 1:
                 for pair in pairs:
                     self._store(pair, _encode_pair(*pair))
                     done += 1
