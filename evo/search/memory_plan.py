@@ -305,8 +305,18 @@ def plan_memory(inputs: MemoryInputs) -> MemoryPlan:
 
 
 def space_levels(space) -> tuple[tuple[tuple[int, int | None], ...], tuple[tuple[int, int | None], ...]]:
-    """(bits, group_size) of a space's unit settings, and of its embedding/head settings."""
+    """(bits, group_size) of a space's unit settings, and of its embedding/head settings. A GGUF
+    space's llama.cpp types count as their bits per weight rounded up (block scales included), with
+    no separate group overhead: an upper bound of their codes, close enough for a plan."""
     import itertools
+
+    if getattr(space, "format", None) == "gguf":
+        from evo.gguf.quants import quant_type
+
+        def as_levels(types):
+            return tuple((math.ceil(quant_type(t).bits_per_weight), None) for t in types)
+
+        return as_levels(space.types), as_levels(space.embedding_types + space.head_types)
 
     names = [name for name, _ in space.unit_genes]
     units = tuple((s.bits, s.group_size) for s in (
