@@ -111,10 +111,12 @@ def test_every_mode_gives_the_dense_logits(artifact, options):
 
 @pytest.mark.parametrize("resident", ["codes", "compressed"])
 def test_dequantizing_in_blocks_of_rows_changes_nothing(artifact, resident, monkeypatch):
+    import evo.runtime.kernels
     import evo.runtime.modules
 
     dense, _ = load(artifact)
     monkeypatch.setattr(evo.runtime.modules, "CHUNK_WEIGHTS", 100)  # blocks of 1-2 rows, a ragged last one
+    monkeypatch.setattr(evo.runtime.kernels, "BLOCK_WEIGHTS", 100)
     model, _ = load(artifact, resident=resident)
     assert torch.equal(_logits(model), _logits(dense))
 
