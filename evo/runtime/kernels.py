@@ -169,20 +169,19 @@ def dequantize_packed_eager(packed, out: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack_all(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
-    """unpack_codes without an out= buffer: traceable by torch.compile."""
-    if bits == 8:
-        return packed[:, :columns]
+    """unpack_codes (evo.runtime.packing's planar layout) without an out= buffer: traceable by
+    torch.compile, which fuses it with the arithmetic."""
     rows = packed.shape[0]
-    words = packed.reshape(rows, -1, bits)
+    planes = packed.reshape(rows, bits, -1)
     mask = (1 << bits) - 1
     parts = []
-    for i in range(8):
+    for i in range(CODES_PER_WORD):
         byte, shift = divmod(bits * i, 8)
-        code = words[:, :, byte] >> shift
+        code = planes[:, byte] >> shift
         if shift + bits > 8:
-            code = code | (words[:, :, byte + 1] << (8 - shift))
-        parts.append(code & mask)
-    return torch.stack(parts, dim=-1).reshape(rows, -1)[:, :columns]
+            code = code | (planes[:, byte + 1] << (8 - shift))
+        parts.append(code & mask if shift + bits != 8 else code)
+    return torch.stack(parts, dim=1).reshape(rows, -1)[:, :columns]
 
 
 def _reference_math(codes_packed, scales, zeros, layout: DequantLayout, int_zeros: bool, groups: int, dtype):

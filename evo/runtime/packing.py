@@ -53,7 +53,9 @@ def unpack_codes(packed: torch.Tensor, bits: int, columns: int, *, out: torch.Te
             f"got {packed.dtype} {tuple(packed.shape)}"
         )
     rows = packed.shape[0]
-    words = packed.shape[1] // bits if bits else 0
+    words = packed.shape[1] // bits
+    if bits == 8:  # eight planes of W codes are the row itself, in order: nothing to unpack
+        return packed[:, :columns]
     if out is None:
         out = torch.empty((rows, CODES_PER_WORD * words), dtype=torch.uint8, device=packed.device)
     codes = out.view(rows, CODES_PER_WORD, words)

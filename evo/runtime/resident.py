@@ -16,6 +16,7 @@ from torch import nn
 
 from evo.constants import MB, RESIDENT_MODES
 from evo.errors import EvoError
+from evo.runtime import kernels
 from evo.runtime.modules import dequantize_to, LazyEmbedding, LazyLinear, PackedEmbedding, PackedLinear, PackedWeight
 from evo.runtime.store import CodedWeight, DecodedWeights
 
@@ -141,13 +142,16 @@ def plan_pinned(
 @dataclass(frozen=True)
 class ResidentMemory:
     """Bytes of weights resident now. tensor_bytes: unique parameters and buffers of the model
-    (packed codes included); frame_bytes: coded frames kept; pinned/cached_bytes: decoded weights."""
+    (packed codes included); frame_bytes: coded frames kept; pinned/cached_bytes: decoded weights.
+    scratch_bytes ("codes"): the calling thread's reused dequantization buffers (the largest matrix
+    in the compute dtype and a block of codes), working memory like activations: not in total_bytes."""
 
     tensor_bytes: int
     packed_bytes: int
     frame_bytes: int
     pinned_bytes: int
     cached_bytes: int
+    scratch_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -183,7 +187,8 @@ def resident_memory(model: nn.Module) -> ResidentMemory:
     runtime = getattr(model, "evo_runtime", None)
     store = runtime.store if runtime is not None else None
     if store is None:
-        return ResidentMemory(tensor_bytes, packed, 0, 0, 0)
+        scratch = kernels.scratch_bytes() if packed else 0
+        return ResidentMemory(tensor_bytes, packed, 0, 0, 0, scratch)
     return ResidentMemory(tensor_bytes, packed, store.frame_bytes, store.pinned_bytes, store.cached_bytes)
 
 
