@@ -69,8 +69,10 @@ SETTINGS: dict[str, TensorSetting] = {
 }
 
 
-def config_for(setting: TensorSetting) -> CompressionConfig:
+def config_for(setting: TensorSetting, tied: bool) -> CompressionConfig:
     embedding = replace(setting, quantizer="rtn", sparsity=0.0, prune_criterion="magnitude")
+    if tied:  # the head is the embedding: [embedding] sets both
+        return CompressionConfig(default=setting, embedding=embedding)
     return CompressionConfig(default=setting, embedding=embedding, head=embedding)
 
 
@@ -99,6 +101,7 @@ def main() -> None:
     setup_threads()
     names = args.only or list(SETTINGS)
     loaded = load_model(args.model, device=args.device, dtype="float32")
+    tied = bool(getattr(loaded.model.config, "tie_word_embeddings", False))
     dense_state = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     tokens = tokenize_for_eval(loaded.tokenizer, read_text("wikitext2"))
     source_ppl = perplexity(loaded.model, tokens, max_tokens=args.max_tokens).ppl
@@ -126,7 +129,7 @@ def main() -> None:
         tic = time.perf_counter()
         setting = SETTINGS[name]
         loaded.model.load_state_dict(dense_state)
-        result = compress_model(loaded, None, config_for(setting), stats=stats, hessians=hessians, measure=False)
+        result = compress_model(loaded, None, config_for(setting, tied), stats=stats, hessians=hessians, measure=False)
         out = workdir / name
         write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id)
         del result

@@ -19,7 +19,7 @@ from evo.modelio import describe_model
 from evo.runtime import ResidentOptions, resident_memory
 from evo.runtime.modules import LazyLinear, PackedEmbedding, PackedLinear
 from evo.runtime.packing import pack_codes, packed_row_bytes, unpack_codes
-from evo.runtime.resident import LayerCost, plan_pinned
+from evo.runtime.resident import AutoPlan, LayerCost, plan_tiers
 from evo.runtime.store import CodedWeight, DecodedWeights
 
 IDS = torch.arange(5, 37).reshape(2, 16)
@@ -213,27 +213,50 @@ def test_lru_evicts_the_least_recently_used():
     assert store.cached_keys() == ["w0", "w3"] and store.cached_bytes <= sizes_cap
 
 
-def test_plan_pins_most_decode_time_per_saved_byte_within_the_cap():
+def test_plan_moves_the_most_seconds_per_byte_within_the_cap():
     costs = (
-        LayerCost("cheap", 1000, 200, 0.001),
-        LayerCost("slow", 1000, 200, 0.010),
-        LayerCost("big", 5000, 1000, 0.020),
+        LayerCost("cheap", 1000, 200, 0.001, 300, 0.0005),
+        LayerCost("slow", 1000, 200, 0.010, 300, 0.002),
+        LayerCost("big", 5000, 1000, 0.020, 1500, 0.004),
+        LayerCost("bf16", 2000, 1500, 0.004),  # no codes: frames or decoded only
     )
-    assert plan_pinned(costs, 2000, None, 0.0) == ("slow", "cheap")
-    assert plan_pinned(costs, None, None, 0.0) == ("slow", "big", "cheap")
-    # A target already met pins nothing; a target needing one pin pins the best one.
-    assert plan_pinned(costs, None, 1.0, 0.0) == ()
-    assert plan_pinned(costs, None, 1 / 0.025, 0.0) == ("slow",)
+    frames = sum(c.frame_bytes for c in costs)  # 2900: the least that can be held
+    # The most seconds saved per byte added first: slow 8e-5 s/B to codes, big 3.2e-5, the bf16
+    # matrix decoded 8e-6, cheap to codes 5e-6; then decoding those held as codes.
+    moves = plan_tiers(costs, None, None, 0.0)
+    assert moves[:4] == (("slow", "codes"), ("big", "codes"), ("bf16", "decoded"), ("cheap", "codes"))
+    assert dict(moves) == {"cheap": "decoded", "slow": "decoded", "big": "decoded", "bf16": "decoded"}
+    # A cap on everything held: the frames, plus what each move adds, never above it.
+    for cap in (frames, frames + 100, frames + 350, frames + 2000, frames + 5000):
+        plan = AutoPlan(costs, plan_tiers(costs, cap, None, 0.0), cap, None, 0.0)
+        assert plan.pinned_bytes + plan.codes_bytes + plan.coded_frame_bytes <= cap
+    assert plan_tiers(costs, frames, None, 0.0) == ()
+    assert dict(plan_tiers(costs, frames + 100, None, 0.0)) == {"slow": "codes"}
+    # A target already met moves nothing; a target needing one move makes the best one.
+    assert plan_tiers(costs, None, 1.0, 0.0) == ()
+    assert plan_tiers(costs, None, 1 / 0.03, 0.0) == (("slow", "codes"),)
 
 
-def test_auto_reports_its_plan(artifact):
-    model, _ = load(artifact, resident="auto", max_resident_mb=0.03)
+@pytest.mark.parametrize("cap_mb", [0.0, 0.03, 0.2, 1.0])
+def test_auto_reports_its_plan(artifact, cap_mb):
+    dense, _ = load(artifact)
+    model, _ = load(artifact, resident="auto", max_resident_mb=cap_mb)
     plan = model.evo_runtime.plan
-    assert plan.pinned_bytes <= 30_000 and plan.pinned
     assert len(plan.costs) == len(model.evo_runtime.tensor_names)
     assert "auto plan" in plan.summary()
+    frames = sum(c.frame_bytes for c in plan.costs)
+    held = plan.pinned_bytes + plan.codes_bytes + plan.coded_frame_bytes
+    assert held <= max(cap_mb * 1e6, frames)  # below the frames' size nothing can move
     memory = resident_memory(model)
     assert memory.pinned_bytes == plan.pinned_bytes and memory.frame_bytes == plan.coded_frame_bytes
+    assert memory.packed_bytes == plan.codes_bytes
+    for key in plan.codes:  # held as codes: a packed module in the model, no frames left
+        assert key not in model.evo_runtime.store.coded
+    if cap_mb == 1.0:
+        assert not plan.codes and len(plan.pinned) == len(plan.costs)  # everything fits decoded
+    if cap_mb == 0.2:
+        assert plan.codes  # the cap between codes and decoded sizes: some weights as codes
+    assert torch.equal(_logits(model), _logits(dense))
 
 
 # --- errors ------------------------------------------------------------------------------------------
