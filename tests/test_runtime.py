@@ -384,3 +384,15 @@ def test_evo_eval_gives_the_same_perplexity_in_every_mode(artifact, tmp_path, ca
         assert main(args) == 0
         results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ppl"])
     assert results[0] == results[1] == results[2]
+
+
+def test_generate_greedy_stops_at_its_decode_time_limit(artifact):
+    from evo.runtime.generate import generate_greedy
+
+    model, tokenizer = load(artifact, resident="codes")
+    full = generate_greedy(model, tokenizer, IDS[:1, :6], 6, stop_at_eos=False)
+    cut = generate_greedy(model, tokenizer, IDS[:1, :6], 6, stop_at_eos=False, max_decode_seconds=0.0)
+    assert cut.new_tokens == 2 and cut.token_ids == full.token_ids[:2]  # the limit still lets one decode step run
+    assert cut.tokens_per_s > 0
+    assert full.weight_memory.scratch_bytes > 0  # the reused dequantization buffer, reported apart
+    assert full.weight_memory.total_bytes == resident_memory(model).total_bytes
