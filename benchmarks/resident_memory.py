@@ -72,12 +72,23 @@ def run_one(args: argparse.Namespace, artifact: Path, options: dict) -> dict:
     rss_after_load = current_rss_bytes()
     cuda_weights = torch.cuda.memory_allocated() - allocated_before if cuda else None
     ids = tokenizer(read_text("wikitext2")[:200_000], return_tensors="pt")["input_ids"][:, : args.prompt_tokens]
+    warmup_seconds = None
+    if args.warmup or (args.warmup is None and cuda):
+        # One token through the model first: CUDA kernels load, the "codes" kernel compiles (and is
+        # checked), so prefill and tokens/s are the steady state; the time is reported apart.
+        tic = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=ids[:, :1].to(args.device), use_cache=False)
+        if cuda:
+            torch.cuda.synchronize()
+        warmup_seconds = time.perf_counter() - tic
     result = generate_greedy(model, tokenizer, ids, args.new_tokens, stop_at_eos=False,
                              max_decode_seconds=args.mode_seconds)
     runtime = getattr(model, "evo_runtime", None)
     store = runtime.store.stats() if runtime is not None and runtime.store is not None else None
     record = {
         "load_s": load_seconds,
+        "warmup_s": warmup_seconds,
         "rss_after_load": rss_after_load,
         "peak_rss": result.peak_rss_bytes,
         "weights": result.peak_weight_bytes,
@@ -143,6 +154,8 @@ def main() -> None:
     parser.add_argument("--keep-malloc", action="store_true",
                         help="leave glibc's mmap threshold dynamic (default: fixed at 64 KiB, see limit_heap_fragmentation)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this file")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                        help="one 1-token forward before timing (default: on CUDA only)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every mode in this process (default on CUDA; RSS figures then mix)")
     parser.add_argument("--mode-seconds", type=float, default=None,
@@ -189,6 +202,8 @@ def main() -> None:
                     command += ["--keep-malloc"]
                 if args.mode_seconds is not None:
                     command += ["--mode-seconds", str(args.mode_seconds)]
+                if args.warmup is not None:
+                    command += ["--warmup" if args.warmup else "--no-warmup"]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"{name:<16} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -207,6 +222,8 @@ def main() -> None:
                   f"{row['rss_after_load'] / MB:>11.1f} {row['scratch'] / MB:>10.1f} {row['prefill_s']:>9.2f} "
                   f"{row['tokens_per_s']:>9.3f} {len(row['tokens']):>6} {ratio:>8.2f} {row['load_s']:>7.1f}  {same}",
                   flush=True)
+            if row.get("warmup_s") is not None:
+                print(f"    warm-up forward (1 token, not timed above) {row['warmup_s']:.2f} s", flush=True)
             if row["plan"]:
                 print(f"    {row['plan']}", flush=True)
             records.append({"artifact": str(artifact), "mode": name, "options": options, **row})

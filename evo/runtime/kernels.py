@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -199,15 +199,23 @@ def _reference_math(codes_packed, scales, zeros, layout: DequantLayout, int_zero
     return weight.to(dtype)
 
 
-@lru_cache(maxsize=None)
 def _compiled(layout: DequantLayout, int_zeros: bool, groups: int, dtype: torch.dtype):
+    # Matrices that differ only in rows share one compiled kernel (torch.compile turns rows into a
+    # dynamic size on the second shape): SmolLM2's 211 matrices need 3-4 compilations, not 7.
+    return _compiled_for_columns(replace(layout, rows=0), int_zeros, groups, dtype)
+
+
+@lru_cache(maxsize=None)
+def _compiled_for_columns(layout: DequantLayout, int_zeros: bool, groups: int, dtype: torch.dtype):
     def kernel(codes_packed, scales, zeros):
         return _reference_math(codes_packed, scales, zeros, layout, int_zeros, groups, dtype)
 
-    return torch.compile(kernel, dynamic=False, fullgraph=True)
+    return torch.compile(kernel, fullgraph=True)
 
 
-_verified: dict[tuple, bool] = {}  # (layout, int_zeros, dtype, device) → compiled kernel agreed with eager
+# (layout, int_zeros, dtype, device) → the compiled kernel agreed with the eager one; per layout
+# with its rows, since a kernel recompiled for dynamic rows is new code to check.
+_verified: dict[tuple, bool] = {}
 _lock = threading.Lock()
 
 
