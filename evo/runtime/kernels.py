@@ -20,9 +20,11 @@ import torch
 from evo.compress.grid import effective_group_size, symmetric_midpoint
 from evo.runtime.packing import CODES_PER_WORD, unpack_codes
 
-# Rows dequantized per block: ~256 K weights, so a block's float32 values (1 MB) stay in a core's
-# L2 cache between the two passes (convert-and-centre, then scale) that write them.
-BLOCK_WEIGHTS = 1 << 18
+# Rows dequantized per block: ~1 M weights (4 MB of float32, 1 MB of codes), so the passes over a
+# block stay in cache while each block is ~25 tensor ops. Smaller blocks (256 K, in L2) were no
+# faster on one thread and several times slower on two threads of a busy CPU, where every op's
+# parallel region waits for a descheduled thread (measured on the 2-core dev machine under load).
+BLOCK_WEIGHTS = 1 << 20
 
 # "0" turns the CUDA compiled kernel off (the eager blocks then run everywhere).
 COMPILE_ENV = "EVO_RUNTIME_COMPILE"
