@@ -396,3 +396,28 @@ def test_generate_greedy_stops_at_its_decode_time_limit(artifact):
     assert cut.tokens_per_s > 0
     assert full.weight_memory.scratch_bytes > 0  # the reused dequantization buffer, reported apart
     assert full.weight_memory.total_bytes == resident_memory(model).total_bytes
+
+
+def test_forgotten_weights_leave_the_prefetch_order():
+    store, sizes = _toy_store(None, 1)
+    for key in [f"w{i}" for i in range(6)] * 2:
+        store.acquire(key)
+    store.forget(["w2", "w3"])  # now held another way (auto's codes)
+    assert "w2" not in store.coded and "w3" not in store.coded
+    assert store._next["w1"] == "w4" and "w2" not in store._next.values()
+    for key in ["w0", "w1", "w4", "w5"] * 3:
+        store.acquire(key)
+    store.close()  # drain: no prefetch of a forgotten weight failed
+
+
+@pytest.mark.parametrize("cap_mb", [0.2])
+def test_auto_with_codes_generates_and_drains(artifact, cap_mb):
+    from evo.runtime.generate import generate_greedy
+
+    dense, tokenizer = load(artifact)
+    model, _ = load(artifact, resident="auto", max_resident_mb=cap_mb, prefetch=2)
+    assert model.evo_runtime.plan.codes and len(model.evo_runtime.plan.codes) < len(model.evo_runtime.plan.costs)
+    prompt = IDS[:1, :6]
+    expected = dense.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    result = generate_greedy(model, tokenizer, prompt, 7, stop_at_eos=False)  # drains the prefetch at the end
+    assert list(result.token_ids) == expected

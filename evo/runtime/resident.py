@@ -319,8 +319,7 @@ class ResidentRuntime:
                    else PackedEmbedding(weight, module.padding_idx))
             parent_path, _, child = module_path.rpartition(".")
             setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
-        for key in self.plan.codes:
-            store.coded.pop(key)  # held as codes now: its frames would never be read
+        store.forget(self.plan.codes)  # held as codes now: their frames would never be read
         held = self.plan.pinned_bytes + self.plan.codes_bytes + self.plan.coded_frame_bytes
         store.capacity_bytes = 0 if cap is None else max(cap - held, 0)
         store.prefetch = self.options.prefetch
