@@ -19,7 +19,7 @@ from evo.modelio import describe_model
 from evo.runtime import ResidentOptions, resident_memory
 from evo.runtime.modules import LazyLinear, PackedEmbedding, PackedLinear
 from evo.runtime.packing import pack_codes, packed_row_bytes, unpack_codes
-from evo.runtime.resident import LayerCost, plan_pinned
+from evo.runtime.resident import AutoPlan, LayerCost, plan_tiers
 from evo.runtime.store import CodedWeight, DecodedWeights
 
 IDS = torch.arange(5, 37).reshape(2, 16)
@@ -111,10 +111,12 @@ def test_every_mode_gives_the_dense_logits(artifact, options):
 
 @pytest.mark.parametrize("resident", ["codes", "compressed"])
 def test_dequantizing_in_blocks_of_rows_changes_nothing(artifact, resident, monkeypatch):
+    import evo.runtime.kernels
     import evo.runtime.modules
 
     dense, _ = load(artifact)
     monkeypatch.setattr(evo.runtime.modules, "CHUNK_WEIGHTS", 100)  # blocks of 1-2 rows, a ragged last one
+    monkeypatch.setattr(evo.runtime.kernels, "BLOCK_WEIGHTS", 100)
     model, _ = load(artifact, resident=resident)
     assert torch.equal(_logits(model), _logits(dense))
 
@@ -211,27 +213,50 @@ def test_lru_evicts_the_least_recently_used():
     assert store.cached_keys() == ["w0", "w3"] and store.cached_bytes <= sizes_cap
 
 
-def test_plan_pins_most_decode_time_per_saved_byte_within_the_cap():
+def test_plan_moves_the_most_seconds_per_byte_within_the_cap():
     costs = (
-        LayerCost("cheap", 1000, 200, 0.001),
-        LayerCost("slow", 1000, 200, 0.010),
-        LayerCost("big", 5000, 1000, 0.020),
+        LayerCost("cheap", 1000, 200, 0.001, 300, 0.0005),
+        LayerCost("slow", 1000, 200, 0.010, 300, 0.002),
+        LayerCost("big", 5000, 1000, 0.020, 1500, 0.004),
+        LayerCost("bf16", 2000, 1500, 0.004),  # no codes: frames or decoded only
     )
-    assert plan_pinned(costs, 2000, None, 0.0) == ("slow", "cheap")
-    assert plan_pinned(costs, None, None, 0.0) == ("slow", "big", "cheap")
-    # A target already met pins nothing; a target needing one pin pins the best one.
-    assert plan_pinned(costs, None, 1.0, 0.0) == ()
-    assert plan_pinned(costs, None, 1 / 0.025, 0.0) == ("slow",)
+    frames = sum(c.frame_bytes for c in costs)  # 2900: the least that can be held
+    # The most seconds saved per byte added first: slow 8e-5 s/B to codes, big 3.2e-5, the bf16
+    # matrix decoded 8e-6, cheap to codes 5e-6; then decoding those held as codes.
+    moves = plan_tiers(costs, None, None, 0.0)
+    assert moves[:4] == (("slow", "codes"), ("big", "codes"), ("bf16", "decoded"), ("cheap", "codes"))
+    assert dict(moves) == {"cheap": "decoded", "slow": "decoded", "big": "decoded", "bf16": "decoded"}
+    # A cap on everything held: the frames, plus what each move adds, never above it.
+    for cap in (frames, frames + 100, frames + 350, frames + 2000, frames + 5000):
+        plan = AutoPlan(costs, plan_tiers(costs, cap, None, 0.0), cap, None, 0.0)
+        assert plan.pinned_bytes + plan.codes_bytes + plan.coded_frame_bytes <= cap
+    assert plan_tiers(costs, frames, None, 0.0) == ()
+    assert dict(plan_tiers(costs, frames + 100, None, 0.0)) == {"slow": "codes"}
+    # A target already met moves nothing; a target needing one move makes the best one.
+    assert plan_tiers(costs, None, 1.0, 0.0) == ()
+    assert plan_tiers(costs, None, 1 / 0.03, 0.0) == (("slow", "codes"),)
 
 
-def test_auto_reports_its_plan(artifact):
-    model, _ = load(artifact, resident="auto", max_resident_mb=0.03)
+@pytest.mark.parametrize("cap_mb", [0.0, 0.03, 0.2, 1.0])
+def test_auto_reports_its_plan(artifact, cap_mb):
+    dense, _ = load(artifact)
+    model, _ = load(artifact, resident="auto", max_resident_mb=cap_mb)
     plan = model.evo_runtime.plan
-    assert plan.pinned_bytes <= 30_000 and plan.pinned
     assert len(plan.costs) == len(model.evo_runtime.tensor_names)
     assert "auto plan" in plan.summary()
+    frames = sum(c.frame_bytes for c in plan.costs)
+    held = plan.pinned_bytes + plan.codes_bytes + plan.coded_frame_bytes
+    assert held <= max(cap_mb * 1e6, frames)  # below the frames' size nothing can move
     memory = resident_memory(model)
     assert memory.pinned_bytes == plan.pinned_bytes and memory.frame_bytes == plan.coded_frame_bytes
+    assert memory.packed_bytes == plan.codes_bytes
+    for key in plan.codes:  # held as codes: a packed module in the model, no frames left
+        assert key not in model.evo_runtime.store.coded
+    if cap_mb == 1.0:
+        assert not plan.codes and len(plan.pinned) == len(plan.costs)  # everything fits decoded
+    if cap_mb == 0.2:
+        assert plan.codes  # the cap between codes and decoded sizes: some weights as codes
+    assert torch.equal(_logits(model), _logits(dense))
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -359,3 +384,40 @@ def test_evo_eval_gives_the_same_perplexity_in_every_mode(artifact, tmp_path, ca
         assert main(args) == 0
         results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ppl"])
     assert results[0] == results[1] == results[2]
+
+
+def test_generate_greedy_stops_at_its_decode_time_limit(artifact):
+    from evo.runtime.generate import generate_greedy
+
+    model, tokenizer = load(artifact, resident="codes")
+    full = generate_greedy(model, tokenizer, IDS[:1, :6], 6, stop_at_eos=False)
+    cut = generate_greedy(model, tokenizer, IDS[:1, :6], 6, stop_at_eos=False, max_decode_seconds=0.0)
+    assert cut.new_tokens == 2 and cut.token_ids == full.token_ids[:2]  # the limit still lets one decode step run
+    assert cut.tokens_per_s > 0
+    assert full.weight_memory.scratch_bytes > 0  # the reused dequantization buffer, reported apart
+    assert full.weight_memory.total_bytes == resident_memory(model).total_bytes
+
+
+def test_forgotten_weights_leave_the_prefetch_order():
+    store, sizes = _toy_store(None, 1)
+    for key in [f"w{i}" for i in range(6)] * 2:
+        store.acquire(key)
+    store.forget(["w2", "w3"])  # now held another way (auto's codes)
+    assert "w2" not in store.coded and "w3" not in store.coded
+    assert store._next["w1"] == "w4" and "w2" not in store._next.values()
+    for key in ["w0", "w1", "w4", "w5"] * 3:
+        store.acquire(key)
+    store.close()  # drain: no prefetch of a forgotten weight failed
+
+
+@pytest.mark.parametrize("cap_mb", [0.2])
+def test_auto_with_codes_generates_and_drains(artifact, cap_mb):
+    from evo.runtime.generate import generate_greedy
+
+    dense, tokenizer = load(artifact)
+    model, _ = load(artifact, resident="auto", max_resident_mb=cap_mb, prefetch=2)
+    assert model.evo_runtime.plan.codes and len(model.evo_runtime.plan.codes) < len(model.evo_runtime.plan.costs)
+    prompt = IDS[:1, :6]
+    expected = dense.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    result = generate_greedy(model, tokenizer, prompt, 7, stop_at_eos=False)  # drains the prefetch at the end
+    assert list(result.token_ids) == expected

@@ -112,9 +112,17 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def generate_greedy(
-    model, tokenizer, prompt: str | torch.Tensor, max_new_tokens: int = 64, *, stop_at_eos: bool = True
+    model,
+    tokenizer,
+    prompt: str | torch.Tensor,
+    max_new_tokens: int = 64,
+    *,
+    stop_at_eos: bool = True,
+    max_decode_seconds: float | None = None,
 ) -> GenerationResult:
-    """Greedy decoding with the KV cache: one prefill pass over the prompt, then one token per pass."""
+    """Greedy decoding with the KV cache: one prefill pass over the prompt, then one token per pass.
+    max_decode_seconds stops the decode phase early once that much time has passed (benchmarks of
+    slow modes: tokens/s stays an honest rate over the tokens made)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise EvoError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     device = next(model.parameters()).device
@@ -144,6 +152,8 @@ def generate_greedy(
     past = _output_cache(out)
     cache_kwarg = _cache_kwarg(model)
     while len(new) < max_new_tokens and new[-1] != eos:
+        if max_decode_seconds is not None and len(new) > 1 and time.perf_counter() - start > max_decode_seconds:
+            break
         out = model(input_ids=token, use_cache=True, **{cache_kwarg: past})
         past = _output_cache(out)
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
@@ -179,7 +189,8 @@ def report_lines(model, result: GenerationResult) -> list[str]:
         f"resident weights ({mode}): {result.peak_weight_bytes / MB:.1f} MB at peak = "
         f"{memory.tensor_bytes / MB:.1f} MB of tensors ({memory.packed_bytes / MB:.1f} MB bit-packed) + "
         f"{memory.frame_bytes / MB:.1f} MB of coded frames + {memory.pinned_bytes / MB:.1f} MB kept decoded + "
-        f"{(result.peak_weight_bytes - memory.total_bytes + memory.cached_bytes) / MB:.1f} MB in the LRU",
+        f"{(result.peak_weight_bytes - memory.total_bytes + memory.cached_bytes) / MB:.1f} MB in the LRU"
+        + (f" (+ {memory.scratch_bytes / MB:.1f} MB of dequantization buffers)" if memory.scratch_bytes else ""),
         f"peak RSS {result.peak_rss_bytes / MB:.1f} MB during generation (RSS now {result.rss_bytes / MB:.1f} MB)",
     ]
     if result.peak_cuda_bytes is not None:

@@ -12,6 +12,7 @@ from torch import nn
 from evo.compress import QuantizedTensor, dequantize
 from evo.compress.grid import num_groups
 from evo.compress.settings import TensorSetting
+from evo.runtime.kernels import SCRATCH, dequantize_packed, dequantize_packed_eager, layout_of
 from evo.runtime.packing import pack_codes, unpack_codes
 
 # Rows dequantized at once: bounds the int64/float32 temporaries of unpacking to ~ 8 MB per
@@ -53,6 +54,7 @@ class PackedWeight(nn.Module):
         self.shape = tuple(quantized.shape)
         self.dtype = dtype
         self.groups = num_groups(self.shape[1], setting.group_size)
+        self.layout = layout_of(setting, self.shape)
         self.int_zeros = quantized.zeros is not None and quantized.zeros.dtype == torch.uint8
         self.register_buffer("codes", pack_codes(quantized.codes, setting.bits), persistent=False)
         self.register_buffer("scales", quantized.scales.contiguous(), persistent=False)
@@ -77,15 +79,15 @@ class PackedWeight(nn.Module):
         return dequantize(quantized).to(self.dtype)
 
     def dequantize(self) -> torch.Tensor:
-        """The whole matrix, dequantized a block of rows at a time (elementwise, so identical)."""
-        rows, columns = self.shape
-        step = max(1, CHUNK_WEIGHTS // max(columns, 1))
-        if step >= rows:
-            return self.dequantize_rows(slice(0, rows))
+        """The whole matrix as a new tensor (evo.runtime.kernels' blocks: identical to dequantize)."""
         out = torch.empty(self.shape, dtype=self.dtype, device=self.codes.device)
-        for start in range(0, rows, step):
-            out[start : start + step] = self.dequantize_rows(slice(start, start + step))
-        return out
+        return dequantize_packed_eager(self, out)
+
+    def dequantize_scratch(self) -> torch.Tensor:
+        """The whole matrix in this thread's reused weight buffer (or the compiled kernel's output on
+        CUDA): valid until the next dequantize_scratch of any matrix, so use it at once."""
+        out = SCRATCH.get("weight", self.shape, self.dtype, self.codes.device)
+        return dequantize_packed(self, out)
 
 
 class PackedLinear(nn.Module):
@@ -102,7 +104,9 @@ class PackedLinear(nn.Module):
         return self.packed.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.packed.dequantize(), self.bias)
+        # The weight buffer is shared by every PackedLinear of this thread; F.linear has read it
+        # (or, on CUDA, queued its read on the stream before any later write) when it returns.
+        return F.linear(x, self.packed.dequantize_scratch(), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.packed.setting.key()}"

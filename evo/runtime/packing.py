@@ -1,8 +1,11 @@
-"""Bit-packed integer codes as torch tensors: exactly `bits` bits per code for 2..8 bits, CPU or CUDA.
+"""Bit-packed integer codes as torch tensors: exactly `bits` bits per code for 1..8 bits, CPU or CUDA.
 
-Each row is packed on its own (padded to a multiple of eight codes, so rows can be unpacked in
-chunks) in evo.compress.coding.pack_bits's layout: eight codes fill `bits` bytes, little-endian. Packing
-reuses pack_bits; unpacking is done here in torch so that it runs where the model runs.
+In-memory layout (never written to disk), chosen so that unpacking is a few contiguous, vectorised
+uint8 operations: a row of C codes is padded to 8·W (W = ceil(C/8)) and cut into 8 slices of W
+columns; code i of every slice's column w goes into "word" w, packed by
+evo.compress.coding.pack_bits (eight codes fill `bits` bytes); the row then stores the words'
+byte k for every w contiguously (plane k, W bytes), k = 0..bits-1. Unpacking slice i reads one
+or two whole planes and writes W contiguous codes. Rows are packed alone, so any rows unpack alone.
 """
 
 from __future__ import annotations
@@ -28,35 +31,44 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if codes.dim() != 2 or codes.dtype != torch.uint8:
         raise EvoError(f"codes to pack must be uint8 [rows, columns], got {codes.dtype} {tuple(codes.shape)}")
     rows, columns = codes.shape
-    padded = -(-columns // CODES_PER_WORD) * CODES_PER_WORD
-    flat = np.zeros((rows, padded), np.uint8)
+    words = -(-columns // CODES_PER_WORD)
+    flat = np.zeros((rows, words * CODES_PER_WORD), np.uint8)
     flat[:, :columns] = codes.detach().to("cpu").numpy()
     if flat.size and int(flat.max()) >> bits:
         raise EvoError(f"code {int(flat.max())} does not fit in {bits} bits")
-    # Rows hold a whole number of 8-code words, so packing the flat array packs each row alone.
-    data = np.frombuffer(pack_bits(flat.reshape(-1), bits), np.uint8).copy()
-    return torch.from_numpy(data).reshape(rows, packed_row_bytes(columns, bits))
+    # Word w holds column i·W + w as its code i: slices of W columns become the words' code slots.
+    interleaved = np.ascontiguousarray(flat.reshape(rows, CODES_PER_WORD, words).transpose(0, 2, 1))
+    data = np.frombuffer(pack_bits(interleaved.reshape(-1), bits), np.uint8)
+    planes = data.reshape(rows, words, bits).transpose(0, 2, 1)  # byte k of every word, contiguous
+    return torch.from_numpy(planes.copy()).reshape(rows, packed_row_bytes(columns, bits))
 
 
-def unpack_codes(packed: torch.Tensor, bits: int, columns: int) -> torch.Tensor:
-    """Inverse of pack_codes for any slice of rows: uint8 [rows, columns] on packed's device."""
+def unpack_codes(packed: torch.Tensor, bits: int, columns: int, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of pack_codes for any slice of rows: uint8 [rows, columns] on packed's device.
+    `out` (uint8, rows · ceil(columns/8) · 8 elements, contiguous) receives the codes instead of a
+    new tensor; the result is then a view of it."""
     if packed.dim() != 2 or packed.dtype != torch.uint8 or packed.shape[1] != packed_row_bytes(columns, bits):
         raise EvoError(
             f"packed codes must be uint8 [rows, {packed_row_bytes(columns, bits)}], "
             f"got {packed.dtype} {tuple(packed.shape)}"
         )
     rows = packed.shape[0]
-    if bits == 8:
+    words = packed.shape[1] // bits
+    if bits == 8:  # eight planes of W codes are the row itself, in order: nothing to unpack
         return packed[:, :columns]
-    words = packed.reshape(rows, -1, bits)
-    codes = torch.empty((rows, words.shape[1], CODES_PER_WORD), dtype=torch.uint8, device=packed.device)
+    if out is None:
+        out = torch.empty((rows, CODES_PER_WORD * words), dtype=torch.uint8, device=packed.device)
+    codes = out.view(rows, CODES_PER_WORD, words)
+    planes = packed.view(rows, bits, words)
     mask = (1 << bits) - 1
     # Code i of a word starts at bit bits·i: in byte (bits·i) // 8, possibly running into the next.
     # uint8 shifts drop the bits pushed past the byte, which are exactly the ones not wanted.
     for i in range(CODES_PER_WORD):
         byte, shift = divmod(bits * i, 8)
-        code = words[:, :, byte] >> shift
+        code = codes[:, i]
+        torch.bitwise_right_shift(planes[:, byte], shift, out=code)
         if shift + bits > 8:
-            code = code | (words[:, :, byte + 1] << (8 - shift))
-        codes[:, :, i] = code & mask
+            code |= planes[:, byte + 1] << (8 - shift)
+        if shift + bits != 8:  # bits above the code: from the byte itself or the next one's shift
+            code &= mask
     return codes.reshape(rows, -1)[:, :columns]

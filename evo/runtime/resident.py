@@ -10,21 +10,25 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
 
+from evo.compress import QuantizedTensor
 from evo.constants import MB, RESIDENT_MODES
 from evo.errors import EvoError
+from evo.runtime import kernels
 from evo.runtime.modules import dequantize_to, LazyEmbedding, LazyLinear, PackedEmbedding, PackedLinear, PackedWeight
 from evo.runtime.store import CodedWeight, DecodedWeights
 
 
 @dataclass(frozen=True)
 class ResidentOptions:
-    """mode: one of RESIDENT_MODES. max_resident_mb bounds the decoded weights held ("compressed":
-    the LRU, default 0 = only the layer running and those prefetched; "auto": the pinned layers
-    plus the LRU). target_tokens_per_s ("auto"): pin layers until the predicted speed reaches it.
+    """mode: one of RESIDENT_MODES. max_resident_mb bounds ("compressed") the decoded weights held
+    in the LRU, default 0 = only the layer running and those prefetched; ("auto") everything the
+    weights it takes over hold: coded frames, bit-packed codes, decoded weights and the LRU.
+    target_tokens_per_s ("auto"): move weights to faster forms until the predicted speed reaches it.
     prefetch: layers decoded ahead by a background thread ("compressed", "auto")."""
 
     mode: str = "dense"
@@ -55,52 +59,123 @@ class ResidentOptions:
         return None if self.max_resident_mb is None else int(self.max_resident_mb * MB)
 
 
+# The forms a weight taken over by "auto" can be held in, smallest first.
+TIERS = ("frames", "codes", "decoded")
+
+
 @dataclass(frozen=True)
 class LayerCost:
-    """One lazily decoded weight: what keeping it coded saves and what decoding it costs."""
+    """One weight "auto" takes over: bytes held and seconds per forward pass in each form: coded
+    frames decoded on use, bit-packed codes dequantized on use ("codes" mode's kernel), or decoded.
+    codes_bytes/codes_seconds are None for a matrix without codes (kept in bf16)."""
 
     key: str
     decoded_bytes: int
     frame_bytes: int
     decode_seconds: float
+    codes_bytes: int | None = None
+    codes_seconds: float | None = None
 
-    @property
-    def saved_bytes(self) -> int:
-        return self.decoded_bytes - self.frame_bytes
+    def option(self, tier: str) -> tuple[int, float] | None:
+        """(bytes held, seconds per pass) in `tier`, or None where the tier does not exist."""
+        if tier == "frames":
+            return self.frame_bytes, self.decode_seconds
+        if tier == "codes":
+            return None if self.codes_bytes is None else (self.codes_bytes, self.codes_seconds or 0.0)
+        return self.decoded_bytes, 0.0
 
-    @property
-    def seconds_per_saved_byte(self) -> float:
-        return math.inf if self.saved_bytes <= 0 else self.decode_seconds / self.saved_bytes
+
+def plan_tiers(
+    costs: tuple[LayerCost, ...], capacity_bytes: int | None, target_tokens_per_s: float | None, compute_seconds: float
+) -> tuple[tuple[str, str], ...]:
+    """Greedy multiple-choice knapsack: every weight starts as frames; the move to a larger form
+    that saves the most seconds per byte added (and still fits the cap on everything held) is
+    taken, again and again, until nothing fits or the predicted speed reaches the target.
+    Returns the moves in the order taken, (key, tier); the last move of a key is its tier."""
+    tier = {c.key: "frames" for c in costs}
+    used = sum(c.frame_bytes for c in costs)
+    seconds = sum(c.decode_seconds for c in costs)
+    moves: list[tuple[str, str]] = []
+    while True:
+        if target_tokens_per_s is not None and 1.0 / max(compute_seconds + seconds, 1e-12) >= target_tokens_per_s:
+            break
+        best = None
+        for cost in costs:
+            held, spent = cost.option(tier[cost.key])
+            for upper in TIERS[TIERS.index(tier[cost.key]) + 1 :]:
+                option = cost.option(upper)
+                if option is None:
+                    continue
+                added, saved = option[0] - held, spent - option[1]
+                if saved <= 0 or (capacity_bytes is not None and used + added > capacity_bytes):
+                    continue
+                rank = (saved / added if added > 0 else math.inf, saved, cost.key, upper)
+                if best is None or rank[:2] > best[0][:2] or (rank[:2] == best[0][:2] and rank[2:] < best[0][2:]):
+                    best = (rank, cost, upper, added, saved)
+        if best is None:
+            break
+        _, cost, upper, added, saved = best
+        tier[cost.key] = upper
+        used += added
+        seconds -= saved
+        moves.append((cost.key, upper))
+    return tuple(moves)
 
 
 @dataclass(frozen=True)
 class AutoPlan:
-    """The speed-adaptive plan: which weights stay decoded (pinned), and the speed it predicts.
+    """The speed-adaptive plan: which weights stay decoded (pinned), which are held as bit-packed
+    codes, which stay coded frames, and the speed it predicts.
 
     compute_seconds is one single-token forward pass without its decoding time; the prediction
-    adds the decode time of every weight left coded (prefetch can hide part of it).
+    adds the decode time of every weight left coded and the dequantization time of every weight
+    held as codes (prefetch can hide part of the former).
     """
 
     costs: tuple[LayerCost, ...]  # in the order the forward pass uses them
-    pinned: tuple[str, ...]  # most decode time per byte saved first
+    moves: tuple[tuple[str, str], ...]  # plan_tiers' moves, in the order taken
     capacity_bytes: int | None
     target_tokens_per_s: float | None
     compute_seconds: float
 
     @property
+    def tiers(self) -> dict[str, str]:
+        tiers = {c.key: "frames" for c in self.costs}
+        tiers.update(dict(self.moves))
+        return tiers
+
+    def _keys(self, tier: str) -> tuple[str, ...]:
+        tiers = self.tiers
+        order = list(dict.fromkeys(k for k, _ in reversed(self.moves)))[::-1]  # keys in order of their last move
+        return tuple(k for k in order + [c.key for c in self.costs if c.key not in order] if tiers[k] == tier)
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        return self._keys("decoded")
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return self._keys("codes")
+
+    def _sum(self, tier: str, index: int) -> float:
+        tiers = self.tiers
+        return sum(c.option(tier)[index] for c in self.costs if tiers[c.key] == tier)
+
+    @property
     def pinned_bytes(self) -> int:
-        pinned = set(self.pinned)
-        return sum(c.decoded_bytes for c in self.costs if c.key in pinned)
+        return int(self._sum("decoded", 0))
+
+    @property
+    def codes_bytes(self) -> int:
+        return int(self._sum("codes", 0))
 
     @property
     def coded_frame_bytes(self) -> int:
-        pinned = set(self.pinned)
-        return sum(c.frame_bytes for c in self.costs if c.key not in pinned)
+        return int(self._sum("frames", 0))
 
     @property
     def decode_seconds(self) -> float:
-        pinned = set(self.pinned)
-        return sum(c.decode_seconds for c in self.costs if c.key not in pinned)
+        return self._sum("frames", 1) + self._sum("codes", 1)
 
     @property
     def predicted_tokens_per_s(self) -> float:
@@ -109,45 +184,30 @@ class AutoPlan:
     def summary(self) -> str:
         target = f", target {self.target_tokens_per_s:g} tokens/s" if self.target_tokens_per_s is not None else ""
         cap = f"cap {self.capacity_bytes / MB:.1f} MB" if self.capacity_bytes is not None else "no cap"
+        n = len(self.costs)
+        coded = n - len(self.pinned) - len(self.codes)
         return (
-            f"auto plan ({cap}{target}): {len(self.pinned)}/{len(self.costs)} weights kept decoded "
-            f"({self.pinned_bytes / MB:.1f} MB), {len(self.costs) - len(self.pinned)} kept coded "
-            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self.decode_seconds * 1e3:.1f} ms of decoding per "
-            f"forward pass); compute {self.compute_seconds * 1e3:.1f} ms → predicted "
-            f"{self.predicted_tokens_per_s:.1f} tokens/s"
+            f"auto plan ({cap}{target}): {len(self.pinned)}/{n} weights kept decoded ({self.pinned_bytes / MB:.1f} MB), "
+            f"{len(self.codes)} as bit-packed codes ({self.codes_bytes / MB:.1f} MB, "
+            f"{self._sum('codes', 1) * 1e3:.1f} ms of dequantization per forward pass), {coded} kept coded "
+            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self._sum('frames', 1) * 1e3:.1f} ms of decoding); "
+            f"compute {self.compute_seconds * 1e3:.1f} ms → predicted {self.predicted_tokens_per_s:.1f} tokens/s"
         )
-
-
-def plan_pinned(
-    costs: tuple[LayerCost, ...], capacity_bytes: int | None, target_tokens_per_s: float | None, compute_seconds: float
-) -> tuple[str, ...]:
-    """Greedy: the weights whose decoding costs most per byte saved are pinned first, each one
-    that still fits the cap, until the predicted speed reaches the target (when one is given)."""
-    order = sorted(costs, key=lambda c: (-c.seconds_per_saved_byte, c.key))
-    pinned: list[str] = []
-    used = 0
-    remaining = sum(c.decode_seconds for c in costs)
-    for cost in order:
-        if target_tokens_per_s is not None and 1.0 / max(compute_seconds + remaining, 1e-12) >= target_tokens_per_s:
-            break
-        if capacity_bytes is not None and used + cost.decoded_bytes > capacity_bytes:
-            continue
-        pinned.append(cost.key)
-        used += cost.decoded_bytes
-        remaining -= cost.decode_seconds
-    return tuple(pinned)
 
 
 @dataclass(frozen=True)
 class ResidentMemory:
     """Bytes of weights resident now. tensor_bytes: unique parameters and buffers of the model
-    (packed codes included); frame_bytes: coded frames kept; pinned/cached_bytes: decoded weights."""
+    (packed codes included); frame_bytes: coded frames kept; pinned/cached_bytes: decoded weights.
+    scratch_bytes ("codes"): the calling thread's reused dequantization buffers (the largest matrix
+    in the compute dtype and a block of codes), working memory like activations: not in total_bytes."""
 
     tensor_bytes: int
     packed_bytes: int
     frame_bytes: int
     pinned_bytes: int
     cached_bytes: int
+    scratch_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -182,9 +242,10 @@ def resident_memory(model: nn.Module) -> ResidentMemory:
     tensor_bytes, packed = model_tensor_bytes(model)
     runtime = getattr(model, "evo_runtime", None)
     store = runtime.store if runtime is not None else None
+    scratch = kernels.scratch_bytes() if packed else 0
     if store is None:
-        return ResidentMemory(tensor_bytes, packed, 0, 0, 0)
-    return ResidentMemory(tensor_bytes, packed, store.frame_bytes, store.pinned_bytes, store.cached_bytes)
+        return ResidentMemory(tensor_bytes, packed, 0, 0, 0, scratch)
+    return ResidentMemory(tensor_bytes, packed, store.frame_bytes, store.pinned_bytes, store.cached_bytes, scratch)
 
 
 @dataclass
@@ -197,6 +258,9 @@ class ResidentRuntime:
     store: DecodedWeights | None = None
     plan: AutoPlan | None = None
     replaced: dict[str, str] = field(default_factory=dict)  # module path → tensor name
+    # "auto": key → the weight's QuantizedTensor decoded from its frames (None for a bf16 matrix)
+    quantized_of: Callable[[str], QuantizedTensor | None] | None = None
+    dtype: torch.dtype | None = None
 
     def memory(self, model: nn.Module) -> ResidentMemory:
         return resident_memory(model)
@@ -234,17 +298,52 @@ class ResidentRuntime:
         compute = max(wall - seconds_in_pass, 0.0)
         order = [k for k in store.order if k in store.coded]
         order += [k for k in store.coded if k not in order]
+        packed = self._packed_weights(order, device)
         costs = tuple(
-            LayerCost(k, store.coded[k].decoded_bytes, store.coded[k].frame_bytes, first_use[k]) for k in order
+            LayerCost(k, store.coded[k].decoded_bytes, store.coded[k].frame_bytes, first_use[k],
+                      *(packed[k][1:] if k in packed else (None, None)))
+            for k in order
         )
-        pinned = plan_pinned(costs, self.options.capacity_bytes, self.options.target_tokens_per_s, compute)
-        for key in pinned:
-            store.pin(key)
         cap = self.options.capacity_bytes
-        store.capacity_bytes = 0 if cap is None else cap - sum(c.decoded_bytes for c in costs if c.key in pinned)
+        moves = plan_tiers(costs, cap, self.options.target_tokens_per_s, compute)
+        self.plan = AutoPlan(costs, moves, cap, self.options.target_tokens_per_s, compute)
+        tiers = self.plan.tiers
+        for key in self.plan.pinned:
+            store.pin(key)
+        for module_path, key in self.replaced.items():
+            if tiers[key] != "codes":
+                continue
+            module = model.get_submodule(module_path)
+            weight = packed[key][0]
+            new = (PackedLinear(weight, module.bias) if isinstance(module, LazyLinear)
+                   else PackedEmbedding(weight, module.padding_idx))
+            parent_path, _, child = module_path.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
+        store.forget(self.plan.codes)  # held as codes now: their frames would never be read
+        held = self.plan.pinned_bytes + self.plan.codes_bytes + self.plan.coded_frame_bytes
+        store.capacity_bytes = 0 if cap is None else max(cap - held, 0)
         store.prefetch = self.options.prefetch
         store.reset_stats()
-        self.plan = AutoPlan(costs, pinned, cap, self.options.target_tokens_per_s, compute)
+
+    def _packed_weights(self, keys: list[str], device: torch.device) -> dict[str, tuple[PackedWeight, int, float]]:
+        """key → (its bit-packed codes on `device`, their bytes, seconds of one dequantization with
+        the "codes" kernel), for the quantized weights among `keys`."""
+        out = {}
+        for key in keys:
+            quantized = self.quantized_of(key) if self.quantized_of is not None else None
+            if quantized is None:
+                continue
+            weight = PackedWeight(quantized, self.dtype).to(device)
+            del quantized
+            weight.dequantize_scratch()  # the buffers exist from here on: the timing is the steady state
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            weight.dequantize_scratch()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out[key] = (weight, weight.nbytes, time.perf_counter() - start)
+        return out
 
 
 def attach(
@@ -320,6 +419,13 @@ def attach(
         parent_path, _, child = module_path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
         replaced[module_path] = key
-    runtime = ResidentRuntime(options, frozenset(replaced.values()), store, None, replaced)
+    quantized_of = None
+    if options.mode == "auto":
+
+        def quantized_of(key: str):
+            tensor = stored[key]
+            return decode_stored_tensor(path, tensor, store.coded[key].frames) if tensor.setting.quantized else None
+
+    runtime = ResidentRuntime(options, frozenset(replaced.values()), store, None, replaced, quantized_of, dtype)
     model.evo_runtime = runtime
     return runtime

@@ -126,6 +126,28 @@ class DecodedWeights:
         self.pinned[key] = self.decode(key) if weight is None else weight
         self.coded.pop(key)
 
+    def forget(self, keys) -> None:
+        """Stop holding `keys` coded (another form holds them now): their frames go, and the learned
+        order skips them, so that prefetch goes on to the next weight still coded."""
+        keys = set(keys)
+        with self._lock:
+            original = dict(self._next)
+            for key in keys:
+                self.coded.pop(key, None)
+                self._next.pop(key, None)
+            for key, following in list(self._next.items()):
+                seen = set()
+                while following in keys and following not in seen:
+                    seen.add(following)
+                    following = original.get(following)
+                if following is None or following in keys or following == key:
+                    del self._next[key]
+                else:
+                    self._next[key] = following
+            self.order = [k for k in self.order if k not in keys]
+            if self._last in keys:
+                self._last = None
+
     def acquire(self, key: str) -> torch.Tensor:
         """The decoded weight of `key`, from the pinned set, the LRU, a prefetch, or decoded now."""
         with self._lock:
@@ -181,7 +203,7 @@ class DecodedWeights:
                 if current is None or current == key:
                     break
                 upcoming.append(current)
-            todo = [k for k in upcoming if k not in self.pinned and k not in self._cache and k not in self._inflight]
+            todo = [k for k in upcoming if k in self.coded and k not in self._cache and k not in self._inflight]
             if not todo:
                 return
             if self._executor is None:
