@@ -50,7 +50,7 @@ def add_parser(sub) -> None:
                     help="processes that code the space's size table at the start (default: all cores)")
     se.add_argument("--compile", default="off", choices=["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"],
                     help="torch.compile the evaluator's forward and KL (CUDA only; eager on the CPU or if compiling "
-                         "fails); reduce-overhead adds CUDA graphs. Speed only: the run's numbers stay the same")
+                         "fails); reduce-overhead adds CUDA graphs. Speed only: the same KL up to the fused kernels' rounding")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
                          "them; a larger --generations extends it)")
 
