@@ -112,3 +112,25 @@ def test_a_failing_compile_falls_back_to_the_eager_forward(tiny, monkeypatch):
 def test_unknown_compile_mode_is_refused():
     with pytest.raises(EvoError, match="compile mode"):
         FitnessConfig(compile="fast")
+
+
+def test_genomes_with_dropped_blocks_bypass_the_compiled_forward(tiny, monkeypatch):
+    calls = []
+
+    def counting(function, **_):
+        def run(*args, **kwargs):
+            calls.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", counting)
+    evaluator = _evaluator(tiny)
+    expected = [evaluator.evaluate(config) for config in CONFIGS]
+    evaluator.forward = FastForward(evaluator.model, "default", device=torch.device("cuda"))  # compiled, as on a GPU
+    dropping, plain = CONFIGS  # CONFIGS[0] drops layer 0's MLP
+    assert evaluator.evaluate(dropping) == pytest.approx(expected[0], rel=1e-6)
+    assert "_eager_forward" not in calls and "topk_kl_sum" in calls  # swapped modules: eager forward, compiled KL
+    calls.clear()
+    assert evaluator.evaluate(plain) == pytest.approx(expected[1], rel=1e-6)
+    assert "_eager_forward" in calls

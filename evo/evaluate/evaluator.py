@@ -432,7 +432,8 @@ class Evaluator:
             progress(0, batches)
         for number, start in enumerate(range(0, sequences, size)):
             rows = slice(start, min(start + size, sequences))
-            logits = self.forward.logits(self._device_ids[rows, :tokens])
+            # dropped blocks are swapped modules: compiled graphs would recompile per drop pattern
+            logits = self.forward.logits(self._device_ids[rows, :tokens], eager=bool(self._replaced))
             part = self.forward.kl_sum(logits, *(ref[rows, :tokens] for ref in self._reference_rows))
             total = part if total is None else total + part
             del logits

@@ -10,7 +10,9 @@ Triton, an unsupported op, a graph break storm) the eager forward runs instead a
 kept in `fallback`. The numbers are the eager ones up to the fused kernels' rounding.
 
 CUDA graphs replay the parameters' storage addresses recorded at capture: materialise must copy
-weights into the parameters in place (as Evaluator.materialise does), not swap tensors.
+weights into the parameters in place (as Evaluator.materialise does), not swap tensors. A genome
+that drops blocks swaps modules in the model, which would recompile the graph for every new drop
+pattern: the evaluator runs those genomes eagerly (the KL stays compiled).
 """
 
 from __future__ import annotations
@@ -79,9 +81,11 @@ class FastForward:
         self._kl = topk_kl_sum
 
     @torch.no_grad()
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """The model's logits for ids [n, L] on the model's device."""
-        if not self.compiled:
+    def logits(self, ids: torch.Tensor, *, eager: bool = False) -> torch.Tensor:
+        """The model's logits for ids [n, L] on the model's device. eager=True bypasses the
+        compiled graph (a model whose modules were swapped, e.g. dropped blocks, would otherwise
+        recompile for every new pattern)."""
+        if eager or not self.compiled:
             return self._eager_forward(ids)
         try:
             logits = self._forward(ids)
