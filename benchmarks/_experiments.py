@@ -10,9 +10,11 @@ time prints what is left and exits 0; the same command continues.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 
-from _searchbench import free_gpu, prepare_run_dir, say_as, write_json  # noqa: E402
+from _searchbench import free_gpu, say_as, write_json  # noqa: E402
 from _common import bytes_on_disk  # noqa: E402
 from evo.constants import MB, SIZE_CACHE_DIR  # noqa: E402
 
@@ -63,14 +65,27 @@ def add_common_options(parser, *, deadline: float = 450.0) -> None:
     parser.add_argument("--smoke", action="store_true", help="a tiny CPU run (see the script's SMOKE)")
 
 
+def tiny_model(directory: Path) -> str:
+    """The tests' tiny random Llama (4 layers, hidden 64, byte tokenizer; tests/tiny.py) saved in
+    directory: the smoke runs' model, so that a smoke exercises every step in a minute or two."""
+    if not (directory / "config.json").exists():
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+        from tiny import save_tiny_model
+
+        save_tiny_model(directory, "llama")
+    return str(directory)
+
+
 def parse_with_smoke(parser, smoke: list[str], argv: list[str] | None = None):
+    """--smoke: the script's SMOKE options (the command line's own come after and win) on the tests'
+    tiny model unless --model is given."""
     argv = sys.argv[1:] if argv is None else argv
     if "--smoke" in argv:
         argv = smoke + [a for a in argv if a != "--smoke"]
-    args = parser.parse_args(argv)
-    if args.smoke:
-        torch.set_num_threads(2)
-    return args
+        if "--model" not in argv:
+            out = Path(argv[argv.index("--out") + 1] if "--out" in argv else "runs/smoke")
+            argv = ["--model", tiny_model(out / "tiny-model")] + argv
+    return parser.parse_args(argv)
 
 
 def share_loaded_models() -> None:
@@ -157,18 +172,52 @@ def uniform_budget(loaded, out: Path, bits: int = 3) -> int:
     return int(size)
 
 
+@contextlib.contextmanager
+def seeded_run(files: dict[str, Path], size_cache: Path | None = None):
+    """While open, a new run directory receives `files` (name → file to copy: a calibration set,
+    statistics, a dense reference) and, with size_cache, a link to that shared size cache, right
+    after open_session creates it (a run directory must be empty or absent when it is created)."""
+    from evo.search import loop
+
+    original = loop._create_checked_run
+
+    def create(spec, space, loaded, run_dir, say):
+        lock = original(spec, space, loaded, run_dir, say)
+        for name, source in files.items():
+            if Path(source).exists() and not (run_dir / name).exists():
+                shutil.copy2(source, run_dir / name)
+        link = run_dir / SIZE_CACHE_DIR
+        if size_cache is not None and not link.exists():
+            Path(size_cache).mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path(size_cache).resolve(), target_is_directory=True)
+        return lock
+
+    loop._create_checked_run = create
+    try:
+        yield
+    finally:
+        loop._create_checked_run = original
+
+
 def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None):
     """Run or resume the search in run_dir until it ends or the deadline (less --reserve-s) comes.
     calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only).
     Returns (session, result or None when stopped by the deadline)."""
-    from evo.constants import CALIBRATION_FILE
-    from evo.search.loop import open_session, run_search
+    from evo.constants import CALIBRATION_FILE, REFERENCE_FILE, STATS_FILE
+    from evo.search.loop import is_run, open_session, run_search
 
-    resume = prepare_run_dir(run_dir, Path(args.out) / SIZE_CACHE_DIR, share_from)
-    if calibration is not None and not resume and not (run_dir / CALIBRATION_FILE).exists():
-        calibration.save(run_dir / CALIBRATION_FILE)
-    session = open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
-                           extend=resume)
+    resume = is_run(run_dir)
+    files: dict[str, Path] = {}
+    if share_from is not None:
+        files = {name: Path(share_from) / name for name in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
+    if calibration is not None and not resume:
+        staged = Path(args.out) / "staged" / f"{run_dir.name}-{CALIBRATION_FILE}"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        calibration.save(staged)
+        files[CALIBRATION_FILE] = staged
+    with seeded_run(files, Path(args.out) / SIZE_CACHE_DIR):
+        session = open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
+                               extend=resume)
     state = {"next": 0, "tic": time.perf_counter()}
 
     def on_progress(p) -> None:
@@ -220,4 +269,4 @@ def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[st
 
 __all__ = ["Deadline", "DeadlineReached", "add_common_options", "convergence_report", "eval_texts",
            "export_and_measure", "mean_std", "parse_with_smoke", "perplexities", "say_as", "search_until",
-           "share_loaded_models", "uniform_budget", "write_outputs"]
+           "seeded_run", "share_loaded_models", "tiny_model", "uniform_budget", "write_outputs"]

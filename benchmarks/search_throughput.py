@@ -9,7 +9,8 @@ top-k + tail estimate the search uses; the size table's coding time.
   python benchmarks/search_throughput.py --device cuda --generations 10 --population 16 \
       --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --variants all --deadline-s 400 \
       --out runs/throughput
-  # CPU smoke (≈ 2 min on 2 cores):
+  # CPU smoke on the tests' tiny random model (a minute or two on 2 cores; add --model smollm2-135m
+  # for the real model):
   python benchmarks/search_throughput.py --smoke
 
 Variants: fast (everything on: size table, levels resident, whole-batch forward, one host sync,
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 
 from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
-from _experiments import share_loaded_models  # noqa: E402
+from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
 from evo.evaluate.metrics import exact_kl, topk_kl  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
@@ -177,13 +178,11 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
     cuda = args.device.startswith("cuda")
     if name == "cuda_graphs" and not cuda:
         return {"skipped": "CUDA graphs need CUDA"}, None
-    run_dir.mkdir(parents=True)
-    for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE):  # computed once, by the probe
-        shutil.copy2(shared / file, run_dir / file)
-    if name != "table_off":  # the probe's size table, coded once
-        (run_dir / SIZE_CACHE_DIR).symlink_to((shared / SIZE_CACHE_DIR).resolve(), target_is_directory=True)
     begun = time.perf_counter()
-    session = open_session(spec, run_dir, resume=False, device=args.device)
+    # computed once, by the probe: calibration set, statistics, reference and (but for table_off) the size table
+    files = {file: shared / file for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
+    with seeded_run(files, None if name == "table_off" else shared / SIZE_CACHE_DIR):
+        session = open_session(spec, run_dir, resume=False, device=args.device)
     evaluator = session.evaluator
     device = evaluator.device
     configure(name, evaluator, session, args.compile)
@@ -272,7 +271,7 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
     lines = []
     flop = report["flop_limit"]
     lines.append(f"budget {budget / MB:.3f} MB; full evaluation {flop['shape'][0]} × {flop['shape'][1]} tokens = "
-                 f"{flop['gflops']:.1f} GFLOP, limit {limit_ms:.2f} ms at {args.peak_tflops:g} TFLOP/s")
+                 f"{flop['gflops']:.3g} GFLOP, limit {limit_ms:.3g} ms at {args.peak_tflops:g} TFLOP/s")
     for workers, t in report.get("size_table", {}).items():
         lines.append(f"size table, {workers} worker(s): {t['pairs_timed']} of {t['pairs_total']} pairs in "
                      f"{t['seconds']:.1f} s → whole table ≈ {t['seconds_whole_table']:.0f} s")
@@ -328,11 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                         "variants share what the probe leaves, each stops its search when its share is spent")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     parser.add_argument("--out", default="runs/throughput")
-    parser.add_argument("--smoke", action="store_true", help=f"a small CPU run: {' '.join(SMOKE)}")
-    argv = sys.argv[1:] if argv is None else argv
-    if "--smoke" in argv:
-        argv = SMOKE + [a for a in argv if a != "--smoke"]
-    args = parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help=f"a small CPU run on the tests' tiny model: {' '.join(SMOKE)}")
+    args = parse_with_smoke(parser, SMOKE, argv)
     started = time.perf_counter()
     variants = VARIANTS if args.variants == "all" else tuple(v for v in args.variants.split(",") if v)
     unknown = set(variants) - set(VARIANTS)
