@@ -83,7 +83,8 @@ def parse_with_smoke(parser, smoke: list[str], argv: list[str] | None = None):
     if "--smoke" in argv:
         argv = smoke + [a for a in argv if a != "--smoke"]
         if "--model" not in argv:
-            out = Path(argv[argv.index("--out") + 1] if "--out" in argv else "runs/smoke")
+            outs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"]  # the last one wins, as in argparse
+            out = Path(outs[-1] if outs else "runs/smoke")
             argv = ["--model", tiny_model(out / "tiny-model")] + argv
     return parser.parse_args(argv)
 
@@ -202,7 +203,8 @@ def seeded_run(files: dict[str, Path], size_cache: Path | None = None):
 def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None):
     """Run or resume the search in run_dir until it ends or the deadline (less --reserve-s) comes.
     calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only).
-    Returns (session, result or None when stopped by the deadline)."""
+    Returns (session, result or None when stopped by the deadline); session.loop_seconds is the
+    time of the search loop alone (the size table, engine and evaluations; not the setup)."""
     from evo.constants import CALIBRATION_FILE, REFERENCE_FILE, STATS_FILE
     from evo.search.loop import is_run, open_session, run_search
 
@@ -232,11 +234,12 @@ def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibrat
     try:
         result = run_search(session, size_workers=args.size_workers, on_progress=on_progress)
     except DeadlineReached:
+        session.loop_seconds = time.perf_counter() - state["tic"]
         say(f"deadline: stopped after {len(session.store)} journaled evaluations; the same command resumes")
         session.evaluator.restore()
         return session, None
+    session.loop_seconds = result.extra["search_seconds"] = time.perf_counter() - state["tic"]
     session.evaluator.restore()
-    result.extra["search_seconds"] = time.perf_counter() - state["tic"]
     return session, result
 
 

@@ -80,10 +80,11 @@ def run_job(loaded, args, strategy: str, seed: int, budget: int, texts, deadline
         return None
     best = CompressionConfig.from_dict(result.best.config)
     measured = export_and_measure(loaded, best, run_dir / "export", texts, args, stats=session.activation_stats,
-                                  size_cache=session.size_model.size_cache)
+                                  size_cache=session.size_model.size_cache, result_path=run_dir / "export.json")
     cal = session.calibration.calibration
     data = {"strategy": strategy, "seed": seed, "kl": result.best.quality, "evaluations": result.evaluations,
             "calibration_sources": {s: cal.sources.count(s) for s in sorted(set(cal.sources))}, **measured}
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     say(f"{json.dumps(data['ppl'])}")
     return data
@@ -95,7 +96,7 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
     lines = [f"budget = uniform 3-bit RTN = {budget:,} bytes ({budget / MB:.3f} MB); space {args.space}; "
              f"calibration {args.samples} × {args.seq_len} tokens; {args.generations} generations × {args.population}; "
              f"held-out PPL on ≤ {args.max_tokens:,} tokens per text", "",
-             "| calibration | seeds | " + " | ".join(n.replace("domain:", "") for n in names)
+             "| calibration | seeds | " + " | ".join(n.replace("domain:", "mix/") for n in names)
              + " | worst domain / dense |", "|---" * (len(names) + 3) + "|",
              "| dense | – | " + " | ".join(f"{dense[n]:.2f}" for n in names) + " | 1 |"]
     summary = {}

@@ -97,6 +97,7 @@ def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline:
             "evop": {**evop, "kl": result.best.quality, "dropped": sorted(int(i) for i in best.drops),
                      "evaluations": result.evaluations},
             "shortgpt": {**short, "kl": shortgpt_kl, "dropped": sorted(int(i) for i in shortgpt.drops)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     say(f"evop drops {data['evop']['dropped']} {evop['ppl']}; shortgpt drops {data['shortgpt']['dropped']} {short['ppl']}")
     return data

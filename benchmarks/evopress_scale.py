@@ -13,8 +13,8 @@ convergence plot.
 The generations are the fewest whose planned evaluations (the engine's count: every offspring on
 stage 1, the survivors on the later stages) reach --evaluations. EvoPress's own default: 150
 generations × ~150 candidates ≈ 22,000 evaluations, stages of 2k / 16k / 131k tokens.
-Writes OUT/evopress_scale.json and .md, OUT/report/ (evo report) and OUT/calls.json (wall time and
-evaluations of each call, so the time of the whole run is the sum over calls).
+Writes OUT/evopress_scale.json and .md, OUT/report/ (evo report) and OUT/calls.json (per call: its wall
+time with setup, the search loop's time and the evaluations it added; the run's time is the sum).
 """
 
 from __future__ import annotations
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     before = sum(1 for _ in (run_dir / "journal.jsonl").open()) if (run_dir / "journal.jsonl").exists() else 0
     tic = time.perf_counter()
     session, result = search_until(spec, run_dir, args, deadline, say)
-    calls.append({"search_seconds": time.perf_counter() - tic, "evaluations": len(session.store) - before,
-                  "device": args.device})
+    calls.append({"call_seconds": time.perf_counter() - tic, "search_seconds": session.loop_seconds,
+                  "evaluations": len(session.store) - before, "device": args.device})
     write_json(calls_path, calls)
     if result is None:
         print(f"{len(session.store)} of {planned} evaluations done; run the same command again to continue")
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "report_files": report_files}
     lines = [f"{loaded.info.model_id}, budget = uniform {args.bits}-bit RTN = {budget:,} bytes; space {args.space}; "
              f"{len(session.store):,} evaluations ({', '.join(f'stage {s}: {n:,}' for s, n in sorted(by_stage.items()))}) "
-             f"in {search_seconds:.0f} s of search over {len(calls)} call(s) ({data['evals_per_second']:.1f}/s) "
+             f"in {search_seconds:.0f} s of search loop over {len(calls)} call(s) ({data['evals_per_second']:.1f}/s) "
              f"on {args.device}; held-out perplexity on ≤ {args.max_tokens:,} tokens, {min(512, args.max_tokens)}-token windows",
              "", "| model | bytes | KL (calibration) | WikiText-2 PPL | C4 PPL |", "|---|---|---|---|---|",
              f"| dense | – | 0 | {dense['wikitext2']:.2f} | {dense['c4']:.2f} |",
