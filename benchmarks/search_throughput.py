@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import shutil
 import statistics
@@ -405,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         if session is None:
             continue
         del session
+        gc.collect()  # the session's closures (timers) form cycles: free its level cache now
         if args.device.startswith("cuda"):
+            torch._dynamo.reset()  # each variant compiles afresh (and the recompile limit is its own)
             torch.cuda.empty_cache()
         print(f"[{name}] {json.dumps(rows[name])}", flush=True)
     report["variants"] = rows
