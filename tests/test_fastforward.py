@@ -134,3 +134,21 @@ def test_genomes_with_dropped_blocks_bypass_the_compiled_forward(tiny, monkeypat
     calls.clear()
     assert evaluator.evaluate(plain) == pytest.approx(expected[1], rel=1e-6)
     assert "_eager_forward" in calls
+
+
+def test_search_samples_default_depends_on_the_device_and_is_stated():
+    from evo.cli import build_parser
+    from evo.cli.search import CPU_SAMPLES, CUDA_SAMPLES, _search_spec
+
+    parser = build_parser()
+    cpu = parser.parse_args(["search", "--budget-mb", "70", "--device", "cpu"])
+    assert _search_spec(cpu).samples == CPU_SAMPLES < CUDA_SAMPLES
+    given = parser.parse_args(["search", "--budget-mb", "70", "--device", "cpu", "--samples", "16"])
+    assert _search_spec(given).samples == 16
+    import io
+    from contextlib import redirect_stdout
+
+    text = io.StringIO()
+    with redirect_stdout(text), pytest.raises(SystemExit):
+        parser.parse_args(["search", "--help"])
+    assert f"{CUDA_SAMPLES} on CUDA, {CPU_SAMPLES} on the CPU" in " ".join(text.getvalue().split())

@@ -12,6 +12,14 @@ from evo.cli.ui import EXIT_INTERRUPTED, add_model_options, console, out
 from evo.errors import EvoError
 
 RUN_DIR_PATTERN = "runs/<model name>-<budget>MB-<space>-s<seed>"
+CUDA_SAMPLES, CPU_SAMPLES = 16, 8  # --samples by device: the CPU's full evaluation is half as many tokens
+
+
+def default_samples(device: str) -> int:
+    """--samples when not given: CUDA_SAMPLES on a GPU, CPU_SAMPLES on the CPU (--help states both)."""
+    from evo.modelio import resolve_device
+
+    return CUDA_SAMPLES if resolve_device(device).type == "cuda" else CPU_SAMPLES
 
 
 def default_run_dir(model: str, budget_mb: float, space: str, seed: int):
@@ -35,7 +43,9 @@ def add_parser(sub) -> None:
     se.add_argument("--population", type=int, default=12, help="genomes kept per generation (DEAP: 2x as offspring)")
     se.add_argument("--fitness", default="kl", choices=["kl", "ppl"], help="kl to the dense model (nats/token) or ppl (calibration perplexity)")
     se.add_argument("--seed", type=int, default=0, help="seed of the CCDS draw and of the engine")
-    se.add_argument("--samples", type=int, default=16, help="calibration sequences (CCDS)")
+    se.add_argument("--samples", type=int, default=None,
+                    help=f"calibration sequences (CCDS) (default: {CUDA_SAMPLES} on CUDA, {CPU_SAMPLES} on the CPU, where "
+                         "the full evaluations' forward passes are most of a short search's time)")
     se.add_argument("--seq-len", type=int, default=256, help="tokens per calibration sequence")
     se.add_argument("--clusters", type=int, default=8, help="CCDS k-means clusters")
     se.add_argument("--screen-sequences", type=int, default=4, help="stage-1 screening: sequences")
@@ -65,7 +75,8 @@ def _search_spec(args: argparse.Namespace):
     return SearchSpec(
         budget_bytes=int(round(args.budget_mb * MB)), model=args.model, corpus=tuple(args.corpus), space=args.space,
         engine=args.engine, sampler=args.sampler, generations=args.generations, population=args.population, fitness=args.fitness,
-        seed=args.seed, samples=args.samples, clusters=args.clusters, seq_len=args.seq_len,
+        seed=args.seed, samples=args.samples if args.samples is not None else default_samples(args.device),
+        clusters=args.clusters, seq_len=args.seq_len,
         screen_sequences=args.screen_sequences, screen_tokens=args.screen_tokens,
         multi_stage=not args.single_stage, seed_configs=tuple(args.seed_configs), dtype=args.dtype,
         stages=parse_stages(args.stages) if args.stages else (),
