@@ -52,11 +52,11 @@ SMOKE = ["--device", "cpu", "--space", "bits", "--seeds", "0", "--generations", 
 def calibration_set(loaded, args, strategy: str, seed: int):
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.corpus import read_corpus
-    from evo.search.loop import CCDS_CANDIDATES
+    from evo.search.loop import ccds_candidates
 
     config = CalibrationConfig(samples=args.samples, clusters=args.clusters, heldout=args.samples,
                                seq_len=args.seq_len, seed=seed, strategy=strategy,
-                               max_candidates=CCDS_CANDIDATES)
+                               max_candidates=ccds_candidates(args.samples))
     return build_calibration_set(loaded, read_corpus(["calibration_mix"]), config)
 
 
