@@ -27,7 +27,7 @@ from evo.compress.structure import apply_block_drop, replaced_modules
 from evo.constants import FINAL_STAGE, SCREEN_STAGE
 from evo.errors import EvoError
 from evo.evaluate.forward import Hook, forward_batches, per_batch, run_forward, token_batch
-from evo.evaluate.metrics import nll_sum, topk_kl
+from evo.evaluate.metrics import nll_sum
 from evo.evaluate.reference import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K, DenseReference
 from evo.types import ModelInfo
 
