@@ -1,29 +1,36 @@
 """Search throughput (issue 19): evaluations/s per stage and where the loop's wall time goes —
-forward + KL, materialising the genome, sizing it, the engine — for the shipped path and with each
-optimisation switched off, side by side in one run; GPU memory; the FLOP limit of one full
-evaluation from the model's shapes and the measured time's ratio to it; the size table's coding
-time with each worker count.
+forward + KL, materialising the genome, sizing it, the engine — for the fast path and with each
+optimisation switched off, side by side in one run; GPU peak memory; the FLOP limit of one full
+evaluation from the model's shapes and the measured time's ratio to it; the time of one full
+evaluation (64 × 512 tokens with --samples 64 --seq-len 512) per variant; the exact KL against the
+top-k + tail estimate the search uses; the size table's coding time.
 
-  # on the GPU (the lead's command):
+  # on one H200 (≈ 7 min; --deadline-s keeps it inside the call):
   python benchmarks/search_throughput.py --device cuda --generations 10 --population 16 \
-      --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --variants all --out runs/throughput
-  # CPU smoke (small):
-  python benchmarks/search_throughput.py --device cpu --space bits --generations 1 --population 4 \
-      --samples 4 --seq-len 64 --screen-sequences 1 --screen-tokens 32 --table-pairs 64
+      --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --variants all --deadline-s 400 \
+      --out runs/throughput
+  # CPU smoke on the tests' tiny random model (a minute or two on 2 cores; add --model smollm2-135m
+  # for the real model):
+  python benchmarks/search_throughput.py --smoke
 
-Variants: shipped (size table, levels resident, whole-batch forward, one sync), no_table (sizes
-through SizeModel, encoding on a miss), cache_2gib (the old fixed cache), micro_batch_4 (the old
-4-sequence forward), row_sync (the old per-sequence KL with a host sync each), compile (the shipped
-path through torch.compile; CUDA only). Each variant has its own run directory and size cache; the
-calibration set, activation statistics and dense reference are computed once and shared.
+Variants: fast (everything on: size table, levels resident, whole-batch forward, one host sync,
+torch.compile "default"), compile_off (eager forward), cuda_graphs (compile "reduce-overhead"),
+whole_batch_off (4 sequences per forward), one_sync_off (the old per-sequence KL with a host sync
+each), table_off (sizes through SizeModel, encoding on a miss, own size cache), cache_2gib (the old
+fixed 2 GiB cache of dequantized weights). The calibration set, activation statistics, dense
+reference and size table are computed once (by a probe) and shared. Each variant first evaluates
+one genome at every stage shape (compile and CUDA-graph capture happen there: `warmup_s`), then
+searches until its generations end or its share of the deadline is spent.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import shutil
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -33,12 +40,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 
-from evo.constants import CALIBRATION_FILE, MB, REFERENCE_FILE, STATS_FILE  # noqa: E402
-from evo.evaluate.metrics import topk_kl  # noqa: E402
+from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
+from evo.evaluate.fastforward import FastForward  # noqa: E402
+from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
+from evo.evaluate.metrics import exact_kl, topk_kl  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
-VARIANTS = ("shipped", "no_table", "cache_2gib", "micro_batch_4", "row_sync", "compile")
+VARIANTS = ("fast", "compile_off", "cuda_graphs", "whole_batch_off", "one_sync_off", "table_off", "cache_2gib")
+COMPILE_OF = {"fast": "default", "cuda_graphs": "reduce-overhead"}  # the others: the fast path's mode unless "off"
+SMOKE = ["--device", "cpu", "--space", "bits", "--generations", "1", "--population", "4", "--samples", "4",
+         "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:2,256:1",
+         "--table-workers", "", "--size-workers", "1", "--variants", "all", "--deadline-s", "240",
+         "--repeats", "2", "--out", "runs/throughput-smoke"]
 H200_BF16_TFLOPS = 989.0  # dense bf16 tensor-core peak of an H100/H200 SXM
 
 
@@ -77,14 +91,20 @@ class Timer:
         return timed
 
 
+class _Deadline(Exception):
+    """A variant's share of the deadline is spent: its loop stops after the evaluation in flight."""
+
+
 def _row_sync_kl(evaluator):
     """The old evaluator's KL: one sequence's KL at a time, a host sync per sequence."""
 
     def kl(ids, progress):
         sequences, tokens = ids.shape
+        size = evaluator.micro_batch(sequences, tokens)
         total = 0.0
-        for start, batch, logits in evaluator._batches(ids, progress):
-            for row in range(batch.shape[0]):
+        for start in range(0, sequences, size):
+            logits = evaluator.forward.logits(evaluator._device_ids[start:start + size, :tokens])
+            for row in range(logits.shape[0]):
                 seq = start + row
                 value = topk_kl(logits[row], *(part[seq, :tokens] for part in evaluator._reference_rows))
                 total += float(value.double().sum())
@@ -93,82 +113,196 @@ def _row_sync_kl(evaluator):
     return kl
 
 
-def run_variant(name: str, spec: SearchSpec, args, shared: Path | None) -> dict:
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
+    """Median wall ms of evaluate(config, FINAL_STAGE) (materialise is a no-op after the first),
+    and of its forward + KL alone."""
+    device = evaluator.device
+    evaluator.evaluate(config, FINAL_STAGE)
+    whole, forward_kl = [], []
+    sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
+    for _ in range(repeats):
+        _sync(device)
+        tic = time.perf_counter()
+        evaluator.evaluate(config, FINAL_STAGE)
+        _sync(device)
+        whole.append(time.perf_counter() - tic)
+        tic = time.perf_counter()
+        evaluator._kl(evaluator.token_ids[:sequences, :tokens], None)
+        _sync(device)
+        forward_kl.append(time.perf_counter() - tic)
+    return {"evaluate_ms": 1000 * statistics.median(whole), "forward_kl_ms": 1000 * statistics.median(forward_kl)}
+
+
+@torch.no_grad()
+def exact_vs_estimate(evaluator, config) -> dict:
+    """The exact KL(dense ‖ candidate) from full logits against the top-k + tail estimate, on the
+    full stage, 4 sequences at a time (the dense logits of every sequence stay on the device)."""
+    sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
+    ids = evaluator._device_ids[:sequences, :tokens]
+    evaluator.restore()
+    dense = [evaluator.model(input_ids=ids[s:s + 4], use_cache=False).logits.to(torch.bfloat16)
+             for s in range(0, sequences, 4)]
+    estimate = evaluator.evaluate(config, FINAL_STAGE)
+    total = 0.0
+    for index, start in enumerate(range(0, sequences, 4)):
+        logits = evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits
+        total += float(exact_kl(dense[index], logits).double().sum())
+    exact = total / (sequences * tokens)
+    return {"exact": exact, "estimate": estimate, "relative_error": (estimate - exact) / exact if exact else None,
+            "top_k": evaluator.reference.top_k, "tail_samples": int(evaluator._reference_rows[3].shape[-1])}
+
+
+def configure(name: str, evaluator, session, compile_mode: str) -> None:
+    """Switch the variant's optimisation off (or its compile mode on)."""
+    mode = COMPILE_OF.get(name, "off" if name == "compile_off" else compile_mode)
+    evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode)
+    evaluator.forward = FastForward(evaluator.model, mode, evaluator.device)
+    if name == "table_off":
+        session.fill_size_table = lambda **_: None
+    if name == "cache_2gib" and hasattr(evaluator, "_cache"):
+        evaluator._cache.limit = 2 << 30
+    if name == "whole_batch_off":
+        evaluator.fitness = dataclasses.replace(evaluator.fitness, batch_size=4)
+    if name == "one_sync_off":
+        evaluator._kl = _row_sync_kl(evaluator)
+
+
+def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float) -> tuple[dict, object]:
     run_dir = Path(args.out) / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    if name == "compile" and not args.device.startswith("cuda"):
-        return {"skipped": "torch.compile runs on CUDA only"}, None
-    run_dir.mkdir(parents=True)
-    for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE):  # computed once, by the probe
-        shutil.copy2(shared / file, run_dir / file)
-    session = open_session(spec, run_dir, resume=False, device=args.device)
+    cuda = args.device.startswith("cuda")
+    if name == "cuda_graphs" and not cuda:
+        return {"skipped": "CUDA graphs need CUDA"}, None
+    begun = time.perf_counter()
+    # computed once, by the probe: calibration set, statistics, reference and (but for table_off) the size table
+    files = {file: shared / file for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
+    with seeded_run(files, None if name == "table_off" else shared / SIZE_CACHE_DIR):
+        session = open_session(spec, run_dir, resume=False, device=args.device)
     evaluator = session.evaluator
     device = evaluator.device
+    configure(name, evaluator, session, args.compile)
+    # warm-up: one genome at every stage shape (compilation, CUDA-graph capture, first levels)
+    problem_genome = [0] * len(session.genes)
+    warm_config = session.config_of(problem_genome)
+    tic = time.perf_counter()
+    stages = sorted(set(evaluator.stage_shapes) | {1, FINAL_STAGE})
+    for stage in stages:
+        evaluator.evaluate(warm_config, stage)
+    _sync(device)
+    warmup = time.perf_counter() - tic
     timer = Timer(device)
-    if name == "no_table":
-        session.fill_size_table = lambda **_: None
-    if name == "cache_2gib":
-        evaluator._cache.limit = 2 << 30
-    if name == "micro_batch_4":
-        evaluator.fitness = dataclasses.replace(evaluator.fitness, batch_size=4)
-    if name == "row_sync":
-        evaluator._kl = _row_sync_kl(evaluator)
-    if name == "compile":
-        evaluator._forward_model = torch.compile(evaluator.model, dynamic=False)
     # the parts: forward + KL (the metric), materialise, size (table fill and every size call), engine = rest
     evaluator._kl = timer.wrap("forward_kl", evaluator._kl)
     evaluator._perplexity = timer.wrap("forward_kl", evaluator._perplexity)
-    evaluator.materialise = timer.wrap("materialise", evaluator.materialise)
+    materialise = evaluator.materialise
+    evaluator.materialise = timer.wrap("materialise", materialise)
     session.size_model.artifact_bytes = timer.wrap("size", session.size_model.artifact_bytes)
-    inner_size_of = session.size_of
-    session.size_of = timer.wrap("size", inner_size_of)
-    fill = session.fill_size_table
-    session.fill_size_table = timer.wrap("size_table", fill)
+    session.size_of = timer.wrap("size", session.size_of)
+    session.fill_size_table = timer.wrap("size_table", session.fill_size_table)
     per_stage: dict[int, list[float]] = defaultdict(list)
     evaluate = evaluator.evaluate
 
-    def evaluate_timed(config, stage=2, progress=None):
+    def evaluate_timed(config, stage=FINAL_STAGE, progress=None):
         tic = time.perf_counter()
         quality = evaluate(config, stage, progress)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         per_stage[stage].append(time.perf_counter() - tic)
         return quality
 
     evaluator.evaluate = evaluate_timed
+    stop_at = begun + seconds
+
+    def on_progress(_progress) -> None:
+        if time.perf_counter() > stop_at:
+            raise _Deadline
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tic = time.perf_counter()
-    result = run_search(session, size_workers=args.size_workers)
+    result = None
+    try:
+        result = run_search(session, size_workers=args.size_workers, on_progress=on_progress)
+    except _Deadline:
+        pass
     wall = time.perf_counter() - tic
     loop = wall - timer.seconds["size_table"]
     parts = {k: v for k, v in timer.seconds.items() if k != "size_table"}
     parts["engine"] = max(0.0, loop - sum(parts.values()))
+    evaluations = sum(len(times) for times in per_stage.values())
     stats = evaluator.stats
     row = {
-        "evaluations": result.new_evaluations,
+        "compile": evaluator.fitness.compile,
+        "compiled": evaluator.forward.compiled,
+        "compile_fallback": evaluator.forward.fallback,
+        "warmup_s": warmup,
+        "evaluations": evaluations,
+        "stopped_by_deadline": result is None,
         "size_table_seconds": timer.seconds["size_table"],
         "loop_seconds": loop,
-        "evals_per_second": result.new_evaluations / loop if loop > 0 else None,
+        "evals_per_second": evaluations / loop if loop > 0 else None,
         "share": {k: v / loop for k, v in parts.items()} if loop > 0 else {},
         "per_stage": {str(stage): {"evaluations": len(times), "evals_per_second": len(times) / sum(times),
-                                   "median_ms": 1000 * sorted(times)[len(times) // 2]}
+                                   "median_ms": 1000 * statistics.median(times)}
                       for stage, times in sorted(per_stage.items())},
         "recomputed": stats.recomputed,
         "compressed": stats.compressed,
         "cache_bytes": stats.cache_bytes,
-        "micro_batch": evaluator.micro_batch(*evaluator.stage_shape(2)),
-        "best": result.best.quality if result.best else None,
+        "micro_batch": evaluator.micro_batch(*evaluator.stage_shape(FINAL_STAGE)),
+        "best": result.best.quality if result is not None and result.best else None,
+        "full_stage_shape": list(evaluator.stage_shape(FINAL_STAGE)),
     }
+    evaluator.evaluate = evaluate
+    evaluator.materialise = materialise
+    row["full_evaluation"] = full_evaluation_ms(evaluator, warm_config, args.repeats)
     if device.type == "cuda":
         row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    row["full_stage_shape"] = list(evaluator.stage_shape(2))
-    session.evaluator.restore()
+    if name == "fast":
+        row["kl_check"] = exact_vs_estimate(evaluator, warm_config)
+    evaluator.restore()
     return row, session
 
 
-def main() -> int:
+def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
+    lines = []
+    flop = report["flop_limit"]
+    lines.append(f"budget {budget / MB:.3f} MB; full evaluation {flop['shape'][0]} × {flop['shape'][1]} tokens = "
+                 f"{flop['gflops']:.3g} GFLOP, limit {limit_ms:.3g} ms at {args.peak_tflops:g} TFLOP/s")
+    for workers, t in report.get("size_table", {}).items():
+        lines.append(f"size table, {workers} worker(s): {t['pairs_timed']} of {t['pairs_total']} pairs in "
+                     f"{t['seconds']:.1f} s → whole table ≈ {t['seconds_whole_table']:.0f} s")
+    lines.append("")
+    lines.append("| variant | compile | evals/s | fwd+KL | mater. | size | engine | full eval ms | fwd+KL ms | × limit "
+                 "| warm-up s | GPU peak GiB | per stage (evals/s, n) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 11)
+            continue
+        share = row["share"]
+        full = row["full_evaluation"]
+        stages = "; ".join(f"{s}: {v['evals_per_second']:.2f} ({v['evaluations']})" for s, v in row["per_stage"].items())
+        compiled = row["compile"] + ("" if row["compiled"] or row["compile"] == "off" else " (eager)")
+        lines.append(
+            f"| {name} | {compiled} | {row['evals_per_second'] or 0:.2f} | {share.get('forward_kl', 0):.1%} "
+            f"| {share.get('materialise', 0):.1%} | {share.get('size', 0):.1%} | {share.get('engine', 0):.1%} "
+            f"| {full['evaluate_ms']:.1f} | {full['forward_kl_ms']:.1f} | {full['forward_kl_ms'] / limit_ms:.1f} "
+            f"| {row['warmup_s']:.1f} | {row.get('gpu_peak_gib', float('nan')):.2f} | {stages} |")
+    check = rows.get("fast", {}).get("kl_check")
+    if check:
+        lines.append("")
+        lines.append(f"KL of the warm-up genome on the full stage: exact {check['exact']:.6f} nats/token, "
+                     f"top-{check['top_k']} + {check['tail_samples']} tail samples {check['estimate']:.6f} "
+                     f"({check['relative_error']:+.3%})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
@@ -183,34 +317,50 @@ def main() -> int:
     parser.add_argument("--screen-tokens", type=int, default=64)
     parser.add_argument("--stages", default=None)
     parser.add_argument("--size-workers", type=int, default=None)
-    parser.add_argument("--variants", default="shipped,no_table,cache_2gib,micro_batch_4,row_sync,compile",
-                        help=f"comma-separated from {list(VARIANTS)} or 'all'")
-    parser.add_argument("--table-workers", default="1,2", help="worker counts to time the size table with")
+    parser.add_argument("--compile", default="default", help="the fast path's torch.compile mode (CUDA only)")
+    parser.add_argument("--variants", default="all", help=f"comma-separated from {list(VARIANTS)} or 'all'")
+    parser.add_argument("--table-workers", default="", help="worker counts to time the size table with "
+                        "(besides the probe's fill with --size-workers)")
     parser.add_argument("--table-pairs", type=int, default=0, help="time the table on its first N pairs "
                         "(0: all) and extrapolate to the whole space")
+    parser.add_argument("--repeats", type=int, default=5, help="full evaluations timed per variant (median)")
+    parser.add_argument("--deadline-s", type=float, default=420.0, help="wall seconds for the whole run: the "
+                        "variants share what the probe leaves, each stops its search when its share is spent")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     parser.add_argument("--out", default="runs/throughput")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help=f"a small CPU run on the tests' tiny model: {' '.join(SMOKE)}")
+    args = parse_with_smoke(parser, SMOKE, argv)
+    started = time.perf_counter()
     variants = VARIANTS if args.variants == "all" else tuple(v for v in args.variants.split(",") if v)
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = SearchSpec(budget_bytes=10**12, model=args.model, space=args.space, generations=args.generations,
+    share_loaded_models()
+    from evo.modelio import auto_dtype_name, load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
+
+    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    reach = early_budget_range(SearchSpace.load(args.space), loaded)  # the probe's budget: within reach
+    spec = SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, model=args.model, space=args.space, generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=min(8, args.samples), screen_sequences=args.screen_sequences,
                       screen_tokens=args.screen_tokens, stages=parse_stages(args.stages) if args.stages else ())
 
-    # shared files and the budget, from a probe run directory
+    # shared files, the size table and the budget, from a probe run directory
     probe_dir = out / "probe"
     if probe_dir.exists():
         shutil.rmtree(probe_dir)
     probe = open_session(spec, probe_dir, resume=False, device=args.device,
                          status=lambda m: print(f"[probe] {m}", flush=True))
     report: dict = {"args": vars(args)}
+    tic = time.perf_counter()
+    probe.fill_size_table(workers=args.size_workers)
+    report["probe_size_table_seconds"] = time.perf_counter() - tic
+    print(f"[probe] size table: {report['probe_size_table_seconds']:.1f} s", flush=True)
 
-    # the size table's coding time per worker count, on a fresh cache each
     from evo.compress.size import SizeCache, SizeModel
     from evo.search.size_table import SizeTable
 
@@ -227,8 +377,6 @@ def main() -> int:
         seconds = time.perf_counter() - tic
         table_rows[workers] = {"pairs_timed": len(subset), "pairs_total": len(pairs), "seconds": seconds,
                                "seconds_whole_table": seconds * len(pairs) / len(subset)}
-        print(f"size table, {workers} worker(s): {len(subset)} of {len(pairs)} pairs in {seconds:.1f} s "
-              f"→ whole table ≈ {table_rows[workers]['seconds_whole_table']:.0f} s", flush=True)
     report["size_table"] = table_rows
 
     if args.budget_mb is None:
@@ -246,43 +394,37 @@ def main() -> int:
     del probe
 
     rows = {}
-    for name in variants:
-        print(f"[{name}] searching", flush=True)
-        rows[name], session = run_variant(name, spec, args, probe_dir)
+    for index, name in enumerate(variants):
+        left = args.deadline_s - (time.perf_counter() - started)
+        share = left / (len(variants) - index)
+        if share < 5:
+            rows[name] = {"skipped": f"deadline: {left:.0f} s left"}
+            continue
+        print(f"[{name}] searching for at most {share:.0f} s", flush=True)
+        # the share covers the search; warm-up and the timed full evaluations come on top: leave room
+        rows[name], session = run_variant(name, spec, args, probe_dir, 0.75 * share)
         if session is None:
             continue
         del session
+        gc.collect()  # the session's closures (timers) form cycles: free its level cache now
         if args.device.startswith("cuda"):
+            torch._dynamo.reset()  # each variant compiles afresh (and the recompile limit is its own)
             torch.cuda.empty_cache()
         print(f"[{name}] {json.dumps(rows[name])}", flush=True)
     report["variants"] = rows
 
-    sequences, tokens = rows.get("shipped", {}).get("full_stage_shape", (args.samples, args.seq_len))
+    sequences, tokens = next((r["full_stage_shape"] for r in rows.values() if "full_stage_shape" in r),
+                             (args.samples, args.seq_len))
     flops = flops_per_evaluation(info, hf_config, sequences, tokens)
     limit_ms = 1000 * flops / (args.peak_tflops * 1e12)
-    report["flop_limit"] = {"gflops": flops / 1e9, "peak_tflops": args.peak_tflops, "limit_ms": limit_ms}
-
-    print(f"\nbudget {budget / MB:.3f} MB; full evaluation {sequences} × {tokens} tokens = {flops / 1e9:.1f} GFLOP, "
-          f"limit {limit_ms:.2f} ms at {args.peak_tflops:g} TFLOP/s")
-    header = f"{'variant':<14}{'evals/s':>9}{'fwd+KL':>8}{'mater.':>8}{'size':>7}{'engine':>8}{'table s':>9}" \
-             f"{'full ms':>9}{'× limit':>11}{'recomp':>8}{'GPU GiB':>9}"
-    print(header)
-    for name, row in rows.items():
-        if "skipped" in row:
-            print(f"{name:<14}skipped: {row['skipped']}")
-            continue
-        share = row["share"]
-        full = row["per_stage"].get("2", {}).get("median_ms")
-        print(f"{name:<14}{row['evals_per_second']:>9.2f}{share.get('forward_kl', 0):>8.1%}"
-              f"{share.get('materialise', 0):>8.1%}{share.get('size', 0):>7.1%}{share.get('engine', 0):>8.1%}"
-              f"{row['size_table_seconds']:>9.1f}{full or float('nan'):>9.1f}"
-              f"{(full or float('nan')) / limit_ms:>11.1f}{row['recomputed']:>8d}"
-              f"{row.get('gpu_peak_gib', float('nan')):>9.2f}")
-        stages = ", ".join(f"stage {s}: {v['evals_per_second']:.2f}/s ({v['evaluations']})"
-                           for s, v in row["per_stage"].items())
-        print(f"{'':<14}{stages}")
+    report["flop_limit"] = {"gflops": flops / 1e9, "peak_tflops": args.peak_tflops, "limit_ms": limit_ms,
+                            "shape": [sequences, tokens]}
+    report["wall_seconds"] = time.perf_counter() - started
+    table = render(report, rows, budget, limit_ms, args)
+    print("\n" + table)
     (out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten {out / 'throughput.json'}")
+    (out / "throughput.md").write_text(f"# search_throughput\n\n`{' '.join(sys.argv)}`\n\n{table}\n")
+    print(f"\nwritten {out / 'throughput.json'} and {out / 'throughput.md'} in {report['wall_seconds']:.0f} s")
     return 0
 
 

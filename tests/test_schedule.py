@@ -42,7 +42,8 @@ def _journal(run_dir: Path) -> list[tuple]:
     return [(tuple(r["genome"]), r["stage"], r["quality"], r["size_bytes"]) for r in rows]
 
 
-def test_resume_with_the_schedule_equals_an_uninterrupted_run(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("fitness", ["ppl", "kl"])  # kl: the whole-batch forward + on-device KL path
+def test_resume_with_the_schedule_equals_an_uninterrupted_run(tiny_model_dir, tmp_path, fitness):
     corpus = _corpus(tmp_path / "corpus") if (tmp_path / "corpus").mkdir() is None else None
     from evo.modelio import load_model
     from evo.search.budget import early_budget_range
@@ -52,7 +53,7 @@ def test_resume_with_the_schedule_equals_an_uninterrupted_run(tiny_model_dir, tm
     reach = early_budget_range(SearchSpace.load("bits"), load_model(str(tiny_model_dir("llama"))))
     spec = SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, model=str(tiny_model_dir("llama")),
                       corpus=(str(corpus),), samples=6,
-                      seq_len=32, clusters=3, fitness="ppl", generations=2, population=4, screen_sequences=1, screen_tokens=16,
+                      seq_len=32, clusters=3, fitness=fitness, generations=2, population=4, screen_sequences=1, screen_tokens=16,
                       stages=parse_stages(STAGES), space="bits")
     probe = open_session(spec, tmp_path / "probe", resume=False)
     from evo.search.engines import Problem

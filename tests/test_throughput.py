@@ -85,4 +85,5 @@ def test_batched_kl_equals_the_old_row_by_row_kl(llama, batch_size):
 
 def test_compile_flag_is_ignored_on_cpu(llama):
     evaluator = _evaluator(*llama, compile=True)
-    assert evaluator._forward_model is evaluator.model
+    assert evaluator.fitness.compile == "default"
+    assert not evaluator.forward.compiled and "CUDA only" in evaluator.forward.fallback

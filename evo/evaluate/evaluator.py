@@ -13,7 +13,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from evo.compress.structure import apply_block_drop, replaced_modules
 from evo.constants import FINAL_STAGE, SCREEN_STAGE
 from evo.errors import EvoError
 from evo.evaluate.forward import Hook, forward_batches, per_batch, run_forward, token_batch
-from evo.evaluate.metrics import nll_sum, topk_kl
+from evo.evaluate.metrics import nll_sum
 from evo.evaluate.reference import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K, DenseReference
 from evo.types import ModelInfo
 
@@ -58,6 +58,9 @@ class FitnessConfig:
     batch_size: sequences per forward pass; None (the default) runs a stage's whole batch in one
         forward when its logits fit in a quarter of the free device memory, else the largest
         micro-batch that does.
+    compile: torch.compile of the forward and the KL on CUDA ("off", "default",
+        "max-autotune-no-cudagraphs", or "reduce-overhead" = with CUDA graphs), static shapes, one
+        graph per stage; eager on the CPU and whenever compiling fails (evaluate/fastforward.py).
     """
 
     metric: str = "kl"
@@ -66,8 +69,12 @@ class FitnessConfig:
     top_k: int = DEFAULT_TOP_K
     tail_samples: int = DEFAULT_TAIL_SAMPLES
     batch_size: int | None = None
+    compile: str = "off"
 
     def __post_init__(self) -> None:
+        from evo.evaluate.fastforward import check_compile_mode
+
+        check_compile_mode(self.compile)
         if self.metric not in METRICS:
             raise EvoError(f"FitnessConfig.metric={self.metric!r} is unknown: use one of {list(METRICS)}")
         for name in ("screen_sequences", "top_k"):
@@ -143,7 +150,8 @@ class Evaluator:
         reference must have been computed on them (needed for metric "kl"). stats: activation
         statistics for wanda/linf pruning. cache_bytes bounds the cache of dequantized weights
         (on the model's device). base_weights: the original tensors by name (e.g. a SizeModel's
-        weights); by default they are copied to the CPU here.
+        weights); by default they are copied to the CPU here. compile: overrides fitness.compile
+        (True = "default", False = "off").
     """
 
     def __init__(
@@ -157,10 +165,13 @@ class Evaluator:
         stats: Mapping[str, ActivationStats] | None = None,
         cache_bytes: int | None = DEFAULT_CACHE_BYTES,
         base_weights: Mapping[str, torch.Tensor] | None = None,
-        compile: bool = False,
+        compile: bool | str | None = None,
     ) -> None:
         if not isinstance(fitness, FitnessConfig):
             raise EvoError(f"fitness must be a FitnessConfig, got {type(fitness).__name__}")
+        if compile is not None:
+            mode = {True: "default", False: "off"}.get(compile, compile) if isinstance(compile, bool) else compile
+            fitness = replace(fitness, compile=mode)
         check_matches(model, info)
         self.model = model.eval()
         self.info = info
@@ -198,12 +209,12 @@ class Evaluator:
         self._seen: set[tuple[str, str]] = set()
         self._recomputed = 0  # (tensor, setting key) compressed once in this evaluator
         self._stats = EvaluationStats()
-        self._forward_model = self.model
         # (sequences, tokens) of the stages of a longer schedule (evo.search.schedule), over the defaults
         self.stage_shapes: dict[int, tuple[int, int]] = {}
-        if compile and self.device.type == "cuda":
-            # dynamic=False: the stage shapes are few and static; recompiles stay bounded
-            self._forward_model = torch.compile(self.model, dynamic=False)
+        from evo.evaluate.fastforward import FastForward
+
+        self.forward = FastForward(self.model, fitness.compile, self.device)
+        self._device_ids = self.token_ids.to(self.device)  # checked once here, copied to the device once
 
     def _check_reference(self, reference: DenseReference | None) -> DenseReference | None:
         if reference is None:
@@ -406,16 +417,28 @@ class Evaluator:
     def _batches(self, ids: torch.Tensor, progress: ProgressCallback | None):
         self._check_layer_drops(ids)
         size = self.micro_batch(*ids.shape)
-        return forward_batches(self._forward_model, ids, size, progress=per_batch(progress, size))
+        return forward_batches(self.model, ids, size, progress=per_batch(progress, size))
 
     def _kl(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:
+        """Mean KL over ids [n, L] (the first n calibration sequences cut to L tokens): micro-batches
+        of micro_batch() sequences (the whole stage when it fits), each batch's KL summed on the
+        device; the host reads the total once."""
+        self._check_layer_drops(ids)
         sequences, tokens = ids.shape
-        # float64 on the device: thousands of positions lose nothing, and the host syncs once
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for start, batch, logits in self._batches(ids, progress):
-            rows = slice(start, start + batch.shape[0])
-            kl = topk_kl(logits, *(part[rows, :tokens] for part in self._reference_rows))
-            total += kl.double().sum()
+        size = self.micro_batch(sequences, tokens)
+        batches = -(-sequences // size)
+        total = None
+        if progress:
+            progress(0, batches)
+        for number, start in enumerate(range(0, sequences, size)):
+            rows = slice(start, min(start + size, sequences))
+            # dropped blocks are swapped modules: compiled graphs would recompile per drop pattern
+            logits = self.forward.logits(self._device_ids[rows, :tokens], eager=bool(self._replaced))
+            part = self.forward.kl_sum(logits, *(ref[rows, :tokens] for ref in self._reference_rows))
+            total = part if total is None else total + part
+            del logits
+            if progress:
+                progress(number + 1, batches)
         return float(total) / (sequences * tokens)
 
     def _perplexity(self, ids: torch.Tensor, progress: ProgressCallback | None) -> float:

@@ -64,3 +64,18 @@ def topk_kl(
         inside = (torch.expm1(log_rho) - log_rho).mean(-1)
         tail = tail + (log_p_tail.double().exp() * inside).float()
     return kl + torch.where(empty_tail, torch.zeros_like(tail), tail)
+
+
+def topk_kl_sum(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ topk_kl over every position of a batch, as a float64 0-d tensor on the logits' device:
+    the evaluator's whole-batch reduction, read by the host once per evaluation. The same
+    estimate as topk_kl (it is topk_kl, summed in float64), written as one function so that
+    torch.compile can fuse the float32 log-softmax, the gathers and the tail's log-sum-exp."""
+    return topk_kl(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()

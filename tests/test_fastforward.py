@@ -1,0 +1,154 @@
+"""The fast forward + KL path (evaluate/fastforward.py): its KL equals the old path's (micro-batches
+of 4 through forward_batches, KL row by row, a host sync per row) to 1e-5 at every stage shape;
+torch.compile falls back to the eager forward on the CPU and when compiling fails, with the same
+numbers; an unknown compile mode is an EvoError."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from evo.compress import TensorSetting
+from evo.compress.config import CompressionConfig, LayerConfig
+from evo.constants import FINAL_STAGE, SCREEN_STAGE
+from evo.errors import EvoError
+from evo.evaluate.evaluator import Evaluator, FitnessConfig
+from evo.evaluate.fastforward import FastForward
+from evo.evaluate.forward import forward_batches
+from evo.evaluate.metrics import topk_kl, topk_kl_sum
+from evo.evaluate.reference import DenseReference
+from evo.modelio import load_model
+
+TOKENS = np.random.default_rng(5).integers(3, 259, size=(7, 24))
+CONFIGS = (
+    CompressionConfig(default=TensorSetting(bits=3, group_size=32),
+                      layers={0: LayerConfig(drop="mlp", attention=TensorSetting(bits=2, group_size=32))}),
+    CompressionConfig(default=TensorSetting(bits=4, group_size=32), embedding=TensorSetting(bits=6)),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    directory = tiny_model_dir("llama")
+    loaded = load_model(str(directory))
+    reference = DenseReference.compute(loaded.model, TOKENS, top_k=8, tail_samples=4)
+    return directory, loaded.info, reference
+
+
+def _evaluator(tiny, **fitness):
+    directory, info, reference = tiny
+    config = FitnessConfig(metric="kl", screen_sequences=3, screen_tokens=11, top_k=8, tail_samples=4, **fitness)
+    return Evaluator(load_model(str(directory)).model, info, TOKENS, config, reference)
+
+
+@torch.no_grad()
+def _old_path_kl(evaluator, reference, sequences, tokens):
+    """The evaluator before the fast path: forward_batches 4 sequences at a time from CPU ids,
+    topk_kl of one sequence at a time, its sum read by the host each time."""
+    total = 0.0
+    ids = torch.as_tensor(TOKENS[:sequences, :tokens], dtype=torch.long)
+    for start, batch, logits in forward_batches(evaluator.model, ids, 4):
+        for row in range(batch.shape[0]):
+            seq = start + row
+            kl = topk_kl(logits[row], reference.topk_ids[seq, :tokens].long(),
+                         reference.topk_logprobs[seq, :tokens].float(), reference.tail_logprob[seq, :tokens].float(),
+                         reference.tail_ids[seq, :tokens].long(), reference.tail_logprobs[seq, :tokens].float())
+            total += float(kl.double().sum())
+    return total / (sequences * tokens)
+
+
+@pytest.mark.parametrize("stage", [SCREEN_STAGE, 3, FINAL_STAGE])
+def test_fast_kl_equals_the_old_path(tiny, stage):
+    evaluator = _evaluator(tiny)
+    evaluator.stage_shapes = {3: (5, 17)}  # a middle stage of a schedule: neither the screen nor everything
+    sequences, tokens = evaluator.stage_shape(stage)
+    assert evaluator.micro_batch(sequences, tokens) == sequences  # the whole stage in one forward
+    for config in CONFIGS:
+        fast = evaluator.evaluate(config, stage)
+        old = _old_path_kl(evaluator, tiny[2], sequences, tokens)  # on the model evaluate() materialised
+        assert fast > 0
+        assert fast == pytest.approx(old, rel=1e-5, abs=1e-8)
+
+
+def test_topk_kl_sum_is_the_summed_estimate(tiny):
+    reference = tiny[2]
+    logits = torch.randn(2, 24, tiny[1].vocab_size)
+    parts = (reference.topk_ids[:2].long(), reference.topk_logprobs[:2], reference.tail_logprob[:2],
+             reference.tail_ids[:2].long(), reference.tail_logprobs[:2])
+    summed = topk_kl_sum(logits, *parts)
+    assert summed.dtype == torch.float64 and summed.ndim == 0
+    assert float(summed) == pytest.approx(float(topk_kl(logits, *parts).double().sum()), rel=1e-12)
+
+
+def test_compile_falls_back_on_cpu_without_error(tiny):
+    eager = _evaluator(tiny)
+    for mode in ("default", "reduce-overhead"):
+        asked = _evaluator(tiny, compile=mode)
+        assert not asked.forward.compiled and "CUDA only" in asked.forward.fallback
+        assert asked.evaluate(CONFIGS[0]) == eager.evaluate(CONFIGS[0])
+
+
+def test_a_failing_compile_falls_back_to_the_eager_forward(tiny, monkeypatch):
+    model = load_model(str(tiny[0])).model.eval()
+    ids = torch.as_tensor(TOKENS[:2], dtype=torch.long)
+    expected = model(input_ids=ids, use_cache=False).logits
+
+    def broken(function, **_):
+        def run(*args, **kwargs):
+            raise RuntimeError("inductor: no C compiler")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    forward = FastForward(model, "default", device=torch.device("cuda"))  # as if on a GPU: compiling is tried
+    assert forward.compiled
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        logits = forward.logits(ids)
+    assert torch.equal(logits, expected)
+    assert not forward.compiled and "no C compiler" in forward.fallback
+
+
+def test_unknown_compile_mode_is_refused():
+    with pytest.raises(EvoError, match="compile mode"):
+        FitnessConfig(compile="fast")
+
+
+def test_genomes_with_dropped_blocks_bypass_the_compiled_forward(tiny, monkeypatch):
+    calls = []
+
+    def counting(function, **_):
+        def run(*args, **kwargs):
+            calls.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", counting)
+    evaluator = _evaluator(tiny)
+    expected = [evaluator.evaluate(config) for config in CONFIGS]
+    evaluator.forward = FastForward(evaluator.model, "default", device=torch.device("cuda"))  # compiled, as on a GPU
+    dropping, plain = CONFIGS  # CONFIGS[0] drops layer 0's MLP
+    assert evaluator.evaluate(dropping) == pytest.approx(expected[0], rel=1e-6)
+    assert "_eager_forward" not in calls and "topk_kl_sum" in calls  # swapped modules: eager forward, compiled KL
+    calls.clear()
+    assert evaluator.evaluate(plain) == pytest.approx(expected[1], rel=1e-6)
+    assert "_eager_forward" in calls
+
+
+def test_search_samples_default_depends_on_the_device_and_is_stated():
+    from evo.cli import build_parser
+    from evo.cli.search import CPU_SAMPLES, CUDA_SAMPLES, _search_spec
+
+    parser = build_parser()
+    cpu = parser.parse_args(["search", "--budget-mb", "70", "--device", "cpu"])
+    assert _search_spec(cpu).samples == CPU_SAMPLES < CUDA_SAMPLES
+    given = parser.parse_args(["search", "--budget-mb", "70", "--device", "cpu", "--samples", "16"])
+    assert _search_spec(given).samples == 16
+    import io
+    from contextlib import redirect_stdout
+
+    text = io.StringIO()
+    with redirect_stdout(text), pytest.raises(SystemExit):
+        parser.parse_args(["search", "--help"])
+    assert f"{CUDA_SAMPLES} on CUDA, {CPU_SAMPLES} on the CPU" in " ".join(text.getvalue().split())
