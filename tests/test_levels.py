@@ -41,3 +41,107 @@ def test_batched_gptq_equals_per_tensor_gptq_bit_for_bit(act_order, grid):
             assert torch.equal(got.zeros, alone.zeros)
     pruned = batched[-1]
     assert bool((pruned.codes[masked] == pruned.zeros.float().repeat_interleave(32, 1)[masked]).all())
+
+
+# --- a gptq search on a tiny model ------------------------------------------------------------------
+
+import json
+import random
+from pathlib import Path
+
+from evo.errors import EvoError
+
+GPTQ_SPACE = """
+name = "tiny-gptq"
+granularity = "group"
+[quantization]
+group_size = 32
+prune_criterion = "wanda"
+[genes]
+bits = [2, 3, 4]
+rescale = [1.0, 1.25]
+sparsity = [0.0, 0.25]
+quantizer = ["rtn", "gptq"]
+[structure]
+drop = ["none", "mlp"]
+[embedding]
+bits = [4, 8]
+"""
+
+
+def _corpus(directory: Path) -> Path:
+    (directory / "prose.txt").write_text("The quick brown fox jumps over the lazy dog. " * 60)
+    (directory / "code.txt").write_text("def f(x):\n    return x * 2 + 1\n\n" * 80)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def gptq_setup(tiny_model_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("gptq")
+    space = base / "space.toml"
+    space.write_text(GPTQ_SPACE)
+    corpus = _corpus(base / "corpus" if (base / "corpus").mkdir() is None else base)
+    return str(tiny_model_dir("llama")), str(space), str(corpus), base
+
+
+def _spec(setup, budget_mb, generations=2):
+    from evo.search.loop import SearchSpec
+
+    model, space, corpus, _ = setup
+    return SearchSpec(budget_bytes=int(budget_mb * 1e6), model=model, corpus=(corpus,), space=space,
+                      generations=generations, population=4, samples=4, seq_len=32, clusters=2,
+                      screen_sequences=2, screen_tokens=16, fitness="kl")
+
+
+def _budget(setup) -> float:
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
+
+    reach = early_budget_range(SearchSpace.load(setup[1]), load_model(setup[0]))
+    return (reach.smallest + 0.5 * (reach.largest - reach.smallest)) / 1e6
+
+
+def test_gptq_search_levels_hessians_and_export(gptq_setup, tmp_path):
+    from evo.search.loop import open_session, run_search
+
+    budget = _budget(gptq_setup)
+    run_dir = tmp_path / "run"
+    session = open_session(_spec(gptq_setup, budget), run_dir, resume=False)
+    seen = []
+    result = run_search(session, size_workers=2, on_table=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1] == len(session.size_table.pairs())
+    stats = session.evaluator.stats
+    assert stats.recomputed == 0 and stats.compressed == 0 and stats.swapped > 0
+    assert session.levels.summary.counts["device"] == len(session.levels)
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["hessians"]["digest"] == session.hessians.digest
+    hessian_files = {p.name: p.stat().st_mtime_ns for p in (run_dir / "hessians").iterdir()}
+    assert "meta.json" in hessian_files
+
+    # the table's size of random genomes equals the bytes export's path writes (gptq included)
+    from evo.compress.model import compress_and_write
+    from evo.modelio import load_model
+
+    rng = random.Random(0)
+    table = session.size_table
+    for n in range(3):
+        genome = tuple(rng.randrange(len(g.choices)) for g in session.genes)
+        config = session.config_of(genome)
+        loaded = load_model(gptq_setup[0])
+        summary = compress_and_write(loaded, config, tmp_path / f"art{n}", stats=session.activation_stats,
+                                     hessians=session.hessians)
+        written = sum(p.stat().st_size for p in (tmp_path / f"art{n}").iterdir())
+        assert table.artifact_bytes(genome) == summary.total_bytes == written
+
+    # a resumed run reuses the Hessians (files untouched) and ends with the uninterrupted run's front
+    session.lock.release()
+    longer = open_session(_spec(gptq_setup, budget, generations=3), run_dir, resume=True, extend=True)
+    resumed = run_search(longer)
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "hessians").iterdir()} == hessian_files
+    assert longer.hessians.digest == session.hessians.digest
+    straight = run_search(open_session(_spec(gptq_setup, budget, generations=3), tmp_path / "straight",
+                                       resume=False))
+    assert [(p.genome, p.quality, p.size_bytes) for p in resumed.front] == \
+        [(p.genome, p.quality, p.size_bytes) for p in straight.front]
+    assert longer.evaluator.stats.recomputed == 0
