@@ -70,10 +70,12 @@ def artifact_ppl(directory: Path, ids: np.ndarray, args) -> float:
 
 
 def write_and_measure(loaded, config: CompressionConfig, directory: Path, ids: np.ndarray, args, *, stats=None,
-                       size_cache=None) -> dict:
-    """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL."""
+                       size_cache=None, hessians=None) -> dict:
+    """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL
+    (`hessians`: the run's, for gptq levels)."""
     twin = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-    summary = compress_and_write(twin, config, directory, stats=stats, size_cache=size_cache, overwrite=True)
+    summary = compress_and_write(twin, config, directory, stats=stats, hessians=hessians, size_cache=size_cache,
+                                 overwrite=True)
     del twin
     free_gpu()
     on_disk = bytes_on_disk(directory)

@@ -145,3 +145,59 @@ def test_gptq_search_levels_hessians_and_export(gptq_setup, tmp_path):
     assert [(p.genome, p.quality, p.size_bytes) for p in resumed.front] == \
         [(p.genome, p.quality, p.size_bytes) for p in straight.front]
     assert longer.evaluator.stats.recomputed == 0
+
+
+def test_tiers_give_the_old_evaluators_quality_and_restore_leaves_levels_intact(gptq_setup, tmp_path):
+    from evo.search.levels import LevelStore
+    from evo.search.loop import open_session
+
+    session = open_session(_spec(gptq_setup, _budget(gptq_setup), generations=0), tmp_path / "run", resume=False)
+    session.fill_size_table(workers=1)
+    evaluator, levels = session.evaluator, session.levels
+    rng = random.Random(3)
+    configs = [session.config_of(tuple(rng.randrange(len(g.choices)) for g in session.genes)) for _ in range(3)]
+    snapshot = {pair: levels.weight(*pair)[0].clone() for pair in list(levels._levels)[:40]}
+    originals = {name: p.detach().clone() for name, p in session.loaded.model.named_parameters()}
+
+    with_levels = [evaluator.evaluate(c) for c in configs]
+    assert evaluator.stats.compressed == 0 and evaluator.stats.recomputed == 0
+    evaluator.restore()
+    for pair, before in snapshot.items():
+        assert torch.equal(levels.weight(*pair)[0], before), pair
+    for name, p in session.loaded.model.named_parameters():
+        assert torch.equal(p, originals[name]), name
+
+    # the codes tier (dequantized on the fly, copied into the parameters' own storage) scores the same
+    codes = LevelStore(session.size_table, device="cpu", dtype=torch.float32, hessians=session.hessians,
+                       device_bytes=0, host_bytes=0)
+    codes.build(workers=1)
+    assert codes.summary.counts["codes"] == len(codes) and codes.summary.sizes_coded == 0
+    evaluator.levels = codes
+    assert [evaluator.evaluate(c) for c in configs] == with_levels
+    evaluator.restore()
+    for name, p in session.loaded.model.named_parameters():
+        assert torch.equal(p, originals[name]), name
+    evaluator.levels = levels
+    assert [evaluator.evaluate(c) for c in configs] == with_levels
+    session.lock.release()
+
+
+def test_space_file_quantizer_fixed_or_gene_and_the_embedding_takes_rtn(tmp_path):
+    from evo.search.levels import space_needs_hessians
+    from evo.search.space import SearchSpace
+
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text('[quantization]\nquantizer = "gptq"\n[genes]\nbits = [3, 4]\n[embedding]\nbits = [4]\n')
+    space = SearchSpace.load(str(fixed))
+    assert space.base.quantizer == "gptq" and space_needs_hessians(space)
+    assert space.setting({"bits": 3}).quantizer == "gptq"
+    assert space.setting({"bits": 4}, key="embedding.bits").quantizer == "rtn"
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    gene = tmp_path / "gene.toml"
+    gene.write_text('[genes]\nbits = [3]\nquantizer = ["rtn", "mse"]\n')
+    assert not space_needs_hessians(SearchSpace.load(str(gene)))
+    assert "quantizer" not in SearchSpace.load("bits").to_dict()["quantization"]  # rtn spaces: as before
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[quantization]\nquantizer = "awq"\n')
+    with pytest.raises(EvoError, match="quantizer"):
+        SearchSpace.load(str(bad))

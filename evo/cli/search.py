@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                               f"{len(session.store)} evaluations journaled)")
             result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
                                 on_table=lambda done, total: display.step(
-                                    StepProgress("size table (coding every tensor x setting)", done, total, "pairs")))
+                                    StepProgress("levels (quantizing and coding every tensor x setting)", done, total, "levels")))
     except KeyboardInterrupt:
         console.print(f"interrupted: every finished evaluation is journaled in {run_dir}; "
                       f"continue with `evo search --resume {run_dir}` (it takes the run's own settings)",
