@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -40,6 +41,13 @@ from evo.evaluate.stats import collect_activation_stats  # noqa: E402
 from evo.search.levels import LevelStore  # noqa: E402
 from evo.search.size_table import SizeTable  # noqa: E402
 from evo.search.space import SearchSpace  # noqa: E402
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the entropy-coding workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _sync(device: torch.device) -> None:
@@ -123,7 +131,7 @@ def main() -> int:
         hessians = collect_hessians(model, info, tokens, workdir / "hessians")
         _sync(device)
         results["hessians_seconds"] = time.perf_counter() - tic
-        print(f"Hessians: {results['hessians_seconds']:.1f} s ({args.samples} x {args.seq_len} tokens)")
+        print(f"Hessians: {results['hessians_seconds']:.1f} s ({args.samples} x {args.seq_len} tokens)", flush=True)
 
     for quantizer in quantizers:
         space = replace(base_space, base=replace(base_space.base, quantizer=quantizer))
@@ -132,23 +140,30 @@ def main() -> int:
         table = limited_table(space, loaded, size_model, layers)
         store = LevelStore(table, device=device, dtype=dtype, hessians=hessians)
         _sync(device)
+        cpu = _cpu_seconds()
         summary = store.build(workers=args.workers)
         _sync(device)
+        cpu = _cpu_seconds() - cpu
         done = layers or n_layers
         row = {"levels": summary.levels, "seconds": summary.seconds, "sizes_coded": summary.sizes_coded,
                "tiers": summary.counts, "tier_bytes": summary.bytes, "layers": done,
-               "seconds_all_layers": summary.seconds * n_layers / done}
+               "seconds_all_layers": summary.seconds * n_layers / done, "cpu_seconds": cpu,
+               "cpu_seconds_all_layers": cpu * n_layers / done}
         if layers is not None:  # the embedding/head levels once, not scaled with the layers
             other = LevelStore(limited_table(space, loaded, size_model, layers, "other"), device=device,
                                dtype=dtype, hessians=hessians)
+            cpu = _cpu_seconds()
             extra = other.build(workers=args.workers)
+            cpu = _cpu_seconds() - cpu
             row["embedding_seconds"] = extra.seconds
             row["seconds_all_layers"] += extra.seconds
+            row["cpu_seconds_all_layers"] += cpu
             del other
         results["precompute"][quantizer] = row
         print(f"precompute {quantizer}: {summary.levels} levels of {done}/{n_layers} layers in "
               f"{summary.seconds:.1f} s (+ embedding/head {row.get('embedding_seconds', 0):.1f} s; whole space ≈ "
-              f"{row['seconds_all_layers']:.0f} s); tiers {summary.counts}")
+              f"{row['seconds_all_layers']:.0f} s wall, {row['cpu_seconds_all_layers']:.0f} s CPU); "
+              f"tiers {summary.counts}", flush=True)
         if args.materialise and layers is None and quantizer == "rtn":
             results["materialise"] = materialise(loaded, tokens, stats, space, table, store, args)
         del store, table, size_model

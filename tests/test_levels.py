@@ -134,8 +134,15 @@ def test_gptq_search_levels_hessians_and_export(gptq_setup, tmp_path):
         written = sum(p.stat().st_size for p in (tmp_path / f"art{n}").iterdir())
         assert table.artifact_bytes(genome) == summary.total_bytes == written
 
-    # a resumed run reuses the Hessians (files untouched) and ends with the uninterrupted run's front
+    # evo export writes the recorded bytes (it refuses otherwise), with the run's Hessians
+    from evo.search.exporting import export_run
+
     session.lock.release()
+    exported = export_run(run_dir, tmp_path / "export")
+    assert exported.summary.total_bytes == result.best.size_bytes
+    assert "gptq" in json.dumps(result.best.config)  # the exported point has gptq levels
+
+    # a resumed run reuses the Hessians (files untouched) and ends with the uninterrupted run's front
     longer = open_session(_spec(gptq_setup, budget, generations=3), run_dir, resume=True, extend=True)
     resumed = run_search(longer)
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "hessians").iterdir()} == hessian_files
@@ -145,6 +152,14 @@ def test_gptq_search_levels_hessians_and_export(gptq_setup, tmp_path):
     assert [(p.genome, p.quality, p.size_bytes) for p in resumed.front] == \
         [(p.genome, p.quality, p.size_bytes) for p in straight.front]
     assert longer.evaluator.stats.recomputed == 0
+
+    # Hessians of other tokens are refused in one line, before anything is evaluated
+    longer.lock.release()
+    spec = json.loads((run_dir / "spec.json").read_text())
+    spec["hessians"]["digest"] = "h1-other"
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(EvoError, match="Hessians"):
+        open_session(_spec(gptq_setup, budget, generations=3), run_dir, resume=True)
 
 
 def test_tiers_give_the_old_evaluators_quality_and_restore_leaves_levels_intact(gptq_setup, tmp_path):

@@ -366,7 +366,8 @@ def open_session(
         session = SearchSession(store, spec, loaded, space, calibration, evaluator, size_model, stats, genes, say)
         tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
         if rewrite_spec:
-            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+            # other records (the Hessians' digest, evo.search.levels) stay
+            store.write_json(SPEC_FILE, {**store.spec(), "search": spec.to_dict(), "space": space.to_dict()})
     except EvoError:
         if created and len(store) == 0:
             remove_run_directory(run_dir, lock)  # refused before any evaluation: leave nothing behind
