@@ -118,7 +118,12 @@ def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, d
     step_g = torch.ones(rows, n_groups_max, dtype=torch.float32, device=device)
     zero_g = torch.zeros(rows, n_groups_max, dtype=torch.float32, device=device)
     top = torch.ones(rows, dtype=torch.float32, device=device)
-    group_cols = torch.zeros(rows, in_features, dtype=torch.long, device=device)  # a row's group of each column
+    # the group of each (permuted) column, per distinct group size, and each row's group size
+    sizes = sorted({effective_group_size(in_features, job.setting.group_size) for job in jobs})
+    col_groups = torch.stack([torch.arange(in_features, device=device) // g for g in sizes])
+    if perm is not None:
+        col_groups = col_groups[:, perm]
+    row_size = torch.zeros(rows, dtype=torch.long, device=device)
     stores = []
     for job, start in zip(jobs, offsets):
         setting = job.setting
@@ -142,16 +147,13 @@ def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, d
             step_g[part, :n_groups] = scales.float()
             if zeros is not None:
                 zero_g[part, :n_groups] = zeros.float()
-        g = effective_group_size(in_features, setting.group_size)
-        groups_of = torch.arange(in_features, device=device) // g
+        row_size[part] = sizes.index(effective_group_size(in_features, setting.group_size))
         if perm is not None:
             job_w = job_w[:, perm]
             job_mask = job_mask[:, perm] if job_mask is not None else None
-            groups_of = groups_of[perm]
         w[part] = job_w
         if job_mask is not None:
             mask[part] = job_mask
-        group_cols[part] = groups_of
         top[part] = float(2 * symmetric_midpoint(setting.bits) if setting.symmetric else (1 << setting.bits) - 1)
         stores.append((scales, zeros))
     mid = top / 2 if kind == "sym" else None  # the symmetric zero code 2^(b-1) - 1 is half the top code
@@ -179,7 +181,7 @@ def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, d
                     if zeros is not None:
                         zeros[:, k] = found.zeros[:, 0]
                         zero_g[part, k] = zeros[:, k].float()
-            k_rows = group_cols[:, col]
+            k_rows = col_groups[:, col][row_size]
             step = step_g[row_index, k_rows]
             x = w1[:, i]
             if kind == "sym":
