@@ -104,6 +104,8 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--materialise", type=int, default=20, help="random genomes to materialise before/after "
                         "(rtn; needs every layer: --layers all); 0 skips it")
+    parser.add_argument("--check", type=int, default=8, help="gptq levels compared bit for bit with the "
+                        "per-tensor gptq of evo compress/export (0 skips)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -164,6 +166,9 @@ def main() -> int:
               f"{summary.seconds:.1f} s (+ embedding/head {row.get('embedding_seconds', 0):.1f} s; whole space ≈ "
               f"{row['seconds_all_layers']:.0f} s wall, {row['cpu_seconds_all_layers']:.0f} s CPU); "
               f"tiers {summary.counts}", flush=True)
+        if args.check and quantizer == "gptq":
+            row["checked_equal"] = check_levels(store, table, stats, hessians, args.check, args.seed)
+            print(f"gptq levels equal to per-tensor gptq: {row['checked_equal']} of {args.check}", flush=True)
         if args.materialise and layers is None and quantizer == "rtn":
             results["materialise"] = materialise(loaded, tokens, stats, space, table, store, args)
         del store, table, size_model
@@ -172,6 +177,24 @@ def main() -> int:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
     return 0
+
+
+def check_levels(store, table, stats, hessians, count: int, seed: int) -> int:
+    """How many of `count` random gptq levels equal compress_tensor's per-tensor gptq (what evo compress
+    and evo export write), weight for weight."""
+    from evo.compress.apply import compress_tensor
+    from evo.compress.plan import hessian_for, needs_hessian_for, stats_for
+
+    pairs = [pair for pair in table.pairs() if needs_hessian_for(pair[1])]
+    rng = random.Random(seed)
+    equal = 0
+    for source, setting in rng.sample(pairs, min(count, len(pairs))):
+        weight = table.size_model.weights[source].to(store.device)
+        alone = compress_tensor(weight, setting, stats_for(stats, source, setting),
+                                hessian_for(hessians, source, setting).to(store.device))
+        level, _ = store.weight(source, setting)
+        equal += bool(torch.equal(alone.dequantized().to(store.device, store.dtype), level))
+    return equal
 
 
 def materialise(loaded, tokens, stats, space, table, store, args) -> dict:

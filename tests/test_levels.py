@@ -19,12 +19,17 @@ def _hessian(features: int, seed: int) -> torch.Tensor:
     return x.T @ x / x.shape[0]
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("act_order,grid", [(True, "mse"), (False, "rtn"), (False, "mse")])
-def test_batched_gptq_equals_per_tensor_gptq_bit_for_bit(act_order, grid):
+def test_batched_gptq_equals_per_tensor_gptq_bit_for_bit(act_order, grid, device):
     features = 96
-    h = _hessian(features, 0)
+    h = _hessian(features, 0).to(device)
     g = torch.Generator().manual_seed(1)
-    weights = [torch.randn(rows, features, generator=g) * 0.05 for rows in (48, 24, 70)]  # q, k, a ragged one
+    weights = [(torch.randn(rows, features, generator=g) * 0.05).to(device)
+               for rows in (48, 24, 70)]  # q, k, a ragged one
     settings = [TensorSetting(bits=b, group_size=32, rescale=r) for b in (2, 3, 4) for r in (0.9, 1.25)]
     settings += [TensorSetting(bits=3, group_size=32, symmetric=True), TensorSetting(bits=4, group_size=None),
                  TensorSetting(bits=3, group_size=32, zero_point="float"), TensorSetting(bits=8, group_size=64)]
