@@ -239,9 +239,11 @@ def space_spec(args) -> str:
 
         original = Path(args.space) if Path(args.space).is_file() else SPACES_DIR / f"{args.space}.toml"
         lines = [line for line in original.read_text().splitlines() if not line.strip().startswith("quantizer")]
-        if "[quantization]" not in lines:
+        tables = [i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[quantization]"]
+        if not tables:
             lines += ["", "[quantization]"]
-        at = lines.index("[quantization]") + 1
+            tables = [len(lines) - 1]
+        at = tables[0] + 1
         lines.insert(at, f'quantizer = "{args.quantizer}"')
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(lines) + "\n")
