@@ -70,10 +70,12 @@ def artifact_ppl(directory: Path, ids: np.ndarray, args) -> float:
 
 
 def write_and_measure(loaded, config: CompressionConfig, directory: Path, ids: np.ndarray, args, *, stats=None,
-                       size_cache=None) -> dict:
-    """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL."""
+                       size_cache=None, hessians=None) -> dict:
+    """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL
+    (`hessians`: the run's, for gptq levels)."""
     twin = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-    summary = compress_and_write(twin, config, directory, stats=stats, size_cache=size_cache, overwrite=True)
+    summary = compress_and_write(twin, config, directory, stats=stats, hessians=hessians, size_cache=size_cache,
+                                 overwrite=True)
     del twin
     free_gpu()
     on_disk = bytes_on_disk(directory)
@@ -129,10 +131,18 @@ def progress_printer(say, every: int):
     return on_progress
 
 
-def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None = None) -> bool:
+def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None = None, spec=None) -> bool:
     """Make a run directory whose size cache is the benchmark's shared one; a new run may start from
-    another run's calibration set, statistics and dense reference. Returns whether it resumes."""
+    another run's calibration set, statistics and dense reference. Returns whether it resumes. A new
+    run (with `spec`) is created as evo creates one (atomically, spec.json first), then opened as a
+    resume: evo refuses to start a run in a directory that already holds files."""
     resume = is_run(run_dir)
+    if not resume and spec is not None:
+        from evo.search.lifecycle import create_run_directory
+        from evo.search.space import SearchSpace
+
+        create_run_directory(run_dir, {"search": spec.to_dict(),
+                                       "space": SearchSpace.load(spec.space).to_dict()}).release()
     run_dir.mkdir(parents=True, exist_ok=True)
     link = run_dir / SIZE_CACHE_DIR
     if not link.exists() and not link.is_symlink():
@@ -145,9 +155,9 @@ def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None =
 
 
 def search(spec: SearchSpec, run_dir: Path, args, say, share_from: Path | None = None):
-    resume = prepare_run_dir(run_dir, Path(args.out) / SIZE_CACHE_DIR, share_from)
+    prepare_run_dir(run_dir, Path(args.out) / SIZE_CACHE_DIR, share_from, spec=spec)
     tic = time.perf_counter()
-    session = open_session(spec, run_dir, resume=resume, device=args.device, status=say)
+    session = open_session(spec, run_dir, resume=True, device=args.device, status=say)
     searching = time.perf_counter()
     result = run_search(session, on_progress=progress_printer(say, every=max(1, spec.population * 2)))
     seconds = time.perf_counter() - tic

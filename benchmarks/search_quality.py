@@ -2,12 +2,12 @@
 the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal layers removed.
 
     python benchmarks/search_quality.py --device cuda --seeds 3 --generations 8 --population 16 \
-        --out runs/search_quality [--jobs 4] [--skip-evop]
+        --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq]
 
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
              artifacts; the 3-bit artifact's bytes on disk are the search budget.
-  seedS      evo's DEAP search (space `default`) at that budget, then random search given exactly
+  seedS      evo's DEAP search (--space, default `default`; --quantizer sets its quantizer) at that budget, then random search given exactly
              as many evaluations as the DEAP run's journal holds. DEAP's count includes its cheap
              stage-1 screens (a few sequences × 128 tokens) while every random evaluation is a
              full one, which favours random search. Both share the seed's CCDS calibration set.
@@ -61,7 +61,7 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     say = say_as(f"seed{seed}")
     out = Path(args.out) / f"seed{seed}"
     budget = baselines[f"uniform{UNIFORM_LOW}"]["bytes"]
-    spec = SearchSpec(budget_bytes=budget, model=args.model, space="default", engine="deap",
+    spec = SearchSpec(budget_bytes=budget, model=args.model, space=space_spec(args), engine="deap",
                       generations=args.generations, population=args.population, seed=seed)
     result: dict = {"seed": seed, "budget_bytes": budget}
 
@@ -72,7 +72,8 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     session.evaluator.restore()
     best = CompressionConfig.from_dict(deap.best.config)
     measured = write_and_measure(session.loaded, best, out / "deap" / "export", ids, args,
-                                  stats=session.activation_stats, size_cache=session.size_model.size_cache)
+                                  stats=session.activation_stats, size_cache=session.size_model.size_cache,
+                                  hessians=session.hessians)
     entries = journal(out / "deap")
     evaluations = len(entries)
     result["deap"] = {**measured, "kl": deap.best.quality, "recorded_bytes": deap.best.size_bytes,
@@ -90,7 +91,8 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
                                      share_from=out / "deap")
     best = CompressionConfig.from_dict(rand.best.config)
     measured = write_and_measure(session.loaded, best, out / "random" / "export", ids, args,
-                                  stats=session.activation_stats, size_cache=session.size_model.size_cache)
+                                  stats=session.activation_stats, size_cache=session.size_model.size_cache,
+                                  hessians=session.hessians)
     result["random"] = {**measured, "kl": rand.best.quality, "recorded_bytes": rand.best.size_bytes,
                         "evaluations": len(journal(out / "random")), "seconds": seconds,
                         "choice": describe_choice(best, session.loaded.info)}
@@ -221,7 +223,33 @@ def job(args, name: str) -> dict:
 
 
 def script_argv(args) -> list[str]:
-    return common_argv(__file__, args)
+    return common_argv(__file__, args) + ["--space", args.space] + (
+        ["--quantizer", args.quantizer] if args.quantizer else [])
+
+
+def space_spec(args) -> str:
+    """The searched space: --space as given, or with --quantizer a copy of it whose [quantization]
+    names that quantizer (written under --out/spaces, so every job and a resume read the same file)."""
+    if not args.quantizer:
+        return args.space
+    source = SearchSpace.load(args.space)
+    path = Path(args.out) / "spaces" / f"{source.name}-{args.quantizer}.toml"
+    if not path.exists():
+        from evo.search.space import SPACES_DIR
+
+        original = Path(args.space) if Path(args.space).is_file() else SPACES_DIR / f"{args.space}.toml"
+        lines = [line for line in original.read_text().splitlines() if not line.strip().startswith("quantizer")]
+        tables = [i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[quantization]"]
+        if not tables:
+            lines += ["", "[quantization]"]
+            tables = [len(lines) - 1]
+        at = tables[0] + 1
+        lines.insert(at, f'quantizer = "{args.quantizer}"')
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        if SearchSpace.load(str(path)).base.quantizer != args.quantizer:
+            raise SystemExit(f"{path}: could not set the quantizer")
+    return str(path.resolve())
 
 
 def main() -> None:
@@ -234,6 +262,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64 * SEQ_LEN, help="WikiText-2 tokens for perplexity")
     parser.add_argument("--out", default="runs/search_quality", help="run directories and results go here")
     parser.add_argument("--skip-evop", action="store_true")
+    parser.add_argument("--space", default="default", help="the searched space (a name or a .toml file)")
+    parser.add_argument("--quantizer", choices=("rtn", "mse", "gptq"), default=None,
+                        help="search the space with this quantizer (default: the space's own)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds and evop in this many parallel processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers

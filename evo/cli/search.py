@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
                                     on_table=lambda done, total: display.step(
-                                        StepProgress("size table (coding every tensor x setting)", done, total,
-                                                     "pairs")), workers=pool)
+                                        StepProgress("levels (quantizing and coding every tensor x setting)", done, total,
+                                                     "levels")), workers=pool)
             finally:
                 if pool is not None:
                     pool.close()

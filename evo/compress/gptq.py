@@ -75,96 +75,17 @@ def gptq_quantize(
     grid: str = GPTQ_GRID,
 ) -> QuantizedTensor:
     """GPTQ codes of `weight` [out, in] on the grids of `setting`, for inputs whose E[x xᵀ] is
-    `hessian` [in, in]. Runs on the weight's device; deterministic."""
-    if not setting.quantized:
-        raise EvoError("gptq needs bits < 16; bits=16 keeps the matrix in bf16")
+    `hessian` [in, in]. Runs on the weight's device; deterministic. One job of the batched loop
+    (evo.compress.gptq_batch), so a level the search precomputed in a batch is bit for bit this."""
+    from evo.compress.gptq_batch import GptqJob, gptq_quantize_many
+
     if weight.ndim != 2:
         raise EvoError(f"quantization needs a 2-D weight [out, in], got shape {tuple(weight.shape)}")
-    if grid not in ("rtn", "mse"):
-        raise EvoError(f"gptq grid {grid!r} is unknown; use 'rtn' or 'mse'")
-    out_features, in_features = weight.shape
-    if tuple(hessian.shape) != (in_features, in_features):
-        raise EvoError(f"the Hessian has shape {tuple(hessian.shape)}, expected ({in_features}, {in_features})")
-    if prune_mask is not None and setting.zero_point == "float":
-        raise EvoError('pruned weights need zero_point="int" (a float zero point cannot represent 0 exactly)')
-    device = weight.device
-    w = weight.detach().to(torch.float32).clone()
-    if not bool(torch.isfinite(w).all()):
-        raise EvoError("weight contains NaN or inf; cannot quantize it")
-    importance = torch.diagonal(hessian).detach().to(device, torch.float32).clamp(min=0)
-    g = effective_group_size(in_features, setting.group_size)
-    n_groups = num_groups(in_features, setting.group_size)
-    mask = prune_mask.to(device) if prune_mask is not None else None
-
-    # Static grids: per output channel (one group) or activation order (groups by original column).
-    static = None
-    if n_groups == 1 or act_order:
-        static = _group_grid(w, setting, mask, importance, grid)
-    perm = None
-    if act_order:
-        perm = torch.argsort(importance, descending=True, stable=True)
-        w = w[:, perm]
-        mask = mask[:, perm] if mask is not None else None
-        h = hessian.to(device)[perm][:, perm]
-    else:
-        h = hessian.to(device)
-    u = inverse_hessian_factor(h, damp)
-
-    scales = torch.empty(out_features, n_groups, dtype=torch.float16, device=device)
-    zeros = None
-    if not setting.symmetric:
-        zeros = torch.empty(out_features, n_groups, device=device,
-                            dtype=torch.uint8 if setting.zero_point == "int" else torch.float16)
-    if static is not None:
-        scales.copy_(static.scales)
-        if zeros is not None:
-            zeros.copy_(static.zeros)
-    group_of = torch.arange(in_features, device=device) // g
-    if perm is not None:
-        group_of = group_of[perm]
-    group_of = group_of.tolist()
-    top = (2 * symmetric_midpoint(setting.bits)) if setting.symmetric else (1 << setting.bits) - 1
-    codes = torch.empty(out_features, in_features, dtype=torch.uint8, device=device)
-
-    # Blocks never straddle a group when groups are computed on the fly.
-    block = max(block_size // g, 1) * g if static is None else block_size
-    for start in range(0, in_features, block):
-        stop = min(start + block, in_features)
-        w1 = w[:, start:stop].clone()
-        err = torch.empty_like(w1)
-        u1 = u[start:stop, start:stop]
-        current = -1
-        for i in range(stop - start):
-            col = start + i
-            k = group_of[col]
-            if static is None and col % g == 0:
-                cols = slice(col, min(col + g, in_features))
-                found = _group_grid(w1[:, i : i + cols.stop - col], setting,
-                                    mask[:, cols] if mask is not None else None, importance[cols], grid)
-                scales[:, k] = found.scales[:, 0]
-                if zeros is not None:
-                    zeros[:, k] = found.zeros[:, 0]
-                current = -1
-            if k != current:
-                step, zero = _column_grid(scales, zeros, k)
-                zero_code = torch.full_like(step, symmetric_midpoint(setting.bits)) if setting.symmetric else zero
-                current = k
-            x = w1[:, i]
-            c, q = _round_column(x, step, zero, setting, top)
-            if mask is not None:
-                pruned = mask[:, col]
-                c = torch.where(pruned, zero_code, c)
-                q = torch.where(pruned, torch.zeros_like(q), q)
-            codes[:, col] = c.to(torch.uint8)
-            e = (x - q) / u1[i, i]
-            w1[:, i:] -= e[:, None] * u1[i, i:][None, :]
-            err[:, i] = e
-        if stop < in_features:
-            w[:, stop:] -= err @ u[start:stop, stop:]
-
-    if perm is not None:
-        codes = codes[:, torch.argsort(perm)]
-    return QuantizedTensor(codes.contiguous(), scales, zeros, (out_features, in_features), setting)
+    if tuple(hessian.shape) != (weight.shape[1], weight.shape[1]):
+        raise EvoError(f"the Hessian has shape {tuple(hessian.shape)}, expected ({weight.shape[1]}, {weight.shape[1]})")
+    (quantized,) = gptq_quantize_many([GptqJob(weight, setting, prune_mask)], hessian, damp=damp,
+                                      block_size=block_size, act_order=act_order, grid=grid)
+    return quantized
 
 
 def _column_grid(scales: torch.Tensor, zeros: torch.Tensor | None, k: int):

@@ -23,7 +23,7 @@ from evo.compress.apply import compress_tensor
 from evo.compress.artifact import ArtifactMetadata, ManifestWriter, StoredFrame, StoredTensor, build_manifest
 from evo.compress.coding import EncodedTensor, encode_tensor
 from evo.compress.config import CompressionConfig, LayerConfig
-from evo.compress.plan import DECODE_SPEED_TAG, plan_model, size_model_id, stats_for
+from evo.compress.plan import DECODE_SPEED_TAG, hessian_for, needs_hessian_for, plan_model, size_model_id, stats_for
 from evo.compress.prune import ActivationStats
 from evo.compress.settings import TensorSetting
 from evo.compress.structure import is_replaced, replaced_modules
@@ -193,6 +193,7 @@ class SizeModel:
         self.device = torch.device(device)
         self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)
         self.on_entry: Callable[[int], None] | None = None  # told len(entries known) when one is added
+        self.hessians = None  # the run's HessianSet (evo.evaluate.hessian) when gptq settings are sized
         self._entries: dict[tuple[str, TensorSetting], SizeEntry] = {}  # over the on-disk cache
         self._digests: dict[str, str] = {}
         self._rows: dict[tuple[str, str, TensorSetting], _Row] = {}
@@ -289,17 +290,27 @@ class SizeModel:
             digest = self._digests[source] = act.digest()
         return digest
 
+    def size_key(self, source: str, setting: TensorSetting) -> SizeKey:
+        """compress_model's key for a tensor's size: its statistics' digest and, for gptq, the Hessians'."""
+        act = stats_for(self.stats, source, setting)
+        parts = [self._digest(source, act)] if act is not None else []
+        if needs_hessian_for(setting):
+            if self.hessians is None:
+                raise EvoError(f"tensor {source} uses quantizer 'gptq': the size model needs the run's Hessians")
+            parts.append(self.hessians.digest)
+        return SizeKey(self.model_id, source, setting.key(), "|".join(parts))
+
     def _entry(self, source: str, setting: TensorSetting) -> SizeEntry:
         entry = self._entries.get((source, setting))
         if entry is not None:
             return entry
         act = stats_for(self.stats, source, setting)
-        key = SizeKey(self.model_id, source, setting.key(), self._digest(source, act) if act is not None else "")
+        key = self.size_key(source, setting)
 
         def encode():
             weight = self.weights[source].to(self.device)
             self.sizes_computed += 1
-            quantized = compress_tensor(weight, setting, act).quantized
+            quantized = compress_tensor(weight, setting, act, hessian_for(self.hessians, source, setting)).quantized
             return encode_tensor(quantized, prefer_decode_speed=self.prefer_decode_speed)
 
         entry = cached_size(self.size_cache, key, encode)

@@ -206,6 +206,13 @@ class Evaluator:
             reserve = logits_bytes(*self.token_ids.shape, info.vocab_size, dtype_bytes)
             cache_bytes = cache_budget(self.device, reserve_bytes=reserve)
         self._cache = _WeightCache(int(cache_bytes))
+        # Precomputed levels (evo.search.levels.LevelStore): materialise points parameters at them or
+        # copies them, never recomputes. Set by the search after the store is built.
+        self.levels = None
+        # The parameters' own storage, which holds the original weights until a copy lands in it; a
+        # parameter pointed at a level is pointed back here, so nothing ever writes into a level.
+        self._own = {name: self._params[name].data for name in shapes}
+        self._own_dirty: set[str] = set()
         self._seen: set[tuple[str, str]] = set()
         self._recomputed = 0  # (tensor, setting key) compressed once in this evaluator
         self._stats = EvaluationStats()
@@ -316,11 +323,21 @@ class Evaluator:
         plan = plan_model(self.info, config)  # validates the config against the model
         self._set_drops(config.drops)
         swapped = compressed = 0
+        levels = self.levels
         for tensor in plan.tensors:
             key = tensor.setting.key()
             if self._resident[tensor.source] == key:
                 continue
             param = self._params[tensor.source]
+            if levels is not None and (tensor.source, tensor.setting) in levels:
+                weight, shared = levels.weight(tensor.source, tensor.setting)
+                if shared:
+                    param.data = weight  # a pointer swap; restore() points it back at its own storage
+                else:
+                    self._write_own(tensor.source, weight)
+                self._resident[tensor.source] = key
+                swapped += 1
+                continue
             weight = self._cache.get((tensor.source, key))
             if weight is None:
                 act = stats_for(self.activation_stats, tensor.source, tensor.setting)
@@ -334,18 +351,32 @@ class Evaluator:
                 if (tensor.source, key) in self._seen:
                     self._recomputed += 1
                 self._seen.add((tensor.source, key))
-            param.data.copy_(weight)
+            self._write_own(tensor.source, weight)
             self._resident[tensor.source] = key
             swapped += 1
         return swapped, compressed
 
+    def _write_own(self, name: str, weight: torch.Tensor) -> None:
+        """Copy `weight` into the parameter's own storage (pointing it back there first)."""
+        param, own = self._params[name], self._own[name]
+        if param.data_ptr() != own.data_ptr():
+            param.data = own
+        own.copy_(weight)
+        self._own_dirty.add(name)
+
     @torch.no_grad()
     def restore(self) -> None:
-        """Put the original weights and modules back: the model is the uncompressed one again."""
+        """Put the original weights and modules back: the model is the uncompressed one again. Levels
+        the parameters pointed at are left as they are."""
         self._set_drops({})
         for name, key in self._resident.items():
             if key is not None:
-                self._params[name].data.copy_(self._originals[name])
+                param, own = self._params[name], self._own[name]
+                if param.data_ptr() != own.data_ptr():
+                    param.data = own
+                if name in self._own_dirty:
+                    own.copy_(self._originals[name])
+                    self._own_dirty.discard(name)
                 self._resident[name] = None
 
     # --- materialisation ------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ def early_budget_range(space, loaded, size_cache=None, *, row_fraction: float = 
 
 
 def _estimated_bytes(config, info, weights, stats, metadata, row_fraction: float) -> int:
+    from dataclasses import replace
+
     import torch
 
     from evo.compress import compress_tensor
@@ -94,6 +96,8 @@ def _estimated_bytes(config, info, weights, stats, metadata, row_fraction: float
             weight = weights[tensor.source].detach().to("cpu", torch.float32)
             setting = tensor.setting
             act = stats.get(tensor.source) if setting.quantized and setting.sparsity > 0 else None
+            if setting.quantized and setting.quantizer == "gptq":  # no Hessians yet: rtn's codes stand in
+                setting = replace(setting, quantizer="rtn")
 
             def encoded_bytes(take: int) -> int:
                 index = torch.linspace(0, weight.shape[0] - 1, take).round().long().unique()

@@ -72,6 +72,13 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget
     session = open_session(spec, run_dir, resume=True, device=device, trust_remote_code=trust_remote_code,
                            status=say)
     expected = point.size_bytes
+    hessians = session.hessians
+    if hessians is not None and getattr(hessians, "levels_device", None) not in (None, session.evaluator.device.type):
+        from evo.compress.plan import config_needs_hessians
+
+        if config_needs_hessians(config, session.loaded.info):
+            raise EvoError(f"run {run_dir} computed its gptq levels on {hessians.levels_device}; their codes are "
+                           f"exact for that device only: export with --device {hessians.levels_device}")
     if prefer_decode_speed:
         from evo.runtime.sizes import decode_speed_size
 
@@ -82,7 +89,8 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, budget
         (staging / EXPORT_CONFIG_FILE).write_text(config_text)
         say(f"compressing and writing the artifact ({session.spec.dtype})")
         summary = compress_and_write(session.loaded, config, staging / EXPORT_ARTIFACT_DIR,
-                                     stats=session.activation_stats, size_cache=session.size_model.size_cache,
+                                     stats=session.activation_stats, hessians=hessians,
+                                     size_cache=session.size_model.size_cache,
                                      prefer_decode_speed=prefer_decode_speed)
         if summary.total_bytes != expected:
             raise EvoError(

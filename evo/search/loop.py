@@ -241,6 +241,8 @@ class SearchSession:
         self.status = status
         self.size_table = None  # a filled SizeTable once run_search has coded the space (fill_size_table)
         self.memory_plan = None  # the MemoryPlan open_session printed and enforced (evo.search.memory_plan)
+        self.levels = None  # the LevelStore of every (tensor, setting) of the space (fill_size_table)
+        self.hessians = size_model.hessians  # the run's Hessians when the space has gptq (evo.search.levels)
 
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
@@ -254,13 +256,24 @@ class SearchSession:
         """Code every (tensor, setting) pair of the space into the run's size cache, in `workers`
         processes (all cores by default) or on a WorkerPool's actors, and size genomes from the
         table from now on."""
+        from evo.evaluate.resident import logits_bytes
+        from evo.search.levels import LevelStore
         from evo.search.size_table import SizeTable
 
         if getattr(self.space, "format", None) == "gguf":
             return None  # its size model is already a table: metadata once, a lookup per tensor
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
-            table.fill(workers=workers, progress=progress, pool=pool)
+            # every level quantized once: its codes give the sizes, its weights the evaluator's swaps
+            evaluator = self.evaluator
+            dtype = next(self.loaded.model.parameters()).dtype
+            reserve = logits_bytes(*evaluator.token_ids.shape, self.loaded.info.vocab_size, dtype.itemsize)
+            levels = LevelStore(table, device=evaluator.device, dtype=dtype, hessians=self.hessians,
+                                reserve_bytes=reserve)
+            levels.build(workers=workers, progress=progress)
+            table.fill(workers=workers, pool=pool)  # every size is in the cache now: nothing is coded twice
+            evaluator.levels = levels
+            self.levels = levels
             self.size_table = table
         return self.size_table
 
@@ -380,7 +393,8 @@ def open_session(
         session.memory_plan = plan  # the level tiers' capacities (evo.search.memory_plan)
         tuple(_seed_genomes(session))  # a seed config the space cannot express fails before any evaluation
         if rewrite_spec:
-            store.write_json(SPEC_FILE, {"search": spec.to_dict(), "space": space.to_dict()})
+            # other records (the Hessians' digest, evo.search.levels) stay
+            store.write_json(SPEC_FILE, {**store.spec(), "search": spec.to_dict(), "space": space.to_dict()})
     except EvoError:
         if created and len(store) == 0:
             remove_run_directory(run_dir, lock)  # refused before any evaluation: leave nothing behind
@@ -452,13 +466,20 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
                                          progress=counter(progress, STATISTICS, "sequences"))
         save_stats(stats, stats_path)
     size_model = SizeModel.for_model(loaded, SizeCache(store.path(SIZE_CACHE_DIR)), stats=stats)
+    from evo.search.levels import run_hessians, space_needs_hessians
+
+    gptq = space is not None and space_needs_hessians(space)
+    if gptq:  # collected once per run on the model's device, reused on resume (evo.search.levels)
+        size_model.hessians = run_hessians(store, loaded, tokens, say=say, progress=progress)
     if progress is not None and space is not None:
         from evo.search.live import size_table_entries
 
         table = size_table_entries(space, loaded.info)
         size_model.on_entry = lambda known: progress(
             StepProgress(SIZE_TABLE, known, max(known, table), "tensor settings", open_ended=True))
-    if space is not None:  # the exact check, before the dense reference (the costly step)
+    # The exact check, before the dense reference (the costly step); with gptq the exact extremes are
+    # known once the levels are built (make_problem checks them), so the early estimate stands until then.
+    if space is not None and not gptq:
         check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k, compile=compile)

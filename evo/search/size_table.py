@@ -210,9 +210,7 @@ class SizeTable:
         self.size_model.sizes_computed += len(pairs)
 
     def _key(self, source: str, setting: TensorSetting) -> SizeKey:
-        model = self.size_model
-        act = stats_for(model.stats, source, setting)
-        return SizeKey(model.model_id, source, setting.key(), model._digest(source, act) if act is not None else "")
+        return self.size_model.size_key(source, setting)  # compress_model's key (gptq: with the Hessians')
 
     def _cached(self, source: str, setting: TensorSetting) -> bool:
         entry = self.size_model.size_cache.get(self._key(source, setting))

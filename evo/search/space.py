@@ -33,7 +33,9 @@ GRANULARITIES = ("layer", "group")
 GROUPS = ("attention", "mlp")
 
 _TOP_KEYS = ("name", "description", "granularity", "quantization", "genes", "embedding", "head", "structure")
-_QUANT_KEYS = ("group_size", "symmetric", "zero_point", "prune_criterion")
+_QUANT_KEYS = ("group_size", "symmetric", "zero_point", "prune_criterion", "quantizer")
+# gptq needs the Hessian of a linear's input: the embedding and an untied head (no such input) take rtn.
+NO_HESSIAN_KEYS = ("embedding.bits", "head.bits")
 # Every unit has these genes (one choice when a space leaves them out); any other TensorSetting
 # field listed under [genes] becomes a gene too, so a new operator's field needs no code here.
 _UNIT_GENES: dict[str, tuple] = {"bits": (4,), "rescale": (1.0,), "sparsity": (0.0,)}
@@ -115,6 +117,8 @@ class SearchSpace:
         if values["bits"] == KEPT_BITS:
             return KEPT
         chosen = {**asdict(self.base), "rescale": 1.0, "sparsity": 0.0, **values}
+        if key in NO_HESSIAN_KEYS and chosen["quantizer"] == "gptq":
+            chosen["quantizer"] = "rtn"
         if chosen["sparsity"] != 0:
             chosen["zero_point"] = "int"
         try:
@@ -170,7 +174,8 @@ class SearchSpace:
                 value = config.drop_for(gene.layer)
             elif gene.kind in ("embedding_bits", "head_bits"):
                 setting = config.embedding if gene.kind == "embedding_bits" else config.head
-                if setting.bits not in gene.choices or setting != self.setting({"bits": setting.bits}):
+                if setting.bits not in gene.choices or setting != self.setting({"bits": setting.bits},
+                                                                               key=gene.name):
                     return None
                 value = setting.bits
             else:
@@ -221,6 +226,7 @@ class SearchSpace:
                 "symmetric": self.base.symmetric,
                 "zero_point": self.base.zero_point,
                 "prune_criterion": self.base.prune_criterion,
+                **({"quantizer": self.base.quantizer} if self.base.quantizer != "rtn" else {}),
             },
             "genes": {name: list(values) for name, values in self.unit_genes},
             "structure": {"drop": list(self.drops), **({"fixed_drops": self.fixed_drops} if self.fixed_drops else {})},
@@ -249,6 +255,7 @@ class SearchSpace:
                 symmetric=quant.get("symmetric", False),
                 zero_point=quant.get("zero_point", "int"),
                 prune_criterion=quant.get("prune_criterion", "magnitude"),
+                quantizer=quant.get("quantizer", "rtn"),
             )
         except EvoError as exc:
             raise EvoError(f"{source}: key quantization: {exc}") from None

@@ -152,6 +152,9 @@ class WorkerPool:
               status: Callable[[str], None] | None = None) -> "WorkerPool":
         """Start (or join) Ray and one actor per worker, each built from the session's inputs."""
         say = status or (lambda message: None)
+        if getattr(session, "hessians", None) is not None:
+            raise EvoError("--workers does not take a space with gptq levels yet (the actors would need the run's "
+                           "Hessians and level database): run it without --workers")
         ray = require_ray()
         device = session.evaluator.device.type
         gpus = 1 if device == "cuda" else 0
