@@ -242,7 +242,7 @@ class SearchSession:
         self.size_table = None  # a filled SizeTable once run_search has coded the space (fill_size_table)
         self.memory_plan = None  # the MemoryPlan open_session printed and enforced (evo.search.memory_plan)
         self.levels = None  # the LevelStore of every (tensor, setting) of the space (fill_size_table)
-        self.hessians = size_model.hessians  # the run's Hessians when the space has gptq (evo.search.levels)
+        self.hessians = getattr(size_model, "hessians", None)  # the run's Hessians when the space has gptq (evo.search.levels)
 
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
