@@ -56,7 +56,7 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = GPTQ_DAMP) -> to
     raise EvoError("the Hessian is not positive definite even with heavy damping: recollect it on more tokens")
 
 
-def _group_grid(weight: torch.Tensor, setting: TensorSetting, mask: torch.Tensor | None,
+def group_grid(weight: torch.Tensor, setting: TensorSetting, mask: torch.Tensor | None,
                 importance: torch.Tensor, grid: str) -> QuantGrid:
     if grid == "mse":
         return mse_grid(weight, setting, mask, importance)

@@ -101,7 +101,7 @@ def gptq_quantize_many(
 
 
 def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, device) -> list[QuantizedTensor]:
-    from evo.compress.gptq import _group_grid
+    from evo.compress.gptq import group_grid
 
     in_features = u.shape[0]
     chunk = ROW_CHUNK
@@ -140,7 +140,7 @@ def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, d
             zeros = torch.empty(out_features, n_groups, device=device,
                                 dtype=torch.uint8 if setting.zero_point == "int" else torch.float16)
         if dynamic_g is None:  # static grids, from the weights before any update (gptq_quantize's rule)
-            found = _group_grid(job_w, setting, job_mask, importance, grid)
+            found = group_grid(job_w, setting, job_mask, importance, grid)
             scales.copy_(found.scales)
             if zeros is not None:
                 zeros.copy_(found.zeros)
@@ -174,7 +174,7 @@ def _column_loop(jobs, kind, dynamic_g, u, perm, importance, block_size, grid, d
                 for job, offset, (scales, zeros) in zip(jobs, offsets, stores):
                     part = slice(offset, offset + job.weight.shape[0])
                     job_mask = job.prune_mask.to(device)[:, cols] if job.prune_mask is not None else None
-                    found = _group_grid(w1[part, i : i + cols.stop - col], job.setting, job_mask,
+                    found = group_grid(w1[part, i : i + cols.stop - col], job.setting, job_mask,
                                         importance[cols], grid)
                     scales[:, k] = found.scales[:, 0]
                     step_g[part, k] = scales[:, k].float()

@@ -432,7 +432,7 @@ def _evaluator_class():
                     if (source, key) in self._seen:
                         self._recomputed += 1
                     self._seen.add((source, key))
-                param.data.copy_(weight)
+                self._write_own(source, weight)  # restore() puts back what it marks written
                 self._resident[source] = key
                 swapped += 1
             return swapped, compressed
