@@ -138,7 +138,11 @@ class LevelStore:
                 for pair, quantized in self._quantize(group):
                     if pair in missing_sizes:
                         cpu = _to_cpu(quantized)
-                        result = pool.submit(_encode, (cpu, fast)) if pool is not None else _encode((cpu, fast))
+                        # the pool's queue pickles in a feeder thread, and torch's pickler moves a tensor's
+                        # storage into shared memory while this thread goes on reading it (the level is
+                        # dequantized next): the workers get copies, never the tensors this process uses
+                        result = (pool.submit(_encode, (_copy(cpu), fast)) if pool is not None
+                                  else _encode((cpu, fast)))
                         pending.append((pair, result))
                     self._place(pair, quantized)
                     done += 1
@@ -252,6 +256,11 @@ def _dequantized(quantized: QuantizedTensor, device: torch.device, dtype: torch.
 def _to_device(q: QuantizedTensor, device) -> QuantizedTensor:
     move = (lambda t: None if t is None else t.to(device))
     return QuantizedTensor(move(q.codes), move(q.scales), move(q.zeros), q.shape, q.setting)
+
+
+def _copy(q: QuantizedTensor) -> QuantizedTensor:
+    clone = (lambda t: None if t is None else t.clone())
+    return QuantizedTensor(clone(q.codes), clone(q.scales), clone(q.zeros), q.shape, q.setting)
 
 
 def _to_cpu(q: QuantizedTensor) -> QuantizedTensor:
