@@ -264,8 +264,16 @@ class SearchSession:
             return None  # its size model is already a table: metadata once, a lookup per tensor
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
-            # every level quantized once: its codes give the sizes, its weights the evaluator's swaps
             evaluator = self.evaluator
+            if evaluator.device.type != "cuda" and self.hessians is None:
+                # On a CPU the whole database would hold every level in RAM (the default space on the
+                # default model: ~23 GB dequantized, ~3.6 GB as codes) and take minutes to build: the
+                # sizes are coded as before and the evaluator computes a level when a candidate first
+                # asks for it, into its cache. gptq levels (which need the run's Hessians) are built.
+                table.fill(workers=workers, progress=progress, pool=pool)
+                self.size_table = table
+                return table
+            # every level quantized once: its codes give the sizes, its weights the evaluator's swaps
             dtype = next(self.loaded.model.parameters()).dtype
             reserve = logits_bytes(*evaluator.token_ids.shape, self.loaded.info.vocab_size, dtype.itemsize)
             levels = LevelStore(table, device=evaluator.device, dtype=dtype, hessians=self.hessians,
