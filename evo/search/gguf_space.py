@@ -461,11 +461,9 @@ def load_or_collect_importance(store, loaded, token_ids, say=lambda m: None) -> 
 def build_gguf_evaluator(store, spec, loaded, calibration, say, progress, space):
     """loop._build_evaluator for a GGUF space: imatrix, exact-size model, budget check, dense
     reference, GGUF evaluator. Returns (evaluator, size model, importance)."""
-    from evo.constants import REFERENCE_FILE
     from evo.evaluate.evaluator import FitnessConfig
-    from evo.evaluate.reference import DenseReference
-    from evo.progress import REFERENCE, counter
     from evo.search.budget import budget_range, check_budget
+    from evo.search.loop import dense_reference
 
     tokens = calibration.calibration.token_ids
     importance = load_or_collect_importance(store, loaded, tokens, say)
@@ -473,14 +471,7 @@ def build_gguf_evaluator(store, spec, loaded, calibration, say, progress, space)
     check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k)
-    reference_path = store.path(REFERENCE_FILE)
-    if reference_path.exists():
-        reference = DenseReference.load(reference_path)
-    else:
-        say("computing the dense model's reference outputs")
-        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
-                                           progress=counter(progress, REFERENCE, "batches"))
-        reference.save(reference_path)
+    reference = dense_reference(store, spec, loaded, tokens, say, progress)
     evaluator = _evaluator_class()(loaded.model, loaded.info, tokens, fitness, reference, importance=importance)
     if spec.stages:
         from evo.search.schedule import build_schedule, stage_shape

@@ -452,6 +452,20 @@ def _create_checked_run(spec: SearchSpec, space, loaded, run_dir: Path, say: Sta
     return create_run_directory(run_dir, {"search": spec.to_dict(), "space": space.to_dict()})
 
 
+def dense_reference(store: RunStore, spec: SearchSpec, loaded, tokens, say, progress) -> DenseReference:
+    """The run's dense top-k reference: read from the run directory, else computed once and saved."""
+    from evo.evaluate.reference import DenseReference
+
+    reference_path = store.path(REFERENCE_FILE)
+    if reference_path.exists():
+        return DenseReference.load(reference_path)
+    say("computing the dense model's reference outputs")
+    reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
+                                       progress=counter(progress, REFERENCE, "batches"))
+    reference.save(reference_path)
+    return reference
+
+
 def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say: StatusCallback,
                      progress: StepCallback | None = None, space=None, compile: str = "off"):
     from evo.evaluate.evaluator import Evaluator, FitnessConfig
@@ -491,14 +505,7 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
         check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k, compile=compile)
-    reference_path = store.path(REFERENCE_FILE)
-    if reference_path.exists():
-        reference = DenseReference.load(reference_path)
-    else:
-        say("computing the dense model's reference outputs")
-        reference = DenseReference.compute(loaded.model, tokens, top_k=spec.top_k,
-                                           progress=counter(progress, REFERENCE, "batches"))
-        reference.save(reference_path)
+    reference = dense_reference(store, spec, loaded, tokens, say, progress)
     # the size model already holds a CPU copy of the dense weights: the evaluator restores from it
     evaluator = Evaluator(loaded.model, loaded.info, tokens, fitness, reference, stats=stats,
                           base_weights=size_model.weights)
