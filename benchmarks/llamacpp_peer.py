@@ -542,6 +542,13 @@ def llama_perplexity(bin_dir: Path, row: Row, text: Path, *, chunks: int, ctx: i
     if speed:
         record.update(prompt_ms=float(speed.group(1)), prompt_tokens=int(speed.group(2)),
                       tokens_per_s=float(speed.group(3)))
+    else:  # builds that print no perf summary: the tool's own "seconds per pass" over n_seq windows of n_ctx
+        per_pass = re.search(r"([0-9.]+) seconds per pass", output)
+        shape = re.search(r"n_ctx=(\d+).*?n_seq=(\d+)", output)
+        if per_pass and shape and float(per_pass.group(1)) > 0:
+            tokens = int(shape.group(1)) * int(shape.group(2))
+            record.update(prompt_tokens=tokens, tokens_per_s=round(tokens / float(per_pass.group(1)), 1),
+                          speed_from="seconds per pass")
     return record
 
 
