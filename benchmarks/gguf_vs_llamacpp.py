@@ -210,7 +210,23 @@ def search_task(task: dict) -> dict:
     return {**task, "status": "ok", "path": str(out), "predicted_bytes": best.size_bytes,
             "stat_bytes": out.stat().st_size, "kl": best.quality, "evaluations": result.evaluations,
             "search_s": round(searched, 1), "total_s": round(time.perf_counter() - tic, 1),
-            "dropped_layers": session.config_of(best.genome).dropped, "seeds": seeds}
+            "dropped_layers": session.config_of(best.genome).dropped, "seeds": seeds, "type_bytes": type_bytes(out)}
+
+
+def type_bytes(path: Path) -> dict[str, int]:
+    """Tensor data bytes of a GGUF file per llama.cpp type, largest first (what a file spends its bytes on)."""
+    from gguf import GGUFReader
+
+    totals: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        name = tensor.tensor_type.name
+        totals[name] = totals.get(name, 0) + int(tensor.n_bytes)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def _type_line(totals: dict[str, int]) -> str:
+    whole = sum(totals.values()) or 1
+    return ", ".join(f"{name} {n / 1e6:.1f} MB ({100 * n / whole:.0f} %)" for name, n in totals.items())
 
 
 def run_searches(args, model: str, budgets: list[int], deadline) -> list[dict]:
@@ -286,7 +302,8 @@ def summarise(targets: list[peer.Row], searches: list[dict], evo_rows: dict, dat
     return table
 
 
-def render_markdown(table: list[dict], datasets: list[str], llama: list[dict], meta: dict) -> str:
+def render_markdown(table: list[dict], datasets: list[str], llama: list[dict], meta: dict,
+                    spending: list[tuple[str, dict]] = ()) -> str:
     labels = [peer.DATASET_LABELS.get(d, d) for d in datasets]
     heads = ["llama.cpp file", "bytes", *[f"{l} PPL" for l in labels], "evo bytes (max of seeds)",
              *[f"evo {l} PPL (mean ± std)" for l in labels], "seeds", "predicted = stat"]
@@ -308,6 +325,10 @@ def render_markdown(table: list[dict], datasets: list[str], llama: list[dict], m
             lp = r["llama_perplexity"] or {}
             ppl = f"{lp['ppl']:.3f} ± {lp['ppl_stderr']:.3f}" if "ppl" in lp else lp.get("error", "not run")
             lines.append(f"| {r['method']} | {r['bytes']:,} | {ppl} | {lp.get('tokens_per_s', '-')} |")
+    if spending:
+        lines += ["", "Tensor bytes per llama.cpp type (seed 0 of each evo search; llama.cpp's files):", "",
+                  "| file | bytes per type |", "|---|---|"]
+        lines += [f"| {name} | {_type_line(totals)} |" for name, totals in spending]
     return "\n".join(lines) + "\n"
 
 
@@ -386,7 +407,13 @@ def run(args, started: float, deadline) -> int:
     record = {"meta": meta, "table": table, "searches": searches, "targets": [asdict(t) for t in targets],
               "evo_rows": [asdict(r) for r in evo_rows.values()], "llama_perplexity": llama}
     (args.out / "results.json").write_text(json.dumps(record, indent=1, default=str))
-    markdown = render_markdown(table, args.datasets, llama, meta)
+    spending = [(t.method, type_bytes(Path(t.path))) for t in targets if t.status == "ok" and t.kind == "gguf"
+                and Path(t.path).is_file()]
+    spending += [(f"evo gguf search b{s['budget']} seed {s['seed']}", s["type_bytes"]) for s in searches
+                 if s["status"] == "ok" and s["seed"] == 0]
+    record["type_bytes"] = spending
+    (args.out / "results.json").write_text(json.dumps(record, indent=1, default=str))
+    markdown = render_markdown(table, args.datasets, llama, meta, spending)
     (args.out / "results.md").write_text(markdown)
     print(markdown)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} in {meta['seconds']:.0f} s")
