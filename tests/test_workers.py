@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,40 @@ def test_resume_after_kill_9_of_the_driver_with_workers_ends_with_the_same_front
     # reporting to the dead GCS within about a minute)
     _, alive = psutil.wait_procs(children, timeout=120)
     assert not alive, f"Ray processes outlived their driver: {[p.pid for p in alive]}"
+
+
+GPTQ_SPACE = """
+name = "tiny-gptq"
+granularity = "group"
+[quantization]
+group_size = 32
+[genes]
+bits = [2, 4]
+quantizer = ["rtn", "gptq"]
+[structure]
+drop = ["none"]
+[embedding]
+bits = [8]
+"""
+
+
+def test_a_gptq_space_runs_on_workers_with_the_same_front_as_one(setting, local_ray):
+    """Each actor opens the run's Hessians and builds its own level database; 2 actors = 1 actor."""
+    from evo.compress.size import SizeCache
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
+
+    spec, tmp = setting
+    space = tmp / "gptq.toml"
+    space.write_text(GPTQ_SPACE)
+    reach = early_budget_range(SearchSpace.load(str(space)), load_model(spec.model), SizeCache(tmp / "gptq-sizes"))
+    gptq = replace(spec, space=str(space), generations=1,
+                   budget_bytes=int(reach.smallest + 0.5 * (reach.largest - reach.smallest)))
+    _, pool = _search(gptq, tmp / "gptq-one", workers=1)
+    _, pool = _search(gptq, tmp / "gptq-two", workers=2)
+    assert all(rate.evaluations > 0 for rate in pool.rates())
+    assert _front(tmp / "gptq-two") == _front(tmp / "gptq-one")
+    assert _keys(tmp / "gptq-two") == _keys(tmp / "gptq-one")
+    hessians = json.loads((tmp / "gptq-two" / "spec.json").read_text())["hessians"]
+    assert hessians["digest"] and (tmp / "gptq-two" / "hessians" / "meta.json").is_file()

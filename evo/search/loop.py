@@ -574,6 +574,8 @@ def run_search(
 
     spec, store = session.spec, session.store
     session.fill_size_table(workers=size_workers, progress=on_table, pool=workers)
+    if workers is not None and session.hessians is not None:
+        workers.build_levels(status=session.status)  # gptq levels: each actor's own database, sizes cached
     problem = make_problem(session)
     from evo.search.uniform import write_uniform_points
 
