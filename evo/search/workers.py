@@ -51,6 +51,18 @@ class WorkerSettings:
         if self.address is not None and not self.address.strip():
             raise EvoError("--ray-address is empty: pass host:port of the cluster's head, or leave it out")
 
+    def check_local(self, device: str) -> None:
+        """Refuse, before anything is loaded or created, more workers than a local cluster has GPUs
+        (device: the run's device type, "cuda" or "cpu"; a joined cluster says what it has itself)."""
+        if self.address is not None or device != "cuda":
+            return
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if self.workers > gpus:
+            raise EvoError(f"--workers {self.workers} asks for one GPU each but this machine has {gpus}: "
+                           "lower --workers or join a cluster with --ray-address")
+
 
 @dataclass(frozen=True)
 class ActorInputs:
@@ -224,16 +236,20 @@ class WorkerPool:
         if not ray.is_initialized():
             if settings.address:
                 say(f"joining the Ray cluster at {settings.address}")
-                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
-                         logging_level="error")
+                try:
+                    ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
+                             logging_level="error")
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise EvoError(f"cannot join the Ray cluster at {settings.address}: {_first_line(exc)} "
+                                   "(is `ray start --head` running there, with the same Ray version?)") from None
             else:
                 import torch
 
+                settings.check_local(device)
                 local_gpus = torch.cuda.device_count() if device == "cuda" else 0
-                if device == "cuda" and settings.workers > local_gpus:
-                    raise EvoError(f"--workers {settings.workers} asks for one GPU each but this machine has "
-                                   f"{local_gpus}: lower --workers or join a cluster with --ray-address")
-                ray.init(num_cpus=settings.workers, num_gpus=local_gpus, object_store_memory=settings.object_store_bytes,
+                # address="local": a new cluster, never one that RAY_ADDRESS or a running `ray start` names
+                ray.init(address="local", num_cpus=settings.workers, num_gpus=local_gpus,
+                         object_store_memory=settings.object_store_bytes,
                          include_dashboard=False, log_to_driver=False, logging_level="error")
             started_ray = True
         spec, evaluator = session.spec, session.evaluator
