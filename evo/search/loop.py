@@ -265,6 +265,15 @@ class SearchSession:
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
             evaluator = self.evaluator
+            if pool is not None and self.hessians is not None:
+                # gptq levels on Ray actors: each builds its own database for its evaluator, and they
+                # split the coding of the sizes into the run's size cache; this process only reads them
+                pool.build_levels(status=self.status)
+                if all(table._cached(*pair) for pair in table.pairs()):
+                    table.fill(workers=workers, pool=pool)
+                    self.size_table = table
+                    return table
+                # an actor died with its share uncoded: this process builds the levels, coding the rest
             if evaluator.device.type != "cuda" and self.hessians is None:
                 # On a CPU the whole database would hold every level in RAM (the default space on the
                 # default model: ~23 GB dequantized, ~3.6 GB as codes) and take minutes to build: the
@@ -574,8 +583,6 @@ def run_search(
 
     spec, store = session.spec, session.store
     session.fill_size_table(workers=size_workers, progress=on_table, pool=workers)
-    if workers is not None and session.hessians is not None:
-        workers.build_levels(status=session.status)  # gptq levels: each actor's own database, sizes cached
     problem = make_problem(session)
     from evo.search.uniform import write_uniform_points
 

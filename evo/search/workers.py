@@ -10,10 +10,11 @@ by the driver and one thread per CPU slot), so N workers end with the same front
 table is coded by the same actors.
 
 A space with gptq levels: the driver collects the run's Hessians once (RUN/hessians, their digest in
-spec.json) and builds its level database, which codes the sizes; then every actor opens the same
-Hessians (checked against the digest) and builds its own level database for its evaluator (the sizes
-are in the run's size cache by then: an actor only quantizes). The actors read the run directory, so
-on a multi-machine cluster it must be on a filesystem they all mount at the same path.
+spec.json); every actor opens them (checked against the digest) and builds its own level database for
+its evaluator, and the actors split the coding of the sizes, each writing its share into the run's
+size cache, which the driver then reads (it builds no level database of its own unless an actor died
+with its share uncoded). The actors read and write the run directory, so on a multi-machine cluster
+it must be on a filesystem they all mount at the same path.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ class EvaluationActor:
         self._loaded = loaded
         self._levels_inputs = inputs.levels
 
-    def build_levels(self) -> int:
-        """Build this actor's level database (gptq spaces) for its evaluator; the number of levels."""
+    def build_levels(self, share: tuple[int, int] = (0, 1)) -> int:
+        """Build this actor's level database (gptq spaces) for its evaluator, coding the sizes of its
+        `share` of the table into the run's size cache (LevelStore.build); the sizes it coded."""
         from evo.compress.size import ArtifactMetadata, SizeCache, SizeModel
         from evo.evaluate.hessian import HessianSet
         from evo.evaluate.resident import logits_bytes
@@ -137,7 +139,7 @@ class EvaluationActor:
 
         spec = self._levels_inputs
         if spec is None or self.evaluator.levels is not None:
-            return 0 if self.evaluator.levels is None else len(self.evaluator.levels)
+            return 0
         hessians = HessianSet.open(spec.hessians_dir, expected_digest=spec.hessians_digest)
         hessians.levels_device = spec.levels_device
         loaded = self._loaded
@@ -151,9 +153,9 @@ class EvaluationActor:
         reserve = logits_bytes(*self.evaluator.token_ids.shape, self.evaluator.info.vocab_size, dtype.itemsize)
         levels = LevelStore(table, device=self.evaluator.device, dtype=dtype, hessians=hessians,
                             reserve_bytes=reserve)
-        levels.build(workers=1)
+        summary = levels.build(workers=1, share=share)
         self.evaluator.levels = levels
-        return len(levels)
+        return summary.sizes_coded
 
     def where(self) -> str:
         import socket
@@ -277,22 +279,26 @@ class WorkerPool:
         pool.workers = [_Worker(f"w{i} {name}", actor) for i, (actor, name) in enumerate(zip(actors, names))]
         return pool
 
-    def build_levels(self, status: Callable[[str], None] | None = None) -> None:
-        """Have every actor build its level database (gptq spaces; after the driver's, which coded the
-        sizes). An actor that dies here is dropped; the others go on."""
+    def build_levels(self, status: Callable[[str], None] | None = None) -> int:
+        """Have every actor build its level database (gptq spaces), the live actors splitting the coding
+        of the sizes the run's size cache lacks (actor i of n codes the table's pairs i, i+n, …). An
+        actor that dies here is dropped, and the sizes of its share stay missing (the caller codes
+        them). Returns the sizes the actors coded."""
         ray = require_ray()
         live = [w for w in self.workers if w.alive]
         if status is not None and live:
-            status(f"building the level database on {len(live)} Ray worker(s)")
-        refs = [w.actor.build_levels.remote() for w in live]
+            status(f"building the level database on {len(live)} Ray worker(s), each coding 1/{len(live)} of the sizes")
+        refs = [w.actor.build_levels.remote((i, len(live))) for i, w in enumerate(live)]
+        coded = 0
         for worker, ref in zip(live, refs):
             try:
-                ray.get(ref)
+                coded += ray.get(ref)
             except ray.exceptions.RayActorError:
                 worker.alive = False
         if not any(w.alive for w in self.workers):
             raise EvoError("every Ray worker has died: resume with `evo search --resume RUN` (with fewer "
                            "--workers, or none)")
+        return coded
 
     def close(self) -> None:
         ray = require_ray()
