@@ -274,3 +274,22 @@ def test_ray_address_joins_an_existing_cluster_with_the_same_front(setting, loca
             process.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not alive, f"the head's processes outlived it: {[p.pid for p in alive]}"
+
+
+def test_more_workers_than_gpus_is_refused_before_the_run_directory_exists(tiny_model_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    import torch
+
+    from evo.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine, as far as evo asks
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(EvoError, match="--workers 2 asks for one GPU each but this machine has 1"):
+        WorkerSettings(2).check_local("cuda")
+    WorkerSettings(2, address="10.0.0.1:6379").check_local("cuda")  # a joined cluster says what it has
+    WorkerSettings(2).check_local("cpu")  # one CPU slot each
+    run_dir = tmp_path / "run"
+    code = main(["search", "--model", str(tiny_model_dir("llama")), "--budget-mb", "1", "--device", "cuda",
+                 "--workers", "2", "--run-dir", str(run_dir)])
+    assert code != 0 and "asks for one GPU each" in capsys.readouterr().err.replace("\n", " ")
+    assert not run_dir.exists()
