@@ -101,6 +101,7 @@ class LoadedModel:
     tokenizer: object
     info: ModelInfo
     source: ModelSource
+    loader: str = "transformers"  # "streamed" when evo.shards read a local safetensors checkpoint itself
 
 
 def resolve_model_source(spec: str) -> ModelSource:
@@ -218,8 +219,19 @@ def load_model(
     weights: dict = {}
     if source.kind == "dir" and any(Path(source.location).glob("*.safetensors")):
         weights["use_safetensors"] = True  # never the pickled .bin beside it
+    model, loader = None, "transformers"
+    if source.kind == "dir" and weights and not _needs_remote_code(config):
+        from evo.shards import load_streamed
+
+        # one copy of the weights in host RAM, tensor by tensor; None: a checkpoint transformers must map
+        try:
+            model = load_streamed(source.location, config, dtype=torch_dtype, device=torch_device)
+        except OSError as exc:
+            raise EvoError(f"cannot load the weights of {spec!r}: {_first_line(exc)}") from exc
+        loader = "transformers" if model is None else "streamed"
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs, **weights)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch_dtype, **kwargs, **weights)
     except ValueError as exc:
         _raise_if_remote_code(exc, spec, hint)
         raise EvoError(
@@ -236,7 +248,12 @@ def load_model(
     model.to(torch_device)
     model.eval()
     info = describe_model(model, model_id=source.model_id)
-    return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source)
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, source=source, loader=loader)
+
+
+def _needs_remote_code(config) -> bool:
+    """A config whose classes live in the model's own code (auto_map): transformers' loader builds those."""
+    return bool(getattr(config, "auto_map", None))
 
 
 def _raise_if_remote_code(exc: BaseException, spec: str, hint: str) -> None:

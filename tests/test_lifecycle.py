@@ -430,3 +430,39 @@ def test_the_interrupt_hint_names_a_command_that_works(finished, tmp_path, capsy
     monkeypatch.undo()
     code, _, err = run_cli(capsys, *hint.split()[1:])
     assert code == 0, err
+
+
+HOLDER = r"""
+import os, sys, time
+from evo.search.lifecycle import RunLock
+
+lock = RunLock.acquire(sys.argv[1])
+child = os.fork()
+if child == 0:  # a forked worker, as a fork-context process pool starts them
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_child_does_not_keep_the_lock_of_a_killed_parent(tmp_path):
+    import signal
+
+    from evo.search.lifecycle import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(EvoError, match=f"in use by PID {holder.pid}"):
+            RunLock.acquire(tmp_path)  # the parent holds it
+        holder.kill()  # SIGKILL: the lock must die with it, though its forked child lives on
+        holder.wait()
+        os.kill(child, 0)  # still alive
+        RunLock.acquire(tmp_path).release()
+    finally:
+        holder.kill()
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

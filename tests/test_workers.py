@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def _corpus(directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, num_gpus=0, object_store_memory=200 * 10**6, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, num_gpus=0, object_store_memory=200 * 10**6, include_dashboard=False,
              log_to_driver=False, logging_level="error")
     yield
     ray.shutdown()
@@ -77,6 +78,15 @@ def _straight(spec, tmp: Path) -> Path:
     if not (run_dir / "checkpoint.json").exists():
         _search(spec, run_dir, workers=1)
     return run_dir
+
+
+def _command(spec) -> list[str]:
+    """`evo search` with the options of `spec` (the setting's search)."""
+    return [sys.executable, "-m", "evo.cli", "search", "--model", spec.model, "--corpus", *spec.corpus,
+            "--space", "bits", "--budget-mb", f"{spec.budget_bytes / 1e6:.6f}", "--generations", "2",
+            "--population", "4", "--samples", "4", "--seq-len", "32", "--clusters", "2",
+            "--screen-sequences", "2", "--screen-tokens", "16", "--dtype", "float32", "--size-workers", "1",
+            "--device", "cpu"]
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -143,11 +153,7 @@ def test_resume_after_kill_9_of_the_driver_with_workers_ends_with_the_same_front
     spec, tmp = setting
     straight = _straight(spec, tmp)
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "evo.cli", "search", "--model", spec.model, "--corpus", *spec.corpus,
-               "--space", "bits", "--budget-mb", f"{spec.budget_bytes / 1e6:.6f}", "--generations", "2",
-               "--population", "4", "--samples", "4", "--seq-len", "32", "--clusters", "2",
-               "--screen-sequences", "2", "--screen-tokens", "16", "--dtype", "float32", "--size-workers", "1",
-               "--device", "cpu"]
+    command = _command(spec)
     process = subprocess.Popen(command + ["--workers", "2", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     journal = run_dir / "journal.jsonl"
@@ -174,3 +180,116 @@ def test_resume_after_kill_9_of_the_driver_with_workers_ends_with_the_same_front
     # reporting to the dead GCS within about a minute)
     _, alive = psutil.wait_procs(children, timeout=120)
     assert not alive, f"Ray processes outlived their driver: {[p.pid for p in alive]}"
+
+
+GPTQ_SPACE = """
+name = "tiny-gptq"
+granularity = "group"
+[quantization]
+group_size = 32
+[genes]
+bits = [2, 4]
+quantizer = ["rtn", "gptq"]
+[structure]
+drop = ["none"]
+[embedding]
+bits = [8]
+"""
+
+
+def test_a_gptq_space_runs_on_workers_with_the_same_front_as_one(setting, local_ray):
+    """Each actor opens the run's Hessians and builds its own level database, the actors splitting the
+    coding of the sizes; 2 actors give what 1 gives."""
+    from evo.compress.size import SizeCache
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.space import SearchSpace
+
+    spec, tmp = setting
+    space = tmp / "gptq.toml"
+    space.write_text(GPTQ_SPACE)
+    reach = early_budget_range(SearchSpace.load(str(space)), load_model(spec.model), SizeCache(tmp / "gptq-sizes"))
+    gptq = replace(spec, space=str(space), generations=1,
+                   budget_bytes=int(reach.smallest + 0.5 * (reach.largest - reach.smallest)))
+    _search(gptq, tmp / "gptq-one", workers=1)
+    session = open_session(gptq, tmp / "gptq-two", resume=False)
+    with WorkerPool.start(session, WorkerSettings(2)) as pool:
+        run_search(session, size_workers=1, workers=pool)
+    assert all(rate.evaluations > 0 for rate in pool.rates())
+    # the actors coded the sizes (half each) and built the levels: the driver built no level database
+    assert session.levels is None and session.size_table.filled
+    assert _front(tmp / "gptq-two") == _front(tmp / "gptq-one")
+    assert _keys(tmp / "gptq-two") == _keys(tmp / "gptq-one")
+    hessians = json.loads((tmp / "gptq-two" / "spec.json").read_text())["hessians"]
+    assert hessians["digest"] and (tmp / "gptq-two" / "hessians" / "meta.json").is_file()
+
+
+@pytest.mark.slow  # ~1-2 min on 2 shared cores: a Ray head started by `ray start`, and one CLI run that joins it
+def test_ray_address_joins_an_existing_cluster_with_the_same_front(setting, local_ray, tmp_path):
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    import psutil
+
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    if not Path(ray_cli).is_file():
+        pytest.skip("the `ray` command is not installed")
+    spec, tmp = setting
+    straight = _straight(spec, tmp)
+    with socket.socket() as probe:  # a free port for the head's GCS
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway local cluster: no token to hand around
+    log = tmp_path / "head.log"
+    # its own temp dir (short: it holds Unix sockets), so /tmp/ray/ray_current_cluster (which a plain
+    # ray.init() would join) is left alone
+    temp_dir = tempfile.mkdtemp(prefix="evo-ray-", dir="/tmp")
+    with open(log, "w") as handle:
+        head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                                 f"--temp-dir={temp_dir}",
+                                 "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000",
+                                 "--include-dashboard=false", "--disable-usage-stats"],
+                                stdout=handle, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        run_dir = tmp_path / "joined"
+        result = subprocess.run(_command(spec) + ["--workers", "2", "--ray-address", f"127.0.0.1:{port}",
+                                                  "--run-dir", str(run_dir)],
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"joining the Ray cluster at 127.0.0.1:{port}" in result.stdout + result.stderr
+        assert _keys(run_dir) == _keys(straight)
+        assert _front(run_dir) == _front(straight)
+    finally:
+        processes = psutil.Process(head.pid).children(recursive=True) if head.poll() is None else []
+        head.terminate()  # `ray start --block` stops the cluster it started on SIGTERM
+        head.wait(timeout=60)
+        _, alive = psutil.wait_procs(processes, timeout=60)
+        for process in alive:  # what did not stop in a minute
+            process.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not alive, f"the head's processes outlived it: {[p.pid for p in alive]}"
+
+
+def test_more_workers_than_gpus_is_refused_before_the_run_directory_exists(tiny_model_dir, tmp_path, monkeypatch,
+                                                                           capsys):
+    import torch
+
+    from evo.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine, as far as evo asks
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(EvoError, match="--workers 2 asks for one GPU each but this machine has 1"):
+        WorkerSettings(2).check_local("cuda")
+    WorkerSettings(2, address="10.0.0.1:6379").check_local("cuda")  # a joined cluster says what it has
+    WorkerSettings(2).check_local("cpu")  # one CPU slot each
+    run_dir = tmp_path / "run"
+    code = main(["search", "--model", str(tiny_model_dir("llama")), "--budget-mb", "1", "--device", "cuda",
+                 "--workers", "2", "--run-dir", str(run_dir)])
+    assert code != 0 and "asks for one GPU each" in capsys.readouterr().err.replace("\n", " ")
+    assert not run_dir.exists()

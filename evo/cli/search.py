@@ -121,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
             if settings is not None:
                 from evo.search.workers import WorkerPool
 
-                pool = WorkerPool.start(session, settings, trust_remote_code=args.trust_remote_code,
-                                        status=lambda message: console.print(message))
+                try:
+                    pool = WorkerPool.start(session, settings, trust_remote_code=args.trust_remote_code,
+                                            status=lambda message: console.print(message))
+                except EvoError:
+                    _remove_if_untouched(session, run_dir, resume)
+                    raise
             try:
                 result = run_search(session, on_progress=display.search, size_workers=args.size_workers,
                                     on_table=lambda done, total: display.step(
@@ -144,6 +148,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remove_if_untouched(session, run_dir, resume: bool) -> None:
+    """A new run whose workers could not start, before any evaluation: leave nothing behind, so the
+    corrected command starts afresh in the same place."""
+    if not resume and len(session.store) == 0 and session.lock is not None:
+        from evo.search.lifecycle import remove_run_directory
+
+        remove_run_directory(run_dir, session.lock)
+        session.lock = None
+
+
 def _worker_settings(args: argparse.Namespace):
     """--workers / --ray-address as WorkerSettings (None: no Ray), checked before anything loads."""
     workers, address = getattr(args, "workers", None), getattr(args, "ray_address", None)
@@ -155,6 +169,9 @@ def _worker_settings(args: argparse.Namespace):
 
     settings = WorkerSettings(workers=workers, address=address)
     require_ray()  # Ray missing is said before the model loads
+    from evo.modelio import resolve_device
+
+    settings.check_local(resolve_device(getattr(args, "device", "cpu")).type)  # before the run directory exists
     return settings
 
 

@@ -102,14 +102,23 @@ class LevelStore:
 
     # --- building ------------------------------------------------------------------------------------
 
-    def build(self, *, workers: int | None = None, progress: LevelProgress | None = None) -> LevelSummary:
+    def build(self, *, workers: int | None = None, progress: LevelProgress | None = None,
+              share: tuple[int, int] = (0, 1)) -> LevelSummary:
         """Quantize every level once (batched gptq per layer input), code the sizes the size cache lacks
-        (in `workers` CPU processes, all cores by default) and place each level in its tier."""
+        (in `workers` CPU processes, all cores by default) and place each level in its tier.
+
+        share (i, n): code only the sizes of the pairs at positions i, i+n, i+2n… of the table (the
+        Ray actors of `--workers` split the coding so, each writing its share into the run's size cache;
+        every level is still quantized and placed here)."""
         from evo.search.size_table import default_workers
 
         tic = time.perf_counter()
         pairs = self.table.pairs()
-        missing_sizes = {pair for pair in pairs if not self.table._cached(*pair)}
+        index, count = share
+        if not 0 <= index < count:
+            raise EvoError(f"share {share} is not (i, n) with 0 <= i < n")
+        missing_sizes = {pair for position, pair in enumerate(pairs)
+                         if position % count == index and not self.table._cached(*pair)}
         workers = default_workers() if workers is None else workers
         if workers < 1:
             raise EvoError("--size-workers must be 1 or more")

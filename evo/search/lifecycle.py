@@ -5,7 +5,9 @@ its first evaluation.
 Creation builds spec.json and run.json in a hidden sibling directory and renames it onto the
 run's path, so a kill at any instant leaves either no run or a whole one. The lock is an
 fcntl.flock on RUN/.lock held for the process's life (the kernel drops it when the process
-dies, so a kill -9 never leaves a stale lock behind).
+dies, so a kill -9 never leaves a stale lock behind). A flock belongs to the open file, which a
+fork shares: a forked child (a process pool's worker) closes its copy of the descriptor, without
+unlocking, so the lock still dies with the process that took it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from evo.constants import LOCK_FILE, MB, RUN_FILE, SPEC_FILE
@@ -59,6 +62,17 @@ def check_budget_mb(value: float | None, option: str = "--budget-mb") -> None:
 # --- the lock ---------------------------------------------------------------------------------------
 
 
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()  # this process's locks, for _forget_in_child
+
+
+def _forget_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class RunLock:
     """An exclusive flock on DIR/.lock, held until release() or the process's end. The file holds
     the holder's PID, for the message a second process prints."""
@@ -85,7 +99,16 @@ class RunLock:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        return cls(Path(directory), handle)
+        lock = cls(Path(directory), handle)
+        _HELD.add(lock)
+        return lock
+
+    def _forget(self) -> None:
+        """In a forked child: close the inherited descriptor without LOCK_UN (which would unlock the
+        parent's open file too); the parent's own descriptor keeps the lock, and its death ends it."""
+        if self._handle is not None:
+            self._handle.close()  # close(2) keeps a flock while another descriptor of the file is open
+            self._handle = None
 
     def moved_to(self, directory: Path) -> None:
         self.directory = Path(directory)  # the lock is on the inode: a rename keeps it

@@ -265,6 +265,15 @@ class SearchSession:
         if self.size_table is None:
             table = SizeTable(self.space, self.loaded.info, self.size_model)
             evaluator = self.evaluator
+            if pool is not None and self.hessians is not None:
+                # gptq levels on Ray actors: each builds its own database for its evaluator, and they
+                # split the coding of the sizes into the run's size cache; this process only reads them
+                pool.build_levels(status=self.status)
+                if all(table._cached(*pair) for pair in table.pairs()):
+                    table.fill(workers=workers, pool=pool)
+                    self.size_table = table
+                    return table
+                # an actor died with its share uncoded: this process builds the levels, coding the rest
             if evaluator.device.type != "cuda" and self.hessians is None:
                 # On a CPU the whole database would hold every level in RAM (the default space on the
                 # default model: ~23 GB dequantized, ~3.6 GB as codes) and take minutes to build: the

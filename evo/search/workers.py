@@ -8,6 +8,13 @@ driver journals, nothing is journaled twice. A candidate's quality does not depe
 scored it (each rebuilds the driver's evaluator from the same inputs, with one micro-batch size fixed
 by the driver and one thread per CPU slot), so N workers end with the same front as one. The size
 table is coded by the same actors.
+
+A space with gptq levels: the driver collects the run's Hessians once (RUN/hessians, their digest in
+spec.json); every actor opens them (checked against the digest) and builds its own level database for
+its evaluator, and the actors split the coding of the sizes, each writing its share into the run's
+size cache, which the driver then reads (it builds no level database of its own unless an actor died
+with its share uncoded). The actors read and write the run directory, so on a multi-machine cluster
+it must be on a filesystem they all mount at the same path.
 """
 
 from __future__ import annotations
@@ -45,6 +52,18 @@ class WorkerSettings:
         if self.address is not None and not self.address.strip():
             raise EvoError("--ray-address is empty: pass host:port of the cluster's head, or leave it out")
 
+    def check_local(self, device: str) -> None:
+        """Refuse, before anything is loaded or created, more workers than a local cluster has GPUs
+        (device: the run's device type, "cuda" or "cpu"; a joined cluster says what it has itself)."""
+        if self.address is not None or device != "cuda":
+            return
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if self.workers > gpus:
+            raise EvoError(f"--workers {self.workers} asks for one GPU each but this machine has {gpus}: "
+                           "lower --workers or join a cluster with --ray-address")
+
 
 @dataclass(frozen=True)
 class ActorInputs:
@@ -60,6 +79,20 @@ class ActorInputs:
     stats: Any
     stage_shapes: dict
     threads: int  # torch threads per actor on the CPU (1 per slot: the same arithmetic on every actor)
+    levels: Any = None  # LevelInputs when the space has gptq levels (the actor builds its level database)
+
+
+@dataclass(frozen=True)
+class LevelInputs:
+    """What an actor builds its level database from: the space, and the run's Hessians and size cache
+    (paths in the run directory; the Hessians' digest is the one spec.json records)."""
+
+    space: Any
+    hessians_dir: str
+    hessians_digest: str
+    levels_device: str
+    size_cache_dir: str
+    prefer_decode_speed: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +125,37 @@ class EvaluationActor:
         self.evaluator = Evaluator(loaded.model, inputs.info, inputs.token_ids, inputs.fitness, inputs.reference,
                                    stats=inputs.stats, base_weights=self.weights)
         self.evaluator.stage_shapes = dict(inputs.stage_shapes)
+        self._loaded = loaded
+        self._levels_inputs = inputs.levels
+
+    def build_levels(self, share: tuple[int, int] = (0, 1)) -> int:
+        """Build this actor's level database (gptq spaces) for its evaluator, coding the sizes of its
+        `share` of the table into the run's size cache (LevelStore.build); the sizes it coded."""
+        from evo.compress.size import ArtifactMetadata, SizeCache, SizeModel
+        from evo.evaluate.hessian import HessianSet
+        from evo.evaluate.resident import logits_bytes
+        from evo.search.levels import LevelStore
+        from evo.search.size_table import SizeTable
+
+        spec = self._levels_inputs
+        if spec is None or self.evaluator.levels is not None:
+            return 0
+        hessians = HessianSet.open(spec.hessians_dir, expected_digest=spec.hessians_digest)
+        hessians.levels_device = spec.levels_device
+        loaded = self._loaded
+        # the driver's size model, over this actor's CPU copy of the weights: the same cache keys
+        size_model = SizeModel(loaded.info, self.weights, SizeCache(spec.size_cache_dir),
+                               ArtifactMetadata(loaded.model, loaded.tokenizer, loaded.info), stats=self.stats,
+                               device=self.evaluator.device, prefer_decode_speed=spec.prefer_decode_speed)
+        size_model.hessians = hessians
+        table = SizeTable(spec.space, self.evaluator.info, size_model)
+        dtype = next(loaded.model.parameters()).dtype
+        reserve = logits_bytes(*self.evaluator.token_ids.shape, self.evaluator.info.vocab_size, dtype.itemsize)
+        levels = LevelStore(table, device=self.evaluator.device, dtype=dtype, hessians=hessians,
+                            reserve_bytes=reserve)
+        summary = levels.build(workers=1, share=share)
+        self.evaluator.levels = levels
+        return summary.sizes_coded
 
     def where(self) -> str:
         import socket
@@ -108,6 +172,21 @@ class EvaluationActor:
         from evo.search.size_table import encode_pairs
 
         return encode_pairs(pairs, self.weights, self.stats)
+
+
+def _level_inputs(session) -> LevelInputs | None:
+    """What the actors build their level databases from: None unless the space has gptq levels."""
+    hessians = getattr(session, "hessians", None)
+    if hessians is None:
+        return None
+    from evo.constants import SIZE_CACHE_DIR
+    from evo.search.levels import HESSIANS_DIR
+
+    store = session.store
+    return LevelInputs(space=session.space, hessians_dir=str(store.path(HESSIANS_DIR)),
+                       hessians_digest=hessians.digest, levels_device=getattr(hessians, "levels_device", "cpu"),
+                       size_cache_dir=str(store.path(SIZE_CACHE_DIR)),
+                       prefer_decode_speed=bool(session.size_model.prefer_decode_speed))
 
 
 def require_ray():
@@ -152,9 +231,6 @@ class WorkerPool:
               status: Callable[[str], None] | None = None) -> "WorkerPool":
         """Start (or join) Ray and one actor per worker, each built from the session's inputs."""
         say = status or (lambda message: None)
-        if getattr(session, "hessians", None) is not None:
-            raise EvoError("--workers does not take a space with gptq levels yet (the actors would need the run's "
-                           "Hessians and level database): run it without --workers")
         ray = require_ray()
         device = session.evaluator.device.type
         gpus = 1 if device == "cuda" else 0
@@ -162,16 +238,20 @@ class WorkerPool:
         if not ray.is_initialized():
             if settings.address:
                 say(f"joining the Ray cluster at {settings.address}")
-                ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
-                         logging_level="error")
+                try:
+                    ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
+                             logging_level="error")
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise EvoError(f"cannot join the Ray cluster at {settings.address}: {_first_line(exc)} "
+                                   "(is `ray start --head` running there, with the same Ray version?)") from None
             else:
                 import torch
 
+                settings.check_local(device)
                 local_gpus = torch.cuda.device_count() if device == "cuda" else 0
-                if device == "cuda" and settings.workers > local_gpus:
-                    raise EvoError(f"--workers {settings.workers} asks for one GPU each but this machine has "
-                                   f"{local_gpus}: lower --workers or join a cluster with --ray-address")
-                ray.init(num_cpus=settings.workers, num_gpus=local_gpus, object_store_memory=settings.object_store_bytes,
+                # address="local": a new cluster, never one that RAY_ADDRESS or a running `ray start` names
+                ray.init(address="local", num_cpus=settings.workers, num_gpus=local_gpus,
+                         object_store_memory=settings.object_store_bytes,
                          include_dashboard=False, log_to_driver=False, logging_level="error")
             started_ray = True
         spec, evaluator = session.spec, session.evaluator
@@ -183,7 +263,8 @@ class WorkerPool:
         inputs = ActorInputs(model=spec.model, dtype=spec.dtype, trust_remote_code=trust_remote_code,
                              info=session.loaded.info, token_ids=evaluator.token_ids.cpu(), fitness=fitness,
                              reference=evaluator.reference, stats=session.activation_stats,
-                             stage_shapes=dict(evaluator.stage_shapes), threads=1)
+                             stage_shapes=dict(evaluator.stage_shapes), threads=1,
+                             levels=_level_inputs(session))
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(EvaluationActor)
         shared = ray.put(inputs)
         actors = [remote.remote(shared) for _ in range(settings.workers)]
@@ -197,6 +278,27 @@ class WorkerPool:
             raise EvoError(f"a Ray worker failed to start: {_first_line(exc)}") from None
         pool.workers = [_Worker(f"w{i} {name}", actor) for i, (actor, name) in enumerate(zip(actors, names))]
         return pool
+
+    def build_levels(self, status: Callable[[str], None] | None = None) -> int:
+        """Have every actor build its level database (gptq spaces), the live actors splitting the coding
+        of the sizes the run's size cache lacks (actor i of n codes the table's pairs i, i+n, …). An
+        actor that dies here is dropped, and the sizes of its share stay missing (the caller codes
+        them). Returns the sizes the actors coded."""
+        ray = require_ray()
+        live = [w for w in self.workers if w.alive]
+        if status is not None and live:
+            status(f"building the level database on {len(live)} Ray worker(s), each coding 1/{len(live)} of the sizes")
+        refs = [w.actor.build_levels.remote((i, len(live))) for i, w in enumerate(live)]
+        coded = 0
+        for worker, ref in zip(live, refs):
+            try:
+                coded += ray.get(ref)
+            except ray.exceptions.RayActorError:
+                worker.alive = False
+        if not any(w.alive for w in self.workers):
+            raise EvoError("every Ray worker has died: resume with `evo search --resume RUN` (with fewer "
+                           "--workers, or none)")
+        return coded
 
     def close(self) -> None:
         ray = require_ray()
