@@ -9,6 +9,7 @@ manifest pieces (the search asks thousands of times in repair loops); a repeated
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -225,6 +226,16 @@ class SizeModel:
         metadata = ArtifactMetadata(model, loaded.tokenizer, loaded.info)
         return cls(loaded.info, weights, size_cache, metadata, stats=stats, model_id=model_id,
                    base_model=base_model, device=device, prefer_decode_speed=prefer_decode_speed)
+
+    def fresh(self) -> SizeModel:
+        """A SizeModel over the same weights, size cache, metadata and statistics with empty memos, as a
+        new run's would start (the cache's entries are shared: nothing is coded again). For benchmarks
+        that compare runs side by side in one process."""
+        twin = copy.copy(self)
+        twin._entries, twin._rows, twin._segments, twin._layer_settings, twin._memo = {}, {}, {}, {}, {}
+        twin._writer = ManifestWriter()
+        twin.on_entry = None
+        return twin
 
     # --- public API ---------------------------------------------------------------------------------
 
