@@ -152,6 +152,7 @@ class _Row:
     compressed_bytes: int
     frames: tuple[tuple[str, str, int], ...]  # (kind, coder, length) in tensors.bin order
     template: tuple[str, ...]  # its manifest entry around the frame offsets (ManifestWriter.entry_template)
+    template_length: int = 0  # characters of the template's pieces (the entry less its offsets' digits)
 
 
 class SizeModel:
@@ -206,6 +207,7 @@ class SizeModel:
         # The manifest's fields that no config changes; a config fills in the rest.
         self._manifest = build_manifest(info, CompressionConfig(), (), self.dtype, (), {}, base_model=base_model)
         self._writer = ManifestWriter()
+        self._setting_items: dict[tuple[str, TensorSetting], int] = {}  # characters of a settings-table item
 
     @classmethod
     def for_model(
@@ -234,6 +236,7 @@ class SizeModel:
         twin = copy.copy(self)
         twin._entries, twin._rows, twin._segments, twin._layer_settings, twin._memo = {}, {}, {}, {}, {}
         twin._writer = ManifestWriter()
+        twin._setting_items = {}
         twin.on_entry = None
         return twin
 
@@ -259,7 +262,7 @@ class SizeModel:
         tensor_bytes = sum(row.compressed_bytes for row in rows)
         files = self.metadata.files(kept, tensor_bytes)
         other = sum(files.values())
-        manifest = len(self._manifest_bytes(config, kept, rows, files, tensor_bytes, other))
+        manifest = self._manifest_length(config, kept, rows, files, tensor_bytes, other)
         model_config = files[MODEL_CONFIG_FILE]
         result = ArtifactSize(
             tensor_bytes=tensor_bytes,
@@ -408,12 +411,13 @@ class SizeModel:
                 setting,
                 tuple(StoredFrame(kind, coder, 0, length, PLACEHOLDER_SHA256) for kind, coder, length in frames),
             )
-            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames,
-                       self._writer.entry_template(stored))
+            template = self._writer.entry_template(stored)
+            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames, template,
+                       sum(len(piece) for piece in template))
             self._rows[(name, source, setting)] = row
         return row
 
-    def _manifest_bytes(
+    def _manifest_length(
         self,
         config: CompressionConfig,
         kept: tuple[int, ...],
@@ -421,20 +425,29 @@ class SizeModel:
         files: dict[str, int],
         tensor_bytes: int,
         other_bytes: int,
-    ) -> bytes:
-        """manifest.json as write_artifact writes it (placeholder checksums), by the writer's own
-        code from the rows' memoised entry templates: only the frame offsets are new per config."""
-        entries = []
+    ) -> int:
+        """len(manifest.json) as write_artifact writes it (placeholder checksums), counted from the
+        rows' memoised entry templates and the writer's own pieces: only the frame offsets' digits
+        are new per config, and nothing is joined (tests check it against manifest())."""
+        entries = max(len(rows) - 1, 0)  # the commas between entries
         offset = 0
+        settings: dict[str, TensorSetting] = {}
         for row in rows:
-            offsets = []
+            entries += row.template_length
             for _, _, length in row.frames:
-                offsets.append(offset)
+                entries += len(str(offset))
                 offset += length
-            entries.append((row.template, offsets))
-        settings = {row.setting_key: row.setting for row in rows}  # to_dict's {key: last setting}
+            settings[row.setting_key] = row.setting  # to_dict's {key: last setting}, in first-use order
+        items = self._setting_items
+        settings_length = max(len(settings) - 1, 0)
+        for key, setting in settings.items():
+            length = items.get((key, setting))
+            if length is None:
+                length = items[(key, setting)] = self._writer.setting_item_length(key, setting)
+            settings_length += length
         manifest = replace(self._manifest, kept_layers=kept, config=config, files=files, tensor_bytes=tensor_bytes)
-        return self._writer.encode(manifest, other_bytes, entries=entries, settings=settings)
+        return self._writer.encoded_length(manifest, other_bytes, entries_length=entries,
+                                           settings_length=settings_length)
 
 
 def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:
