@@ -400,6 +400,7 @@ class ManifestWriter:
     def __init__(self) -> None:
         self._settings: dict[TensorSetting, str] = {}
         self._configs: dict[CompressionConfig, str] = {}
+        self._config_pieces: dict[tuple, int] = {}  # characters of config_json's pieces (config_json_length)
 
     def setting_json(self, setting: TensorSetting) -> str:
         text = self._settings.get(setting)
@@ -414,6 +415,27 @@ class ManifestWriter:
                 self._configs.clear()
             text = self._configs[config] = _json(config.to_dict())
         return text
+
+    def config_json_length(self, config: CompressionConfig) -> int:
+        """len(config_json(config)) from memoised pieces: the config without its layers, and each
+        (index, layer) item of the layers table (a search's configs share most of them)."""
+        pieces = self._config_pieces
+        frame_key = ("frame", config.default, config.embedding, config.head, config.tensors)
+        length = pieces.get(frame_key)
+        if length is None:
+            frame = config.to_dict()
+            frame["layers"] = {}
+            length = pieces[frame_key] = len(_json(frame))
+            if len(pieces) >= 1 << 14:
+                pieces.clear()
+                pieces[frame_key] = length
+        length += max(len(config.layers) - 1, 0)  # the commas between layer items
+        for index, layer in config.layers:
+            item = pieces.get((index, layer))
+            if item is None:
+                item = pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
+            length += item
+        return length
 
     @staticmethod
     def entry_template(tensor: StoredTensor) -> tuple[str, ...]:
@@ -460,7 +482,7 @@ class ManifestWriter:
                        settings_length: int) -> int:
         """len(encode(manifest, other_bytes, entries=..., settings=...)) from the lengths of the joined
         entries and settings (the size model's path: the same pieces, counted, never joined)."""
-        body = (len(_head(manifest)) + len(',"config":') + len(self.config_json(manifest.config))
+        body = (len(_head(manifest)) + len(',"config":') + self.config_json_length(manifest.config)
                 + len(',"settings":{') + settings_length + len('},"tensors":[') + entries_length
                 + len('],"files":') + len(_json(dict(sorted(manifest.files.items()))))
                 + len(',"tensor_bytes":') + len(str(manifest.tensor_bytes)) + len(',"total_bytes":'))

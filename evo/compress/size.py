@@ -155,6 +155,39 @@ class _Row:
     template_length: int = 0  # characters of the template's pieces (the entry less its offsets' digits)
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """A run of consecutive rows (one layer's, or the non-decoder tensors) with what the manifest's
+    length needs of them, summed once: a config's manifest is counted per segment, not per frame."""
+
+    rows: tuple[_Row, ...]
+    compressed_bytes: int
+    template_length: int
+    frame_offsets: tuple[int, ...]  # each frame's offset from the segment's first byte, ascending
+    span: int  # Σ frame lengths: the next segment starts this much later
+    settings: tuple[tuple[str, TensorSetting], ...]  # (key, its last setting), in first-use order
+
+    @classmethod
+    def of(cls, rows: tuple[_Row, ...]) -> "_Segment":
+        offsets, span, settings = [], 0, {}
+        for row in rows:
+            for _, _, length in row.frames:
+                offsets.append(span)
+                span += length
+            settings[row.setting_key] = row.setting
+        return cls(rows, sum(r.compressed_bytes for r in rows), sum(r.template_length for r in rows),
+                   tuple(offsets), span, tuple(settings.items()))
+
+    def offset_digits(self, start: int) -> int:
+        """Σ len(str(start + offset)) over the frames: one product unless a power of ten falls inside."""
+        if not self.frame_offsets:
+            return 0
+        first = len(str(start))
+        if len(str(start + self.frame_offsets[-1])) == first:
+            return first * len(self.frame_offsets)
+        return sum(len(str(start + offset)) for offset in self.frame_offsets)
+
+
 class SizeModel:
     """Predicts write_artifact's bytes on disk for any config of one base model, exactly.
 
@@ -199,7 +232,7 @@ class SizeModel:
         self._entries: dict[tuple[str, TensorSetting], SizeEntry] = {}  # over the on-disk cache
         self._digests: dict[str, str] = {}
         self._rows: dict[tuple[str, str, TensorSetting], _Row] = {}
-        self._segments: dict[tuple, tuple[_Row, ...]] = {}
+        self._segments: dict[tuple, _Segment] = {}
         self._layer_settings: dict[tuple, tuple[TensorSetting, ...]] = {}
         self._memo: dict[CompressionConfig, ArtifactSize] = {}
         self._shapes = {name: shape for layer in info.layers for name, shape in _layer_tensors(layer)}
@@ -258,11 +291,11 @@ class SizeModel:
         if found is not None:
             return found
         config.validate_against(self.info)
-        kept, rows = self._plan_rows(config)
-        tensor_bytes = sum(row.compressed_bytes for row in rows)
+        kept, segments = self._plan_segments(config)
+        tensor_bytes = sum(segment.compressed_bytes for segment in segments)
         files = self.metadata.files(kept, tensor_bytes)
         other = sum(files.values())
-        manifest = self._manifest_length(config, kept, rows, files, tensor_bytes, other)
+        manifest = self._manifest_length(config, kept, segments, files, tensor_bytes, other)
         model_config = files[MODEL_CONFIG_FILE]
         result = ArtifactSize(
             tensor_bytes=tensor_bytes,
@@ -343,10 +376,15 @@ class SizeModel:
     def _plan_rows(self, config: CompressionConfig) -> tuple[tuple[int, ...], list[_Row]]:
         """plan_model's tensors in its order, built from per-layer pieces memoised across configs
         (tests check both agree)."""
+        kept, segments = self._plan_segments(config)
+        return kept, [row for segment in segments for row in segment.rows]
+
+    def _plan_segments(self, config: CompressionConfig) -> tuple[tuple[int, ...], list[_Segment]]:
+        """The kept layers and plan_model's tensors as memoised per-layer segments."""
         drops = config.drops
         layer_entries = dict(config.layers)
         overrides = dict(config.tensors)
-        rows: list[_Row] = []
+        rows: list[_Segment] = []
         kept = []
         for layer in self.info.layers:
             drop = drops.get(layer.index, "none")
@@ -356,17 +394,17 @@ class SizeModel:
             key = (layer.index, len(kept), drop, settings)
             segment = self._segments.get(key)
             if segment is None:
-                segment = self._segments[key] = self._layer_segment(layer, len(kept), drop, settings)
-            rows.extend(segment)
+                segment = self._segments[key] = _Segment.of(self._layer_segment(layer, len(kept), drop, settings))
+            rows.append(segment)
             kept.append(layer.index)
         named = tuple((t.name, overrides[t.name]) for t in self.info.non_decoder if t.name in overrides)
         key = ("non_decoder", config.embedding, config.head, named)
         segment = self._segments.get(key)
         if segment is None:
-            segment = self._segments[key] = tuple(
+            segment = self._segments[key] = _Segment.of(tuple(
                 self._row(t.name, t.name, config.setting_for(t.name, self.info)) for t in self.info.non_decoder
-            )
-        rows.extend(segment)
+            ))
+        rows.append(segment)
         return tuple(kept), rows
 
     def _settings_of_layer(
@@ -421,23 +459,22 @@ class SizeModel:
         self,
         config: CompressionConfig,
         kept: tuple[int, ...],
-        rows: list[_Row],
+        segments: list[_Segment],
         files: dict[str, int],
         tensor_bytes: int,
         other_bytes: int,
     ) -> int:
         """len(manifest.json) as write_artifact writes it (placeholder checksums), counted from the
-        rows' memoised entry templates and the writer's own pieces: only the frame offsets' digits
-        are new per config, and nothing is joined (tests check it against manifest())."""
-        entries = max(len(rows) - 1, 0)  # the commas between entries
+        segments' memoised template lengths and settings and the writer's own pieces: only the frame
+        offsets' digits are new per config, and nothing is joined (tests check it against manifest())."""
+        rows = sum(len(segment.rows) for segment in segments)
+        entries = max(rows - 1, 0)  # the commas between entries
         offset = 0
         settings: dict[str, TensorSetting] = {}
-        for row in rows:
-            entries += row.template_length
-            for _, _, length in row.frames:
-                entries += len(str(offset))
-                offset += length
-            settings[row.setting_key] = row.setting  # to_dict's {key: last setting}, in first-use order
+        for segment in segments:
+            entries += segment.template_length + segment.offset_digits(offset)
+            offset += segment.span
+            settings.update(segment.settings)  # to_dict's {key: last setting}
         items = self._setting_items
         settings_length = max(len(settings) - 1, 0)
         for key, setting in settings.items():
