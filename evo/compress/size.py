@@ -155,6 +155,9 @@ class _Row:
     template_length: int = 0  # characters of the template's pieces (the entry less its offsets' digits)
 
 
+_NO_LAYER = LayerConfig()  # a layer the config does not name
+
+
 @dataclass(frozen=True)
 class _Segment:
     """A run of consecutive rows (one layer's, or the non-decoder tensors) with what the manifest's
@@ -417,7 +420,7 @@ class SizeModel:
         # config.setting_for decides precedence; what it reads for a layer's tensors is the layer's
         # entry, the default and the overrides naming them, so those key the memo.
         named = tuple((name, overrides[name]) for name, _ in _layer_tensors(layer) if name in overrides)
-        key = (layer.index, layer_entries.get(layer.index, LayerConfig()), config.default, named)
+        key = (layer.index, layer_entries.get(layer.index, _NO_LAYER), config.default, named)
         settings = self._layer_settings.get(key)
         if settings is None:
             settings = tuple(config.setting_for(name, self.info) for name, _ in _layer_tensors(layer))

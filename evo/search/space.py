@@ -177,6 +177,9 @@ class SearchSpace:
             raise EvoError(f"genome has {len(genome)} genes but space {self.name!r} lays out {len(genes)} for this model")
         values = {gene.name: gene.choices[index] for gene, index in zip(genes, genome)}
         layers: dict[int, LayerConfig] = {}
+        made = self.__dict__.setdefault("_layer_memo", {})  # LayerConfigs are immutable: one per combination
+        if len(made) >= 1 << 16:
+            made.clear()
         for layer in info.layers:
             i = layer.index
             if self.granularity == "layer":
@@ -185,7 +188,11 @@ class SearchSpace:
             else:
                 attention = self._unit_setting(values, f"layer{i}.attention")
                 mlp = self._unit_setting(values, f"layer{i}.mlp")
-            layers[i] = LayerConfig(attention=attention, mlp=mlp, drop=values[f"layer{i}.drop"])
+            key = (attention, mlp, values[f"layer{i}.drop"])
+            layer_config = made.get(key)
+            if layer_config is None:
+                layer_config = made[key] = LayerConfig(attention=attention, mlp=mlp, drop=key[2])
+            layers[i] = layer_config
         embedding = self.setting({"bits": values["embedding.bits"]}, key="embedding.bits")
         head = self.setting({"bits": values["head.bits"]}, key="head.bits") if "head.bits" in values else KEPT
         return CompressionConfig(default=KEPT, embedding=embedding, head=head, layers=layers)
