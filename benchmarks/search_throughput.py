@@ -162,13 +162,19 @@ def exact_vs_estimate(evaluator, config) -> dict:
             "top_k": evaluator.reference.top_k, "tail_samples": int(evaluator._reference_rows[3].shape[-1])}
 
 
+_FORWARDS: dict[tuple, FastForward] = {}  # the variants' forwards over the one shared model
+
+
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
     mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
     chunk = KL_CHUNK if name == "kl_chunked" else 0
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
-    evaluator.forward = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk)
+    key = (id(evaluator.model), mode, chunk)
+    if key not in _FORWARDS:  # one per (mode, chunk): torch.compile's wrappers and their graphs are reused
+        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk)
+    evaluator.forward = _FORWARDS[key]
     if name == "levels_off":
         evaluator.levels = None
     if name == "one_sync_off":
@@ -192,7 +198,10 @@ class _Enough(Exception):
     """The variant has its evaluations (or its share of the deadline is spent): stop the loop."""
 
 
-def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, seconds: float) -> tuple[dict, object]:
+def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, seconds: float,
+                opened: dict | None = None) -> tuple[dict, object]:
+    """One variant's search loop and timings; `opened` receives its session (to restore the model
+    when the variant fails)."""
     run_dir = Path(args.out) / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -203,18 +212,34 @@ def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, secon
     files = {file: probe_dir / file for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
     with seeded_run(files, probe_dir / SIZE_CACHE_DIR):
         session = open_session(spec, run_dir, resume=False, device=args.device)
+    if opened is not None:
+        opened["session"] = session
     evaluator = session.evaluator
     device = evaluator.device
     share_probe(name, session, probe)
     configure(name, evaluator, args.compile)
     # warm-up: one genome at every stage shape (compilation, CUDA-graph capture), not part of the loop
     warm_config = session.config_of([0] * len(session.genes))
+    full_only = name in args.full_only.split(",")
     tic = time.perf_counter()
-    for stage in sorted(set(evaluator.stage_shapes) | {1, FINAL_STAGE}):
+    for stage in [FINAL_STAGE] if full_only else sorted(set(evaluator.stage_shapes) | {1, FINAL_STAGE}):
         evaluator.evaluate(warm_config, stage)
     _sync(device)
     warmup = time.perf_counter() - tic
     evaluator.restore()
+    if full_only:  # the forward + KL alone: one compiled shape, no search loop
+        row = {"compile": evaluator.fitness.compile, "compiled": evaluator.forward.compiled,
+               "fallback": evaluator.forward.fallback, "kl_chunk": evaluator.forward.kl_chunk,
+               "levels": evaluator.levels is not None, "warmup_s": warmup, "evaluations": 0,
+               "stopped": "full evaluation only", "loop_seconds": 0.0, "evals_per_second": None, "share": {},
+               "ms_per_evaluation": {}, "per_stage": {}, "full_stage_shape": list(evaluator.stage_shape(FINAL_STAGE))}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row["full_evaluation"] = full_evaluation_ms(evaluator, warm_config, args.repeats)
+        if device.type == "cuda":
+            row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        evaluator.restore()
+        return row, session
     timer = Timer(device)
     # the parts: forward + KL (the metric), materialise, size (every size call), store (journal,
     # checkpoints, front), engine = the rest (asks, repair and level moves but their size calls, tells)
@@ -321,10 +346,12 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
         compiled = row["compile"] + ("" if row["compiled"] or row["compile"] == "off" else " (eager)")
         full_text = (f"{full['evaluate_ms']:.1f} | {full['forward_kl_ms']:.1f} | {full['forward_kl_ms'] / limit_ms:.1f}"
                      if full else "– | – | –")
+        loop = (f"{row['evals_per_second'] or 0:.2f} ({row['evaluations']}, {row['stopped']}) | "
+                + " | ".join(f"{share.get(p, 0):.1%}" for p in parts)
+                + " | " + " · ".join(f"{ms.get(p, 0):.1f}" for p in parts)) if row["evaluations"] else (
+                f"– ({row['stopped']}) |" + " – |" * 6)[:-2]
         lines.append(
-            f"| {name} | {compiled} | {row['evals_per_second'] or 0:.2f} ({row['evaluations']}, {row['stopped']}) | "
-            + " | ".join(f"{share.get(p, 0):.1%}" for p in parts)
-            + " | " + " · ".join(f"{ms.get(p, 0):.1f}" for p in parts)
+            f"| {name} | {compiled} | {loop}"
             + f" | {full_text} | {row['warmup_s']:.1f} | {row.get('gpu_peak_gib', float('nan')):.2f} | {stages} |")
     fallbacks = [f"{name}: {row['fallback']}" for name, row in rows.items() if row.get("fallback")]
     if fallbacks:
@@ -359,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                         "'all'; the first one's figures are the headline")
     parser.add_argument("--evaluations", type=int, default=300, help="new evaluations per variant's search loop "
                         "(screens and full ones together); fewer when its share of the deadline ends first")
+    parser.add_argument("--full-only", default="kl_chunked,cuda_graphs", help="variants that only time the full "
+                        "evaluation (compiled for its one shape), without a search loop: forward + KL options whose "
+                        "compile would not leave the loop any time")
     parser.add_argument("--min-loop-s", type=float, default=10.0, help="seconds of search loop a variant gets "
                         "even when its warm-up (compilation) spent its share of the deadline")
     parser.add_argument("--levels", choices=("auto", "on", "off"), default="auto", help="build the level "
@@ -457,7 +487,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] searching for at most {share:.0f} s", flush=True)
         # the share covers the search; warm-up and the timed full evaluations come on top: leave room
-        rows[name], session = run_variant(name, spec, args, probe, probe_dir, 0.75 * share)
+        opened: dict = {}
+        try:
+            rows[name], session = run_variant(name, spec, args, probe, probe_dir, 0.75 * share, opened)
+        except Exception as exc:  # noqa: BLE001 — one variant's failure (a compile mode, memory) is a row
+            rows[name], session = {"skipped": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}, None
+            print(f"[{name}] {rows[name]['skipped']}", flush=True)
+            if "session" in opened:
+                opened["session"].evaluator.restore()  # the next variant starts from the dense model
+            opened.clear()
+        (out / "throughput.partial.json").write_text(json.dumps({**report, "variants": rows}, indent=2) + "\n")
         if session is None:
             continue
         del session
