@@ -14,9 +14,11 @@ codes nothing), evaluates one genome at every stage shape (compilation, CUDA-gra
 `warmup_s`, not part of the loop) and searches until --evaluations new evaluations are done or its
 share of the deadline is spent.
 
-  # on one H200 (≈ 8 min; --deadline-s keeps it inside the call):
+  # on one H200 (≈ 7 min; --deadline-s keeps it inside the call; a variant whose compile would not fit
+  # is skipped, and throughput.partial.json holds every finished variant):
   python benchmarks/search_throughput.py --device cuda --generations 200 --population 16 --samples 64 \
-      --seq-len 512 --stages 2048,16384:16,32768:8 --evaluations 400 --deadline-s 470 --out runs/throughput
+      --seq-len 512 --stages 2048,16384:16,32768:8 --evaluations 300 --min-loop-s 20 --size-workers 16 \
+      --deadline-s 400 --out runs/throughput
   # CPU smoke on the tests' tiny random model (about a minute on 2 cores):
   python benchmarks/search_throughput.py --smoke
 
