@@ -1,26 +1,34 @@
-"""Search throughput (issue 19): evaluations/s per stage and where the loop's wall time goes —
-forward + KL, materialising the genome, sizing it, the engine — for the fast path and with each
-optimisation switched off, side by side in one run; GPU peak memory; the FLOP limit of one full
-evaluation from the model's shapes and the measured time's ratio to it; the time of one full
-evaluation (64 × 512 tokens with --samples 64 --seq-len 512) per variant; the exact KL against the
-top-k + tail estimate the search uses; the size table's coding time.
+"""Search throughput (issue 19): evaluations/s of the real search loop (run_search: the engine's
+asks, repair and sizes, materialise, screens and full evaluations, the journal) and where its wall
+time goes — forward + KL, materialising the genome, sizing it, the journal/checkpoints (store), the
+engine (the rest) — for the shipped path and with each optimisation switched off, side by side in
+one run; GPU peak memory; the FLOP limit of one full evaluation from the model's shapes and the
+measured time's ratio to it; the time of one full evaluation per variant; the exact KL against the
+top-k + tail estimate the search uses; the level database's and size table's build time.
 
-  # on one H200 (≈ 7 min; --deadline-s keeps it inside the call):
-  python benchmarks/search_throughput.py --device cuda --generations 10 --population 16 \
-      --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --variants all --deadline-s 400 \
-      --out runs/throughput
-  # CPU smoke on the tests' tiny random model (a minute or two on 2 cores; add --model smollm2-135m
-  # for the real model):
+The probe run builds what every variant shares ONCE: calibration set, activation statistics, dense
+reference, size cache, size table and (on CUDA, or with --levels on) the level database. Each variant
+then opens its own run directory with copies of those files, takes the probe's table and levels
+(its own size model with empty memos over the shared cache: it sizes genomes as a new run does, and
+codes nothing), evaluates one genome at every stage shape (compilation, CUDA-graph capture:
+`warmup_s`, not part of the loop) and searches until --evaluations new evaluations are done or its
+share of the deadline is spent.
+
+  # on one H200 (≈ 7 min; --deadline-s keeps it inside the call; a variant whose compile would not fit
+  # is skipped, and throughput.partial.json holds every finished variant):
+  python benchmarks/search_throughput.py --device cuda --generations 200 --population 16 --samples 64 \
+      --seq-len 512 --stages 2048,16384:16,32768:8 --evaluations 300 --min-loop-s 20 --size-workers 16 \
+      --deadline-s 400 --out runs/throughput
+  # CPU smoke on the tests' tiny random model (about a minute on 2 cores):
   python benchmarks/search_throughput.py --smoke
 
-Variants: fast (everything on: size table, levels resident, whole-batch forward, one host sync,
-torch.compile "default"), compile_off (eager forward), cuda_graphs (compile "reduce-overhead"),
-whole_batch_off (4 sequences per forward), one_sync_off (the old per-sequence KL with a host sync
-each), table_off (sizes through SizeModel, encoding on a miss, own size cache), cache_2gib (the old
-fixed 2 GiB cache of dequantized weights). The calibration set, activation statistics, dense
-reference and size table are computed once (by a probe) and shared. Each variant first evaluates
-one genome at every stage shape (compile and CUDA-graph capture happen there: `warmup_s`), then
-searches until its generations end or its share of the deadline is spent.
+Variants: shipped (size table, level database, whole-batch forward, one host sync, torch.compile
+"default"), compile_off (eager forward), levels_off (no level database: levels compressed on first use
+into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
+head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place),
+one_sync_off (the old per-sequence KL with a host sync each), table_off (sizes through SizeModel). The
+compiled graphs are kept across variants (torch's caches), so only a variant with new shapes or a new
+mode compiles again.
 """
 
 from __future__ import annotations
@@ -47,12 +55,15 @@ from evo.evaluate.metrics import exact_kl, topk_kl  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
-VARIANTS = ("fast", "compile_off", "cuda_graphs", "whole_batch_off", "one_sync_off", "table_off", "cache_2gib")
-COMPILE_OF = {"fast": "default", "cuda_graphs": "reduce-overhead"}  # the others: the fast path's mode unless "off"
-SMOKE = ["--device", "cpu", "--space", "bits", "--generations", "1", "--population", "4", "--samples", "4",
-         "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:2,256:1",
-         "--table-workers", "", "--size-workers", "1", "--variants", "all", "--deadline-s", "240",
-         "--repeats", "2", "--out", "runs/throughput-smoke"]
+VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
+            "table_off")
+DEFAULT_VARIANTS = "shipped,compile_off,levels_off,whole_batch_off,kl_chunked,cuda_graphs"
+COMPILE_OF = {"cuda_graphs": "reduce-overhead"}  # the others: --compile unless "off"
+KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
+SMOKE = ["--device", "cpu", "--space", "default", "--generations", "50", "--population", "8", "--samples", "4",
+         "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:4,256:2",
+         "--evaluations", "40", "--table-workers", "", "--size-workers", "2", "--levels", "on",
+         "--variants", "all", "--deadline-s", "240", "--repeats", "2", "--out", "runs/throughput-smoke"]
 H200_BF16_TFLOPS = 989.0  # dense bf16 tensor-core peak of an H100/H200 SXM
 
 
@@ -89,10 +100,6 @@ class Timer:
                     self.seconds[part] += time.perf_counter() - tic
 
         return timed
-
-
-class _Deadline(Exception):
-    """A variant's share of the deadline is spent: its loop stops after the evaluation in flight."""
 
 
 def _row_sync_kl(evaluator):
@@ -157,22 +164,46 @@ def exact_vs_estimate(evaluator, config) -> dict:
             "top_k": evaluator.reference.top_k, "tail_samples": int(evaluator._reference_rows[3].shape[-1])}
 
 
-def configure(name: str, evaluator, session, compile_mode: str) -> None:
-    """Switch the variant's optimisation off (or its compile mode on)."""
-    mode = COMPILE_OF.get(name, "off" if name == "compile_off" else compile_mode)
-    evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode)
-    evaluator.forward = FastForward(evaluator.model, mode, evaluator.device)
-    if name == "table_off":
-        session.fill_size_table = lambda **_: None
-    if name == "cache_2gib" and hasattr(evaluator, "_cache"):
-        evaluator._cache.limit = 2 << 30
-    if name == "whole_batch_off":
-        evaluator.fitness = dataclasses.replace(evaluator.fitness, batch_size=4)
+_FORWARDS: dict[tuple, FastForward] = {}  # the variants' forwards over the one shared model
+
+
+def configure(name: str, evaluator, compile_mode: str) -> None:
+    """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
+    mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
+    chunk = KL_CHUNK if name == "kl_chunked" else 0
+    batch = 4 if name == "whole_batch_off" else None
+    evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
+    key = (id(evaluator.model), mode, chunk)
+    if key not in _FORWARDS:  # one per (mode, chunk): torch.compile's wrappers and their graphs are reused
+        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk)
+    evaluator.forward = _FORWARDS[key]
+    if name == "levels_off":
+        evaluator.levels = None
     if name == "one_sync_off":
         evaluator._kl = _row_sync_kl(evaluator)
 
 
-def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float) -> tuple[dict, object]:
+def share_probe(name: str, session, probe) -> None:
+    """Give a variant's session the probe's size table and level database (not rebuilt), with its own
+    size model (empty memos over the shared size cache): it sizes genomes as a new run would."""
+    size_model = probe.size_model.fresh()
+    session.size_model = size_model
+    if name == "table_off":
+        session.fill_size_table = lambda **_: None  # size_of goes through the SizeModel
+    elif probe.size_table is not None:
+        session.size_table = probe.size_table.sharing(size_model)
+    if probe.levels is not None and name != "levels_off":
+        session.levels = session.evaluator.levels = probe.levels
+
+
+class _Enough(Exception):
+    """The variant has its evaluations (or its share of the deadline is spent): stop the loop."""
+
+
+def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, seconds: float,
+                opened: dict | None = None) -> tuple[dict, object]:
+    """One variant's search loop and timings; `opened` receives its session (to restore the model
+    when the variant fails)."""
     run_dir = Path(args.out) / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -180,24 +211,40 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
     if name == "cuda_graphs" and not cuda:
         return {"skipped": "CUDA graphs need CUDA"}, None
     begun = time.perf_counter()
-    # computed once, by the probe: calibration set, statistics, reference and (but for table_off) the size table
-    files = {file: shared / file for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
-    with seeded_run(files, None if name == "table_off" else shared / SIZE_CACHE_DIR):
+    files = {file: probe_dir / file for file in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
+    with seeded_run(files, probe_dir / SIZE_CACHE_DIR):
         session = open_session(spec, run_dir, resume=False, device=args.device)
+    if opened is not None:
+        opened["session"] = session
     evaluator = session.evaluator
     device = evaluator.device
-    configure(name, evaluator, session, args.compile)
-    # warm-up: one genome at every stage shape (compilation, CUDA-graph capture, first levels)
-    problem_genome = [0] * len(session.genes)
-    warm_config = session.config_of(problem_genome)
+    share_probe(name, session, probe)
+    configure(name, evaluator, args.compile)
+    # warm-up: one genome at every stage shape (compilation, CUDA-graph capture), not part of the loop
+    warm_config = session.config_of([0] * len(session.genes))
+    full_only = name in args.full_only.split(",")
     tic = time.perf_counter()
-    stages = sorted(set(evaluator.stage_shapes) | {1, FINAL_STAGE})
-    for stage in stages:
+    for stage in [FINAL_STAGE] if full_only else sorted(set(evaluator.stage_shapes) | {1, FINAL_STAGE}):
         evaluator.evaluate(warm_config, stage)
     _sync(device)
     warmup = time.perf_counter() - tic
+    evaluator.restore()
+    if full_only:  # the forward + KL alone: one compiled shape, no search loop
+        row = {"compile": evaluator.fitness.compile, "compiled": evaluator.forward.compiled,
+               "fallback": evaluator.forward.fallback, "kl_chunk": evaluator.forward.kl_chunk,
+               "levels": evaluator.levels is not None, "warmup_s": warmup, "evaluations": 0,
+               "stopped": "full evaluation only", "loop_seconds": 0.0, "evals_per_second": None, "share": {},
+               "ms_per_evaluation": {}, "per_stage": {}, "full_stage_shape": list(evaluator.stage_shape(FINAL_STAGE))}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        row["full_evaluation"] = full_evaluation_ms(evaluator, warm_config, args.repeats)
+        if device.type == "cuda":
+            row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        evaluator.restore()
+        return row, session
     timer = Timer(device)
-    # the parts: forward + KL (the metric), materialise, size (table fill and every size call), engine = rest
+    # the parts: forward + KL (the metric), materialise, size (every size call), store (journal,
+    # checkpoints, front), engine = the rest (asks, repair and level moves but their size calls, tells)
     evaluator._kl = timer.wrap("forward_kl", evaluator._kl)
     evaluator._perplexity = timer.wrap("forward_kl", evaluator._perplexity)
     materialise = evaluator.materialise
@@ -205,22 +252,25 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
     session.size_model.artifact_bytes = timer.wrap("size", session.size_model.artifact_bytes)
     session.size_of = timer.wrap("size", session.size_of)
     session.fill_size_table = timer.wrap("size_table", session.fill_size_table)
+    store = session.store
+    for method in ("append", "sync", "write_checkpoint", "write_front", "write_text", "write_json"):
+        setattr(store, method, timer.wrap("store", getattr(store, method)))
     per_stage: dict[int, list[float]] = defaultdict(list)
     evaluate = evaluator.evaluate
 
     def evaluate_timed(config, stage=FINAL_STAGE, progress=None):
         tic = time.perf_counter()
         quality = evaluate(config, stage, progress)
-        _sync(device)
-        per_stage[stage].append(time.perf_counter() - tic)
+        per_stage[stage].append(time.perf_counter() - tic)  # _kl's float() is the host sync
         return quality
 
     evaluator.evaluate = evaluate_timed
-    stop_at = begun + seconds
+    # a variant whose warm-up (compilation) ate its share still searches --min-loop-s
+    stop_at = max(begun + seconds, time.perf_counter() + args.min_loop_s)
 
-    def on_progress(_progress) -> None:
-        if time.perf_counter() > stop_at:
-            raise _Deadline
+    def on_progress(progress) -> None:
+        if progress.new_evaluations >= args.evaluations or time.perf_counter() > stop_at:
+            raise _Enough
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -228,7 +278,7 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
     result = None
     try:
         result = run_search(session, size_workers=args.size_workers, on_progress=on_progress)
-    except _Deadline:
+    except _Enough:
         pass
     wall = time.perf_counter() - tic
     loop = wall - timer.seconds["size_table"]
@@ -239,14 +289,18 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
     row = {
         "compile": evaluator.fitness.compile,
         "compiled": evaluator.forward.compiled,
-        "compile_fallback": evaluator.forward.fallback,
+        "fallback": evaluator.forward.fallback,
+        "kl_chunk": evaluator.forward.kl_chunk,
+        "levels": evaluator.levels is not None,
         "warmup_s": warmup,
         "evaluations": evaluations,
-        "stopped_by_deadline": result is None,
+        "stopped": "finished" if result is not None else (
+            "evaluations" if evaluations >= args.evaluations else "deadline"),
         "size_table_seconds": timer.seconds["size_table"],
         "loop_seconds": loop,
         "evals_per_second": evaluations / loop if loop > 0 else None,
         "share": {k: v / loop for k, v in parts.items()} if loop > 0 else {},
+        "ms_per_evaluation": {k: 1000 * v / max(evaluations, 1) for k, v in parts.items()},
         "per_stage": {str(stage): {"evaluations": len(times), "evals_per_second": len(times) / sum(times),
                                    "median_ms": 1000 * statistics.median(times)}
                       for stage, times in sorted(per_stage.items())},
@@ -254,15 +308,14 @@ def run_variant(name: str, spec: SearchSpec, args, shared: Path, seconds: float)
         "compressed": stats.compressed,
         "cache_bytes": stats.cache_bytes,
         "micro_batch": evaluator.micro_batch(*evaluator.stage_shape(FINAL_STAGE)),
-        "best": result.best.quality if result is not None and result.best else None,
         "full_stage_shape": list(evaluator.stage_shape(FINAL_STAGE)),
     }
     evaluator.evaluate = evaluate
     evaluator.materialise = materialise
-    row["full_evaluation"] = full_evaluation_ms(evaluator, warm_config, args.repeats)
     if device.type == "cuda":
         row["gpu_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if name == "fast":
+    row["full_evaluation"] = full_evaluation_ms(evaluator, warm_config, args.repeats)
+    if name == "shipped":
         row["kl_check"] = exact_vs_estimate(evaluator, warm_config)
     evaluator.restore()
     return row, session
@@ -273,27 +326,40 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
     flop = report["flop_limit"]
     lines.append(f"budget {budget / MB:.3f} MB; full evaluation {flop['shape'][0]} × {flop['shape'][1]} tokens = "
                  f"{flop['gflops']:.3g} GFLOP, limit {limit_ms:.3g} ms at {args.peak_tflops:g} TFLOP/s")
+    lines.append(f"probe: level database + size table built once in {report['probe_build_seconds']:.1f} s "
+                 f"({report.get('levels') or 'no level database'}), shared by every variant")
     for workers, t in report.get("size_table", {}).items():
         lines.append(f"size table, {workers} worker(s): {t['pairs_timed']} of {t['pairs_total']} pairs in "
                      f"{t['seconds']:.1f} s → whole table ≈ {t['seconds_whole_table']:.0f} s")
     lines.append("")
-    lines.append("| variant | compile | evals/s | fwd+KL | mater. | size | engine | full eval ms | fwd+KL ms | × limit "
-                 "| warm-up s | GPU peak GiB | per stage (evals/s, n) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| variant | compile | evals/s (n, stop) | fwd+KL | mater. | size | store | engine | ms/eval fwd+KL "
+                 "· mater · size · store · engine | full eval ms | fwd+KL ms | × limit | warm-up s | GPU peak GiB "
+                 "| per stage (evals/s, n, median ms) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
         if "skipped" in row:
-            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 11)
+            lines.append(f"| {name} | skipped: {row['skipped']} |" + " |" * 13)
             continue
-        share = row["share"]
-        full = row["full_evaluation"]
-        stages = "; ".join(f"{s}: {v['evals_per_second']:.2f} ({v['evaluations']})" for s, v in row["per_stage"].items())
+        share, ms = row["share"], row["ms_per_evaluation"]
+        full = row.get("full_evaluation")
+        parts = ("forward_kl", "materialise", "size", "store", "engine")
+        stages = "; ".join(f"{s}: {v['evals_per_second']:.1f} ({v['evaluations']}, {v['median_ms']:.1f})"
+                           for s, v in row["per_stage"].items())
         compiled = row["compile"] + ("" if row["compiled"] or row["compile"] == "off" else " (eager)")
+        full_text = (f"{full['evaluate_ms']:.1f} | {full['forward_kl_ms']:.1f} | {full['forward_kl_ms'] / limit_ms:.1f}"
+                     if full else "– | – | –")
+        loop = (f"{row['evals_per_second'] or 0:.2f} ({row['evaluations']}, {row['stopped']}) | "
+                + " | ".join(f"{share.get(p, 0):.1%}" for p in parts)
+                + " | " + " · ".join(f"{ms.get(p, 0):.1f}" for p in parts)) if row["evaluations"] else (
+                f"– ({row['stopped']}) |" + " – |" * 6)[:-2]
         lines.append(
-            f"| {name} | {compiled} | {row['evals_per_second'] or 0:.2f} | {share.get('forward_kl', 0):.1%} "
-            f"| {share.get('materialise', 0):.1%} | {share.get('size', 0):.1%} | {share.get('engine', 0):.1%} "
-            f"| {full['evaluate_ms']:.1f} | {full['forward_kl_ms']:.1f} | {full['forward_kl_ms'] / limit_ms:.1f} "
-            f"| {row['warmup_s']:.1f} | {row.get('gpu_peak_gib', float('nan')):.2f} | {stages} |")
-    check = rows.get("fast", {}).get("kl_check")
+            f"| {name} | {compiled} | {loop}"
+            + f" | {full_text} | {row['warmup_s']:.1f} | {row.get('gpu_peak_gib', float('nan')):.2f} | {stages} |")
+    fallbacks = [f"{name}: {row['fallback']}" for name, row in rows.items() if row.get("fallback")]
+    if fallbacks:
+        lines.append("")
+        lines.extend(f"fallback — {text}" for text in fallbacks)
+    check = rows.get("shipped", {}).get("kl_check")
     if check:
         lines.append("")
         lines.append(f"KL of the warm-up genome on the full stage: exact {check['exact']:.6f} nats/token, "
@@ -318,7 +384,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=None)
     parser.add_argument("--size-workers", type=int, default=None)
     parser.add_argument("--compile", default="default", help="the fast path's torch.compile mode (CUDA only)")
-    parser.add_argument("--variants", default="all", help=f"comma-separated from {list(VARIANTS)} or 'all'")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated from {list(VARIANTS)} or "
+                        "'all'; the first one's figures are the headline")
+    parser.add_argument("--evaluations", type=int, default=300, help="new evaluations per variant's search loop "
+                        "(screens and full ones together); fewer when its share of the deadline ends first")
+    parser.add_argument("--full-only", default="kl_chunked,cuda_graphs", help="variants that only time the full "
+                        "evaluation (compiled for its one shape), without a search loop: forward + KL options whose "
+                        "compile would not leave the loop any time")
+    parser.add_argument("--min-loop-s", type=float, default=10.0, help="seconds of search loop a variant gets "
+                        "even when its warm-up (compilation) spent its share of the deadline")
+    parser.add_argument("--levels", choices=("auto", "on", "off"), default="auto", help="build the level "
+                        "database (auto: on CUDA; on: also on a CPU, as the smoke does)")
     parser.add_argument("--table-workers", default="", help="worker counts to time the size table with "
                         "(besides the probe's fill with --size-workers)")
     parser.add_argument("--table-pairs", type=int, default=0, help="time the table on its first N pairs "
@@ -357,9 +433,14 @@ def main(argv: list[str] | None = None) -> int:
                          status=lambda m: print(f"[probe] {m}", flush=True))
     report: dict = {"args": vars(args)}
     tic = time.perf_counter()
-    probe.fill_size_table(workers=args.size_workers)
-    report["probe_size_table_seconds"] = time.perf_counter() - tic
-    print(f"[probe] size table: {report['probe_size_table_seconds']:.1f} s", flush=True)
+    probe.fill_size_table(workers=args.size_workers, levels={"auto": None, "on": True, "off": False}[args.levels])
+    report["probe_build_seconds"] = time.perf_counter() - tic
+    if probe.levels is not None and probe.levels.summary is not None:
+        summary = probe.levels.summary
+        report["levels"] = (f"{summary.levels} levels, tiers {summary.counts}, "
+                            f"{sum(summary.bytes.values()) / 2**30:.2f} GiB, built in {summary.seconds:.1f} s")
+    print(f"[probe] level database + size table: {report['probe_build_seconds']:.1f} s; "
+          f"{report.get('levels') or 'no level database'}", flush=True)
 
     from evo.compress.size import SizeCache, SizeModel
     from evo.search.size_table import SizeTable
@@ -391,7 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataclasses.replace(spec, budget_bytes=budget)
     info, hf_config = probe.loaded.info, probe.loaded.model.config
     probe.evaluator.restore()
-    del probe
+    probe.evaluator = None  # its cache; the probe's size model, table and levels are what variants share
+    if args.device.startswith("cuda"):
+        import torch._dynamo as dynamo
+
+        for name in ("cache_size_limit", "recompile_limit"):  # every variant's stage shapes, graphs kept
+            if hasattr(dynamo.config, name):
+                setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
 
     rows = {}
     for index, name in enumerate(variants):
@@ -402,13 +489,21 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[{name}] searching for at most {share:.0f} s", flush=True)
         # the share covers the search; warm-up and the timed full evaluations come on top: leave room
-        rows[name], session = run_variant(name, spec, args, probe_dir, 0.75 * share)
+        opened: dict = {}
+        try:
+            rows[name], session = run_variant(name, spec, args, probe, probe_dir, 0.75 * share, opened)
+        except Exception as exc:  # noqa: BLE001 — one variant's failure (a compile mode, memory) is a row
+            rows[name], session = {"skipped": f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}, None
+            print(f"[{name}] {rows[name]['skipped']}", flush=True)
+            if "session" in opened:
+                opened["session"].evaluator.restore()  # the next variant starts from the dense model
+            opened.clear()
+        (out / "throughput.partial.json").write_text(json.dumps({**report, "variants": rows}, indent=2) + "\n")
         if session is None:
             continue
         del session
-        gc.collect()  # the session's closures (timers) form cycles: free its level cache now
+        gc.collect()  # the session's closures (timers) form cycles: free its weight cache now
         if args.device.startswith("cuda"):
-            torch._dynamo.reset()  # each variant compiles afresh (and the recompile limit is its own)
             torch.cuda.empty_cache()
         print(f"[{name}] {json.dumps(rows[name])}", flush=True)
     report["variants"] = rows

@@ -58,9 +58,10 @@ def _old_path_kl(evaluator, reference, sequences, tokens):
     return total / (sequences * tokens)
 
 
+@pytest.mark.parametrize("kl_chunk", [0, 7, 4096])  # whole batch; chunks that do not divide the tokens; one chunk
 @pytest.mark.parametrize("stage", [SCREEN_STAGE, 3, FINAL_STAGE])
-def test_fast_kl_equals_the_old_path(tiny, stage):
-    evaluator = _evaluator(tiny)
+def test_fast_kl_equals_the_old_path(tiny, stage, kl_chunk):
+    evaluator = _evaluator(tiny, kl_chunk=kl_chunk)
     evaluator.stage_shapes = {3: (5, 17)}  # a middle stage of a schedule: neither the screen nor everything
     sequences, tokens = evaluator.stage_shape(stage)
     assert evaluator.micro_batch(sequences, tokens) == sequences  # the whole stage in one forward
@@ -69,6 +70,21 @@ def test_fast_kl_equals_the_old_path(tiny, stage):
         old = _old_path_kl(evaluator, tiny[2], sequences, tokens)  # on the model evaluate() materialised
         assert fast > 0
         assert fast == pytest.approx(old, rel=1e-5, abs=1e-8)
+
+
+def test_kl_chunks_fall_back_when_logits_are_not_the_head_of_the_body(tiny, monkeypatch):
+    whole = _evaluator(tiny)
+    expected = whole.evaluate(CONFIGS[1])
+    evaluator = _evaluator(tiny, kl_chunk=5)
+    head = evaluator.model.get_output_embeddings()
+    monkeypatch.setattr(evaluator.model, "get_output_embeddings", lambda: (lambda hidden: 2 * head(hidden)))
+    assert evaluator.evaluate(CONFIGS[1]) == pytest.approx(expected, rel=1e-6)
+    assert evaluator.forward.kl_chunk == 0 and "kl_chunk off" in evaluator.forward.fallback
+
+
+def test_negative_kl_chunk_is_refused():
+    with pytest.raises(EvoError, match="kl_chunk"):
+        FitnessConfig(kl_chunk=-1)
 
 
 def test_topk_kl_sum_is_the_summed_estimate(tiny):

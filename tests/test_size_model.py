@@ -160,3 +160,19 @@ def test_dropped_layers_shrink_config_json(tiny_model_dir, tmp_path):
     write_artifact(tmp_path / "art", fresh.model, fresh.tokenizer, result)
     assert predicted == _disk_bytes(tmp_path / "art")
     assert size_model.size(config).model_config_bytes == (tmp_path / "art" / "config.json").stat().st_size
+
+
+def test_segment_offset_digits_equal_the_written_offsets_across_powers_of_ten():
+    from evo.compress.config import KEPT
+    from evo.compress.size import _Row, _Segment
+
+    rows = tuple(_Row(f"t{i}", f"t{i}", KEPT, "k", 0, (("codes", "raw", 7 + 13 * i), ("scales", "raw", 5)), ("",), 0)
+                 for i in range(6))
+    segment = _Segment.of(rows)
+    for start in (0, 3, 95, 990, 9_960, 99_999, 123_456):
+        written, offset = 0, start
+        for row in rows:
+            for _, _, length in row.frames:
+                written += len(str(offset))
+                offset += length
+        assert segment.offset_digits(start) == written

@@ -52,3 +52,22 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoint.json").write_text("{not json")
     with pytest.raises(EvoError, match="corrupt"):
         RunStore.open(tmp_path / "run").read_checkpoint()
+
+
+def test_a_batch_of_journal_lines_is_fsynced_once_and_read_back(tmp_path, monkeypatch):
+    import evo.search.store as store_module
+
+    synced = []
+    real = store_module.os.fsync
+    monkeypatch.setattr(store_module.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    store = RunStore.create(tmp_path / "run", {"search": {}})
+    synced.clear()  # the run's creation fsyncs its files
+    for index in range(5):
+        store.append((1, index), 1, 0.1 * index, 1000 + index, 0.01, durable=False)
+    assert synced == []  # written and flushed per line, not fsynced
+    assert len(RunStore.open(tmp_path / "run")) == 5  # another process (a resume) reads every line
+    store.sync()
+    store.sync()  # nothing new: no second fsync
+    assert len(synced) == 1
+    store.append((2, 0), 2, 0.7, 999, 0.01)  # durable by default: its own fsync
+    assert len(synced) == 2 and len(RunStore.open(tmp_path / "run")) == 6

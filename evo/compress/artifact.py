@@ -400,6 +400,7 @@ class ManifestWriter:
     def __init__(self) -> None:
         self._settings: dict[TensorSetting, str] = {}
         self._configs: dict[CompressionConfig, str] = {}
+        self._config_pieces: dict[tuple, int] = {}  # characters of config_json's pieces (config_json_length)
 
     def setting_json(self, setting: TensorSetting) -> str:
         text = self._settings.get(setting)
@@ -414,6 +415,27 @@ class ManifestWriter:
                 self._configs.clear()
             text = self._configs[config] = _json(config.to_dict())
         return text
+
+    def config_json_length(self, config: CompressionConfig) -> int:
+        """len(config_json(config)) from memoised pieces: the config without its layers, and each
+        (index, layer) item of the layers table (a search's configs share most of them)."""
+        pieces = self._config_pieces
+        frame_key = ("frame", config.default, config.embedding, config.head, config.tensors)
+        length = pieces.get(frame_key)
+        if length is None:
+            frame = config.to_dict()
+            frame["layers"] = {}
+            length = pieces[frame_key] = len(_json(frame))
+            if len(pieces) >= 1 << 14:
+                pieces.clear()
+                pieces[frame_key] = length
+        length += max(len(config.layers) - 1, 0)  # the commas between layer items
+        for index, layer in config.layers:
+            item = pieces.get((index, layer))
+            if item is None:
+                item = pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
+            length += item
+        return length
 
     @staticmethod
     def entry_template(tensor: StoredTensor) -> tuple[str, ...]:
@@ -448,27 +470,53 @@ class ManifestWriter:
             settings = {}
             for tensor in manifest.tensors:
                 settings[tensor.setting.key()] = tensor.setting
-        head = _json({
-            "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_VERSION, "evo_version": manifest.evo_version,
-            "base_model": manifest.base_model, "architecture": manifest.architecture,
-            "model_type": manifest.model_type, "dtype": manifest.dtype, "tied_embeddings": manifest.tied_embeddings,
-            "base_num_layers": manifest.base_num_layers, "kept_layers": list(manifest.kept_layers),
-        })[:-1]
         setting_items = ",".join(f"{_json(key)}:{self.setting_json(s)}" for key, s in settings.items())
         entry_items = ",".join(_fill(template, offsets) for template, offsets in entries)
-        body = (f'{head},"config":{self.config_json(manifest.config)},"settings":{{{setting_items}}},'
+        body = (f'{_head(manifest)},"config":{self.config_json(manifest.config)},"settings":{{{setting_items}}},'
                 f'"tensors":[{entry_items}],"files":{_json(dict(sorted(manifest.files.items())))},'
                 f'"tensor_bytes":{manifest.tensor_bytes},"total_bytes":')
-        tail = "}\n"
-        # The total's digit count can change the file's length: iterate to the fixed point (ASCII
-        # JSON, so characters are bytes).
-        total = other_bytes
-        for _ in range(10):
-            length = len(body) + len(str(total)) + len(tail)
-            if other_bytes + length == total:
-                return f"{body}{total}{tail}".encode()
-            total = other_bytes + length
-        raise RuntimeError("the manifest's recorded total did not settle")
+        total = _settled_total(len(body), other_bytes)
+        return f"{body}{total}{_TAIL}".encode()
+
+    def encoded_length(self, manifest: ArtifactManifest, other_bytes: int, *, entries_length: int,
+                       settings_length: int) -> int:
+        """len(encode(manifest, other_bytes, entries=..., settings=...)) from the lengths of the joined
+        entries and settings (the size model's path: the same pieces, counted, never joined)."""
+        body = (len(_head(manifest)) + len(',"config":') + self.config_json_length(manifest.config)
+                + len(',"settings":{') + settings_length + len('},"tensors":[') + entries_length
+                + len('],"files":') + len(_json(dict(sorted(manifest.files.items()))))
+                + len(',"tensor_bytes":') + len(str(manifest.tensor_bytes)) + len(',"total_bytes":'))
+        return _settled_total(body, other_bytes) - other_bytes
+
+    def setting_item_length(self, key: str, setting: TensorSetting) -> int:
+        """Characters of one "key":{setting} item of the manifest's settings table."""
+        return len(_json(key)) + 1 + len(self.setting_json(setting))
+
+
+_TAIL = "}\n"
+
+
+def _head(manifest: ArtifactManifest) -> str:
+    """The manifest's opening fields, without the closing brace."""
+    return _json({
+        "format": ARTIFACT_FORMAT, "format_version": ARTIFACT_VERSION, "evo_version": manifest.evo_version,
+        "base_model": manifest.base_model, "architecture": manifest.architecture,
+        "model_type": manifest.model_type, "dtype": manifest.dtype, "tied_embeddings": manifest.tied_embeddings,
+        "base_num_layers": manifest.base_num_layers, "kept_layers": list(manifest.kept_layers),
+    })[:-1]
+
+
+def _settled_total(body_length: int, other_bytes: int) -> int:
+    """The artifact's total_bytes when the manifest's body (up to the total) has body_length
+    characters: the total's digit count can change the file's length, so iterate to the fixed point
+    (ASCII JSON, so characters are bytes)."""
+    total = other_bytes
+    for _ in range(10):
+        length = body_length + len(str(total)) + len(_TAIL)
+        if other_bytes + length == total:
+            return total
+        total = other_bytes + length
+    raise RuntimeError("the manifest's recorded total did not settle")
 
 
 def _fill(template: tuple[str, ...], offsets: Sequence[int]) -> str:

@@ -202,28 +202,27 @@ class CompressionConfig:
 
     def setting_for(self, tensor_name: str, info: ModelInfo) -> TensorSetting:
         """The setting of any tensor of the model (decoder linear, norm, embedding, head ...)."""
-        overrides = dict(self.tensors)
-        if tensor_name in overrides:
-            return overrides[tensor_name]
-        for layer in info.layers:
-            for lin in layer.linears:
-                if lin.name == tensor_name:
-                    entry = self.layer(layer.index)
-                    if lin.role in ATTENTION_ROLES and entry.attention is not None:
-                        return entry.attention
-                    if lin.role in MLP_ROLES and entry.mlp is not None:
-                        return entry.mlp
-                    return self.default
-            if any(name == tensor_name for name, _ in layer.other_tensors):
-                return KEPT
-        for tensor in info.non_decoder:
-            if tensor.name == tensor_name:
-                if tensor.role == "embedding":
-                    return self.embedding
-                if tensor.role == "head":
-                    return self.head
-                return KEPT
-        raise EvoError(f"model {info.model_id} has no tensor {tensor_name!r}")
+        for name, setting in self.tensors:
+            if name == tensor_name:
+                return setting
+        found = _tensor_index(info).get(tensor_name)
+        if found is None:
+            raise EvoError(f"model {info.model_id} has no tensor {tensor_name!r}")
+        kind, index, role = found
+        if kind == "linear":
+            entry = self.layer(index)
+            if role in ATTENTION_ROLES and entry.attention is not None:
+                return entry.attention
+            if role in MLP_ROLES and entry.mlp is not None:
+                return entry.mlp
+            return self.default
+        if kind == "other":
+            return KEPT
+        if role == "embedding":
+            return self.embedding
+        if role == "head":
+            return self.head
+        return KEPT
 
     def validate_against(self, info: ModelInfo) -> None:
         """Raise EvoError naming the layer or tensor when this config does not fit the model."""
@@ -495,3 +494,27 @@ def _write_toml(data: Mapping[str, Any]) -> str:
     for name, setting in data["tensors"].items():
         _toml_table(lines, f"tensors.{_toml_key(name)}", setting)
     return "\n".join(lines) + "\n"
+
+
+_TENSOR_INDEXES: dict[int, tuple[ModelInfo, dict[str, tuple[str, int | None, str | None]]]] = {}
+
+
+def _tensor_index(info: ModelInfo) -> dict[str, tuple[str, int | None, str | None]]:
+    """Tensor name → (kind: linear | other | non_decoder, layer index, role), the first match in the
+    model's order (decoder layers' linears then their other tensors, then the rest); memoised per
+    info object: setting_for is asked for every tensor of every config a search sizes."""
+    found = _TENSOR_INDEXES.get(id(info))
+    if found is not None and found[0] is info:
+        return found[1]
+    index: dict[str, tuple[str, int | None, str | None]] = {}
+    for layer in info.layers:
+        for lin in layer.linears:
+            index.setdefault(lin.name, ("linear", layer.index, lin.role))
+        for name, _ in layer.other_tensors:
+            index.setdefault(name, ("other", layer.index, None))
+    for tensor in info.non_decoder:
+        index.setdefault(tensor.name, ("non_decoder", None, tensor.role))
+    if len(_TENSOR_INDEXES) >= 64:
+        _TENSOR_INDEXES.clear()
+    _TENSOR_INDEXES[id(info)] = (info, index)
+    return index

@@ -42,6 +42,10 @@ def _as_float(field: str, value: Any, low: float, high: float) -> float:
     return value
 
 
+_TO_DICT: dict = {}  # TensorSetting → its to_dict (flat values)
+_TO_DICT_LIMIT = 1 << 14
+
+
 @dataclass(frozen=True)
 class TensorSetting:
     """How one weight matrix [out, in] is compressed.
@@ -106,12 +110,17 @@ class TensorSetting:
         The default quantizer (rtn) is left out, so configs and manifests written before the
         field existed are byte for byte what they were.
         """
-        data = asdict(self)
-        if data["group_size"] is None:
-            data["group_size"] = PER_CHANNEL
-        if data["quantizer"] == DEFAULT_QUANTIZER:
-            del data["quantizer"]
-        return data
+        cached = _TO_DICT.get(self)
+        if cached is None:  # a search writes the same few settings thousands of times (size model manifests)
+            cached = asdict(self)
+            if cached["group_size"] is None:
+                cached["group_size"] = PER_CHANNEL
+            if cached["quantizer"] == DEFAULT_QUANTIZER:
+                del cached["quantizer"]
+            if len(_TO_DICT) >= _TO_DICT_LIMIT:
+                _TO_DICT.clear()
+            _TO_DICT[self] = cached
+        return dict(cached)  # flat: a copy the caller may change
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSetting:

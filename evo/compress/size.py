@@ -9,6 +9,7 @@ manifest pieces (the search asks thousands of times in repair loops); a repeated
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -151,6 +152,43 @@ class _Row:
     compressed_bytes: int
     frames: tuple[tuple[str, str, int], ...]  # (kind, coder, length) in tensors.bin order
     template: tuple[str, ...]  # its manifest entry around the frame offsets (ManifestWriter.entry_template)
+    template_length: int = 0  # characters of the template's pieces (the entry less its offsets' digits)
+
+
+_NO_LAYER = LayerConfig()  # a layer the config does not name
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """A run of consecutive rows (one layer's, or the non-decoder tensors) with what the manifest's
+    length needs of them, summed once: a config's manifest is counted per segment, not per frame."""
+
+    rows: tuple[_Row, ...]
+    compressed_bytes: int
+    template_length: int
+    frame_offsets: tuple[int, ...]  # each frame's offset from the segment's first byte, ascending
+    span: int  # Σ frame lengths: the next segment starts this much later
+    settings: tuple[tuple[str, TensorSetting], ...]  # (key, its last setting), in first-use order
+
+    @classmethod
+    def of(cls, rows: tuple[_Row, ...]) -> "_Segment":
+        offsets, span, settings = [], 0, {}
+        for row in rows:
+            for _, _, length in row.frames:
+                offsets.append(span)
+                span += length
+            settings[row.setting_key] = row.setting
+        return cls(rows, sum(r.compressed_bytes for r in rows), sum(r.template_length for r in rows),
+                   tuple(offsets), span, tuple(settings.items()))
+
+    def offset_digits(self, start: int) -> int:
+        """Σ len(str(start + offset)) over the frames: one product unless a power of ten falls inside."""
+        if not self.frame_offsets:
+            return 0
+        first = len(str(start))
+        if len(str(start + self.frame_offsets[-1])) == first:
+            return first * len(self.frame_offsets)
+        return sum(len(str(start + offset)) for offset in self.frame_offsets)
 
 
 class SizeModel:
@@ -197,7 +235,7 @@ class SizeModel:
         self._entries: dict[tuple[str, TensorSetting], SizeEntry] = {}  # over the on-disk cache
         self._digests: dict[str, str] = {}
         self._rows: dict[tuple[str, str, TensorSetting], _Row] = {}
-        self._segments: dict[tuple, tuple[_Row, ...]] = {}
+        self._segments: dict[tuple, _Segment] = {}
         self._layer_settings: dict[tuple, tuple[TensorSetting, ...]] = {}
         self._memo: dict[CompressionConfig, ArtifactSize] = {}
         self._shapes = {name: shape for layer in info.layers for name, shape in _layer_tensors(layer)}
@@ -205,6 +243,7 @@ class SizeModel:
         # The manifest's fields that no config changes; a config fills in the rest.
         self._manifest = build_manifest(info, CompressionConfig(), (), self.dtype, (), {}, base_model=base_model)
         self._writer = ManifestWriter()
+        self._setting_items: dict[tuple[str, TensorSetting], int] = {}  # characters of a settings-table item
 
     @classmethod
     def for_model(
@@ -226,6 +265,17 @@ class SizeModel:
         return cls(loaded.info, weights, size_cache, metadata, stats=stats, model_id=model_id,
                    base_model=base_model, device=device, prefer_decode_speed=prefer_decode_speed)
 
+    def fresh(self) -> SizeModel:
+        """A SizeModel over the same weights, size cache, metadata and statistics with empty memos, as a
+        new run's would start (the cache's entries are shared: nothing is coded again). For benchmarks
+        that compare runs side by side in one process."""
+        twin = copy.copy(self)
+        twin._entries, twin._rows, twin._segments, twin._layer_settings, twin._memo = {}, {}, {}, {}, {}
+        twin._writer = ManifestWriter()
+        twin._setting_items = {}
+        twin.on_entry = None
+        return twin
+
     # --- public API ---------------------------------------------------------------------------------
 
     def artifact_bytes(self, config: CompressionConfig) -> int:
@@ -244,11 +294,11 @@ class SizeModel:
         if found is not None:
             return found
         config.validate_against(self.info)
-        kept, rows = self._plan_rows(config)
-        tensor_bytes = sum(row.compressed_bytes for row in rows)
+        kept, segments = self._plan_segments(config)
+        tensor_bytes = sum(segment.compressed_bytes for segment in segments)
         files = self.metadata.files(kept, tensor_bytes)
         other = sum(files.values())
-        manifest = len(self._manifest_bytes(config, kept, rows, files, tensor_bytes, other))
+        manifest = self._manifest_length(config, kept, segments, files, tensor_bytes, other)
         model_config = files[MODEL_CONFIG_FILE]
         result = ArtifactSize(
             tensor_bytes=tensor_bytes,
@@ -329,10 +379,15 @@ class SizeModel:
     def _plan_rows(self, config: CompressionConfig) -> tuple[tuple[int, ...], list[_Row]]:
         """plan_model's tensors in its order, built from per-layer pieces memoised across configs
         (tests check both agree)."""
+        kept, segments = self._plan_segments(config)
+        return kept, [row for segment in segments for row in segment.rows]
+
+    def _plan_segments(self, config: CompressionConfig) -> tuple[tuple[int, ...], list[_Segment]]:
+        """The kept layers and plan_model's tensors as memoised per-layer segments."""
         drops = config.drops
         layer_entries = dict(config.layers)
         overrides = dict(config.tensors)
-        rows: list[_Row] = []
+        rows: list[_Segment] = []
         kept = []
         for layer in self.info.layers:
             drop = drops.get(layer.index, "none")
@@ -342,17 +397,17 @@ class SizeModel:
             key = (layer.index, len(kept), drop, settings)
             segment = self._segments.get(key)
             if segment is None:
-                segment = self._segments[key] = self._layer_segment(layer, len(kept), drop, settings)
-            rows.extend(segment)
+                segment = self._segments[key] = _Segment.of(self._layer_segment(layer, len(kept), drop, settings))
+            rows.append(segment)
             kept.append(layer.index)
         named = tuple((t.name, overrides[t.name]) for t in self.info.non_decoder if t.name in overrides)
         key = ("non_decoder", config.embedding, config.head, named)
         segment = self._segments.get(key)
         if segment is None:
-            segment = self._segments[key] = tuple(
+            segment = self._segments[key] = _Segment.of(tuple(
                 self._row(t.name, t.name, config.setting_for(t.name, self.info)) for t in self.info.non_decoder
-            )
-        rows.extend(segment)
+            ))
+        rows.append(segment)
         return tuple(kept), rows
 
     def _settings_of_layer(
@@ -365,7 +420,7 @@ class SizeModel:
         # config.setting_for decides precedence; what it reads for a layer's tensors is the layer's
         # entry, the default and the overrides naming them, so those key the memo.
         named = tuple((name, overrides[name]) for name, _ in _layer_tensors(layer) if name in overrides)
-        key = (layer.index, layer_entries.get(layer.index, LayerConfig()), config.default, named)
+        key = (layer.index, layer_entries.get(layer.index, _NO_LAYER), config.default, named)
         settings = self._layer_settings.get(key)
         if settings is None:
             settings = tuple(config.setting_for(name, self.info) for name, _ in _layer_tensors(layer))
@@ -397,33 +452,42 @@ class SizeModel:
                 setting,
                 tuple(StoredFrame(kind, coder, 0, length, PLACEHOLDER_SHA256) for kind, coder, length in frames),
             )
-            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames,
-                       self._writer.entry_template(stored))
+            template = self._writer.entry_template(stored)
+            row = _Row(name, source, setting, setting.key(), entry.compressed_bytes, frames, template,
+                       sum(len(piece) for piece in template))
             self._rows[(name, source, setting)] = row
         return row
 
-    def _manifest_bytes(
+    def _manifest_length(
         self,
         config: CompressionConfig,
         kept: tuple[int, ...],
-        rows: list[_Row],
+        segments: list[_Segment],
         files: dict[str, int],
         tensor_bytes: int,
         other_bytes: int,
-    ) -> bytes:
-        """manifest.json as write_artifact writes it (placeholder checksums), by the writer's own
-        code from the rows' memoised entry templates: only the frame offsets are new per config."""
-        entries = []
+    ) -> int:
+        """len(manifest.json) as write_artifact writes it (placeholder checksums), counted from the
+        segments' memoised template lengths and settings and the writer's own pieces: only the frame
+        offsets' digits are new per config, and nothing is joined (tests check it against manifest())."""
+        rows = sum(len(segment.rows) for segment in segments)
+        entries = max(rows - 1, 0)  # the commas between entries
         offset = 0
-        for row in rows:
-            offsets = []
-            for _, _, length in row.frames:
-                offsets.append(offset)
-                offset += length
-            entries.append((row.template, offsets))
-        settings = {row.setting_key: row.setting for row in rows}  # to_dict's {key: last setting}
+        settings: dict[str, TensorSetting] = {}
+        for segment in segments:
+            entries += segment.template_length + segment.offset_digits(offset)
+            offset += segment.span
+            settings.update(segment.settings)  # to_dict's {key: last setting}
+        items = self._setting_items
+        settings_length = max(len(settings) - 1, 0)
+        for key, setting in settings.items():
+            length = items.get((key, setting))
+            if length is None:
+                length = items[(key, setting)] = self._writer.setting_item_length(key, setting)
+            settings_length += length
         manifest = replace(self._manifest, kept_layers=kept, config=config, files=files, tensor_bytes=tensor_bytes)
-        return self._writer.encode(manifest, other_bytes, entries=entries, settings=settings)
+        return self._writer.encoded_length(manifest, other_bytes, entries_length=entries,
+                                           settings_length=settings_length)
 
 
 def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:

@@ -70,6 +70,7 @@ class FitnessConfig:
     tail_samples: int = DEFAULT_TAIL_SAMPLES
     batch_size: int | None = None
     compile: str = "off"
+    kl_chunk: int = 0  # tokens per head + KL chunk after one body forward; 0: whole-batch logits (fastforward.py)
 
     def __post_init__(self) -> None:
         from evo.evaluate.fastforward import check_compile_mode
@@ -81,6 +82,8 @@ class FitnessConfig:
             _positive_int(name, getattr(self, name))
         if self.batch_size is not None:
             _positive_int("batch_size", self.batch_size)
+        if isinstance(self.kl_chunk, bool) or not isinstance(self.kl_chunk, int) or self.kl_chunk < 0:
+            raise EvoError(f"FitnessConfig.kl_chunk={self.kl_chunk!r} must be 0 (whole batch) or a positive integer")
         if isinstance(self.tail_samples, bool) or not isinstance(self.tail_samples, int) or self.tail_samples < 0:
             raise EvoError(f"FitnessConfig.tail_samples={self.tail_samples!r} must be a non-negative integer")
         if _positive_int("screen_tokens", self.screen_tokens) < 2:
@@ -220,7 +223,7 @@ class Evaluator:
         self.stage_shapes: dict[int, tuple[int, int]] = {}
         from evo.evaluate.fastforward import FastForward
 
-        self.forward = FastForward(self.model, fitness.compile, self.device)
+        self.forward = FastForward(self.model, fitness.compile, self.device, kl_chunk=fitness.kl_chunk)
         self._device_ids = self.token_ids.to(self.device)  # checked once here, copied to the device once
 
     def _check_reference(self, reference: DenseReference | None) -> DenseReference | None:
@@ -331,7 +334,7 @@ class Evaluator:
             param = self._params[tensor.source]
             if levels is not None and (tensor.source, tensor.setting) in levels:
                 weight, shared = levels.weight(tensor.source, tensor.setting)
-                if shared:
+                if shared and not self._copy_levels():
                     param.data = weight  # a pointer swap; restore() points it back at its own storage
                 else:
                     self._write_own(tensor.source, weight)
@@ -355,6 +358,10 @@ class Evaluator:
             self._resident[tensor.source] = key
             swapped += 1
         return swapped, compressed
+
+    def _copy_levels(self) -> bool:
+        """CUDA graphs replay the parameters' addresses recorded at capture: levels are copied in place."""
+        return self.forward.mode == "reduce-overhead" and self.forward.compiled
 
     def _write_own(self, name: str, weight: torch.Tensor) -> None:
         """Copy `weight` into the parameter's own storage (pointing it back there first)."""
@@ -464,10 +471,10 @@ class Evaluator:
         for number, start in enumerate(range(0, sequences, size)):
             rows = slice(start, min(start + size, sequences))
             # dropped blocks are swapped modules: compiled graphs would recompile per drop pattern
-            logits = self.forward.logits(self._device_ids[rows, :tokens], eager=bool(self._replaced))
-            part = self.forward.kl_sum(logits, *(ref[rows, :tokens] for ref in self._reference_rows))
+            part = self.forward.kl_sum_of(self._device_ids[rows, :tokens],
+                                          *(ref[rows, :tokens] for ref in self._reference_rows),
+                                          eager=bool(self._replaced))
             total = part if total is None else total + part
-            del logits
             if progress:
                 progress(number + 1, batches)
         return float(total) / (sequences * tokens)

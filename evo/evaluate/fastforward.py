@@ -9,6 +9,12 @@ CPU compile costs minutes of a 2-core machine for little), and when it fails on 
 Triton, an unsupported op, a graph break storm) the eager forward runs instead and the reason is
 kept in `fallback`. The numbers are the eager ones up to the fused kernels' rounding.
 
+kl_chunk > 0 runs the decoder body once for the whole batch and then the output head and the KL
+`kl_chunk` tokens at a time (`kl_sum_of`): the full-vocabulary logits (and their float32 copies in
+the KL) never exist for the whole batch at once, only for a chunk. Architectures whose logits are
+not just the head applied to the body's last hidden state (softcapping, scaling) are detected on
+the first call and run the whole-batch path (`fallback` says why).
+
 CUDA graphs replay the parameters' storage addresses recorded at capture: materialise must copy
 weights into the parameters in place (as Evaluator.materialise does), not swap tensors. A genome
 that drops blocks swaps modules in the model, which would recompile the graph for every new drop
@@ -44,13 +50,20 @@ class FastForward:
     run eagerly (`fallback` says why when a mode was asked for).
     """
 
-    def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
+                 kl_chunk: int = 0) -> None:
         self.model = model
         self.mode = check_compile_mode(mode)
         self.device = device if device is not None else next(model.parameters()).device
+        if isinstance(kl_chunk, bool) or not isinstance(kl_chunk, int) or kl_chunk < 0:
+            raise EvoError(f"kl_chunk={kl_chunk!r} must be 0 (whole batch) or a positive number of tokens")
+        self.kl_chunk = kl_chunk
         self.fallback: str | None = None
         self._forward: Callable = self._eager_forward
         self._kl: Callable = topk_kl_sum
+        self._body: Callable = self._eager_body
+        self._head_kl: Callable = self._eager_head_kl
+        self._chunk_checked = False
         if self.mode == "off":
             return
         if self.device.type != "cuda":
@@ -64,6 +77,9 @@ class FastForward:
             # the KL without CUDA graphs: its inputs are slices of the reference, new each stage
             kl_mode = "default" if self.mode == "reduce-overhead" else self.mode
             self._kl = torch.compile(topk_kl_sum, mode=kl_mode, dynamic=False)
+            if self.kl_chunk:
+                self._body = torch.compile(self._eager_body, mode=self.mode, dynamic=False)
+                self._head_kl = torch.compile(self._eager_head_kl, mode=kl_mode, dynamic=False)
         except Exception as exc:  # noqa: BLE001 — any failure to compile means: run eagerly
             self._fall_back(exc)
 
@@ -74,11 +90,69 @@ class FastForward:
     def _eager_forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=ids, use_cache=False).logits
 
+    def _eager_body(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+
+    def _eager_head_kl(self, hidden: torch.Tensor, *reference: torch.Tensor) -> torch.Tensor:
+        return topk_kl_sum(self.model.get_output_embeddings()(hidden), *reference)
+
     def _fall_back(self, exc: BaseException) -> None:
         self.fallback = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}): eager forward"
         warnings.warn(self.fallback, RuntimeWarning, stacklevel=3)
         self._forward = self._eager_forward
         self._kl = topk_kl_sum
+        self._body = self._eager_body
+        self._head_kl = self._eager_head_kl
+
+    def _check_chunking(self, ids: torch.Tensor) -> None:
+        """Once: the head applied to the body's output must be the model's logits, else no chunks."""
+        self._chunk_checked = True
+        probe = ids[:1, : min(8, ids.shape[1])]
+        try:
+            whole = self._eager_forward(probe)
+            parts = self.model.get_output_embeddings()(self._eager_body(probe))
+            same = whole.shape == parts.shape and torch.allclose(whole.float(), parts.float(), rtol=1e-3, atol=1e-3)
+        except Exception as exc:  # noqa: BLE001 — no decoder/head split: the whole-batch path
+            same, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        else:
+            why = "the model's logits are not its head applied to the last hidden state"
+        if not same:
+            self.kl_chunk = 0
+            self.fallback = f"kl_chunk off ({why}): whole-batch logits"
+
+    @torch.no_grad()
+    def kl_sum_of(self, ids: torch.Tensor, *reference: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """Σ topk_kl of the model on ids [n, L] against the reference rows [n, L, ...], a float64 0-d
+        tensor on the device: whole-batch logits, or with kl_chunk the head and KL chunk by chunk."""
+        if self.kl_chunk and not self._chunk_checked:
+            self._check_chunking(ids)
+        if not self.kl_chunk:
+            return self.kl_sum(self.logits(ids, eager=eager), *reference)
+        body = self._eager_body if eager or self._body == self._eager_body else self._body
+        head_kl = self._eager_head_kl if eager else self._head_kl
+        try:
+            hidden = body(ids)
+        except Exception as exc:  # noqa: BLE001
+            self._fall_back(exc)
+            hidden = self._eager_body(ids)
+        if self.mode == "reduce-overhead" and body is not self._eager_body:
+            hidden = hidden.clone()  # a CUDA graph's output buffer
+        tokens = ids.shape[0] * ids.shape[1]
+        flat = hidden.reshape(tokens, hidden.shape[-1])
+        rows = [part.reshape(tokens, *part.shape[2:]) for part in reference]
+        total = None
+        for start in range(0, tokens, self.kl_chunk):
+            chunk = slice(start, min(start + self.kl_chunk, tokens))
+            try:
+                part = head_kl(flat[chunk], *(row[chunk] for row in rows))
+            except Exception as exc:  # noqa: BLE001
+                if head_kl == self._eager_head_kl:
+                    raise
+                self._fall_back(exc)
+                head_kl = self._eager_head_kl
+                part = head_kl(flat[chunk], *(row[chunk] for row in rows))
+            total = part if total is None else total + part
+        return total
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, *, eager: bool = False) -> torch.Tensor:

@@ -252,10 +252,13 @@ class SearchSession:
             return self.size_table.artifact_bytes(genome)
         return self.size_model.artifact_bytes(self.config_of(genome))
 
-    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None):
+    def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None,
+                        levels: bool | None = None):
         """Code every (tensor, setting) pair of the space into the run's size cache, in `workers`
         processes (all cores by default) or on a WorkerPool's actors, and size genomes from the
-        table from now on."""
+        table from now on. levels: build the level database (None: on CUDA and for gptq spaces;
+        True also on a CPU, as the benchmarks' CPU smoke runs do; False never, levels are then
+        computed on first use)."""
         from evo.evaluate.resident import logits_bytes
         from evo.search.levels import LevelStore
         from evo.search.size_table import SizeTable
@@ -274,7 +277,11 @@ class SearchSession:
                     self.size_table = table
                     return table
                 # an actor died with its share uncoded: this process builds the levels, coding the rest
-            if evaluator.device.type != "cuda" and self.hessians is None:
+            if levels is None:
+                levels = evaluator.device.type == "cuda" or self.hessians is not None
+            if not levels and self.hessians is not None:
+                raise EvoError("a gptq space's levels need the run's Hessians: they are always built")
+            if not levels:
                 # On a CPU the whole database would hold every level in RAM (the default space on the
                 # default model: ~23 GB dequantized, ~3.6 GB as codes) and take minutes to build: the
                 # sizes are coded as before and the evaluator computes a level when a candidate first
@@ -285,12 +292,12 @@ class SearchSession:
             # every level quantized once: its codes give the sizes, its weights the evaluator's swaps
             dtype = next(self.loaded.model.parameters()).dtype
             reserve = logits_bytes(*evaluator.token_ids.shape, self.loaded.info.vocab_size, dtype.itemsize)
-            levels = LevelStore(table, device=evaluator.device, dtype=dtype, hessians=self.hessians,
-                                reserve_bytes=reserve)
-            levels.build(workers=workers, progress=progress)
+            database = LevelStore(table, device=evaluator.device, dtype=dtype, hessians=self.hessians,
+                                  reserve_bytes=reserve)
+            database.build(workers=workers, progress=progress)
             table.fill(workers=workers, pool=pool)  # every size is in the cache now: nothing is coded twice
-            evaluator.levels = levels
-            self.levels = levels
+            evaluator.levels = database
+            self.levels = database
             self.size_table = table
         return self.size_table
 
@@ -647,7 +654,7 @@ def run_search(
                     tic = time.perf_counter() - seconds
                 size = session.size_model.artifact_bytes(config)
                 seconds = time.perf_counter() - tic
-                entry = store.append(request.genome, request.stage, quality, size, seconds)
+                entry = store.append(request.genome, request.stage, quality, size, seconds, durable=False)
                 new_evaluations += 1
                 seconds_per_new.append(seconds)
                 done_by_stage[request.stage] = done_by_stage.get(request.stage, 0) + 1
@@ -656,6 +663,7 @@ def run_search(
                 clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
+        store.sync()  # the batch's journal lines on disk before the engine moves on (one fsync per batch)
         engine.tell(results)
         if engine.at_generation_boundary():
             _checkpoint(session, engine)

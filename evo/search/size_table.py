@@ -142,6 +142,14 @@ class SizeTable:
         self.filled = False
         self._rows = np.arange(len(names))
 
+    def sharing(self, size_model: SizeModel) -> SizeTable:
+        """A table of the same space and model whose filled array is this one's, sizing the rest of an
+        artifact with `size_model` (e.g. SizeModel.fresh(): a benchmark's runs side by side)."""
+        twin = SizeTable(self.space, self.info, size_model)
+        twin.table = self.table
+        twin.filled = self.filled
+        return twin
+
     # --- building ------------------------------------------------------------------------------------
 
     def pairs(self) -> list[tuple[str, TensorSetting]]:

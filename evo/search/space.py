@@ -114,6 +114,21 @@ class SearchSpace:
     def setting(self, values: Mapping[str, Any], *, key: str = "genes") -> TensorSetting:
         """The TensorSetting a gene combination means: the base's fields with the genes' values
         (bits=16 keeps the matrix, whatever the rest; a pruned matrix needs an integer zero point)."""
+        memo = self.__dict__.setdefault("_setting_memo", {})  # decode asks for the same few settings
+        try:
+            found = memo.get((key, tuple(values.items())))
+        except TypeError:  # unhashable values: not memoised
+            found = None
+        if found is not None:
+            return found
+        found = self._new_setting(values, key)
+        try:
+            memo[(key, tuple(values.items()))] = found
+        except TypeError:
+            pass
+        return found
+
+    def _new_setting(self, values: Mapping[str, Any], key: str) -> TensorSetting:
         if values["bits"] == KEPT_BITS:
             return KEPT
         chosen = {**asdict(self.base), "rescale": 1.0, "sparsity": 0.0, **values}
@@ -131,6 +146,15 @@ class SearchSpace:
     def genes(self, info: ModelInfo) -> tuple[Gene, ...]:
         """The genome layout for a model: per unit its genes (bits, rescale, sparsity, ...), per layer drop, then
         the embedding (and untied head) bits."""
+        memo = self.__dict__.setdefault("_genes_memo", {})  # by the info object: decode asks per genome
+        found = memo.get(id(info))
+        if found is not None and found[0] is info:
+            return found[1]
+        genes = self._new_genes(info)
+        memo[id(info)] = (info, genes)
+        return genes
+
+    def _new_genes(self, info: ModelInfo) -> tuple[Gene, ...]:
         genes: list[Gene] = []
         groups = ("all",) if self.granularity == "layer" else GROUPS
         unit = 0
@@ -153,6 +177,9 @@ class SearchSpace:
             raise EvoError(f"genome has {len(genome)} genes but space {self.name!r} lays out {len(genes)} for this model")
         values = {gene.name: gene.choices[index] for gene, index in zip(genes, genome)}
         layers: dict[int, LayerConfig] = {}
+        made = self.__dict__.setdefault("_layer_memo", {})  # LayerConfigs are immutable: one per combination
+        if len(made) >= 1 << 16:
+            made.clear()
         for layer in info.layers:
             i = layer.index
             if self.granularity == "layer":
@@ -161,7 +188,11 @@ class SearchSpace:
             else:
                 attention = self._unit_setting(values, f"layer{i}.attention")
                 mlp = self._unit_setting(values, f"layer{i}.mlp")
-            layers[i] = LayerConfig(attention=attention, mlp=mlp, drop=values[f"layer{i}.drop"])
+            key = (attention, mlp, values[f"layer{i}.drop"])
+            layer_config = made.get(key)
+            if layer_config is None:
+                layer_config = made[key] = LayerConfig(attention=attention, mlp=mlp, drop=key[2])
+            layers[i] = layer_config
         embedding = self.setting({"bits": values["embedding.bits"]}, key="embedding.bits")
         head = self.setting({"bits": values["head.bits"]}, key="head.bits") if "head.bits" in values else KEPT
         return CompressionConfig(default=KEPT, embedding=embedding, head=head, layers=layers)

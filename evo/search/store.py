@@ -1,8 +1,13 @@
-"""The run directory: spec, append-only fsync'd journal of finished evaluations, atomic
-per-generation checkpoints, Pareto front and best config. JSON/TOML only, no pickle.
+"""The run directory: spec, append-only journal of finished evaluations, atomic per-generation
+checkpoints, Pareto front and best config. JSON/TOML only, no pickle.
 
 A run killed at any instant resumes from the last checkpoint; evaluations finished after it are
-read back from the journal, so nothing is lost and nothing is evaluated twice.
+read back from the journal, so nothing is lost and nothing is evaluated twice. Each journal line
+is written and flushed to the kernel when its evaluation ends (a killed process loses none); the
+search fsyncs the journal once per asked batch (`sync`), before the batch's checkpoint, instead of
+once per line: at 50 evaluations/s a per-line fsync was a real share of the loop. A power loss can
+cost the lines after the last sync: the run resumes from its checkpoint and evaluates them again,
+deterministically, to the same values.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class RunStore:
         self.directory = Path(directory)
         self.lock = None  # a RunLock when this store created the run
         self._journal: dict[str, JournalEntry] = {}
+        self._unsynced = False  # journal lines appended with durable=False since the last sync()
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -159,18 +165,31 @@ class RunStore:
     def __len__(self) -> int:
         return len(self._journal)
 
-    def append(self, genome: tuple[int, ...], stage: int, quality: float, size_bytes: int, seconds: float) -> JournalEntry:
+    def append(self, genome: tuple[int, ...], stage: int, quality: float, size_bytes: int, seconds: float, *,
+               durable: bool = True) -> JournalEntry:
+        """Journal a finished evaluation; durable=False leaves the fsync to the next sync()."""
         key = evaluation_key(genome, stage)
         if key in self._journal:
             raise RuntimeError(f"evaluation {key} is already journaled")  # a bug, never user input
         entry = JournalEntry(key=key, genome=tuple(genome), stage=stage, quality=float(quality),
                              size_bytes=int(size_bytes), seconds=seconds, index=len(self._journal))
         with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
-            handle.write(dumps(entry.to_dict()) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+            handle.write(dumps(entry.to_dict()) + "\n")  # flushed to the kernel when the file closes
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+            else:
+                self._unsynced = True
         self._journal[key] = entry
         return entry
+
+    def sync(self) -> None:
+        """fsync the journal if lines were appended since the last sync (see the module docstring)."""
+        if not self._unsynced:
+            return
+        with open(self.directory / JOURNAL_FILE, "a", encoding="utf-8") as handle:
+            os.fsync(handle.fileno())
+        self._unsynced = False
 
     # --- checkpoint, front, best ---------------------------------------------------------------
 
