@@ -93,6 +93,14 @@ def relative_error(weight: torch.Tensor, approx: torch.Tensor, hessian: torch.Te
     return float(torch.einsum("ij,jk,ik->", e, h, e) / torch.einsum("ij,jk,ik->", w, h, w))
 
 
+def _ratio(a: float, b: float) -> str:
+    """a / b to 3 decimals; "exact" when both are 0 (a weight already on the type's grid, e.g. the default
+    model's tensors that its source GGUF stores in that type)."""
+    if b == 0:
+        return "exact" if a == 0 else "inf"
+    return f"{a / b:.3f}"
+
+
 def render(rows: list[dict], meta: dict) -> str:
     lines = ["# GGUF encoders: plain (imatrix) vs GPTQ error feedback, relative output error", "",
              f"`{' '.join(meta['argv'])}`; {meta['model']} on {meta['device']}, Hessians from {meta['calib_tokens']} "
@@ -101,8 +109,8 @@ def render(rows: list[dict], meta: dict) -> str:
              "gptq (held-out) | gptq/plain | plain s | gptq s |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['tensor']} | {r['type']} | {r['bits_per_weight']:.3f} | {r['plain_calib']:.5f} | "
-                     f"{r['gptq_calib']:.5f} | {r['gptq_calib'] / r['plain_calib']:.3f} | {r['plain_heldout']:.5f} | "
-                     f"{r['gptq_heldout']:.5f} | {r['gptq_heldout'] / r['plain_heldout']:.3f} | "
+                     f"{r['gptq_calib']:.5f} | {_ratio(r['gptq_calib'], r['plain_calib'])} | {r['plain_heldout']:.5f} | "
+                     f"{r['gptq_heldout']:.5f} | {_ratio(r['gptq_heldout'], r['plain_heldout'])} | "
                      f"{r['plain_s']:.2f} | {r['gptq_s']:.2f} |")
     if meta.get("stopped"):
         lines += ["", f"stopped at the deadline: {meta['stopped']}"]
@@ -168,8 +176,8 @@ def run(args, started: float) -> int:
                    "plain_s": plain_s, "gptq_s": gptq_s}
             rows.append(row)
             print(f"{name:42s} {qtype:6s} {row['plain_calib']:9.5f} {row['gptq_calib']:9.5f} "
-                  f"{row['gptq_calib'] / row['plain_calib']:6.3f} |          {row['plain_heldout']:9.5f} "
-                  f"{row['gptq_heldout']:9.5f} {row['gptq_heldout'] / row['plain_heldout']:6.3f}", flush=True)
+                  f"{_ratio(row['gptq_calib'], row['plain_calib']):>6s} |          {row['plain_heldout']:9.5f} "
+                  f"{row['gptq_heldout']:9.5f} {_ratio(row['gptq_heldout'], row['plain_heldout']):>6s}", flush=True)
         if meta["stopped"]:
             break
     meta["seconds"] = round(time.time() - started, 1)

@@ -435,14 +435,15 @@ def _evaluator_class():
             for source, qtype in config.types:
                 if self._layer_of.get(source) in dropped:
                     continue  # its blocks are zero modules: the weight is never read
-                hessian = self.hessians.hessian(source) if self.hessians is not None and source in self.hessians else None
-                key = f"gguf-{'gptq-' if hessian is not None else ''}{qtype}"
+                gptq = self.hessians is not None and source in self.hessians
+                key = f"gguf-{'gptq-' if gptq else ''}{qtype}"
                 if self._resident[source] == key:
                     continue
                 param = self._params[source]
                 weight = self._cache.get((source, key))
                 if weight is None:
                     original = self._originals[source].to(param.device)
+                    hessian = self.hessians.hessian(source) if gptq else None  # read on a miss only: a file per layer
                     weight = gguf_level(original, qtype, self.importance.get(source), hessian).to(dtype=param.dtype)
                     self._cache.put((source, key), weight)
                     compressed += 1
