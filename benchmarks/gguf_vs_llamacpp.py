@@ -3,6 +3,7 @@
     python benchmarks/gguf_vs_llamacpp.py --llama-bin $EVO_DEV/llama/cpu/bin --peer-work-dir $EVO_DEV/peer \
         --device cuda --jobs 16 --out $OUT/gguf --deadline-s 510          # one H200 call (< 9 min)
     python benchmarks/gguf_vs_llamacpp.py --smoke                              # CPU smoke, tiny model, no llama.cpp
+    python benchmarks/gguf_vs_llamacpp.py ... --space gguf_gptq                # evo's searches with GPTQ-encoded levels
 
 1. Targets: llama.cpp's Q2_K, Q3_K_S, Q3_K_M, Q4_K_M with imatrix, each also with
    `--token-embedding-type q4_0`, made with benchmarks/llamacpp_peer.py's imatrix and llama-quantize
@@ -10,6 +11,7 @@
    Without llama.cpp binaries the targets are evo's own encodings of the same recipes (their sizes are
    llama.cpp's to the byte, bar llama.cpp's imatrix metadata) and the rows say so.
 2. For every distinct target size and every seed (--seeds N: seeds 0..N-1): `evo search --space gguf`
+   (--space: another GGUF space, e.g. gguf_gptq, whose decoder linears are GPTQ-encoded on the run's Hessians)
    with the budget = the target's bytes, its best GGUF written (evo.search.gguf_export.write_point);
    predicted bytes == os.stat bytes is checked for each file. Searches run in --search-workers
    processes at once on the device.
@@ -58,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="search and evaluation device: cpu, cuda")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="CPU threads in all")
     p.add_argument("--recipes", default=",".join(RECIPES))
+    p.add_argument("--space", default="gguf", help="evo's GGUF search space: gguf, gguf_gptq or a .toml file")
     p.add_argument("--seeds", type=int, default=3, help="search seeds per target size (0..N-1)")
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--population", type=int, default=12)
@@ -177,7 +180,7 @@ def evo_encoded_targets(args, model: str) -> list[peer.Row]:
 
 
 def search_task(task: dict) -> dict:
-    """One `evo search --space gguf` at a budget and seed, its best exported as GGUF."""
+    """One `evo search --space SPACE` (a GGUF space) at a budget and seed, its best exported as GGUF."""
     import torch
 
     from evo.constants import FINAL_STAGE
@@ -192,7 +195,7 @@ def search_task(task: dict) -> dict:
     torch.set_num_threads(task["threads"])
     tic = time.perf_counter()
     run_dir = Path(task["run_dir"])
-    spec = SearchSpec(budget_bytes=task["budget"], model=task["model"], space="gguf", seed=task["seed"],
+    spec = SearchSpec(budget_bytes=task["budget"], model=task["model"], space=task["space"], seed=task["seed"],
                       generations=task["generations"], population=task["population"], samples=task["samples"],
                       dtype="float32", seq_len=task["calib_len"], clusters=min(8, max(1, task["samples"] // 2)), screen_sequences=min(4, task["samples"]),
                       screen_tokens=min(128, task["calib_len"]))
@@ -233,8 +236,8 @@ def run_searches(args, model: str, budgets: list[int], deadline) -> list[dict]:
     tasks = []
     for budget in budgets:
         for seed in range(args.seeds):
-            name = f"b{budget}-s{seed}"
-            tasks.append({"model": model, "budget": budget, "seed": seed, "device": args.device,
+            name = f"b{budget}-s{seed}" if args.space == "gguf" else f"{_space_tag(args.space)}-b{budget}-s{seed}"
+            tasks.append({"model": model, "budget": budget, "seed": seed, "device": args.device, "space": args.space,
                           "generations": args.generations, "population": args.population, "samples": args.samples,
                           "calib_len": args.calib_len, "threads": max(1, args.jobs // args.search_workers),
                           "deadline": deadline, "run_dir": str(args.work_dir / "runs" / name),
@@ -254,6 +257,11 @@ def run_searches(args, model: str, budgets: list[int], deadline) -> list[dict]:
             results.append(future.result())
             _print_search(results[-1])
     return sorted(results, key=lambda r: (r["budget"], r["seed"]))
+
+
+def _space_tag(space: str) -> str:
+    """A space's name for file names (its file's stem when it is a path)."""
+    return Path(space).stem if space.endswith(".toml") else space
 
 
 def _guarded(task: dict) -> dict:
@@ -308,7 +316,7 @@ def render_markdown(table: list[dict], datasets: list[str], llama: list[dict], m
     heads = ["llama.cpp file", "bytes", *[f"{l} PPL" for l in labels], "evo bytes (max of seeds)",
              *[f"evo {l} PPL (mean ± std)" for l in labels], "seeds", "predicted = stat"]
     lines = [f"# evo's searched GGUF vs llama.cpp's recipes at equal file size\n",
-             f"`{' '.join(meta['argv'])}`; {meta['seconds']:.0f} s. evo: `--space gguf`, {meta['generations']} "
+             f"`{' '.join(meta['argv'])}`; {meta['seconds']:.0f} s. evo: `--space {meta['space']}`, {meta['generations']} "
              f"generations x {meta['population']}, KL on {meta['samples']} x {meta['calib_len']} calibration tokens; "
              f"perplexity: evo's (transformers GGUF loader), {meta['max_tokens']} tokens in windows of {meta['seq_len']}.\n",
              "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
@@ -338,11 +346,16 @@ def render_markdown(table: list[dict], datasets: list[str], llama: list[dict], m
 def run(args, started: float, deadline) -> int:
     from evo.data.corpus import find_builtin
 
-    meta = {"argv": sys.argv, "versions": peer._versions(), "device": args.device, "generations": args.generations,
+    meta = {"argv": sys.argv, "versions": peer._versions(), "device": args.device, "space": args.space,
+            "generations": args.generations,
             "population": args.population, "samples": args.samples, "calib_len": args.calib_len,
             "max_tokens": args.max_tokens, "seq_len": args.seq_len, "seeds": args.seeds}
     for dataset in args.datasets:
         meta[f"data_{dataset}"] = str(find_builtin(dataset))
+    from evo.search.space import SearchSpace
+
+    if getattr(SearchSpace.load(args.space), "format", None) != "gguf":  # a bad name fails before any work
+        raise peer.BenchError(f"--space {args.space} is not a GGUF space (format = \"gguf\"): use gguf or gguf_gptq")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
@@ -379,7 +392,7 @@ def run(args, started: float, deadline) -> int:
             evaluator.add(target)
         for s in searches:
             if s["status"] == "ok":
-                row = peer.Row(method=f"evo gguf search b{s['budget']} seed {s['seed']}", path=s["path"], kind="gguf",
+                row = peer.Row(method=f"evo {_space_tag(args.space)} search b{s['budget']} seed {s['seed']}", path=s["path"], kind="gguf",
                                bytes=s["stat_bytes"])
                 evo_rows[s["path"]] = row
                 evaluator.add(row)
@@ -409,7 +422,7 @@ def run(args, started: float, deadline) -> int:
     (args.out / "results.json").write_text(json.dumps(record, indent=1, default=str))
     spending = [(t.method, type_bytes(Path(t.path))) for t in targets if t.status == "ok" and t.kind == "gguf"
                 and Path(t.path).is_file()]
-    spending += [(f"evo gguf search b{s['budget']} seed {s['seed']}", s["type_bytes"]) for s in searches
+    spending += [(f"evo {_space_tag(args.space)} search b{s['budget']} seed {s['seed']}", s["type_bytes"]) for s in searches
                  if s["status"] == "ok" and s["seed"] == 0]
     record["type_bytes"] = spending
     (args.out / "results.json").write_text(json.dumps(record, indent=1, default=str))

@@ -448,20 +448,41 @@ def quantize(weight: torch.Tensor, qtype: str, importance: torch.Tensor | None =
     if weight.dim() != 2:
         raise EvoError(f"tensor {name} has shape {tuple(weight.shape)}: only 2-D weights can be stored as {qt.name}")
     check_allowed(name, tuple(weight.shape), qt.name)
-    rows, cols = weight.shape
+    x = checked_weight(weight, name)
+    qw = checked_importance(importance, x.shape[1], name, x.device)
+    row_sigma2 = (x * x).mean(-1, keepdim=True)  # σ² of each row (quantize_row_q4_0_impl & co.)
+    return encode_rows(x, qt.name, qw, row_sigma2).cpu().numpy()
+
+
+def checked_weight(weight: torch.Tensor, name: str) -> torch.Tensor:
+    """The weight as float32 (on its device), or an EvoError naming the tensor when it holds NaN/inf."""
     x = weight.detach().to(torch.float32)
     if not torch.isfinite(x).all():
         raise EvoError(f"tensor {name} holds NaN or inf values: it cannot be quantized")
+    return x
+
+
+def checked_importance(importance: torch.Tensor | None, cols: int, name: str, device) -> torch.Tensor:
+    """One non-negative float32 per column on `device` (ones when None), or an EvoError naming the tensor."""
     if importance is None:
-        qw = torch.ones(cols, dtype=torch.float32, device=x.device)
-    else:
-        qw = importance.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
-        if qw.numel() != cols or not torch.isfinite(qw).all() or (qw < 0).any():
-            raise EvoError(f"importance for tensor {name} must be {cols} finite non-negative numbers, one per column")
+        return torch.ones(cols, dtype=torch.float32, device=device)
+    qw = importance.detach().to(device=device, dtype=torch.float32).reshape(-1)
+    if qw.numel() != cols or not torch.isfinite(qw).all() or (qw < 0).any():
+        raise EvoError(f"importance for tensor {name} must be {cols} finite non-negative numbers, one per column")
+    return qw
+
+
+def encode_rows(x: torch.Tensor, qtype: str, qw: torch.Tensor, row_sigma2: torch.Tensor) -> torch.Tensor:
+    """The bytes [rows, cols/block·type_size] (uint8, on x's device) of float32 x [rows, cols] (cols a
+    multiple of the block) with per-column importance qw [cols] and per-row σ² [rows, 1]. Block-local:
+    a block's bytes depend only on its weights, its columns' importance and its row's σ² (which the
+    32-block types weight by), so a row encoded block by block with its σ² given is these bytes
+    concatenated (evo.gguf.gptq encodes that way)."""
+    qt = quant_type(qtype)
+    rows, cols = x.shape
     nb = cols // qt.block_size
     encoder = _ENCODERS[qt.name]
     qw_blocks = qw.reshape(nb, qt.block_size)
-    row_sigma2 = (x * x).mean(-1, keepdim=True)  # σ² of each row (quantize_row_q4_0_impl & co.)
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // (cols * 40))
     out = torch.empty(rows, nb * qt.type_size, dtype=torch.uint8, device=x.device)
     for start in range(0, rows, rows_per_chunk):
@@ -470,7 +491,7 @@ def quantize(weight: torch.Tensor, qtype: str, importance: torch.Tensor | None =
         qwb = qw_blocks.repeat(stop - start, 1)
         s2 = row_sigma2[start:stop].repeat_interleave(nb, 0)
         out[start:stop] = encoder(xb, qwb, s2).reshape(stop - start, -1)
-    return out.cpu().numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -390,16 +390,23 @@ def _row_permutation(rows: int, heads: int) -> torch.Tensor:
 
 
 def encode_tensors(loaded, plan: GGUFPlan, importance: Mapping[str, torch.Tensor] | None = None,
-                   progress=None) -> dict[str, np.ndarray]:
-    """Each tensor's bytes as stored in the model's own row order (before the q/k permutation)."""
+                   progress=None, hessians=None) -> dict[str, np.ndarray]:
+    """Each tensor's bytes as stored in the model's own row order (before the q/k permutation).
+    `hessians` (an evo.evaluate.hessian.HessianSet, or None): the decoder linears it holds are
+    GPTQ-encoded (evo.gguf.levels.encode, as the GGUF search's evaluator does with them)."""
+    from evo.gguf.levels import encode
+
     params = dict(loaded.model.named_parameters())
     importance = importance or {}
     encoded = {}
     for t in plan.tensors:
         weight = params[t.source].detach()
+        hessian = None
         if t.zero:
             weight = torch.zeros_like(weight)
-        encoded[t.name] = quants.quantize(weight, t.qtype, importance.get(t.source), name=t.name)
+        elif hessians is not None and t.source in hessians and t.quantizable:
+            hessian = hessians.hessian(t.source)
+        encoded[t.name] = encode(weight, t.qtype, importance.get(t.source), hessian, name=t.name)
         if progress is not None:
             progress(t.name)
     return encoded

@@ -1,7 +1,7 @@
 """`evo export RUN --format gguf --out model.gguf`: the best GGUF configuration of a run under a
 budget written as a llama.cpp GGUF file (metadata and tokenizer from the source GGUF, or built from
 the config; dropped layers removed and the blocks renumbered), each tensor encoded with the run's
-imatrix exactly as the search evaluated it. Its bytes on disk are the bytes the run recorded: checked,
+imatrix (and, in a gptq space, GPTQ on the run's Hessians) exactly as the search evaluated it. Its bytes on disk are the bytes the run recorded: checked,
 and a mismatch leaves no file.
 """
 
@@ -69,6 +69,11 @@ def write_point(session, point: FrontPoint, out: str | os.PathLike, *, overwrite
         raise EvoError(f"run {run_dir}'s front records another config for its genome than this evo decodes: "
                        "export it with the evo that searched it")
     loaded = session.loaded
+    hessians = session.hessians  # a gptq space's: the decoder linears are GPTQ-encoded as the evaluator did
+    device = session.evaluator.device.type
+    if hessians is not None and getattr(hessians, "levels_device", None) not in (None, device):
+        raise EvoError(f"run {run_dir} computed its GPTQ-encoded GGUF levels on {hessians.levels_device}; their "
+                       f"bytes are exact for that device only: export with --device {hessians.levels_device}")
     session.evaluator.restore()  # the original weights: a search in this process swapped levels in
     type_of = config.type_of
     drops = config.drops
@@ -78,8 +83,8 @@ def write_point(session, point: FrontPoint, out: str | os.PathLike, *, overwrite
     if predicted != point.size_bytes:
         raise EvoError(f"the GGUF file would have {predicted} bytes but the run recorded {point.size_bytes}: the "
                        "run's sizes were measured for another source GGUF or evo version; nothing was written")
-    say(f"encoding {len(plan.tensors)} tensors with the run's imatrix")
-    encoded = encode_tensors(loaded, plan, session.evaluator.importance)
+    say(f"encoding {len(plan.tensors)} tensors with the run's imatrix" + (" and GPTQ" if hessians is not None else ""))
+    encoded = encode_tensors(loaded, plan, session.evaluator.importance, hessians=hessians)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = write_gguf(plan, encoded, out, overwrite=overwrite)
     written = out.stat().st_size

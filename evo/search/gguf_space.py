@@ -15,7 +15,11 @@ with `format = "gguf"`; loop.py asks `space.format`):
 - GGUFSearchSize: the file's bytes without writing it: header, metadata and tensor infos once per
   set of kept layers (names are renumbered after drops), then one memoised lookup per tensor.
 - GGUFEvaluator: the search's Evaluator with GGUF levels (evo.gguf.levels.gguf_level, a pure
-  (weight, type, importance) → dequantized weight) in place of compress_tensor's.
+  (weight, type, importance, Hessian) → dequantized weight) in place of compress_tensor's.
+- quantizer: "imatrix" (evo's encoders, fits weighted by the run's imatrix) or "gptq" (the same
+  encoders with GPTQ's error feedback, evo.gguf.gptq, on the run's Hessians of the decoder linears'
+  inputs, collected once per run into RUN/hessians as for evo's gptq spaces; embedding and output
+  stay imatrix). Sizes do not depend on it; export encodes with the same function and inputs.
 - recipe seeds: llama.cpp's Q3_K_S / Q3_K_M / Q4_K_M ... (with and without
   --token-embedding-type) as genomes, in the first population when they fit the budget.
 """
@@ -40,7 +44,9 @@ FORMAT = "gguf"
 GRANULARITIES = ("group", "tensor")
 IMATRIX_FILE = "imatrix.safetensors"
 SEEDS_FILE = "gguf_seeds.json"
-_TOP_KEYS = ("format", "name", "description", "granularity", "genes", "embedding", "head", "structure", "seeds")
+_TOP_KEYS = ("format", "name", "description", "granularity", "quantizer", "genes", "embedding", "head", "structure",
+             "seeds")
+QUANTIZERS = ("imatrix", "gptq")  # evo's encoders as they are, or with GPTQ's error feedback (evo.gguf.gptq)
 _OTHER_LINEAR_TYPE = "Q8_0"  # a decoder linear of neither group (none in Llama): llama.cpp's largest 8-bit type
 
 
@@ -119,11 +125,15 @@ class GGUFSpace:
     seed_recipes: tuple[str, ...] = ()
     seed_token_embedding_types: tuple[str, ...] = ("",)  # "" = the recipe's own embedding type
     fixed_drops: int | None = None
+    quantizer: str = "imatrix"
     format: str = FORMAT
 
     def __post_init__(self) -> None:
         from evo.gguf.recipes import RECIPES
 
+        if self.quantizer not in QUANTIZERS:
+            raise EvoError(f"search space key quantizer = {self.quantizer!r}: use one of {list(QUANTIZERS)} "
+                           "for a GGUF space")
         if self.granularity not in GRANULARITIES:
             raise EvoError(f"search space key granularity = {self.granularity!r}: use one of {list(GRANULARITIES)} "
                            "for a GGUF space")
@@ -244,6 +254,7 @@ class GGUFSpace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "name": self.name, "description": self.description, "granularity": self.granularity,
+            **({"quantizer": self.quantizer} if self.quantizer != "imatrix" else {}),
             "genes": {"types": list(self.types)}, "embedding": {"types": list(self.embedding_types)},
             "head": {"types": list(self.head_types)}, "structure": {"drop": list(self.drops)},
             "seeds": {"recipes": list(self.seed_recipes),
@@ -278,7 +289,8 @@ class GGUFSpace:
         drops = tables["structure"].get("drop", ["none"])
         try:
             return cls(name=str(data.get("name", Path(source).stem)), description=str(data.get("description", "")),
-                       granularity=str(data.get("granularity", "tensor")), types=types, embedding_types=embedding,
+                       granularity=str(data.get("granularity", "tensor")), quantizer=str(data.get("quantizer", "imatrix")),
+                       types=types, embedding_types=embedding,
                        head_types=head, drops=tuple(str(d) for d in (drops if isinstance(drops, list) else [drops])),
                        seed_recipes=tuple(str(r).upper() for r in recipes),
                        seed_token_embedding_types=tuple(quants.quant_type(e).name if e else "" for e in emb_seeds))
@@ -361,6 +373,7 @@ class GGUFSearchSize:
         self._layouts: dict[tuple[int, ...], tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]] = {}
         self._checked: set[tuple[str, str]] = set()
         self.evaluated = 0
+        self.hessians = None  # the run's HessianSet in a gptq space (build_gguf_evaluator)
 
     def layout(self, dropped: tuple[int, ...]) -> tuple[int, tuple[tuple[str, tuple[int, ...]], ...]]:
         """(fixed bytes, (source, shape) of every tensor in the file) for these dropped layers."""
@@ -399,12 +412,15 @@ def _evaluator_class():
 
     class GGUFEvaluator(Evaluator):
         """The search's Evaluator with GGUF levels: a tensor's weight is gguf_level(original, type,
-        imatrix), cached by (tensor, type) like compress_tensor's levels; dropped layers are zeroed
-        blocks (the identity of a pre-norm residual block, as the file without them)."""
+        imatrix, Hessian), cached by (tensor, type) like compress_tensor's levels; dropped layers are
+        zeroed blocks (the identity of a pre-norm residual block, as the file without them).
+        `hessians` (a HessianSet, gptq spaces): the decoder linears it holds are GPTQ-encoded."""
 
-        def __init__(self, *args, importance: Mapping[str, torch.Tensor] | None = None, **kwargs) -> None:
+        def __init__(self, *args, importance: Mapping[str, torch.Tensor] | None = None, hessians=None,
+                     **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.importance = dict(importance or {})
+            self.hessians = hessians
             self._layer_of = {lin.name: layer.index for layer in self.info.layers for lin in layer.linears}
 
         @torch.no_grad()
@@ -419,14 +435,16 @@ def _evaluator_class():
             for source, qtype in config.types:
                 if self._layer_of.get(source) in dropped:
                     continue  # its blocks are zero modules: the weight is never read
-                key = f"gguf-{qtype}"
+                gptq = self.hessians is not None and source in self.hessians
+                key = f"gguf-{'gptq-' if gptq else ''}{qtype}"
                 if self._resident[source] == key:
                     continue
                 param = self._params[source]
                 weight = self._cache.get((source, key))
                 if weight is None:
                     original = self._originals[source].to(param.device)
-                    weight = gguf_level(original, qtype, self.importance.get(source)).to(dtype=param.dtype)
+                    hessian = self.hessians.hessian(source) if gptq else None  # read on a miss only: a file per layer
+                    weight = gguf_level(original, qtype, self.importance.get(source), hessian).to(dtype=param.dtype)
                     self._cache.put((source, key), weight)
                     compressed += 1
                     if (source, key) in self._seen:
@@ -459,8 +477,9 @@ def load_or_collect_importance(store, loaded, token_ids, say=lambda m: None) -> 
 
 
 def build_gguf_evaluator(store, spec, loaded, calibration, say, progress, space):
-    """loop._build_evaluator for a GGUF space: imatrix, exact-size model, budget check, dense
-    reference, GGUF evaluator. Returns (evaluator, size model, importance)."""
+    """loop._build_evaluator for a GGUF space: imatrix, the run's Hessians (gptq spaces: read back or
+    collected by evo.search.levels.run_hessians, as for evo's gptq spaces), exact-size model, budget
+    check, dense reference, GGUF evaluator. Returns (evaluator, size model, importance)."""
     from evo.evaluate.evaluator import FitnessConfig
     from evo.search.budget import budget_range, check_budget
     from evo.search.loop import dense_reference
@@ -468,11 +487,16 @@ def build_gguf_evaluator(store, spec, loaded, calibration, say, progress, space)
     tokens = calibration.calibration.token_ids
     importance = load_or_collect_importance(store, loaded, tokens, say)
     size_model = GGUFSearchSize(loaded)
+    from evo.search.levels import run_hessians, space_needs_hessians
+
+    if space_needs_hessians(space):  # the session reads them from size_model.hessians, as for gptq spaces
+        size_model.hessians = run_hessians(store, loaded, tokens, say=say, progress=progress)
     check_budget(spec.budget_bytes, budget_range(space, loaded, size_model), fixed_drops=space.fixed_drops)
     fitness = FitnessConfig(metric=spec.fitness, screen_sequences=spec.screen_sequences,
                             screen_tokens=spec.screen_tokens, top_k=spec.top_k)
     reference = dense_reference(store, spec, loaded, tokens, say, progress)
-    evaluator = _evaluator_class()(loaded.model, loaded.info, tokens, fitness, reference, importance=importance)
+    evaluator = _evaluator_class()(loaded.model, loaded.info, tokens, fitness, reference, importance=importance,
+                                   hessians=size_model.hessians)
     if spec.stages:
         from evo.search.schedule import build_schedule, stage_shape
 

@@ -51,7 +51,10 @@ class LevelSummary:
 
 
 def space_needs_hessians(space) -> bool:
-    """Whether a space can ask for a gptq level (its base or a quantizer gene names gptq)."""
+    """Whether a space can ask for a gptq level (its base or a quantizer gene names gptq; a GGUF
+    space, its quantizer)."""
+    if getattr(space, "format", None) == "gguf":
+        return space.quantizer == "gptq"
     quantizers = dict(space.unit_genes).get("quantizer", (space.base.quantizer,))
     return "gptq" in quantizers
 
