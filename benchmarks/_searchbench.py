@@ -178,6 +178,13 @@ class DeadlineReached(Exception):
     """The call's --deadline-s is near: the search stops between evaluations (the journal keeps them)."""
 
 
+class Unfinished(Exception):
+    """A job the deadline stopped before it had a result: nothing is written, the same command resumes it."""
+
+
+UNFINISHED_EXIT = 3  # a --jobs worker's exit status for Unfinished
+
+
 def stop_at(progress, deadline_at: float | None):
     """`progress` that raises DeadlineReached once time.time() passes deadline_at (None: never)."""
     if deadline_at is None:
@@ -319,7 +326,9 @@ def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: fl
             log.close()
             del running[name]
             print(f"{name} finished with exit code {proc.returncode} in {time.perf_counter() - tic:.0f} s", flush=True)
-            if proc.returncode != 0:
+            if proc.returncode == UNFINISHED_EXIT:
+                print(f"{name} unfinished at the deadline (the same command resumes it)", flush=True)
+            elif proc.returncode != 0:
                 failed.append(name)
                 print("".join((logs / f"{name}.log").read_text().splitlines(keepends=True)[-30:]), flush=True)
     if failed:

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from _searchbench import (
+    UNFINISHED_EXIT,
+    Unfinished,
     best_journaled,
     c4_ids,
     common_argv,
@@ -80,7 +82,7 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     else:
         found = best_journaled(session)
         if found is None:
-            raise SystemExit(f"seed{seed}: the deadline came before any full evaluation under the budget")
+            raise Unfinished(f"seed{seed}: the deadline came before any full evaluation under the budget")
     best = CompressionConfig.from_dict(found[0])
     measured = write_and_measure(session.loaded, best, out / "deap" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache,
@@ -332,7 +334,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.only:
-        run_job(args, args.only, lambda: job(args, args.only))
+        try:
+            run_job(args, args.only, lambda: job(args, args.only))
+        except Unfinished as exc:
+            print(exc, flush=True)
+            raise SystemExit(UNFINISHED_EXIT) from None
         return
     if args.deadline_s is not None and args.deadline_at is None:
         args.deadline_at = time.time() + args.deadline_s
@@ -348,7 +354,10 @@ def main() -> None:
         if args.deadline_at and not done.exists() and (args.jobs > 1 or time.time() > args.deadline_at - args.reserve_s):
             print(f"{name}: not finished by the deadline", flush=True)
             continue
-        results[name] = run_job(args, name, lambda name=name: job(args, name))
+        try:
+            results[name] = run_job(args, name, lambda name=name: job(args, name))
+        except Unfinished as exc:
+            print(exc, flush=True)
     seeds = [results[f"seed{s}"] for s in range(args.seeds) if f"seed{s}" in results]
     if not seeds:
         raise SystemExit("no seed finished before the deadline: raise --deadline-s or lower --generations")
