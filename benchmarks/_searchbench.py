@@ -287,7 +287,7 @@ def common_argv(script: str, args) -> list[str]:
             "--seeds", str(args.seeds)]
 
 
-DEADLINE_GRACE_S = 20.0  # a job still running this long after the deadline is stopped
+DEADLINE_GRACE_S = 30.0  # a job still running this long after the deadline is stopped
 
 
 def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: float | None = None) -> None:
