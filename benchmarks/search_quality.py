@@ -2,7 +2,12 @@
 the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal layers removed.
 
     python benchmarks/search_quality.py --device cuda --seeds 3 --generations 8 --population 16 \
-        --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq]
+        --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq] \
+        [--skip-random] [--c4] [--deadline-s S --reserve-s R]
+
+    # issue 18 on one H200 in one call (gptq space, three seeds side by side, stopped by the deadline):
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 3 --jobs 3 --generations 40 \
+        --population 16 --skip-evop --skip-random --c4 --deadline-s 500 --reserve-s 120 --out runs/sq-gptq
 
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
@@ -18,6 +23,12 @@ Every compared model is written as an artifact and reloaded with evo.compress.ar
 perplexity is measured on --max-tokens tokens in 512-token windows, its calibration KL by the
 run's own evaluator at the final stage. Seeds change the calibration draw and the search.
 With --jobs N the seeds and evop run in N processes sharing the GPU and one size cache.
+--deadline-s: every search stops --reserve-s before the call's deadline and exports the best full
+evaluation under the budget in its journal ("finished: deadline" in the table); jobs still running 30 s
+after the deadline are stopped, and the table shows the seeds that finished (the same command resumes
+the rest). --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
+table says per seed what the search spent its bytes on: embedding width and quantizer, bits per layer
+and per role, drops, rescale and sparsity.
 """
 
 from __future__ import annotations
