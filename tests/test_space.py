@@ -136,9 +136,10 @@ def test_warm_start_tries_narrower_embeddings():
 
     # uniform 3-bit: 1800 + 800 (8-bit embedding) does not fit 2300; with the 4-bit embedding, 2200 does
     problem = Problem(genes=genes, size_of=size_of, budget_bytes=2300)
-    (narrow,) = narrow_embedding_genomes(problem, random.Random(0))
+    narrow, wider = narrow_embedding_genomes(problem, random.Random(0))
     assert narrow[3] == 0 and min(narrow[:3]) >= 1 and size_of(narrow) <= 2300  # uniform 3-bit, then filled
     assert narrow == (2, 1, 1, 0)  # fill spent the last 100 bytes on the first unit
+    assert wider == (2, 2, 2, 0) and size_of(wider) > 2300  # uniform 4-bit: warm_start repairs it
     population = warm_start(problem, random.Random(0), 6)
     assert any(g[3] == 0 and min(g[:3]) >= 1 for g in population)
     assert all(size_of(g) <= 2300 for g in population)

@@ -566,9 +566,11 @@ def warm_start(problem: Problem, rng: random.Random, size: int) -> list[Genome]:
 
 def narrow_embedding_genomes(problem: Problem, rng: random.Random) -> list[Genome]:
     """For each narrower embedding (and head) width, widest first: the widest uniform decoder that fits
-    beside it, filled to the budget. At a tight budget the bytes an 8-bit embedding holds buy more as
-    decoder bits (SmolLM2-135M at uniform 3-bit RTN's size: 4-bit embedding + 4-bit GPTQ decoder fits),
-    and repair, lowering random genes one level, rarely walks there from the uniform genomes."""
+    beside it, filled to the budget, and the next wider uniform decoder (over the budget: warm_start
+    repairs it). At a tight budget the bytes an 8-bit embedding holds buy more as decoder bits
+    (SmolLM2-135M at uniform 3-bit RTN's size: a 4-bit embedding beside a 4-bit GPTQ decoder with a few
+    3-bit linears, benchmarks/results/explore_levels_cpu.md), and repair, lowering random genes one
+    level, rarely walks there from the uniform genomes with the widest embedding."""
     shrink = [i for i, gene in enumerate(problem.genes) if gene.kind in ("embedding_bits", "head_bits")]
     bits_gene = next((g for g in problem.genes if g.kind == "bits"), None)
     if not shrink or bits_gene is None:
@@ -577,13 +579,19 @@ def narrow_embedding_genomes(problem: Problem, rng: random.Random) -> list[Genom
     found: list[Genome] = []
     for width in reversed(range(widest)):
         for level in reversed(range(len(bits_gene.choices))):
-            genome = tuple(min(level, len(gene.choices) - 1) if gene.kind == "bits"
-                           else min(width, len(gene.choices) - 1) if i in shrink else _uniform_value(gene)
-                           for i, gene in enumerate(problem.genes))
+            genome = _uniform_at(problem, level, width, shrink)
             if problem.size_of(genome) <= problem.budget_bytes:
                 found.append(fill(genome, problem, rng))
+                if level + 1 < len(bits_gene.choices):
+                    found.append(_uniform_at(problem, level + 1, width, shrink))
                 break
     return found
+
+
+def _uniform_at(problem: Problem, level: int, width: int, shrink: list[int]) -> Genome:
+    return tuple(min(level, len(gene.choices) - 1) if gene.kind == "bits"
+                 else min(width, len(gene.choices) - 1) if i in shrink else _uniform_value(gene)
+                 for i, gene in enumerate(problem.genes))
 
 
 def _uniform_value(gene) -> int:
