@@ -61,18 +61,26 @@ def wikitext_ids(tokenizer) -> np.ndarray:
     return tokenize_for_eval(tokenizer, read_text("wikitext2"))
 
 
-def artifact_ppl(directory: Path, ids: np.ndarray, args) -> float:
+def c4_ids(tokenizer) -> np.ndarray:
+    return tokenize_for_eval(tokenizer, read_text("c4"))
+
+
+def artifact_ppl(directory: Path, ids: np.ndarray, args, more: dict[str, np.ndarray] | None = None):
+    """WikiText-2 PPL of the artifact (a float); with `more` ({name: ids}), a dict with "ppl" and
+    "ppl_NAME" for each of them, from the one load."""
     model, _ = artifact.load(directory, device=args.device)
     ppl = perplexity(model, ids, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
+    extra = {f"ppl_{name}": perplexity(model, other, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
+             for name, other in (more or {}).items()}
     del model
     free_gpu()
-    return ppl
+    return {"ppl": ppl, **extra} if more is not None else ppl
 
 
 def write_and_measure(loaded, config: CompressionConfig, directory: Path, ids: np.ndarray, args, *, stats=None,
-                       size_cache=None, hessians=None) -> dict:
+                       size_cache=None, hessians=None, more: dict[str, np.ndarray] | None = None) -> dict:
     """Write `config`'s artifact from a copy of the (uncompressed) model, reload it, measure its PPL
-    (`hessians`: the run's, for gptq levels)."""
+    (`hessians`: the run's, for gptq levels; `more`: other texts' ids, measured as ppl_NAME)."""
     twin = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
     summary = compress_and_write(twin, config, directory, stats=stats, hessians=hessians, size_cache=size_cache,
                                  overwrite=True)
@@ -81,6 +89,8 @@ def write_and_measure(loaded, config: CompressionConfig, directory: Path, ids: n
     on_disk = bytes_on_disk(directory)
     if on_disk != summary.total_bytes:
         raise RuntimeError(f"{directory}: {on_disk} bytes on disk but the artifact summary says {summary.total_bytes}")
+    if more is not None:
+        return {"bytes": summary.total_bytes, **artifact_ppl(directory, ids, args, more)}
     return {"bytes": summary.total_bytes, "ppl": artifact_ppl(directory, ids, args)}
 
 
@@ -90,6 +100,8 @@ def describe_choice(config: CompressionConfig, info) -> dict:
     drops, and the parameter-weighted mean bit-width of the decoder linears that are kept."""
     attention, mlp, sparsity, rescale = [], [], [], []
     weighted = numel = 0
+    per_role: dict[str, dict[str, int]] = {}  # role -> {bits: parameters at that width}, dropped ones as "-"
+    quantizers: dict[str, int] = {}
     for layer in info.layers:
         entry, drop = config.layer(layer.index), config.drop_for(layer.index)
         for block, gone, out in (("attention", drop in ("attention", "layer"), attention),
@@ -105,8 +117,16 @@ def describe_choice(config: CompressionConfig, info) -> dict:
                 if (lin.role in ATTENTION_ROLES) == (block == "attention"):
                     weighted += setting.bits * lin.numel
                     numel += lin.numel
+                    role = per_role.setdefault(lin.role, {})
+                    role[str(setting.bits)] = role.get(str(setting.bits), 0) + 1
+                    if setting.quantized:
+                        quantizers[setting.quantizer] = quantizers.get(setting.quantizer, 0) + 1
     return {
         "embedding_bits": config.embedding.bits,
+        "embedding_quantizer": config.embedding.quantizer if config.embedding.quantized else "-",
+        "bits_per_role": {role: dict(sorted(counts.items(), key=lambda kv: int(kv[0])))
+                          for role, counts in per_role.items()},
+        "linear_quantizers": quantizers,
         "attention_bits": "".join(attention),
         "mlp_bits": "".join(mlp),
         "drops": {str(k): v for k, v in config.drops.items()},
@@ -154,12 +174,59 @@ def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None =
     return resume
 
 
-def search(spec: SearchSpec, run_dir: Path, args, say, share_from: Path | None = None):
+class DeadlineReached(Exception):
+    """The call's --deadline-s is near: the search stops between evaluations (the journal keeps them)."""
+
+
+class Unfinished(Exception):
+    """A job the deadline stopped before it had a result: nothing is written, the same command resumes it."""
+
+
+UNFINISHED_EXIT = 3  # a --jobs worker's exit status for Unfinished
+
+
+def stop_at(progress, deadline_at: float | None):
+    """`progress` that raises DeadlineReached once time.time() passes deadline_at (None: never)."""
+    if deadline_at is None:
+        return progress
+
+    def on_progress(p) -> None:
+        progress(p)
+        if time.time() >= deadline_at:
+            raise DeadlineReached
+
+    return on_progress
+
+
+def best_journaled(session):
+    """(config dict, quality, bytes) of the best final-stage evaluation under the budget in the run's
+    journal, or None: what a search stopped mid-generation has found."""
+    from evo.constants import FINAL_STAGE
+
+    fits = [e for e in session.store.entries()
+            if e.stage == FINAL_STAGE and e.size_bytes <= session.spec.budget_bytes]
+    if not fits:
+        return None
+    best = min(fits, key=lambda e: (e.quality, e.size_bytes))
+    return session.config_of(tuple(best.genome)).to_dict(), best.quality, best.size_bytes
+
+
+def search(spec: SearchSpec, run_dir: Path, args, say, share_from: Path | None = None, deadline_at: float | None = None):
+    """Run or resume a search; with deadline_at (time.time() seconds) it stops between evaluations
+    when that time passes and the result is None (see best_journaled)."""
     prepare_run_dir(run_dir, Path(args.out) / SIZE_CACHE_DIR, share_from, spec=spec)
     tic = time.perf_counter()
     session = open_session(spec, run_dir, resume=True, device=args.device, status=say)
     searching = time.perf_counter()
-    result = run_search(session, on_progress=progress_printer(say, every=max(1, spec.population * 2)))
+    try:
+        result = run_search(session, on_progress=stop_at(progress_printer(say, every=max(1, spec.population * 2)),
+                                                         deadline_at))
+    except DeadlineReached:
+        seconds = time.perf_counter() - tic
+        say(f"deadline: {spec.engine} search stopped after {len(session.store)} journaled evaluations "
+            f"in {seconds:.0f} s (the same command resumes it)")
+        session.evaluator.restore()
+        return session, None, seconds
     seconds = time.perf_counter() - tic
     result.extra["search_seconds"] = time.perf_counter() - searching
     say(f"{spec.engine} search: {result.evaluations} evaluations ({result.new_evaluations} new) in {seconds:.0f} s; "
@@ -180,13 +247,16 @@ def job_baselines(args) -> dict:
     ids = wikitext_ids(loaded.tokenizer)
     cache = SizeCache(out / SIZE_CACHE_DIR)
     result = {"model": loaded.info.model_id, "wikitext_tokens": int(min(ids.size, args.max_tokens))}
+    more = {"c4": c4_ids(loaded.tokenizer)} if getattr(args, "c4", False) else None
     dense_ppl = perplexity(loaded.model, ids, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
     dense_bytes = SizeModel.for_model(loaded, cache).artifact_bytes(uniform_config(16, embedding_bits=16))
     result["dense"] = {"bytes": dense_bytes, "ppl": dense_ppl}
+    for name, other in (more or {}).items():
+        result["dense"][f"ppl_{name}"] = perplexity(loaded.model, other, seq_len=SEQ_LEN, max_tokens=args.max_tokens).ppl
     say(f"dense: {dense_bytes:,} bytes as a bf16 artifact, WikiText-2 PPL {dense_ppl:.3f}")
     for bits in (UNIFORM_LOW, UNIFORM_HIGH):
         measured = write_and_measure(loaded, uniform_config(bits), out / "artifacts" / f"uniform{bits}", ids, args,
-                                      size_cache=cache)
+                                      size_cache=cache, more=more)
         result[f"uniform{bits}"] = measured
         say(f"uniform {bits}-bit: {measured['bytes']:,} bytes, WikiText-2 PPL {measured['ppl']:.3f}")
     return result
@@ -217,15 +287,32 @@ def common_argv(script: str, args) -> list[str]:
             "--seeds", str(args.seeds)]
 
 
-def run_parallel(args, names: list[str], script_argv: list[str]) -> None:
+DEADLINE_GRACE_S = 30.0  # a job still running this long after the deadline is stopped
+
+
+def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: float | None = None) -> None:
     """Each job in its own process (the script's own command line + `--only NAME`), at most --jobs at
-    a time, the CPU threads split between them; logs under out/logs."""
+    a time, the CPU threads split between them; logs under out/logs. With deadline_at (time.time()
+    seconds) no job starts after it and a job still running DEADLINE_GRACE_S later is terminated
+    (its result is missing; the caller shows what finished)."""
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running = list(names), {}
     base = [sys.executable, *script_argv, "--threads", str(max(1, (os.cpu_count() or 2) // args.jobs))]
     failed = []
     while pending or running:
+        if deadline_at is not None and time.time() > deadline_at:
+            for name in pending:
+                print(f"{name} not started: the deadline has passed", flush=True)
+            pending = []
+        if deadline_at is not None and time.time() > deadline_at + DEADLINE_GRACE_S:
+            for name, (proc, log, tic) in list(running.items()):
+                proc.terminate()
+                proc.wait()
+                log.close()
+                del running[name]
+                print(f"{name} stopped at the deadline after {time.perf_counter() - tic:.0f} s", flush=True)
+            break
         while pending and len(running) < args.jobs:
             name = pending.pop(0)
             log = open(logs / f"{name}.log", "a")
@@ -239,7 +326,9 @@ def run_parallel(args, names: list[str], script_argv: list[str]) -> None:
             log.close()
             del running[name]
             print(f"{name} finished with exit code {proc.returncode} in {time.perf_counter() - tic:.0f} s", flush=True)
-            if proc.returncode != 0:
+            if proc.returncode == UNFINISHED_EXIT:
+                print(f"{name} unfinished at the deadline (the same command resumes it)", flush=True)
+            elif proc.returncode != 0:
                 failed.append(name)
                 print("".join((logs / f"{name}.log").read_text().splitlines(keepends=True)[-30:]), flush=True)
     if failed:

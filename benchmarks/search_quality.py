@@ -2,7 +2,12 @@
 the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal layers removed.
 
     python benchmarks/search_quality.py --device cuda --seeds 3 --generations 8 --population 16 \
-        --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq]
+        --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq] \
+        [--skip-random] [--c4] [--deadline-s S --reserve-s R]
+
+    # issue 18 on one H200 in one call (gptq space, three seeds side by side, stopped by the deadline):
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 3 --jobs 3 --generations 40 \
+        --population 16 --skip-evop --skip-random --c4 --deadline-s 500 --reserve-s 120 --out runs/sq-gptq
 
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
@@ -18,6 +23,12 @@ Every compared model is written as an artifact and reloaded with evo.compress.ar
 perplexity is measured on --max-tokens tokens in 512-token windows, its calibration KL by the
 run's own evaluator at the final stage. Seeds change the calibration draw and the search.
 With --jobs N the seeds and evop run in N processes sharing the GPU and one size cache.
+--deadline-s: every search stops --reserve-s before the call's deadline and exports the best full
+evaluation under the budget in its journal ("finished: deadline" in the table); jobs still running 30 s
+after the deadline are stopped, and the table shows the seeds that finished (the same command resumes
+the rest). --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
+table says per seed what the search spent its bytes on: embedding width and quantizer, bits per layer
+and per role, drops, rescale and sparsity.
 """
 
 from __future__ import annotations
@@ -31,6 +42,10 @@ import numpy as np
 import torch
 
 from _searchbench import (
+    UNFINISHED_EXIT,
+    Unfinished,
+    best_journaled,
+    c4_ids,
     common_argv,
     MB,
     SEQ_LEN,
@@ -63,40 +78,56 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
     budget = baselines[f"uniform{UNIFORM_LOW}"]["bytes"]
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=space_spec(args), engine="deap",
                       generations=args.generations, population=args.population, seed=seed)
-    result: dict = {"seed": seed, "budget_bytes": budget}
+    result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space}
+    # keep --reserve-s for the export and perplexities of the best found (and the random search's)
+    stop = args.deadline_at - args.reserve_s if args.deadline_at else None
 
-    session, deap, seconds = search(spec, out / "deap", args, say_as(f"seed{seed} deap"))
+    session, deap, seconds = search(spec, out / "deap", args, say_as(f"seed{seed} deap"), deadline_at=stop)
     ids = wikitext_ids(session.loaded.tokenizer)
+    more = {"c4": c4_ids(session.loaded.tokenizer)} if args.c4 else None
     for bits in (UNIFORM_LOW, UNIFORM_HIGH):
         result[f"uniform{bits}_kl"] = session.evaluator.evaluate(uniform_config(bits), FINAL_STAGE)
     session.evaluator.restore()
-    best = CompressionConfig.from_dict(deap.best.config)
+    if deap is not None:
+        found = (deap.best.config, deap.best.quality, deap.best.size_bytes)
+    else:
+        found = best_journaled(session)
+        if found is None:
+            raise Unfinished(f"seed{seed}: the deadline came before any full evaluation under the budget")
+    best = CompressionConfig.from_dict(found[0])
     measured = write_and_measure(session.loaded, best, out / "deap" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache,
-                                  hessians=session.hessians)
+                                  hessians=session.hessians, more=more)
     entries = journal(out / "deap")
     evaluations = len(entries)
-    result["deap"] = {**measured, "kl": deap.best.quality, "recorded_bytes": deap.best.size_bytes,
+    result["deap"] = {**measured, "kl": found[1], "recorded_bytes": found[2], "finished": deap is not None,
                       "evaluations": evaluations, "seconds": seconds,
                       "stage1": sum(1 for e in entries if e["stage"] == 1),
                       "stage2": sum(1 for e in entries if e["stage"] == 2),
-                      "choice": describe_choice(best, session.loaded.info)}
-    say(f"deap best: KL {deap.best.quality:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
+                      "choice": describe_choice(best, session.loaded.info), "config": found[0]}
+    say(f"deap best: KL {found[1]:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}"
+        + ("" if deap is not None else " (stopped by the deadline)"))
     del session
     free_gpu()
+    if args.skip_random:
+        return result
 
     # exactly the DEAP run's number of evaluations, all of them full ones, in one batch
     random_spec = dataclasses.replace(spec, engine="random", population=evaluations, generations=0)
     session, rand, seconds = search(random_spec, out / "random", args, say_as(f"seed{seed} random"),
-                                     share_from=out / "deap")
-    best = CompressionConfig.from_dict(rand.best.config)
+                                     share_from=out / "deap", deadline_at=stop)
+    found = (rand.best.config, rand.best.quality, rand.best.size_bytes) if rand is not None else best_journaled(session)
+    if found is None:
+        say("random search: stopped by the deadline before a full evaluation under the budget")
+        return result
+    best = CompressionConfig.from_dict(found[0])
     measured = write_and_measure(session.loaded, best, out / "random" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache,
-                                  hessians=session.hessians)
-    result["random"] = {**measured, "kl": rand.best.quality, "recorded_bytes": rand.best.size_bytes,
+                                  hessians=session.hessians, more=more)
+    result["random"] = {**measured, "kl": found[1], "recorded_bytes": found[2], "finished": rand is not None,
                         "evaluations": len(journal(out / "random")), "seconds": seconds,
                         "choice": describe_choice(best, session.loaded.info)}
-    say(f"random best: KL {rand.best.quality:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
+    say(f"random best: KL {found[1]:.4f}, {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
     del session
     free_gpu()
     return result
@@ -138,9 +169,16 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
     u_lo, u_hi = baselines[f"uniform{UNIFORM_LOW}"], baselines[f"uniform{UNIFORM_HIGH}"]
     n = len(seeds)
     budget = u_lo["bytes"]
+    c4 = all("ppl_c4" in s["deap"] for s in seeds)
+    methods = [("deap", "evo DEAP (NSGA-II, two-stage)")]
+    if all("random" in s for s in seeds):
+        methods.insert(0, ("random", "random search"))
     lines.append(f"SmolLM2-135M ({baselines['model']}), budget = uniform {UNIFORM_LOW}-bit artifact = {budget:,} bytes; "
-                 f"WikiText-2 test PPL over {baselines['wikitext_tokens']:,} tokens ({SEQ_LEN}-token windows); "
-                 f"calibration KL (nats/token, each seed's CCDS set, final stage); {n} seed(s), mean ± std")
+                 f"space {seeds[0].get('space', args.space)}; "
+                 f"WikiText-2 test PPL over {baselines['wikitext_tokens']:,} tokens ({SEQ_LEN}-token windows)"
+                 + (", C4 validation the same" if c4 else "") + "; "
+                 f"calibration KL (nats/token, each seed's CCDS set, final stage); {n} seed(s) "
+                 f"({', '.join(str(s['seed']) for s in seeds)}), mean ± std")
     header = f"{'method':<34} {'MB':>16} {'WikiText-2 PPL':>18} {'calib KL':>18} {'evaluations':>22}"
     lines += [header, "-" * len(header)]
 
@@ -152,7 +190,7 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
         mean_std([s[f"uniform{UNIFORM_HIGH}_kl"] for s in seeds]), "-")
     row(f"uniform {UNIFORM_LOW}-bit RTN g128 (budget)", f"{u_lo['bytes'] / MB:.3f}", f"{u_lo['ppl']:.4g}",
         mean_std([s[f"uniform{UNIFORM_LOW}_kl"] for s in seeds]), "-")
-    for key, name in (("random", "random search"), ("deap", "evo DEAP (NSGA-II, two-stage)")):
+    for key, name in methods:
         evals = [s[key]["evaluations"] for s in seeds]
         detail = f"{int(np.mean(evals))}"
         if key == "deap":
@@ -161,43 +199,59 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
             detail += " (all full)"
         row(name, mean_std([s[key]["bytes"] / MB for s in seeds]), mean_std([s[key]["ppl"] for s in seeds]),
             mean_std([s[key]["kl"] for s in seeds]), detail)
+    if c4 and "ppl_c4" in u_lo:
+        lines.append(f"C4 PPL: dense {baselines['dense']['ppl_c4']:.4g}, uniform {UNIFORM_HIGH}-bit {u_hi['ppl_c4']:.4g}, "
+                     f"uniform {UNIFORM_LOW}-bit {u_lo['ppl_c4']:.4g}, evo DEAP "
+                     f"{mean_std([s['deap']['ppl_c4'] for s in seeds])}")
     lines.append("")
     evo_ppl = np.array([s["deap"]["ppl"] for s in seeds])
     evo_kl = np.array([s["deap"]["kl"] for s in seeds])
-    rnd_ppl = np.array([s["random"]["ppl"] for s in seeds])
-    rnd_kl = np.array([s["random"]["kl"] for s in seeds])
     lo_kl = np.array([s[f"uniform{UNIFORM_LOW}_kl"] for s in seeds])
     hi_kl = np.array([s[f"uniform{UNIFORM_HIGH}_kl"] for s in seeds])
     lines.append("ratios (per seed, then mean ± std)           PPL                KL")
     lines.append(f"  evo / uniform {UNIFORM_LOW}-bit                  {mean_std(evo_ppl / u_lo['ppl']):>18} "
                  f"{mean_std(evo_kl / lo_kl):>18}")
-    lines.append(f"  evo / random search                  {mean_std(evo_ppl / rnd_ppl):>18} "
-                 f"{mean_std(evo_kl / rnd_kl):>18}")
+    if methods[0][0] == "random":
+        rnd_ppl = np.array([s["random"]["ppl"] for s in seeds])
+        rnd_kl = np.array([s["random"]["kl"] for s in seeds])
+        lines.append(f"  evo / random search                  {mean_std(evo_ppl / rnd_ppl):>18} "
+                     f"{mean_std(evo_kl / rnd_kl):>18}")
     lines.append(f"  evo / uniform {UNIFORM_HIGH}-bit (larger)         {mean_std(evo_ppl / u_hi['ppl']):>18} "
                  f"{mean_std(evo_kl / hi_kl):>18}")
     gap = (u_lo["ppl"] - evo_ppl) / (u_lo["ppl"] - u_hi["ppl"])
     gap_kl = (lo_kl - evo_kl) / (lo_kl - hi_kl)
     lines.append(f"  share of the {UNIFORM_LOW}→{UNIFORM_HIGH}-bit gap evo closes      {mean_std(gap):>18} "
                  f"{mean_std(gap_kl):>18}")
-    lines.append("  (random search gets as many evaluations as DEAP's journal holds; DEAP's include cheap stage-1 "
-                 "screens, so random gets more full evaluations)")
+    lines.append(f"  seeds at or below uniform {UNIFORM_HIGH}-bit RTN's WikiText-2 PPL ({u_hi['ppl']:.3f}): "
+                 f"{int((evo_ppl <= u_hi['ppl']).sum())} of {n}")
+    if methods[0][0] == "random":
+        lines.append("  (random search gets as many evaluations as DEAP's journal holds; DEAP's include cheap stage-1 "
+                     "screens, so random gets more full evaluations)")
     lines.append("")
-    lines.append("per seed        evo PPL   evo KL      evo MB   random PPL  random KL  random MB  evals  deap s  random s")
+    lines.append("per seed     method   bytes        MB   wiki PPL" + ("     C4 PPL" if c4 else "")
+                 + "   calib KL  evals  seconds  finished")
     for s in seeds:
-        d, r = s["deap"], s["random"]
-        lines.append(f"  seed {s['seed']:<6} {d['ppl']:>9.3f} {d['kl']:>8.4f} {d['bytes'] / MB:>11.6f} {r['ppl']:>11.3f} "
-                     f"{r['kl']:>10.4f} {r['bytes'] / MB:>10.6f} {d['evaluations']:>6} {d['seconds']:>7.0f} "
-                     f"{r['seconds']:>9.0f}")
+        for key, _ in methods:
+            d = s[key]
+            lines.append(f"  seed {s['seed']:<5} {key:<7} {d['bytes']:>11,} {d['bytes'] / MB:>9.4f} {d['ppl']:>10.3f}"
+                         + (f" {d['ppl_c4']:>10.3f}" if c4 else "")
+                         + f" {d['kl']:>10.4f} {d['evaluations']:>6} {d['seconds']:>8.0f}  "
+                         f"{'yes' if d.get('finished', True) else 'deadline'}")
     lines.append("")
-    lines.append("what the search chose (attention / MLP bits per layer 0..29, '-' = dropped):")
+    lines.append("what the search spent its bytes on (attention / MLP bits per layer 0..29, '-' = dropped;"
+                 " per role: bits → count of the 30 layers' tensors):")
     for s in seeds:
-        for key in ("deap", "random"):
+        for key, _ in methods:
             c = s[key]["choice"]
-            lines.append(f"  seed {s['seed']} {key:<6} emb {c['embedding_bits']}b, mean linear {c['mean_linear_bits']:.2f}b,"
-                         f" drops {c['drops'] or 'none'}, sparse units {c['sparse_units']}/{c['quantized_units']}"
+            lines.append(f"  seed {s['seed']} {key:<6} emb {c['embedding_bits']}b {c.get('embedding_quantizer', 'rtn')},"
+                         f" mean linear {c['mean_linear_bits']:.2f}b, drops {c['drops'] or 'none'},"
+                         f" sparse units {c['sparse_units']}/{c['quantized_units']}"
                          f" {c['sparsity_values']}, rescaled {c['rescaled_units'] or 'none'}")
             lines.append(f"      attn {c['attention_bits']}")
             lines.append(f"      mlp  {c['mlp_bits']}")
+            if "bits_per_role" in c:
+                lines.append("      " + "; ".join(f"{role} " + " ".join(f"{b}b×{k}" for b, k in counts.items())
+                                                  for role, counts in c["bits_per_role"].items()))
     if evop is not None:
         lines.append("")
         lines.append(f"layer removal at equal layers removed ({evop['layers_removed']}), everything else bf16; "
@@ -223,8 +277,10 @@ def job(args, name: str) -> dict:
 
 
 def script_argv(args) -> list[str]:
-    return common_argv(__file__, args) + ["--space", args.space] + (
-        ["--quantizer", args.quantizer] if args.quantizer else [])
+    return common_argv(__file__, args) + ["--space", args.space, "--reserve-s", str(args.reserve_s)] + (
+        ["--quantizer", args.quantizer] if args.quantizer else []) + (
+        ["--deadline-at", repr(args.deadline_at)] if args.deadline_at else []) + (
+        ["--skip-random"] if args.skip_random else []) + (["--c4"] if args.c4 else [])
 
 
 def space_spec(args) -> str:
@@ -238,7 +294,13 @@ def space_spec(args) -> str:
         from evo.search.space import SPACES_DIR
 
         original = Path(args.space) if Path(args.space).is_file() else SPACES_DIR / f"{args.space}.toml"
-        lines = [line for line in original.read_text().splitlines() if not line.strip().startswith("quantizer")]
+        lines, table = [], None
+        for line in original.read_text().splitlines():
+            header = line.split("#")[0].strip()
+            if header.startswith("["):
+                table = header
+            if not (table == "[quantization]" and line.strip().startswith("quantizer")):
+                lines.append(line)
         tables = [i for i, line in enumerate(lines) if line.split("#")[0].strip() == "[quantization]"]
         if not tables:
             lines += ["", "[quantization]"]
@@ -267,26 +329,53 @@ def main() -> None:
                         help="search the space with this quantizer (default: the space's own)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds and evop in this many parallel processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--skip-random", action="store_true",
+                        help="no random-search comparison (halves the time of a seed)")
+    parser.add_argument("--c4", action="store_true", help="also C4 validation perplexity of every artifact")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="wall seconds for the whole call: searches stop --reserve-s before it and export the "
+                             "best found so far; jobs still running at the deadline are stopped and the table "
+                             "shows what finished (the same command resumes the rest)")
+    parser.add_argument("--reserve-s", type=float, default=100.0,
+                        help="seconds a seed keeps back from its search for the export and perplexities")
+    parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)  # for --jobs workers
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.only:
-        run_job(args, args.only, lambda: job(args, args.only))
+        try:
+            run_job(args, args.only, lambda: job(args, args.only))
+        except Unfinished as exc:
+            print(exc, flush=True)
+            raise SystemExit(UNFINISHED_EXIT) from None
         return
+    if args.deadline_s is not None and args.deadline_at is None:
+        args.deadline_at = time.time() + args.deadline_s
     tic = time.perf_counter()
     baselines = run_job(args, "baselines", lambda: job_baselines(args))
     names = [f"seed{s}" for s in range(args.seeds)] + ([] if args.skip_evop else ["evop"])
     if args.jobs > 1:
         run_parallel(args, [n for n in names if not (Path(args.out) / "results" / f"{n}.json").exists()],
-                     script_argv(args))
-    results = {name: run_job(args, name, lambda name=name: job(args, name)) for name in names}
-    seeds = [results[f"seed{s}"] for s in range(args.seeds)]
+                     script_argv(args), deadline_at=args.deadline_at)
+    results = {}
+    for name in names:
+        done = Path(args.out) / "results" / f"{name}.json"
+        if args.deadline_at and not done.exists() and (args.jobs > 1 or time.time() > args.deadline_at - args.reserve_s):
+            print(f"{name}: not finished by the deadline", flush=True)
+            continue
+        try:
+            results[name] = run_job(args, name, lambda name=name: job(args, name))
+        except Unfinished as exc:
+            print(exc, flush=True)
+    seeds = [results[f"seed{s}"] for s in range(args.seeds) if f"seed{s}" in results]
+    if not seeds:
+        raise SystemExit("no seed finished before the deadline: raise --deadline-s or lower --generations")
     table = render(args, baselines, seeds, results.get("evop"))
     print(table)
-    print(f"\ntotal wall time {time.perf_counter() - tic:.0f} s on {results[names[0]]['device']}; "
-          f"job wall times: " + ", ".join(f"{k} {v['wall_seconds']:.0f} s" for k, v in
+    print(f"\ntotal wall time {time.perf_counter() - tic:.0f} s on {seeds[0]['device']}; "
+          f"job wall times: " + ", ".join(f"{k} {v.get('wall_seconds', 0):.0f} s" for k, v in
                                           {"baselines": baselines, **results}.items()))
     (Path(args.out) / "table.txt").write_text(table + "\n")
     write_json(Path(args.out) / "results.json", {"baselines": baselines, **results})

@@ -58,7 +58,9 @@ def _mixed_config() -> CompressionConfig:
 def test_activation_stats_cover_every_linear(tiny_llama, token_ids):
     info = describe_model(tiny_llama)
     stats = collect_activation_stats(tiny_llama, info, token_ids, batch_size=3)
-    assert set(stats) == {lin.name for lin in info.linears()}
+    head = [t.name for t in info.non_decoder if t.role in ("embedding", "head")][-1]  # tied: the embedding
+    assert set(stats) == {lin.name for lin in info.linears()} | {head}
+    assert stats[head].l2.shape == (info.hidden_size,)
     for lin in info.linears():
         assert stats[lin.name].l2.shape == (lin.shape[1],)
         assert bool((stats[lin.name].l2 >= stats[lin.name].absmax).all())

@@ -88,3 +88,58 @@ def test_spaces_ship_inside_the_package():
 
     assert SPACES_DIR.parent == __import__("pathlib").Path(module.__file__).parent
     assert {p.stem for p in SPACES_DIR.glob("*.toml")} >= {"default", "bits", "evop", "double_compression"}
+
+
+def test_embedding_quantizer_is_a_table_key(tmp_path, tiny_llama):
+    """[embedding] quantizer = "mse": the embedding takes it whatever the linears' quantizer (gptq here)."""
+    path = tmp_path / "embmse.toml"
+    path.write_text('[quantization]\nquantizer = "gptq"\n[genes]\nbits = [3, 4]\n[embedding]\nbits = [4, 8]\n'
+                    'quantizer = "mse"\n')
+    space = SearchSpace.load(path)
+    info = describe_model(tiny_llama)
+    genome = space.uniform_genome(info, bits=4, embedding_bits=4)
+    config = space.decode(genome, info)
+    assert config.embedding.quantizer == "mse" and config.embedding.bits == 4
+    assert config.layer(0).mlp.quantizer == "gptq"
+    assert space.encode(config, info) == genome
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    assert space.to_dict()["embedding"]["quantizer"] == "mse"
+    # without the key, gptq spaces keep rtn for the embedding (no input Hessian), as before
+    path.write_text('[quantization]\nquantizer = "gptq"\n[embedding]\nbits = [4, 8]\n')
+    plain = SearchSpace.load(path)
+    assert plain.decode(plain.uniform_genome(info, bits=4), info).embedding.quantizer == "rtn"
+    assert "quantizer" not in plain.to_dict()["embedding"]
+
+
+@pytest.mark.parametrize("value, message", [('"gptq"', "embedding.quantizer"), ("3", "embedding.quantizer")])
+def test_embedding_quantizer_refuses_what_it_cannot_run(tmp_path, value, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(f"[embedding]\nbits = [4, 8]\nquantizer = {value}\n")
+    with pytest.raises(EvoError, match=message):
+        SearchSpace.load(path)
+
+
+def test_warm_start_tries_narrower_embeddings():
+    """At a budget where the widest embedding leaves the decoder at its lowest width, the first
+    population also holds a genome with a narrower embedding and wider decoder, within the budget."""
+    import random
+
+    from evo.search.engines import Problem
+    from evo.search.space import narrow_embedding_genomes, warm_start
+    from evo.types import Gene
+
+    numel, bits, emb = [100, 200, 300], (2, 3, 4), (4, 8)
+    genes = tuple([Gene(f"u{u}.bits", "bits", bits, u, u) for u in range(3)] + [Gene("embedding.bits", "embedding_bits", emb)])
+
+    def size_of(genome):
+        return sum(n * bits[g] for n, g in zip(numel, genome[:3])) + 100 * emb[genome[3]]
+
+    # uniform 3-bit: 1800 + 800 (8-bit embedding) does not fit 2300; with the 4-bit embedding, 2200 does
+    problem = Problem(genes=genes, size_of=size_of, budget_bytes=2300)
+    narrow, wider = narrow_embedding_genomes(problem, random.Random(0))
+    assert narrow[3] == 0 and min(narrow[:3]) >= 1 and size_of(narrow) <= 2300  # uniform 3-bit, then filled
+    assert narrow == (2, 1, 1, 0)  # fill spent the last 100 bytes on the first unit
+    assert wider == (2, 2, 2, 0) and size_of(wider) > 2300  # uniform 4-bit: warm_start repairs it
+    population = warm_start(problem, random.Random(0), 6)
+    assert any(g[3] == 0 and min(g[:3]) >= 1 for g in population)
+    assert all(size_of(g) <= 2300 for g in population)

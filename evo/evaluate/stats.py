@@ -46,8 +46,10 @@ def collect_activation_stats(
     model: nn.Module, info: ModelInfo, token_ids: np.ndarray, batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, ActivationStats]:
-    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name;
-    `progress(done, total)` counts sequences.
+    """Statistics of the inputs of every decoder linear over all tokens, keyed by weight name, and
+    of the output head's input keyed by the head's weight (a tied head: the embedding's name), which
+    the mse quantizer of the embedding/head weighs its columns by (llama.cpp's imatrix has the same
+    entry); `progress(done, total)` counts sequences.
 
     `token_ids` is [n_sequences, length] with no padding, so every position counts. A linear
     the forward never reaches (a dropped block) gets no entry.
@@ -62,6 +64,13 @@ def collect_activation_stats(
             continue  # replaced by a structural drop
         accumulators[lin.name] = _Accumulator(lin.shape[1], device)
         hooks.append(Hook(module, accumulators[lin.name], pre=True))
+    head = model.get_output_embeddings()
+    stored = {tensor.name for tensor in info.non_decoder}
+    if isinstance(head, nn.Linear):
+        name = next((n for n, p in model.named_parameters() if p is head.weight), None)
+        if name in stored:
+            accumulators[name] = _Accumulator(head.weight.shape[1], device)
+            hooks.append(Hook(head, accumulators[name], pre=True))
     run_forward(model, token_ids, batch_size, hooks=hooks, progress=progress)
     return {name: acc.stats() for name, acc in accumulators.items() if acc.calls}
 

@@ -34,14 +34,16 @@ GROUPS = ("attention", "mlp")
 
 _TOP_KEYS = ("name", "description", "granularity", "quantization", "genes", "embedding", "head", "structure")
 _QUANT_KEYS = ("group_size", "symmetric", "zero_point", "prune_criterion", "quantizer")
-# gptq needs the Hessian of a linear's input: the embedding and an untied head (no such input) take rtn.
+# gptq needs the Hessian of a linear's input: the embedding and an untied head (no such input) take rtn,
+# unless their table names a quantizer ([embedding] quantizer = "mse": clip search, columns weighted 1).
 NO_HESSIAN_KEYS = ("embedding.bits", "head.bits")
+TABLE_QUANTIZERS = ("rtn", "mse")  # what [embedding] / [head] quantizer may name (no Hessian: no gptq)
 # Every unit has these genes (one choice when a space leaves them out); any other TensorSetting
 # field listed under [genes] becomes a gene too, so a new operator's field needs no code here.
 _UNIT_GENES: dict[str, tuple] = {"bits": (4,), "rescale": (1.0,), "sparsity": (0.0,)}
 _SETTING_FIELDS = {f.name: f.default for f in fields(TensorSetting)}
 _STRUCT_KEYS = ("drop", "fixed_drops")
-_TENSOR_GENE_KEYS = ("bits",)
+_TENSOR_GENE_KEYS = ("bits", "quantizer")
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,14 @@ class SearchSpace:
     fixed_drops: int | None  # EvoP: exactly this many whole layers removed
     embedding_bits: tuple[int, ...]
     head_bits: tuple[int, ...]
+    embedding_quantizer: str | None = None  # None: the base's quantizer (gptq → rtn)
+    head_quantizer: str | None = None
 
     def __post_init__(self) -> None:
+        for key, value in (("embedding.quantizer", self.embedding_quantizer), ("head.quantizer", self.head_quantizer)):
+            if value is not None and value not in TABLE_QUANTIZERS:
+                raise EvoError(f"search space key {key} = {value!r}: use one of {list(TABLE_QUANTIZERS)} "
+                               "(gptq needs a linear's input Hessian, which the embedding has not)")
         if self.granularity not in GRANULARITIES:
             raise EvoError(f"search space key granularity = {self.granularity!r}: use one of {list(GRANULARITIES)}")
         names = [name for name, _ in self.unit_genes]
@@ -132,7 +140,10 @@ class SearchSpace:
         if values["bits"] == KEPT_BITS:
             return KEPT
         chosen = {**asdict(self.base), "rescale": 1.0, "sparsity": 0.0, **values}
-        if key in NO_HESSIAN_KEYS and chosen["quantizer"] == "gptq":
+        own = {"embedding.bits": self.embedding_quantizer, "head.bits": self.head_quantizer}.get(key)
+        if own is not None:
+            chosen["quantizer"] = own
+        elif key in NO_HESSIAN_KEYS and chosen["quantizer"] == "gptq":
             chosen["quantizer"] = "rtn"
         if chosen["sparsity"] != 0:
             chosen["zero_point"] = "int"
@@ -261,8 +272,9 @@ class SearchSpace:
             },
             "genes": {name: list(values) for name, values in self.unit_genes},
             "structure": {"drop": list(self.drops), **({"fixed_drops": self.fixed_drops} if self.fixed_drops else {})},
-            "embedding": {"bits": list(self.embedding_bits)},
-            "head": {"bits": list(self.head_bits)},
+            "embedding": {"bits": list(self.embedding_bits),
+                          **({"quantizer": self.embedding_quantizer} if self.embedding_quantizer else {})},
+            "head": {"bits": list(self.head_bits), **({"quantizer": self.head_quantizer} if self.head_quantizer else {})},
         }
 
     @classmethod
@@ -304,6 +316,8 @@ class SearchSpace:
                 fixed_drops=structure.get("fixed_drops"),
                 embedding_bits=_values(embedding, "bits", (16,), int, source, "embedding."),
                 head_bits=_values(head, "bits", (16,), int, source, "head."),
+                embedding_quantizer=_quantizer(embedding, source, "embedding."),
+                head_quantizer=_quantizer(head, source, "head."),
             )
         except EvoError as exc:
             message = str(exc)
@@ -340,6 +354,13 @@ def _normalised(config: CompressionConfig, info: ModelInfo) -> CompressionConfig
                                           mlp=entry.mlp or config.default, drop=entry.drop)
     return CompressionConfig(default=KEPT, embedding=config.embedding, head=config.head, layers=layers,
                              tensors=config.tensors)
+
+
+def _quantizer(table: Mapping[str, Any], source: str, prefix: str) -> str | None:
+    value = table.get("quantizer")
+    if value is not None and not isinstance(value, str):
+        raise EvoError(f"{source}: key {prefix}quantizer must be a string, one of {list(TABLE_QUANTIZERS)}")
+    return value
 
 
 def _kind(name: str) -> type:
@@ -563,11 +584,45 @@ def warm_start(problem: Problem, rng: random.Random, size: int) -> list[Genome]:
             add(uniform)
             if problem.size_of(uniform) <= problem.budget_bytes:
                 break  # the largest uniform width that fits is in; narrower ones are dominated
+        for genome in narrow_embedding_genomes(problem, rng):
+            if len(chosen) >= size:
+                break
+            add(genome)
     attempts = 0
     while len(chosen) < size and attempts < RANDOM_TRIES_PER_SLOT * size:
         add(random_genome(problem, rng))
         attempts += 1
     return chosen[:size]
+
+
+def narrow_embedding_genomes(problem: Problem, rng: random.Random) -> list[Genome]:
+    """For each narrower embedding (and head) width, widest first: the widest uniform decoder that fits
+    beside it, filled to the budget, and the next wider uniform decoder (over the budget: warm_start
+    repairs it). At a tight budget the bytes an 8-bit embedding holds buy more as decoder bits
+    (SmolLM2-135M at uniform 3-bit RTN's size: a 4-bit embedding beside a 4-bit GPTQ decoder with a few
+    3-bit linears, benchmarks/results/explore_levels_cpu.md), and repair, lowering random genes one
+    level, rarely walks there from the uniform genomes with the widest embedding."""
+    shrink = [i for i, gene in enumerate(problem.genes) if gene.kind in ("embedding_bits", "head_bits")]
+    bits_gene = next((g for g in problem.genes if g.kind == "bits"), None)
+    if not shrink or bits_gene is None:
+        return []
+    widest = max(len(problem.genes[i].choices) for i in shrink) - 1
+    found: list[Genome] = []
+    for width in reversed(range(widest)):
+        for level in reversed(range(len(bits_gene.choices))):
+            genome = _uniform_at(problem, level, width, shrink)
+            if problem.size_of(genome) <= problem.budget_bytes:
+                found.append(fill(genome, problem, rng))
+                if level + 1 < len(bits_gene.choices):
+                    found.append(_uniform_at(problem, level + 1, width, shrink))
+                break
+    return found
+
+
+def _uniform_at(problem: Problem, level: int, width: int, shrink: list[int]) -> Genome:
+    return tuple(min(level, len(gene.choices) - 1) if gene.kind == "bits"
+                 else min(width, len(gene.choices) - 1) if i in shrink else _uniform_value(gene)
+                 for i, gene in enumerate(problem.genes))
 
 
 def _uniform_value(gene) -> int:
