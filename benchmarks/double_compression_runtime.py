@@ -60,7 +60,7 @@ SETTINGS: dict[str, TensorSetting] = {
     "dc-r4-gptq": _ch8(4.0, "gptq"),
     "dc-r6-gptq": _ch8(6.0, "gptq"),
     "dc-r8-gptq": _ch8(8.0, "gptq"),
-    "dc-r8-gptq-e4": _ch8(8.0, "gptq"),  # the tied embedding/head at rescale 4 (EMBEDDING_RESCALE)
+    "dc-r8-gptq-e4": _ch8(8.0, "gptq"),  # the tied embedding/head at rescale 4 (EMBEDDING)
     "dc-r4-gptq-s20": _ch8(4.0, "gptq", 0.2),
     "dc-r6-mse": _ch8(6.0, "mse"),
     "b6-ch-gptq": TensorSetting(bits=6, group_size=None, symmetric=True, quantizer="gptq"),
@@ -69,17 +69,40 @@ SETTINGS: dict[str, TensorSetting] = {
     "b4-g128-gptq": TensorSetting(bits=4, group_size=128, quantizer="gptq"),
 }
 
-# Settings whose embedding (and tied head) takes another rescale than the linears: at r = 8 the
-# rtn-rounded head costs most of the loss (CPU smoke: dc-r8-gptq +25.7 % PPL on 1024 tokens).
-EMBEDDING_RESCALE = {"dc-r8-gptq-e4": 4.0}
+# Settings whose tied embedding/head takes another setting than the linears (always rtn, unpruned):
+# at r = 8 the rtn-rounded head costs most of the loss (CPU smoke: dc-r8-gptq +25.7 % PPL on 1024 tokens).
+EMBEDDING: dict[str, TensorSetting] = {"dc-r8-gptq-e4": _ch8(4.0)}
+
+# Settings whose linears of some roles (evo.types LINEAR_ROLES) take another setting than SETTINGS[name].
+ROLES: dict[str, dict[str, TensorSetting]] = {}
+
+# Settings given per tensor by an evo config in benchmarks/configs/ (written by benchmarks/dc_screen.py
+# --save-configs for SmolLM2-135M): SETTINGS[name] is that config's default, its [tensors] the rest.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+FILES: dict[str, str] = {}
 
 
-def config_for(name: str, setting: TensorSetting, tied: bool) -> CompressionConfig:
-    embedding = replace(setting, quantizer="rtn", sparsity=0.0, prune_criterion="magnitude",
-                        rescale=EMBEDDING_RESCALE.get(name, setting.rescale))
+def config_for(name: str, info, tied: bool) -> CompressionConfig:
+    """The CompressionConfig of a named setting for a model described by `info` (evo.types.ModelInfo)."""
+    setting = SETTINGS[name]
+    if name in FILES:
+        config = CompressionConfig.load(CONFIGS_DIR / FILES[name])
+        if config.default != setting:
+            raise ValueError(f"{FILES[name]}: default {config.default} is not SETTINGS[{name!r}]")
+        return config if tied else replace(config, head=config.embedding)
+    embedding = EMBEDDING.get(name) or replace(setting, quantizer="rtn", sparsity=0.0, prune_criterion="magnitude")
+    roles = ROLES.get(name, {})
+    tensors = {lin.name: roles[lin.role] for lin in info.linears() if lin.role in roles}
     if tied:  # the head is the embedding: [embedding] sets both
-        return CompressionConfig(default=setting, embedding=embedding)
-    return CompressionConfig(default=setting, embedding=embedding, head=embedding)
+        return CompressionConfig(default=setting, embedding=embedding, tensors=tensors)
+    return CompressionConfig(default=setting, embedding=embedding, head=embedding, tensors=tensors)
+
+
+def settings_of(name: str) -> list[TensorSetting]:
+    """Every setting a named entry uses on the linears (what decides the statistics it needs)."""
+    if name in FILES:
+        return [SETTINGS[name], *dict(CompressionConfig.load(CONFIGS_DIR / FILES[name]).tensors).values()]
+    return [SETTINGS[name], *ROLES.get(name, {}).values()]
 
 
 def resident_figures(artifact: Path) -> dict:
@@ -102,6 +125,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=None, help="these settings, in this order")
     parser.add_argument("--deadline-s", type=float, default=480.0, help="stop before a setting that would end later")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="write the artifacts into this folder, one per setting (default: a temporary folder)")
     args = parser.parse_args()
     start = time.perf_counter()
     setup_threads()
@@ -112,13 +137,15 @@ def main() -> None:
     tokens = tokenize_for_eval(loaded.tokenizer, read_text("wikitext2"))
     source_ppl = perplexity(loaded.model, tokens, max_tokens=args.max_tokens).ppl
     calibration = default_stats_tokens(loaded.tokenizer)
-    workdir = Path(tempfile.mkdtemp(prefix="evo-dc-runtime-"))
+    workdir = args.artifacts or Path(tempfile.mkdtemp(prefix="evo-dc-runtime-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     stats = hessians = None
-    if any(SETTINGS[n].quantizer == "mse" or SETTINGS[n].prune_criterion == "linf" for n in names):
+    used = [setting for n in names for setting in settings_of(n)]
+    if any(s.quantizer == "mse" or s.prune_criterion == "linf" for s in used):
         from evo.evaluate.stats import collect_activation_stats
 
         stats = collect_activation_stats(loaded.model, loaded.info, calibration)
-    if any(SETTINGS[n].quantizer == "gptq" for n in names):
+    if any(s.quantizer == "gptq" for s in used):
         from evo.evaluate.hessian import collect_hessians
 
         hessians = collect_hessians(loaded.model, loaded.info, calibration, workdir / "hessians")
@@ -135,9 +162,9 @@ def main() -> None:
         tic = time.perf_counter()
         setting = SETTINGS[name]
         loaded.model.load_state_dict(dense_state)
-        result = compress_model(loaded, None, config_for(name, setting, tied), stats=stats, hessians=hessians, measure=False)
+        result = compress_model(loaded, None, config_for(name, loaded.info, tied), stats=stats, hessians=hessians, measure=False)
         out = workdir / name
-        write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id)
+        write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id, overwrite=True)
         del result
         figures = resident_figures(out)
         model, _ = load(out, device=args.device)
