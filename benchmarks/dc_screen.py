@@ -115,11 +115,11 @@ def level(cache: Path, name: str, setting: TensorSetting, weight: torch.Tensor, 
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         act = stats.get(name) if stats is not None and setting.quantizer == "mse" else None
-        hessian = hessians.hessian(name) if setting.quantizer == "gptq" and name in hessians else None
+        hessian = hessians.hessian(name).to(weight.device) if setting.quantizer == "gptq" and name in hessians else None
         compressed = compress_tensor(weight, setting, act, hessian)
         encoded = encode_tensor(compressed.quantized)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(compressed.dequantized().to(torch.float32), partial)
+        torch.save(compressed.dequantized().to(torch.float32).cpu(), partial)
         meta.write_text(str(encoded.compressed_bytes))
         partial.replace(path)  # last: a file present is a level complete
     return path, int(meta.read_text())
@@ -138,10 +138,10 @@ def greedy(spec: str, matrices, tied_name, dense, stats, hessians, cache: Path, 
     for name in matrices:
         if name == tied_name:
             continue
-        h = hessians.hessian(name).to(torch.float32)
+        h = hessians.hessian(name).to(device=dense[name].device, dtype=torch.float32)
         for k, setting in enumerate(levels):
             path, size = level(cache, name, setting, dense[name], stats, hessians)
-            delta = dense[name] - torch.load(path)
+            delta = dense[name] - torch.load(path, map_location=dense[name].device)
             errors[name, k] = float(((delta @ h) * delta).sum())
             sizes[name, k] = size
         total += sizes[name, 0]
@@ -182,12 +182,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8 * 512)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/dc-screen"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--save-configs", type=Path, default=None,
                         help="write each screened configuration here as an evo config (NAME.toml, ':' → '-')")
     args = parser.parse_args()
     setup_threads()
     start = time.perf_counter()
-    loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
+    loaded = load_model("smollm2-135m", device=args.device, dtype="float32")
     model, info = loaded.model, loaded.info
     params = dict(model.named_parameters())
     matrices = [lin.name for lin in info.linears()] + [t.name for t in info.non_decoder if len(t.shape) == 2]
@@ -207,7 +208,7 @@ def main() -> None:
     stats_file = args.cache / "stats.pt"
     if not stats_file.is_file():
         torch.save(collect_activation_stats(model, info, calibration), stats_file)
-    stats = torch.load(stats_file, weights_only=False)
+    stats = torch.load(stats_file, weights_only=False, map_location=args.device)
     print(f"source PPL {source_ppl:.3f} ({args.max_tokens} tokens); INT8 {int8 / MB:.2f} MB; ready at "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     print(f"{'config':<22} {'compr. MB':>9} {'ratio':>6} {'less':>6} {'bits/w':>6} {'PPL':>8} {'ΔPPL %':>7} {'s':>5}",
@@ -225,7 +226,7 @@ def main() -> None:
                 setting = chosen[name]
                 path, size = level(args.cache, name, setting, dense[name], stats, hessians)
                 frames += size
-                params[name].copy_(torch.load(path))
+                params[name].copy_(torch.load(path, map_location=args.device))
         ppl = score()
         total = other + frames
         ratio = total / int8

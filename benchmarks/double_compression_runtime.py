@@ -67,11 +67,19 @@ SETTINGS: dict[str, TensorSetting] = {
     "b5-g128-gptq": TensorSetting(bits=5, group_size=128, quantizer="gptq"),
     "b5-ch-gptq": TensorSetting(bits=5, group_size=None, symmetric=True, quantizer="gptq"),
     "b4-g128-gptq": TensorSetting(bits=4, group_size=128, quantizer="gptq"),
+    # 8-bit per channel, rtn embedding at rescale 3 (screened on the CPU, benchmarks/dc_screen.py).
+    "dc-r6-gptq-e3": _ch8(6.0, "gptq"),
+    # 8-bit per channel gptq, rescale 6 or (65 linears, benchmarks/configs/) 4, embedding r4 rtn.
+    "dc-mix-r4r6-gptq-e4": _ch8(6.0, "gptq"),
+    # Not the 8-bit setting: the source GGUF's own grid (Q4_1: 4-bit, 32 columns, fp16 scale and
+    # minimum), which re-finds the decoder weights nearly exactly; the Q8_0 embedding 8-bit r3.
+    "b4-g32-zfloat-e3": TensorSetting(bits=4, group_size=32, zero_point="float"),
 }
 
 # Settings whose tied embedding/head takes another setting than the linears (always rtn, unpruned):
 # at r = 8 the rtn-rounded head costs most of the loss (CPU smoke: dc-r8-gptq +25.7 % PPL on 1024 tokens).
-EMBEDDING: dict[str, TensorSetting] = {"dc-r8-gptq-e4": _ch8(4.0)}
+EMBEDDING: dict[str, TensorSetting] = {"dc-r8-gptq-e4": _ch8(4.0), "dc-r6-gptq-e3": _ch8(3.0),
+                                      "b4-g32-zfloat-e3": _ch8(3.0)}
 
 # Settings whose linears of some roles (evo.types LINEAR_ROLES) take another setting than SETTINGS[name].
 ROLES: dict[str, dict[str, TensorSetting]] = {}
@@ -79,7 +87,7 @@ ROLES: dict[str, dict[str, TensorSetting]] = {}
 # Settings given per tensor by an evo config in benchmarks/configs/ (written by benchmarks/dc_screen.py
 # --save-configs for SmolLM2-135M): SETTINGS[name] is that config's default, its [tensors] the rest.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-FILES: dict[str, str] = {}
+FILES: dict[str, str] = {"dc-mix-r4r6-gptq-e4": "dc-mix-r4r6-gptq-e4.toml"}
 
 
 def config_for(name: str, info, tied: bool) -> CompressionConfig:

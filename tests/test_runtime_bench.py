@@ -60,7 +60,20 @@ def test_every_double_compression_setting_builds_a_config(tiny_llama):
 
     info = describe_model(tiny_llama, model_id="tiny-llama")
     for name in dc.SETTINGS:
+        if name in dc.FILES:  # per-tensor configs of SmolLM2-135M: checked below without the model
+            continue
         config = dc.config_for(name, info, tied=True)
         config.validate_against(info)
         assert config.embedding.quantizer == "rtn" and config.embedding.sparsity == 0.0
         assert config.default == dc.SETTINGS[name]
+
+
+def test_per_tensor_double_compression_configs_are_8_bit_settings():
+    import double_compression_runtime as dc
+
+    for name, file in dc.FILES.items():
+        config = dc.config_for(name, None, tied=True)
+        assert config.default == dc.SETTINGS[name] and config.embedding.quantizer == "rtn"
+        settings = [config.default, config.embedding, *dict(config.tensors).values()]
+        assert all(s.bits == 8 and s.group_size is None and s.symmetric for s in settings), file
+        assert all(n.startswith("model.layers.") and n.endswith("_proj.weight") for n, _ in config.tensors), file
