@@ -13,7 +13,7 @@ set -uo pipefail
 [ -f scripts/device/env.sh ] && source scripts/device/env.sh
 PY=${PY:-python3}
 WORK=${WORK:-/tmp/evo-device-runtime}
-DC_SETTINGS=${DC_SETTINGS:-"int8-rtn b4-g32-zfloat-e3 dc-mix-r4r6-gptq-e4 dc-r6-gptq-e3"}
+DC_SETTINGS=${DC_SETTINGS:-"dc-mix-r4r6-gptq-e4 b4-g32-zfloat-e3 dc-r6-gptq-e3 int8-rtn"}
 DC8=${DC8:-dc-mix-r4r6-gptq-e4}      # the 8-bit Double Compression artifact run resident
 MODE_SECONDS=${MODE_SECONDS:-8}
 mkdir -p "$WORK" "$OUT"

@@ -4,7 +4,7 @@ per row, same other tensors), and WikiText-2 perplexity against the source model
 concentrate the codes (8-bit grids with rescale > 1, GPTQ/MSE rounding, l∞ sparsity, 5/6-bit grids).
 
     python benchmarks/double_compression_runtime.py [--device cuda] [--max-tokens 32768] [--deadline-s 480]
-                                                   [--only NAME ...] [--json OUT]
+                                                   [--only NAME ...] [--json OUT] [--artifacts DIR]
 
 Goal (issue 14): ≥ 40 % less than INT8-resident (ratio ≤ 0.60, ≈ 4.8 bits/weight incl. scales) at
 ≤ 5 % PPL loss. Every matrix (decoder linears and the tied embedding/head) takes the setting; the
@@ -19,6 +19,10 @@ weights take at most 16 values per block of 32; a grid of ≥ 5 bits (or 8 bits 
 nearly reproduces them, so low PPL loss there is partly the source's own quantization being re-found.
 
 CPU smoke: --only int8-rtn dc-r4-rtn --max-tokens 1024
+Device (benchmarks/device_runtime.sh): --device cuda --only dc-mix-r4r6-gptq-e4 b4-g32-zfloat-e3 dc-r6-gptq-e3
+    int8-rtn --deadline-s 280 --artifacts DIR (≈ 50 s of statistics/Hessians + ≈ 15 s per rtn and ≈ 60 s per
+    gptq setting on an H200). Settings were screened on the CPU with benchmarks/dc_screen.py
+    (benchmarks/results/double_compression_runtime_cpu.md).
 """
 
 from __future__ import annotations
