@@ -25,7 +25,7 @@ timeout 300 "$PY" benchmarks/double_compression_runtime.py --device cuda --only 
     --artifacts "$WORK/dc" --json "$OUT/dc_runtime.json" 2>&1 | grep -v -e 'it/s]' -e '^Loading' | tee "$OUT/dc_runtime.txt"
 
 step "uniform 3-bit artifact"
-[ -f "$WORK/u3/manifest.json" ] || timeout 90 "$PY" -m evo baseline uniform --bits 3 --device cuda \
+[ -f "$WORK/u3/manifest.json" ] || timeout 150 "$PY" -m evo baseline uniform --bits 3 --device cuda \
     --out "$WORK/u3" --overwrite 2>&1 | grep -v -e 'it/s]' | tail -3
 
 step "resident_memory: u3 and $DC8"
