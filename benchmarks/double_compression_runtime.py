@@ -4,7 +4,7 @@ per row, same other tensors), and WikiText-2 perplexity against the source model
 concentrate the codes (8-bit grids with rescale > 1, GPTQ/MSE rounding, l∞ sparsity, 5/6-bit grids).
 
     python benchmarks/double_compression_runtime.py [--device cuda] [--max-tokens 32768] [--deadline-s 480]
-                                                   [--only NAME ...] [--json OUT]
+                                                   [--only NAME ...] [--json OUT] [--artifacts DIR]
 
 Goal (issue 14): ≥ 40 % less than INT8-resident (ratio ≤ 0.60, ≈ 4.8 bits/weight incl. scales) at
 ≤ 5 % PPL loss. Every matrix (decoder linears and the tied embedding/head) takes the setting; the
@@ -19,6 +19,10 @@ weights take at most 16 values per block of 32; a grid of ≥ 5 bits (or 8 bits 
 nearly reproduces them, so low PPL loss there is partly the source's own quantization being re-found.
 
 CPU smoke: --only int8-rtn dc-r4-rtn --max-tokens 1024
+Device (benchmarks/device_runtime.sh): --device cuda --only dc-mix-r4r6-gptq-e4 b4-g32-zfloat-e3 dc-r6-gptq-e3
+    int8-rtn --deadline-s 280 --artifacts DIR (≈ 50 s of statistics/Hessians + ≈ 15 s per rtn and ≈ 60 s per
+    gptq setting on an H200). Settings were screened on the CPU with benchmarks/dc_screen.py
+    (benchmarks/results/double_compression_runtime_cpu.md).
 """
 
 from __future__ import annotations
@@ -60,26 +64,57 @@ SETTINGS: dict[str, TensorSetting] = {
     "dc-r4-gptq": _ch8(4.0, "gptq"),
     "dc-r6-gptq": _ch8(6.0, "gptq"),
     "dc-r8-gptq": _ch8(8.0, "gptq"),
-    "dc-r8-gptq-e4": _ch8(8.0, "gptq"),  # the tied embedding/head at rescale 4 (EMBEDDING_RESCALE)
+    "dc-r8-gptq-e4": _ch8(8.0, "gptq"),  # the tied embedding/head at rescale 4 (EMBEDDING)
     "dc-r4-gptq-s20": _ch8(4.0, "gptq", 0.2),
     "dc-r6-mse": _ch8(6.0, "mse"),
     "b6-ch-gptq": TensorSetting(bits=6, group_size=None, symmetric=True, quantizer="gptq"),
     "b5-g128-gptq": TensorSetting(bits=5, group_size=128, quantizer="gptq"),
     "b5-ch-gptq": TensorSetting(bits=5, group_size=None, symmetric=True, quantizer="gptq"),
     "b4-g128-gptq": TensorSetting(bits=4, group_size=128, quantizer="gptq"),
+    # 8-bit per channel, rtn embedding at rescale 3 (screened on the CPU, benchmarks/dc_screen.py).
+    "dc-r6-gptq-e3": _ch8(6.0, "gptq"),
+    # 8-bit per channel gptq, rescale 6 or (65 linears, benchmarks/configs/) 4, embedding r4 rtn.
+    "dc-mix-r4r6-gptq-e4": _ch8(6.0, "gptq"),
+    # Not the 8-bit setting: the source GGUF's own grid (Q4_1: 4-bit, 32 columns, fp16 scale and
+    # minimum), which re-finds the decoder weights nearly exactly; the Q8_0 embedding 8-bit r3.
+    "b4-g32-zfloat-e3": TensorSetting(bits=4, group_size=32, zero_point="float"),
 }
 
-# Settings whose embedding (and tied head) takes another rescale than the linears: at r = 8 the
-# rtn-rounded head costs most of the loss (CPU smoke: dc-r8-gptq +25.7 % PPL on 1024 tokens).
-EMBEDDING_RESCALE = {"dc-r8-gptq-e4": 4.0}
+# Settings whose tied embedding/head takes another setting than the linears (always rtn, unpruned):
+# at r = 8 the rtn-rounded head costs most of the loss (CPU smoke: dc-r8-gptq +25.7 % PPL on 1024 tokens).
+EMBEDDING: dict[str, TensorSetting] = {"dc-r8-gptq-e4": _ch8(4.0), "dc-r6-gptq-e3": _ch8(3.0),
+                                      "b4-g32-zfloat-e3": _ch8(3.0)}
+
+# Settings whose linears of some roles (evo.types LINEAR_ROLES) take another setting than SETTINGS[name].
+ROLES: dict[str, dict[str, TensorSetting]] = {}
+
+# Settings given per tensor by an evo config in benchmarks/configs/ (written by benchmarks/dc_screen.py
+# --save-configs for SmolLM2-135M): SETTINGS[name] is that config's default, its [tensors] the rest.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+FILES: dict[str, str] = {"dc-mix-r4r6-gptq-e4": "dc-mix-r4r6-gptq-e4.toml"}
 
 
-def config_for(name: str, setting: TensorSetting, tied: bool) -> CompressionConfig:
-    embedding = replace(setting, quantizer="rtn", sparsity=0.0, prune_criterion="magnitude",
-                        rescale=EMBEDDING_RESCALE.get(name, setting.rescale))
+def config_for(name: str, info, tied: bool) -> CompressionConfig:
+    """The CompressionConfig of a named setting for a model described by `info` (evo.types.ModelInfo)."""
+    setting = SETTINGS[name]
+    if name in FILES:
+        config = CompressionConfig.load(CONFIGS_DIR / FILES[name])
+        if config.default != setting:
+            raise ValueError(f"{FILES[name]}: default {config.default} is not SETTINGS[{name!r}]")
+        return config if tied else replace(config, head=config.embedding)
+    embedding = EMBEDDING.get(name) or replace(setting, quantizer="rtn", sparsity=0.0, prune_criterion="magnitude")
+    roles = ROLES.get(name, {})
+    tensors = {lin.name: roles[lin.role] for lin in info.linears() if lin.role in roles}
     if tied:  # the head is the embedding: [embedding] sets both
-        return CompressionConfig(default=setting, embedding=embedding)
-    return CompressionConfig(default=setting, embedding=embedding, head=embedding)
+        return CompressionConfig(default=setting, embedding=embedding, tensors=tensors)
+    return CompressionConfig(default=setting, embedding=embedding, head=embedding, tensors=tensors)
+
+
+def settings_of(name: str) -> list[TensorSetting]:
+    """Every setting a named entry uses on the linears (what decides the statistics it needs)."""
+    if name in FILES:
+        return [SETTINGS[name], *dict(CompressionConfig.load(CONFIGS_DIR / FILES[name]).tensors).values()]
+    return [SETTINGS[name], *ROLES.get(name, {}).values()]
 
 
 def resident_figures(artifact: Path) -> dict:
@@ -102,6 +137,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(SETTINGS), default=None, help="these settings, in this order")
     parser.add_argument("--deadline-s", type=float, default=480.0, help="stop before a setting that would end later")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="write the artifacts into this folder, one per setting (default: a temporary folder)")
     args = parser.parse_args()
     start = time.perf_counter()
     setup_threads()
@@ -112,13 +149,15 @@ def main() -> None:
     tokens = tokenize_for_eval(loaded.tokenizer, read_text("wikitext2"))
     source_ppl = perplexity(loaded.model, tokens, max_tokens=args.max_tokens).ppl
     calibration = default_stats_tokens(loaded.tokenizer)
-    workdir = Path(tempfile.mkdtemp(prefix="evo-dc-runtime-"))
+    workdir = args.artifacts or Path(tempfile.mkdtemp(prefix="evo-dc-runtime-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     stats = hessians = None
-    if any(SETTINGS[n].quantizer == "mse" or SETTINGS[n].prune_criterion == "linf" for n in names):
+    used = [setting for n in names for setting in settings_of(n)]
+    if any(s.quantizer == "mse" or s.prune_criterion == "linf" for s in used):
         from evo.evaluate.stats import collect_activation_stats
 
         stats = collect_activation_stats(loaded.model, loaded.info, calibration)
-    if any(SETTINGS[n].quantizer == "gptq" for n in names):
+    if any(s.quantizer == "gptq" for s in used):
         from evo.evaluate.hessian import collect_hessians
 
         hessians = collect_hessians(loaded.model, loaded.info, calibration, workdir / "hessians")
@@ -135,9 +174,9 @@ def main() -> None:
         tic = time.perf_counter()
         setting = SETTINGS[name]
         loaded.model.load_state_dict(dense_state)
-        result = compress_model(loaded, None, config_for(name, setting, tied), stats=stats, hessians=hessians, measure=False)
+        result = compress_model(loaded, None, config_for(name, loaded.info, tied), stats=stats, hessians=hessians, measure=False)
         out = workdir / name
-        write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id)
+        write_artifact(out, loaded.model, loaded.tokenizer, result, base_model=loaded.info.model_id, overwrite=True)
         del result
         figures = resident_figures(out)
         model, _ = load(out, device=args.device)
