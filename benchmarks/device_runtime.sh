@@ -7,7 +7,7 @@
 # 3. benchmarks/resident_memory.py on u3 and the 8-bit DC artifact: dense / codes / compressed 25-50-100 %
 #    / auto 50 %, prompt 512 tokens, 128 new tokens (each mode's decoding capped at $MODE_SECONDS).
 # Every step runs under `timeout` and its script's own --deadline-s (partial tables are printed and
-# written); the whole script stays under ~560 s. Tables: $OUT/*.txt, figures: $OUT/*.json.
+# written); the whole script stays under ~560 s (BUDGET_S, default 570, bounds its last step). Tables: $OUT/*.txt, figures: $OUT/*.json.
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 [ -f scripts/device/env.sh ] && source scripts/device/env.sh
@@ -31,7 +31,7 @@ step "uniform 3-bit artifact"
 step "resident_memory: u3 and $DC8"
 artifacts=()
 for a in "$WORK/u3" "$WORK/dc/$DC8"; do [ -f "$a/manifest.json" ] && artifacts+=("$a") || echo "missing artifact $a"; done
-left=$(( 570 - (SECONDS - began) ))
+left=$(( ${BUDGET_S:-570} - (SECONDS - began) ))
 if [ ${#artifacts[@]} -gt 0 ] && [ $left -gt 60 ]; then
     timeout $left "$PY" benchmarks/resident_memory.py "${artifacts[@]}" --device cuda --dtype bfloat16 \
         --prompt-tokens 512 --new-tokens 128 --mode-seconds "$MODE_SECONDS" --deadline-s $(( left - 45 )) \
