@@ -4,6 +4,8 @@ or threads; the CUDA compiled kernel is used only once it matches the eager one.
 
 from __future__ import annotations
 
+import math
+import shutil
 import threading
 
 import pytest
@@ -147,3 +149,21 @@ def test_compile_is_off_on_the_cpu_and_by_environment(monkeypatch):
     assert not kernels.compile_enabled(torch.device("cuda"))
     monkeypatch.setenv(kernels.COMPILE_ENV, "1")
     assert kernels.compile_enabled(torch.device("cuda"))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor's CPU backend needs a C++ compiler")
+def test_compiled_kernels_of_several_layouts_each_compile_and_equal_the_reference():
+    """Each layout's kernel compiles with its own ints. Before, every layout shared one code object, so
+    the second layout made dynamo treat bits as a symbolic int and `divmod(bits * i, 8)` / `1 << bits`
+    failed (on the H200 the runtime then fell back to the eager kernel with a warning)."""
+    from evo.runtime.kernels import DequantLayout, _compiled_for_columns, _reference_math
+    from evo.runtime.packing import CODES_PER_WORD
+
+    torch.manual_seed(0)
+    for bits, rows, columns in [(8, 16, 64), (3, 8, 64), (4, 12, 96)]:
+        layout = DequantLayout(bits=bits, rows=0, columns=columns, group=32, kind="symmetric")
+        groups = math.ceil(columns / 32)
+        packed = torch.randint(0, 256, (rows, bits * math.ceil(columns / CODES_PER_WORD)), dtype=torch.uint8)
+        scales = torch.rand(rows, groups, dtype=torch.float16)
+        got = _compiled_for_columns(layout, False, groups, torch.float32)(packed, scales, None)
+        assert torch.equal(got, _reference_math(packed, scales, None, layout, False, groups, torch.float32))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import types
 import warnings
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -212,7 +213,16 @@ def _compiled_for_columns(layout: DequantLayout, int_zeros: bool, groups: int, d
     def kernel(codes_packed, scales, zeros):
         return _reference_math(codes_packed, scales, zeros, layout, int_zeros, groups, dtype)
 
-    return torch.compile(kernel, fullgraph=True)
+    # Dynamo keeps its compiled graphs on the function's code object. Every layout's `kernel` shares
+    # one code object with other closure values, so the second layout (other bits or columns) made
+    # dynamo treat those ints as dynamic, and `1 << bits` on a symbolic int failed (seen on the H200
+    # with torch 2.11, reproduced on the CPU with 2.13). Each layout gets a code object of its own, with its own
+    # name: dynamo keys its automatic-dynamic state by the code's file, line and name.
+    name = (f"dequantize_b{layout.bits}_c{layout.columns}_g{layout.group}_{layout.kind}_z{int(int_zeros)}_n{groups}_"
+            f"{str(dtype).removeprefix('torch.')}")
+    own = types.FunctionType(kernel.__code__.replace(co_name=name, co_qualname=name), kernel.__globals__, name,
+                             kernel.__defaults__, kernel.__closure__)
+    return torch.compile(own, fullgraph=True)
 
 
 # (layout, int_zeros, dtype, device) → the compiled kernel agreed with the eager one; per layout
