@@ -270,6 +270,29 @@ def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[st
     print(f"\nwritten {out / (name + '.json')} and {out / (name + '.md')}", flush=True)
 
 
+def run_until_deadline(jobs, deadline: Deadline, reserve_s: float) -> list[str]:
+    """Run (label, job) pairs in order while more than reserve_s is left; the labels of the jobs not
+    finished in this call (skipped, stopped by the deadline, or returning None), which a rerun of the
+    same command continues."""
+    pending = []
+    for label, job in jobs:
+        try:
+            if deadline.left() < reserve_s or job() is None:
+                pending.append(label)
+        except DeadlineReached:
+            pending.append(label)
+    return pending
+
+
+def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: list[str], pending: list[str]) -> None:
+    """write_outputs with the unfinished jobs recorded in the data and said on the console."""
+    data["pending"] = pending
+    write_outputs(out, name, data, markdown, argv)
+    if pending:
+        print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
+
+
 __all__ = ["Deadline", "DeadlineReached", "add_common_options", "convergence_report", "eval_texts",
-           "export_and_measure", "mean_std", "parse_with_smoke", "perplexities", "say_as", "search_until",
-           "seeded_run", "share_loaded_models", "tiny_model", "uniform_budget", "write_outputs"]
+           "export_and_measure", "mean_std", "parse_with_smoke", "perplexities", "run_until_deadline", "say_as",
+           "search_until", "seeded_run", "share_loaded_models", "tiny_model", "uniform_budget", "write_outputs",
+           "write_with_pending"]

@@ -23,22 +23,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from _experiments import (
     Deadline,
-    DeadlineReached,
     add_common_options,
     eval_texts,
     export_and_measure,
     mean_std,
     parse_with_smoke,
     perplexities,
+    run_until_deadline,
     say_as,
     search_until,
     share_loaded_models,
     uniform_budget,
-    write_outputs,
+    write_with_pending,
 )
 from _searchbench import write_json
 from evo.constants import MB
@@ -144,18 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = {s for s, _ in jobs} - set(STRATEGIES)
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}: use {list(STRATEGIES)}")
-    pending = []
-    for strategy, seed in jobs:
-        try:
-            if deadline.left() < args.reserve_s or run_job(loaded, args, strategy, seed, budget, texts, deadline) is None:
-                pending.append(f"{strategy}-s{seed}")
-        except DeadlineReached:
-            pending.append(f"{strategy}-s{seed}")
+    pending = run_until_deadline(
+        [(f"{strategy}-s{seed}", partial(run_job, loaded, args, strategy, seed, budget, texts, deadline))
+         for strategy, seed in jobs], deadline, args.reserve_s)
     data, table = render(out, dense, budget, args)
-    data["pending"] = pending
-    write_outputs(out, "ccds_vs_random", data, table, [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
-    if pending:
-        print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
+    write_with_pending(out, "ccds_vs_random", data, table, [Path(sys.argv[0]).name, *(argv or sys.argv[1:])], pending)
     return 0
 
 

@@ -22,21 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from _experiments import (
     Deadline,
-    DeadlineReached,
     add_common_options,
     eval_texts,
     export_and_measure,
     mean_std,
     parse_with_smoke,
     perplexities,
+    run_until_deadline,
     say_as,
     search_until,
     share_loaded_models,
-    write_outputs,
+    write_with_pending,
 )
 from _searchbench import write_json
 from evo.constants import FINAL_STAGE, SIZE_CACHE_DIR
@@ -150,18 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     if not dense_path.exists():
         write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
     dense = json.loads(dense_path.read_text())
-    pending = []
-    for seed in (int(s) for s in args.seeds.split(",") if s):
-        try:
-            if deadline.left() < args.reserve_s or run_seed(loaded, args, seed, budget, space, texts, deadline) is None:
-                pending.append(f"s{seed}")
-        except DeadlineReached:
-            pending.append(f"s{seed}")
+    pending = run_until_deadline(
+        [(f"s{seed}", partial(run_seed, loaded, args, seed, budget, space, texts, deadline))
+         for seed in (int(s) for s in args.seeds.split(",") if s)], deadline, args.reserve_s)
     data, table = render(out, dense, budget, args)
-    data["pending"] = pending
-    write_outputs(out, "evop_vs_shortgpt", data, table, [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])
-    if pending:
-        print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
+    write_with_pending(out, "evop_vs_shortgpt", data, table, [Path(sys.argv[0]).name, *(argv or sys.argv[1:])],
+                       pending)
     return 0
 
 

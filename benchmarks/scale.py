@@ -179,23 +179,22 @@ def measure(name: str, args, deadline: float) -> dict:
     fitness = FitnessConfig(metric="kl", screen_sequences=1, screen_tokens=min(128, args.tokens), top_k=TOP_K)
     evaluator = Evaluator(model, info, tokens, fitness, reference)
     configs = random_configs(space, info, args.evaluations, seed=0)
-    cold, warm = [], []
-    for config in configs:  # first use: each candidate's missing levels computed on the device
-        if time.perf_counter() > deadline and cold:
-            break
-        sync(device)
-        tic = time.perf_counter()
-        evaluator.evaluate(config)
-        sync(device)
-        cold.append(time.perf_counter() - tic)
-    for config in configs[:len(cold)]:  # again, in the same order: every level cached (unless evicted)
-        if time.perf_counter() > deadline and warm:
-            break
-        sync(device)
-        tic = time.perf_counter()
-        evaluator.evaluate(config)
-        sync(device)
-        warm.append(time.perf_counter() - tic)
+
+    def seconds_per_evaluation(batch) -> list[float]:
+        """Wall seconds of each evaluation in order, at least one, the rest until the deadline."""
+        times = []
+        for config in batch:
+            if time.perf_counter() > deadline and times:
+                break
+            sync(device)
+            tic = time.perf_counter()
+            evaluator.evaluate(config)
+            sync(device)
+            times.append(time.perf_counter() - tic)
+        return times
+
+    cold = seconds_per_evaluation(configs)  # first use: each candidate's missing levels computed on the device
+    warm = seconds_per_evaluation(configs[:len(cold)])  # again, in order: every level cached (unless evicted)
     sync(device)
     tic = time.perf_counter()
     evaluator.evaluate(configs[len(warm) - 1])  # the last one again: nothing to swap
