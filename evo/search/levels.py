@@ -121,7 +121,7 @@ class LevelStore:
         if not 0 <= index < count:
             raise EvoError(f"share {share} is not (i, n) with 0 <= i < n")
         missing_sizes = {pair for position, pair in enumerate(pairs)
-                         if position % count == index and not self.table._cached(*pair)}
+                         if position % count == index and not self.table.is_coded(*pair)}
         workers = default_workers() if workers is None else workers
         if workers < 1:
             raise EvoError("--size-workers must be 1 or more")

@@ -272,7 +272,7 @@ class SearchSession:
                 # gptq levels on Ray actors: each builds its own database for its evaluator, and they
                 # split the coding of the sizes into the run's size cache; this process only reads them
                 pool.build_levels(status=self.status)
-                if all(table._cached(*pair) for pair in table.pairs()):
+                if all(table.is_coded(*pair) for pair in table.pairs()):
                     table.fill(workers=workers, pool=pool)
                     self.size_table = table
                     return table

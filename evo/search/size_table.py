@@ -166,7 +166,7 @@ class SizeTable:
         do not depend on workers."""
         model = self.size_model
         pairs = self.pairs()
-        missing = [pair for pair in pairs if not self._cached(*pair)]
+        missing = [pair for pair in pairs if not self.is_coded(*pair)]
         self.code(missing, workers=workers, progress=progress, already=len(pairs) - len(missing), pool=pool)
         for row, (name, settings) in enumerate(zip(self.names, self.columns)):
             for column, setting in enumerate(settings):
@@ -220,7 +220,8 @@ class SizeTable:
     def _key(self, source: str, setting: TensorSetting) -> SizeKey:
         return self.size_model.size_key(source, setting)  # compress_model's key (gptq: with the Hessians')
 
-    def _cached(self, source: str, setting: TensorSetting) -> bool:
+    def is_coded(self, source: str, setting: TensorSetting) -> bool:
+        """Whether the run's size cache holds this pair's bytes under every coder."""
         entry = self.size_model.size_cache.get(self._key(source, setting))
         return entry is not None and bool(entry.frame_bytes) and set(entry.frame_bytes) == set(entry.coders)
 
