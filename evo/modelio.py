@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from evo.constants import DEFAULT_MODEL, DTYPES, TOKENIZER_CONFIG_FILE
@@ -240,6 +241,9 @@ def load_model(
         ) from exc
     except OSError as exc:
         raise EvoError(f"cannot load the weights of {spec!r}: {_first_line(exc)}") from exc
+    except SafetensorError as exc:  # not an OSError: a corrupt or truncated shard
+        raise EvoError(f"cannot load the weights of {spec!r}: a .safetensors file is damaged ({_first_line(exc)}); "
+                       "save or download the model again") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:

@@ -83,6 +83,19 @@ def test_unsupported_architecture(tmp_path):
         load_model(str(tmp_path))
 
 
+
+def test_a_damaged_safetensors_shard_is_one_clear_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    directory = tmp_path / "damaged"
+    shutil.copytree(tiny_model_dir("llama"), directory)
+    shard = sorted(directory.glob("*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[8:20] = b"not a header"  # the JSON header after its 8-byte length
+    shard.write_bytes(bytes(data))
+    with pytest.raises(EvoError, match="damaged .*save or download the model again"):
+        load_model(str(directory))
+
 def test_default_alias_resolves_to_the_packaged_gguf():
     source = resolve_model_source("smollm2-135m")
     assert source.kind == "alias"
