@@ -439,9 +439,11 @@ from evo.search.lifecycle import RunLock
 lock = RunLock.acquire(sys.argv[1])
 child = os.fork()
 if child == 0:  # a forked worker, as a fork-context process pool starts them
+    # the child says its PID itself: fork's after-in-child hooks have run by then (the parent printing
+    # it raced with a child not yet scheduled on a loaded machine: CI saw the lock still held)
+    print(os.getpid(), flush=True)
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
 time.sleep(60)
 """
 
