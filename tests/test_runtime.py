@@ -17,7 +17,7 @@ from evo.constants import TENSORS_FILE
 from evo.errors import EvoError
 from evo.modelio import describe_model
 from evo.runtime import ResidentOptions, resident_memory
-from evo.runtime.modules import LazyLinear, PackedEmbedding, PackedLinear
+from evo.runtime.modules import LazyLinear, PackedEmbedding, PackedLinear, PackedWeight, packed_nbytes
 from evo.runtime.packing import pack_codes, packed_row_bytes, unpack_codes
 from evo.runtime.resident import AutoPlan, LayerCost, plan_tiers
 from evo.runtime.store import CodedWeight, DecodedWeights
@@ -140,6 +140,53 @@ def test_modules_are_replaced_and_memory_shrinks(artifact):
     assert memory.frame_bytes == sum(stored[k] for k in compressed.evo_runtime.tensor_names)
 
 
+def test_compressed_decodes_into_the_codes_form_and_counts_its_bytes(artifact):
+    """A quantized weight decodes into its bit-packed codes (what "codes" holds), a bf16 matrix into its
+    dense tensor; the decoded size is exactly what the store then holds, and with every weight decoded
+    the LRU holds what "codes" holds for the quantized matrices."""
+    codes, _ = load(artifact, resident="codes")
+    model, _ = load(artifact, resident="compressed", max_resident_mb=100.0, prefetch=0)
+    store = model.evo_runtime.store
+    _logits(model)
+    manifest = {t.name: t for t in read_manifest(artifact).tensors}
+    packed_of_codes = {}
+    for module in codes.modules():
+        if isinstance(module, (PackedLinear, PackedEmbedding)):
+            packed_of_codes[id(module.packed)] = module.packed
+    assert set(store.cached_keys()) == set(store.coded) == model.evo_runtime.tensor_names
+    held = 0
+    for key in store.cached_keys():
+        weight = store.acquire(key)
+        setting = manifest[key].setting
+        if setting.quantized:
+            assert isinstance(weight, PackedWeight)
+            assert weight.nbytes == packed_nbytes(manifest[key].shape, setting) == store.coded[key].decoded_bytes
+        else:
+            assert isinstance(weight, torch.Tensor) and weight.dtype == torch.float32
+            assert weight.numel() * 4 == store.coded[key].decoded_bytes
+        held += store.coded[key].decoded_bytes
+    assert store.cached_bytes == held
+    quantized = sum(store.coded[k].decoded_bytes for k in store.coded if manifest[k].setting.quantized)
+    assert quantized == sum(p.nbytes for p in packed_of_codes.values())
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6])
+def test_lru_of_codes_stays_under_its_cap_counting_bytes(artifact, fraction):
+    dense, _ = load(artifact)
+    probe, _ = load(artifact, resident="compressed")
+    decoded = sum(c.decoded_bytes for c in probe.evo_runtime.store.coded.values())
+    cap_mb = fraction * decoded / 1e6
+    model, _ = load(artifact, resident="compressed", max_resident_mb=cap_mb, prefetch=2)
+    store = model.evo_runtime.store
+    for _ in range(3):
+        assert torch.equal(_logits(model), _logits(dense))
+        assert store.cached_bytes == sum(store.coded[k].decoded_bytes for k in store.cached_keys()) <= cap_mb * 1e6
+    store.close()
+    assert store.stats().peak_cached_bytes <= cap_mb * 1e6
+    memory = resident_memory(model)
+    assert memory.total_bytes <= resident_memory(probe).total_bytes + cap_mb * 1e6
+
+
 def test_untied_head_and_biases(qwen_artifact):
     dense, _ = load(qwen_artifact)
     for options in MODES[:3]:
@@ -221,10 +268,13 @@ def test_plan_moves_the_most_seconds_per_byte_within_the_cap():
         LayerCost("bf16", 2000, 1500, 0.004),  # no codes: frames or decoded only
     )
     frames = sum(c.frame_bytes for c in costs)  # 2900: the least that can be held
-    # The most seconds saved per byte added first: slow 8e-5 s/B to codes, big 3.2e-5, the bf16
-    # matrix decoded 8e-6, cheap to codes 5e-6; then decoding those held as codes.
+    # Frames decode into codes that are then dequantized: a quantized weight as frames costs its
+    # decoding plus its dequantization. The most seconds saved per byte added first: slow 1e-4 s/B
+    # to codes, big 4e-5, cheap to codes 1e-5, the bf16 matrix decoded 8e-6; then decoding those
+    # held as codes.
+    assert costs[0].option("frames") == (200, 0.001 + 0.0005) and costs[3].option("frames") == (1500, 0.004)
     moves = plan_tiers(costs, None, None, 0.0)
-    assert moves[:4] == (("slow", "codes"), ("big", "codes"), ("bf16", "decoded"), ("cheap", "codes"))
+    assert moves[:4] == (("slow", "codes"), ("big", "codes"), ("cheap", "codes"), ("bf16", "decoded"))
     assert dict(moves) == {"cheap": "decoded", "slow": "decoded", "big": "decoded", "bf16": "decoded"}
     # A cap on everything held: the frames, plus what each move adds, never above it.
     for cap in (frames, frames + 100, frames + 350, frames + 2000, frames + 5000):
@@ -234,7 +284,7 @@ def test_plan_moves_the_most_seconds_per_byte_within_the_cap():
     assert dict(plan_tiers(costs, frames + 100, None, 0.0)) == {"slow": "codes"}
     # A target already met moves nothing; a target needing one move makes the best one.
     assert plan_tiers(costs, None, 1.0, 0.0) == ()
-    assert plan_tiers(costs, None, 1 / 0.03, 0.0) == (("slow", "codes"),)
+    assert plan_tiers(costs, None, 1 / 0.032, 0.0) == (("slow", "codes"),)  # 41.5 ms → 31.5 ms
 
 
 @pytest.mark.parametrize("cap_mb", [0.0, 0.03, 0.2, 1.0])

@@ -1,6 +1,7 @@
 """Modules that stand in for nn.Linear / nn.Embedding while keeping their weight small: bit-packed
-codes dequantized in the forward ("codes"), or coded frames decoded by a forward pre-hook
-("compressed"). Both compute exactly what the dense module computes with the dequantized weight.
+codes dequantized in the forward ("codes"), or coded frames decoded by a forward pre-hook into those
+bit-packed codes, or into the dense weight for a matrix stored in bf16 ("compressed"). All compute
+exactly what the dense module computes with the dequantized weight.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from evo.compress import QuantizedTensor, dequantize
 from evo.compress.grid import num_groups
 from evo.compress.settings import TensorSetting
 from evo.runtime.kernels import SCRATCH, dequantize_packed, dequantize_packed_eager, layout_of
-from evo.runtime.packing import pack_codes, unpack_codes
+from evo.runtime.packing import pack_codes, packed_row_bytes, unpack_codes
 
 # Rows dequantized at once: bounds the int64/float32 temporaries of unpacking to ~ 8 MB per
 # million weights whatever the matrix (a 49152-row embedding would otherwise need ~1 GB).
@@ -38,6 +39,29 @@ def dequantize_to(quantized: QuantizedTensor, dtype: torch.dtype) -> torch.Tenso
         block = QuantizedTensor(codes, scales, zeros, (codes.shape[0], columns), quantized.setting)
         out[part] = dequantize(block).to(dtype)
     return out
+
+
+def packed_nbytes(shape: tuple[int, int], setting: TensorSetting) -> int:
+    """PackedWeight.nbytes of a quantized matrix of this shape and setting, without building it:
+    packed codes, fp16 scales, and packed integer (or fp16 float) zero points."""
+    rows, columns = shape
+    groups = num_groups(columns, setting.group_size)
+    total = rows * packed_row_bytes(columns, setting.bits) + rows * groups * 2
+    if not setting.symmetric:
+        total += rows * (packed_row_bytes(groups, setting.bits) if setting.zero_point == "int" else groups * 2)
+    return total
+
+
+def held_bytes(weight) -> int:
+    """Bytes one decoded weight holds: a PackedWeight's packed tensors, or a tensor's numel · element size."""
+    if isinstance(weight, PackedWeight):
+        return weight.nbytes
+    return weight.numel() * weight.element_size()
+
+
+def dense_weight(weight) -> torch.Tensor:
+    """The dense matrix of a decoded weight (a PackedWeight dequantized, or the tensor itself)."""
+    return weight.dequantize() if isinstance(weight, PackedWeight) else weight
 
 
 class PackedWeight(nn.Module):
@@ -136,26 +160,29 @@ class PackedEmbedding(nn.Module):
 class _Lazy(nn.Module):
     """A module whose weight lives in a DecodedWeights store under `key`: the forward pre-hook
     asks the store for it (decoding its frames unless the store holds it) and the forward uses it
-    once; nothing here keeps a reference, so an evicted weight is freed."""
+    once; nothing here keeps a reference, so an evicted weight is freed. The store holds a
+    PackedWeight (dequantized in the forward, as "codes" does) or, for a bf16 matrix or a weight
+    "auto" keeps decoded, the dense tensor."""
 
     def __init__(self, store, key: str) -> None:
         super().__init__()
         self.store = store
         self.key = key
-        self._weight: torch.Tensor | None = None
+        # The weight fetched by the pre-hook, in a plain list: a PackedWeight assigned as an
+        # attribute would become a registered child module of this one.
+        self._fetched: list = []
         self.register_forward_pre_hook(_fetch_weight)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.store.acquire(self.key)
+        return dense_weight(self.store.acquire(self.key))
 
-    def _take(self) -> torch.Tensor:
-        weight, self._weight = self._weight, None
-        return weight if weight is not None else self.store.acquire(self.key)
+    def _take(self):
+        return self._fetched.pop() if self._fetched else self.store.acquire(self.key)
 
 
 def _fetch_weight(module: _Lazy, args) -> None:
-    module._weight = module.store.acquire(module.key)
+    module._fetched[:] = [module.store.acquire(module.key)]
 
 
 class LazyLinear(_Lazy):
@@ -167,14 +194,18 @@ class LazyLinear(_Lazy):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self._take(), self.bias)
+        weight = self._take()
+        if isinstance(weight, PackedWeight):
+            weight = weight.dequantize_scratch()  # read by F.linear before the next matrix reuses the buffer
+        return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, key={self.key}"
 
 
 class LazyEmbedding(_Lazy):
-    """nn.Embedding whose table is decoded from its frames when it runs."""
+    """nn.Embedding whose table is decoded from its frames when it runs (only the rows looked up are
+    dequantized from packed codes)."""
 
     def __init__(self, store, key: str, shape: tuple[int, int], padding_idx: int | None) -> None:
         super().__init__(store, key)
@@ -182,7 +213,11 @@ class LazyEmbedding(_Lazy):
         self.padding_idx = padding_idx
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self._take(), self.padding_idx)
+        weight = self._take()
+        if isinstance(weight, PackedWeight):
+            flat = ids.reshape(-1).to(weight.codes.device)
+            return weight.dequantize_rows(flat).reshape(*ids.shape, self.embedding_dim)
+        return F.embedding(ids, weight, self.padding_idx)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, key={self.key}"

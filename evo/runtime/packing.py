@@ -2,18 +2,16 @@
 
 In-memory layout (never written to disk), chosen so that unpacking is a few contiguous, vectorised
 uint8 operations: a row of C codes is padded to 8·W (W = ceil(C/8)) and cut into 8 slices of W
-columns; code i of every slice's column w goes into "word" w, packed by
-evo.compress.coding.pack_bits (eight codes fill `bits` bytes); the row then stores the words'
+columns; code i of every slice's column w goes into "word" w at bit bits·i, little-endian as
+evo.compress.coding.pack_bits packs (eight codes fill `bits` bytes); the row then stores the words'
 byte k for every w contiguously (plane k, W bytes), k = 0..bits-1. Unpacking slice i reads one
 or two whole planes and writes W contiguous codes. Rows are packed alone, so any rows unpack alone.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from evo.compress.coding import pack_bits
 from evo.errors import EvoError
 
 CODES_PER_WORD = 8  # eight codes of b bits fill b bytes exactly, for every b
@@ -25,22 +23,31 @@ def packed_row_bytes(columns: int, bits: int) -> int:
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes [rows, columns] in [0, 2^bits) → uint8 [rows, ceil(columns/8)·bits] on the CPU."""
+    """uint8 codes [rows, columns] in [0, 2^bits) → uint8 [rows, ceil(columns/8)·bits] on codes' device.
+    The inverse of unpack_codes's shifts, a few contiguous uint8 operations per code slot."""
     if not 1 <= bits <= 8:
         raise EvoError(f"packed codes take 1..8 bits per code, got bits={bits}")
     if codes.dim() != 2 or codes.dtype != torch.uint8:
         raise EvoError(f"codes to pack must be uint8 [rows, columns], got {codes.dtype} {tuple(codes.shape)}")
     rows, columns = codes.shape
+    if codes.numel() and int(codes.max()) >> bits:
+        raise EvoError(f"code {int(codes.max())} does not fit in {bits} bits")
     words = -(-columns // CODES_PER_WORD)
-    flat = np.zeros((rows, words * CODES_PER_WORD), np.uint8)
-    flat[:, :columns] = codes.detach().to("cpu").numpy()
-    if flat.size and int(flat.max()) >> bits:
-        raise EvoError(f"code {int(flat.max())} does not fit in {bits} bits")
-    # Word w holds column i·W + w as its code i: slices of W columns become the words' code slots.
-    interleaved = np.ascontiguousarray(flat.reshape(rows, CODES_PER_WORD, words).transpose(0, 2, 1))
-    data = np.frombuffer(pack_bits(interleaved.reshape(-1), bits), np.uint8)
-    planes = data.reshape(rows, words, bits).transpose(0, 2, 1)  # byte k of every word, contiguous
-    return torch.from_numpy(planes.copy()).reshape(rows, packed_row_bytes(columns, bits))
+    if words * CODES_PER_WORD != columns:
+        padded = torch.zeros((rows, words * CODES_PER_WORD), dtype=torch.uint8, device=codes.device)
+        padded[:, :columns] = codes
+        codes = padded
+    if bits == 8:  # eight planes of W codes are the row itself
+        return codes.contiguous()
+    # Word w holds column i·W + w as its code i, at bits bits·i (little-endian across its bytes).
+    slots = codes.view(rows, CODES_PER_WORD, words)
+    planes = torch.zeros((rows, bits, words), dtype=torch.uint8, device=codes.device)
+    for i in range(CODES_PER_WORD):
+        byte, shift = divmod(bits * i, 8)
+        planes[:, byte] |= slots[:, i] << shift  # uint8: the bits pushed past the byte drop out
+        if shift + bits > 8:
+            planes[:, byte + 1] |= slots[:, i] >> (8 - shift)
+    return planes.view(rows, packed_row_bytes(columns, bits))
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, columns: int, *, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,26 +10,26 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
-from evo.compress import QuantizedTensor
 from evo.constants import MB, RESIDENT_MODES
 from evo.errors import EvoError
 from evo.runtime import kernels
-from evo.runtime.modules import dequantize_to, LazyEmbedding, LazyLinear, PackedEmbedding, PackedLinear, PackedWeight
+from evo.runtime.modules import (dequantize_to, LazyEmbedding, LazyLinear, packed_nbytes, PackedEmbedding, PackedLinear,
+                                 PackedWeight)
 from evo.runtime.store import CodedWeight, DecodedWeights
 
 
 @dataclass(frozen=True)
 class ResidentOptions:
     """mode: one of RESIDENT_MODES. max_resident_mb bounds ("compressed") the decoded weights held
-    in the LRU, default 0 = only the layer running and those prefetched; ("auto") everything the
+    in the LRU (bit-packed codes, or dense tensors for bf16 matrices), default 0 = only the layer
+    running and those prefetched; ("auto") everything the
     weights it takes over hold: coded frames, bit-packed codes, decoded weights and the LRU.
     target_tokens_per_s ("auto"): move weights to faster forms until the predicted speed reaches it.
-    prefetch: layers decoded ahead by a background thread ("compressed", "auto")."""
+    prefetch: layers decoded ahead, each by its own background thread ("compressed", "auto")."""
 
     mode: str = "dense"
     max_resident_mb: float | None = None
@@ -66,8 +66,10 @@ TIERS = ("frames", "codes", "decoded")
 @dataclass(frozen=True)
 class LayerCost:
     """One weight "auto" takes over: bytes held and seconds per forward pass in each form: coded
-    frames decoded on use, bit-packed codes dequantized on use ("codes" mode's kernel), or decoded.
-    codes_bytes/codes_seconds are None for a matrix without codes (kept in bf16)."""
+    frames decoded on use into bit-packed codes that are then dequantized (decode_seconds +
+    codes_seconds), bit-packed codes dequantized on use ("codes" mode's kernel, codes_seconds), or
+    decoded (decoded_bytes: the dense matrix). codes_bytes/codes_seconds are None for a matrix
+    without codes (kept in bf16): its frames decode to the dense matrix directly."""
 
     key: str
     decoded_bytes: int
@@ -79,7 +81,7 @@ class LayerCost:
     def option(self, tier: str) -> tuple[int, float] | None:
         """(bytes held, seconds per pass) in `tier`, or None where the tier does not exist."""
         if tier == "frames":
-            return self.frame_bytes, self.decode_seconds
+            return self.frame_bytes, self.decode_seconds + (self.codes_seconds or 0.0)
         if tier == "codes":
             return None if self.codes_bytes is None else (self.codes_bytes, self.codes_seconds or 0.0)
         return self.decoded_bytes, 0.0
@@ -128,8 +130,8 @@ class AutoPlan:
     codes, which stay coded frames, and the speed it predicts.
 
     compute_seconds is one single-token forward pass without its decoding time; the prediction
-    adds the decode time of every weight left coded and the dequantization time of every weight
-    held as codes (prefetch can hide part of the former).
+    adds the decode and dequantization time of every weight left coded and the dequantization time
+    of every weight held as codes (prefetch can hide part of the former).
     """
 
     costs: tuple[LayerCost, ...]  # in the order the forward pass uses them
@@ -175,7 +177,7 @@ class AutoPlan:
 
     @property
     def decode_seconds(self) -> float:
-        return self._sum("frames", 1) + self._sum("codes", 1)
+        return self._sum("frames", 1) + self._sum("codes", 1)  # "frames" counts its dequantization too
 
     @property
     def predicted_tokens_per_s(self) -> float:
@@ -190,7 +192,8 @@ class AutoPlan:
             f"auto plan ({cap}{target}): {len(self.pinned)}/{n} weights kept decoded ({self.pinned_bytes / MB:.1f} MB), "
             f"{len(self.codes)} as bit-packed codes ({self.codes_bytes / MB:.1f} MB, "
             f"{self._sum('codes', 1) * 1e3:.1f} ms of dequantization per forward pass), {coded} kept coded "
-            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self._sum('frames', 1) * 1e3:.1f} ms of decoding); "
+            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self._sum('frames', 1) * 1e3:.1f} ms of decoding into codes "
+            "and dequantization); "
             f"compute {self.compute_seconds * 1e3:.1f} ms → predicted {self.predicted_tokens_per_s:.1f} tokens/s"
         )
 
@@ -258,8 +261,6 @@ class ResidentRuntime:
     store: DecodedWeights | None = None
     plan: AutoPlan | None = None
     replaced: dict[str, str] = field(default_factory=dict)  # module path → tensor name
-    # "auto": key → the weight's QuantizedTensor decoded from its frames (None for a bf16 matrix)
-    quantized_of: Callable[[str], QuantizedTensor | None] | None = None
     dtype: torch.dtype | None = None
 
     def memory(self, model: nn.Module) -> ResidentMemory:
@@ -299,8 +300,9 @@ class ResidentRuntime:
         order = [k for k in store.order if k in store.coded]
         order += [k for k in store.coded if k not in order]
         packed = self._packed_weights(order, device)
+        element = torch.empty((), dtype=self.dtype).element_size()
         costs = tuple(
-            LayerCost(k, store.coded[k].decoded_bytes, store.coded[k].frame_bytes, first_use[k],
+            LayerCost(k, math.prod(store.coded[k].shape) * element, store.coded[k].frame_bytes, first_use[k],
                       *(packed[k][1:] if k in packed else (None, None)))
             for k in order
         )
@@ -308,8 +310,8 @@ class ResidentRuntime:
         moves = plan_tiers(costs, cap, self.options.target_tokens_per_s, compute)
         self.plan = AutoPlan(costs, moves, cap, self.options.target_tokens_per_s, compute)
         tiers = self.plan.tiers
-        for key in self.plan.pinned:
-            store.pin(key)
+        for key in self.plan.pinned:  # the dense matrix: its codes dequantized, or a bf16 matrix decoded
+            store.pin(key, packed[key][0].dequantize() if key in packed else None)
         for module_path, key in self.replaced.items():
             if tiers[key] != "codes":
                 continue
@@ -327,14 +329,12 @@ class ResidentRuntime:
 
     def _packed_weights(self, keys: list[str], device: torch.device) -> dict[str, tuple[PackedWeight, int, float]]:
         """key → (its bit-packed codes on `device`, their bytes, seconds of one dequantization with
-        the "codes" kernel), for the quantized weights among `keys`."""
+        the "codes" kernel), for the quantized weights among `keys` (decoded from their frames)."""
         out = {}
         for key in keys:
-            quantized = self.quantized_of(key) if self.quantized_of is not None else None
-            if quantized is None:
-                continue
-            weight = PackedWeight(quantized, self.dtype).to(device)
-            del quantized
+            weight = self.store.decode(key)
+            if not isinstance(weight, PackedWeight):
+                continue  # a bf16 matrix: no codes
             weight.dequantize_scratch()  # the buffers exist from here on: the timing is the steady state
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -371,9 +371,14 @@ def attach(
     store = None
     if options.mode in ("compressed", "auto"):
 
-        def decode(coded: CodedWeight) -> torch.Tensor:
-            # The dense loader's arithmetic, on the CPU, then moved: identical weights.
-            quantized = decode_stored_tensor(path, stored[coded.key], coded.frames)
+        def decode(coded: CodedWeight):
+            # Decoded on the CPU, then moved: a quantized matrix into its bit-packed codes (what
+            # "codes" holds; its forward dequantizes them exactly as the dense loader does), a bf16
+            # matrix into its dense tensor (the dense loader's arithmetic).
+            tensor = stored[coded.key]
+            quantized = decode_stored_tensor(path, tensor, coded.frames)
+            if tensor.setting.quantized:
+                return PackedWeight(quantized, dtype).to(device)
             return dequantize_to(quantized, dtype).to(device)
 
         capacity = options.capacity_bytes if options.capacity_bytes is not None else 0
@@ -407,10 +412,9 @@ def attach(
             )
         else:
             if key not in store.coded:
-                numel = math.prod(tensor.shape)
-                store.coded[key] = CodedWeight(
-                    key, tensor.shape, encoded[key].frames, numel * torch.empty((), dtype=dtype).element_size()
-                )
+                decoded = (packed_nbytes(tensor.shape, tensor.setting) if tensor.setting.quantized
+                           else math.prod(tensor.shape) * torch.empty((), dtype=dtype).element_size())
+                store.coded[key] = CodedWeight(key, tensor.shape, encoded[key].frames, decoded)
             new = (
                 LazyLinear(store, key, tensor.shape, module.bias)
                 if kind is nn.Linear
@@ -419,13 +423,6 @@ def attach(
         parent_path, _, child = module_path.rpartition(".")
         setattr(model.get_submodule(parent_path) if parent_path else model, child, new)
         replaced[module_path] = key
-    quantized_of = None
-    if options.mode == "auto":
-
-        def quantized_of(key: str):
-            tensor = stored[key]
-            return decode_stored_tensor(path, tensor, store.coded[key].frames) if tensor.setting.quantized else None
-
-    runtime = ResidentRuntime(options, frozenset(replaced.values()), store, None, replaced, quantized_of, dtype)
+    runtime = ResidentRuntime(options, frozenset(replaced.values()), store, None, replaced, dtype)
     model.evo_runtime = runtime
     return runtime

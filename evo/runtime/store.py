@@ -1,7 +1,9 @@
 """Coded frames kept in memory and the weights decoded from them: pinned weights, an LRU of decoded
-weights bounded in bytes, and a background thread that decodes the next layers ahead of use.
+weights bounded in bytes, and background threads that decode the next layers ahead of use.
 
-Bytes are counted exactly: a decoded weight costs numel · element_size, a frame its length.
+A decoded weight is what its layer runs from: the bit-packed codes of a quantized matrix (a
+PackedWeight, as "codes" mode holds it) or the dense tensor of a bf16 one. Bytes are counted
+exactly: a PackedWeight costs its packed tensors, a tensor numel · element_size, a frame its length.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
+from evo.runtime.modules import held_bytes
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class CodedWeight:
     key: str  # the weight's tensor name in the artifact
     shape: tuple[int, ...]
     frames: dict[str, bytes]  # kind → frame bytes, exactly as in tensors.bin
-    decoded_bytes: int  # numel · element_size of the decoded weight
+    decoded_bytes: int  # bytes of the decoded form: packed codes (PackedWeight.nbytes) or the dense tensor
 
     @property
     def frame_bytes(self) -> int:
@@ -47,13 +49,14 @@ class StoreStats:
 class DecodedWeights:
     """Decoded weights by key. `pinned` ones stay; the others enter an LRU of at most
     `capacity_bytes` (None: unbounded) when they are decoded; a weight larger than the whole
-    capacity is used once and dropped. With prefetch > 0 a background thread decodes the next
-    `prefetch` weights in the order they were last used (learned on the first pass)."""
+    capacity is used once and dropped. With prefetch > 0, `prefetch` background threads decode the
+    next `prefetch` weights at once, in the order they were last used (learned on the first pass):
+    zstd and torch release the GIL, so several weights decode in parallel (constriction's ANS holds it)."""
 
     def __init__(
         self,
         coded: dict[str, CodedWeight],
-        decode: Callable[[CodedWeight], torch.Tensor],
+        decode: Callable[[CodedWeight], object],
         *,
         capacity_bytes: int | None,
         prefetch: int = 1,
@@ -62,8 +65,8 @@ class DecodedWeights:
         self._decode_fn = decode
         self.capacity_bytes = capacity_bytes
         self.prefetch = prefetch
-        self.pinned: dict[str, torch.Tensor] = {}
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.pinned: dict[str, object] = {}  # key → PackedWeight or tensor
+        self._cache: OrderedDict[str, object] = OrderedDict()
         self._cached_bytes = 0
         self._inflight: dict[str, Future] = {}
         self._next: dict[str, str] = {}  # key → the key used after it last time
@@ -100,7 +103,7 @@ class DecodedWeights:
 
     @property
     def pinned_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.pinned.values())
+        return sum(held_bytes(w) for w in self.pinned.values())
 
     @property
     def frame_bytes(self) -> int:
@@ -112,7 +115,7 @@ class DecodedWeights:
 
     # --- decoding ----------------------------------------------------------------------------------
 
-    def decode(self, key: str) -> torch.Tensor:
+    def decode(self, key: str):
         """Decode `key` from its frames now (timed), without caching it."""
         start = time.perf_counter()
         weight = self._decode_fn(self.coded[key])
@@ -121,7 +124,7 @@ class DecodedWeights:
             self._decode_seconds += elapsed
         return weight
 
-    def pin(self, key: str, weight: torch.Tensor | None = None) -> None:
+    def pin(self, key: str, weight=None) -> None:
         """Keep `key` decoded for good; its frames are then dropped (they would never be read)."""
         self.pinned[key] = self.decode(key) if weight is None else weight
         self.coded.pop(key)
@@ -148,7 +151,7 @@ class DecodedWeights:
             if self._last in keys:
                 self._last = None
 
-    def acquire(self, key: str) -> torch.Tensor:
+    def acquire(self, key: str):
         """The decoded weight of `key`, from the pinned set, the LRU, a prefetch, or decoded now."""
         with self._lock:
             if self._last is not None and self._last != key:
@@ -179,15 +182,15 @@ class DecodedWeights:
         self._schedule_after(key)
         return weight
 
-    def _insert(self, key: str, weight: torch.Tensor) -> None:
-        size = weight.numel() * weight.element_size()
+    def _insert(self, key: str, weight) -> None:
+        size = held_bytes(weight)
         with self._lock:
             if key in self._cache or (self.capacity_bytes is not None and size > self.capacity_bytes):
                 return
             if self.capacity_bytes is not None:
                 while self._cached_bytes + size > self.capacity_bytes:
                     _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= old.numel() * old.element_size()
+                    self._cached_bytes -= held_bytes(old)
             self._cache[key] = weight
             self._cached_bytes += size
             self._peak_cached = max(self._peak_cached, self._cached_bytes)
@@ -207,11 +210,11 @@ class DecodedWeights:
             if not todo:
                 return
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evo-prefetch")
+                self._executor = ThreadPoolExecutor(max_workers=self.prefetch, thread_name_prefix="evo-prefetch")
             for k in todo:
                 self._inflight[k] = self._executor.submit(self._prefetch_one, k)
 
-    def _prefetch_one(self, key: str) -> torch.Tensor:
+    def _prefetch_one(self, key: str):
         weight = self.decode(key)
         self._insert(key, weight)
         return weight
