@@ -171,7 +171,7 @@ def test_compressed_decodes_into_the_codes_form_and_counts_its_bytes(artifact):
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6])
-def test_lru_of_codes_stays_under_its_cap_counting_bytes(artifact, fraction):
+def test_cache_of_codes_stays_under_its_cap_counting_bytes(artifact, fraction):
     dense, _ = load(artifact)
     probe, _ = load(artifact, resident="compressed")
     decoded = sum(c.decoded_bytes for c in probe.evo_runtime.store.coded.values())
@@ -219,7 +219,7 @@ def _toy_store(capacity: int | None, prefetch: int) -> tuple[DecodedWeights, dic
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
 @pytest.mark.parametrize("capacity", [0, 100, 250, 10_000])
-def test_lru_never_exceeds_its_cap(capacity, prefetch):
+def test_cache_never_exceeds_its_cap(capacity, prefetch):
     store, sizes = _toy_store(capacity, prefetch)
     order = [f"w{i}" for i in [0, 1, 2, 3, 4, 5, 0, 2, 4, 1, 3, 5, 5, 0]] * 3
     for key in order:
@@ -253,11 +253,15 @@ def test_prefetch_keeps_decoding_ahead_pass_after_pass():
     assert stats.hits + stats.prefetched + stats.misses == len(order)
 
 
-def test_lru_evicts_the_least_recently_used():
-    store, sizes = _toy_store(sizes_cap := 4 * (10 + 17 + 24), 0)
-    for key in ["w0", "w1", "w2", "w0", "w3"]:
+def test_cache_keeps_the_weights_that_filled_it():
+    store, sizes = _toy_store(sizes_cap := 4 * (10 + 17 + 24), 0)  # w0, w1, w2 fit
+    order = [f"w{i}" for i in range(6)] * 4  # the cyclic order of forward passes
+    for key in order:
         store.acquire(key)
-    assert store.cached_keys() == ["w0", "w3"] and store.cached_bytes <= sizes_cap
+    assert store.cached_keys() == ["w0", "w1", "w2"] and store.cached_bytes == sizes_cap
+    stats = store.stats()
+    # Every pass after the first hits the three cached weights (an LRU would have hit none).
+    assert stats.hits == 3 * 3 and stats.misses == len(order) - 9
 
 
 def test_plan_moves_the_most_seconds_per_byte_within_the_cap():

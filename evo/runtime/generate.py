@@ -30,7 +30,7 @@ class GenerationResult:
     peak_rss_bytes: int
     rss_bytes: int  # resident set after the generation
     weight_memory: ResidentMemory  # after the generation
-    peak_weight_bytes: int  # with the LRU at its fullest during the generation
+    peak_weight_bytes: int  # with the cache of decoded weights at its fullest during the generation
     peak_cuda_bytes: int | None
 
     @property
@@ -189,7 +189,7 @@ def report_lines(model, result: GenerationResult) -> list[str]:
         f"resident weights ({mode}): {result.peak_weight_bytes / MB:.1f} MB at peak = "
         f"{memory.tensor_bytes / MB:.1f} MB of tensors ({memory.packed_bytes / MB:.1f} MB bit-packed) + "
         f"{memory.frame_bytes / MB:.1f} MB of coded frames + {memory.pinned_bytes / MB:.1f} MB kept decoded + "
-        f"{(result.peak_weight_bytes - memory.total_bytes + memory.cached_bytes) / MB:.1f} MB in the LRU"
+        f"{(result.peak_weight_bytes - memory.total_bytes + memory.cached_bytes) / MB:.1f} MB in the cache"
         + (f" (+ {memory.scratch_bytes / MB:.1f} MB of dequantization buffers)" if memory.scratch_bytes else ""),
         f"peak RSS {result.peak_rss_bytes / MB:.1f} MB during generation (RSS now {result.rss_bytes / MB:.1f} MB)",
     ]

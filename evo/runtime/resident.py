@@ -25,9 +25,9 @@ from evo.runtime.store import CodedWeight, DecodedWeights
 @dataclass(frozen=True)
 class ResidentOptions:
     """mode: one of RESIDENT_MODES. max_resident_mb bounds ("compressed") the decoded weights held
-    in the LRU (bit-packed codes, or dense tensors for bf16 matrices), default 0 = only the layer
+    in its cache (bit-packed codes, or dense tensors for bf16 matrices), default 0 = only the layer
     running and those prefetched; ("auto") everything the
-    weights it takes over hold: coded frames, bit-packed codes, decoded weights and the LRU.
+    weights it takes over hold: coded frames, bit-packed codes, decoded weights and the cache.
     target_tokens_per_s ("auto"): move weights to faster forms until the predicted speed reaches it.
     prefetch: layers decoded ahead, each by its own background thread ("compressed", "auto")."""
 

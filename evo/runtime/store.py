@@ -1,4 +1,4 @@
-"""Coded frames kept in memory and the weights decoded from them: pinned weights, an LRU of decoded
+"""Coded frames kept in memory and the weights decoded from them: pinned weights, a cache of decoded
 weights bounded in bytes, and background threads that decode the next layers ahead of use.
 
 A decoded weight is what its layer runs from: the bit-packed codes of a quantized matrix (a
@@ -40,16 +40,19 @@ class StoreStats:
     misses: int  # decoded in the forward, on the critical path
     prefetched: int  # decoded by the background thread
     decode_seconds: float  # time spent decoding, on either thread
-    peak_cached_bytes: int  # the LRU's largest size
+    peak_cached_bytes: int  # the cache's largest size
     cached_bytes: int
     pinned_bytes: int
     frame_bytes: int
 
 
 class DecodedWeights:
-    """Decoded weights by key. `pinned` ones stay; the others enter an LRU of at most
-    `capacity_bytes` (None: unbounded) when they are decoded; a weight larger than the whole
-    capacity is used once and dropped. With prefetch > 0, `prefetch` background threads decode the
+    """Decoded weights by key. `pinned` ones stay; the others enter a cache of at most
+    `capacity_bytes` (None: unbounded) when they are decoded and there is room, and then stay: a
+    weight decoded when the cache is full is used once and dropped. Every forward pass uses the
+    weights in the same cyclic order, where least-recently-used eviction drops each weight just
+    before its next use (no hit at all below a cap holding every weight); a fixed set hits the
+    cached share of the weights on every pass. With prefetch > 0, `prefetch` background threads decode the
     next `prefetch` weights at once, in the order they were last used (learned on the first pass):
     zstd and torch release the GIL, so several weights decode in parallel (constriction's ANS holds it)."""
 
@@ -152,7 +155,7 @@ class DecodedWeights:
                 self._last = None
 
     def acquire(self, key: str):
-        """The decoded weight of `key`, from the pinned set, the LRU, a prefetch, or decoded now."""
+        """The decoded weight of `key`, from the pinned set, the cache, a prefetch, or decoded now."""
         with self._lock:
             if self._last is not None and self._last != key:
                 self._next[self._last] = key
@@ -185,12 +188,10 @@ class DecodedWeights:
     def _insert(self, key: str, weight) -> None:
         size = held_bytes(weight)
         with self._lock:
-            if key in self._cache or (self.capacity_bytes is not None and size > self.capacity_bytes):
+            if key in self._cache:
                 return
-            if self.capacity_bytes is not None:
-                while self._cached_bytes + size > self.capacity_bytes:
-                    _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= held_bytes(old)
+            if self.capacity_bytes is not None and self._cached_bytes + size > self.capacity_bytes:
+                return  # full: used once and dropped (see the class doc: no eviction)
             self._cache[key] = weight
             self._cached_bytes += size
             self._peak_cached = max(self._peak_cached, self._cached_bytes)
@@ -220,7 +221,7 @@ class DecodedWeights:
         return weight
 
     def drain(self) -> None:
-        """Wait for the background decodes and forget them (their weights stay in the LRU)."""
+        """Wait for the background decodes and forget them (those with room stay in the cache)."""
         with self._lock:
             futures = list(self._inflight.values())
             self._inflight.clear()
