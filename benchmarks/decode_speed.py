@@ -8,7 +8,8 @@ evo.compress.coding.CODE_CODERS (the frame the writer would pick is marked), and
 decoded `--repeats` times; the best time counts. Threads decode different tensors at once (the
 runtime's prefetch decodes one tensor per thread). Figures: frame MB, decoded Mweights/s, MB/s of
 frames read, and the weights' share of the fastest coder's size. Also times sha256 (checked before
-every decode) and dequantization, the other costs of a lazy decode.
+every decode) and dequantization, and the whole lazy decode of resident="compressed" on the artifact's
+own frames (sha256, decode, bit-packing into the codes a PackedWeight holds) per --threads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from evo.compress import coding, dequantize
 from evo.compress.artifact import decode_stored_tensor, read_manifest, stored_frames
 from evo.constants import TENSORS_FILE
+from evo.runtime.modules import PackedWeight
 
 
 def artifact_codes(path: Path, max_tensors: int | None):
@@ -89,6 +91,22 @@ def main() -> None:
         checked = [blob[f.offset: f.offset + f.length] for t in manifest.tensors for f in t.frames]
         sha = best_time(lambda: [hashlib.sha256(f).digest() for f in checked], args.repeats)
         deq = best_time(lambda: [dequantize(q).to(torch.float32) for *_, q in rows], args.repeats)
+        stored = [(t, stored_frames(t, blob)) for t in manifest.tensors if t.setting.quantized]
+        stored = stored[: len(rows)]
+
+        def to_codes(item):
+            return PackedWeight(decode_stored_tensor(path, *item), torch.float32)
+
+        for threads in args.threads:
+            def run():
+                if threads == 1:
+                    return [to_codes(item) for item in stored]
+                with ThreadPoolExecutor(max_workers=threads) as pool:
+                    return list(pool.map(to_codes, stored))
+
+            seconds = best_time(run, args.repeats)
+            print(f"runtime decode into packed codes (the artifact's coders), {threads} threads: "
+                  f"{weights / seconds / 1e6:.1f} Mweights/s ({seconds * 1e3:.1f} ms for all)")
         print(f"sha256 of all {len(checked)} frames: {sum(map(len, checked)) / sha / 1e6:.0f} MB/s ({sha * 1e3:.1f} ms); "
               f"dequantize to fp32: {weights / deq / 1e6:.1f} Mweights/s ({deq * 1e3:.1f} ms)")
 

@@ -2,10 +2,15 @@
 prefill time of a long prompt and tokens/s of greedy generation.
 
     python benchmarks/resident_memory.py ARTIFACT [ARTIFACT ...] [--device cpu|cuda]
-        [--prompt-tokens 512] [--new-tokens 128] [--caps 25 50 100] [--auto-cap 50] [--threads N] [--json OUT]
+        [--prompt-tokens 512] [--new-tokens 128] [--caps 0 25 50 100] [--auto-cap 50] [--prefetch 1]
+        [--threads N] [--json OUT]
 
-Modes: dense, codes, compressed with the LRU capped at each --caps percentage of the decoded size
-(every matrix the runtime takes over, in the load dtype), and auto capped at --auto-cap percent.
+Modes: dense, codes, compressed with its cache of decoded weights capped at each --caps percentage of
+the decoded size, and auto at --auto-cap percent. The decoded size is what "compressed" holds once
+every weight is decoded: the bit-packed codes of each quantized matrix (as "codes" holds them) and the
+dense matrix of each bf16 one, in the load dtype. "compressed X%" holds the coded frames plus at most X %
+of the decoded size; "auto X%" gets the same total (its cap counts the frames too), so the two rows
+compare at equal memory.
 Each (artifact, mode) runs in a fresh process so that RSS figures do not mix. The prompt is the
 first --prompt-tokens tokens of WikiText-2 (test split, shared data folder); generation is greedy
 with the KV cache and does not stop at EOS. Columns: weights MB (peak resident weight bytes:
@@ -39,16 +44,22 @@ from pathlib import Path
 from evo.constants import MB
 
 
-def decoded_bytes(artifact: Path, dtype: str | None) -> int:
-    """Bytes of every stored matrix dequantized in the load dtype: what "compressed" can hold back."""
+def decoded_bytes(artifact: Path, dtype: str | None) -> tuple[int, int]:
+    """(decoded size, coded frames) of every stored matrix: the decoded size counts a quantized matrix
+    as its bit-packed codes (evo.runtime.modules.packed_nbytes, what "compressed" decodes it into) and a
+    bf16 one as the dense matrix in the load dtype."""
     import torch
 
     from evo.compress.artifact import read_manifest
     from evo.constants import DTYPES
+    from evo.runtime.modules import packed_nbytes
 
     manifest = read_manifest(artifact)
     size = torch.empty((), dtype=getattr(torch, DTYPES[dtype or manifest.dtype])).element_size()
-    return sum(math.prod(t.shape) * size for t in manifest.tensors if len(t.shape) == 2)
+    matrices = [t for t in manifest.tensors if len(t.shape) == 2]
+    decoded = sum(packed_nbytes(t.shape, t.setting) if t.setting.quantized else math.prod(t.shape) * size
+                  for t in matrices)
+    return decoded, sum(t.compressed_bytes for t in matrices)
 
 
 def run_one(args: argparse.Namespace, artifact: Path, options: dict) -> dict:
@@ -125,7 +136,7 @@ def setup_process(args: argparse.Namespace) -> None:
 
 
 def modes(args: argparse.Namespace, artifact: Path) -> list[tuple[str, dict]]:
-    decoded = decoded_bytes(artifact, args.dtype)
+    decoded, frames = decoded_bytes(artifact, args.dtype)
     rows = [("dense", {"resident": "dense"}), ("codes", {"resident": "codes"})]
     rows = [row for row in rows if row[0] in args.modes]
     for cap in args.caps if "compressed" in args.modes else []:
@@ -133,7 +144,7 @@ def modes(args: argparse.Namespace, artifact: Path) -> list[tuple[str, dict]]:
                                                "prefetch": args.prefetch}))
     if "auto" in args.modes:
         rows.append((f"auto {args.auto_cap:g}%", {"resident": "auto",
-                                                  "max_resident_mb": decoded * args.auto_cap / 100 / MB,
+                                                  "max_resident_mb": (frames + decoded * args.auto_cap / 100) / MB,
                                                   "prefetch": args.prefetch}))
     return rows
 
@@ -147,7 +158,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--modes", nargs="+", default=["dense", "codes", "compressed", "auto"],
                         choices=["dense", "codes", "compressed", "auto"])
-    parser.add_argument("--caps", type=float, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--caps", type=float, nargs="+", default=[0, 25, 50, 100])
     parser.add_argument("--auto-cap", type=float, default=50)
     parser.add_argument("--prefetch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
@@ -174,8 +185,9 @@ def main() -> None:
     began = time.perf_counter()
     records = []
     for artifact in args.artifacts:
-        decoded = decoded_bytes(artifact, args.dtype)
-        print(f"\n{artifact}: decoded matrices {decoded / MB:.1f} MB; prompt {args.prompt_tokens} tokens, "
+        decoded, frames = decoded_bytes(artifact, args.dtype)
+        print(f"\n{artifact}: decoded size {decoded / MB:.1f} MB (codes; bf16 matrices dense), coded frames "
+              f"{frames / MB:.1f} MB; prefetch {args.prefetch}; prompt {args.prompt_tokens} tokens, "
               f"{args.new_tokens} new tokens, device {args.device}", flush=True)
         cuda_columns = f" {'CUDA MB':>8} {'CUDA peak':>9}" if args.device.startswith("cuda") else ""
         print(f"{'mode':<16} {'weights MB':>10}{cuda_columns} {'peak RSS MB':>11} {'RSS load MB':>11} {'scratch MB':>10} "

@@ -41,18 +41,22 @@ def test_resident_memory_runs_every_mode_with_the_device_arguments(artifact, tmp
     out = tmp_path / "resident.json"
     # device_runtime.sh's arguments, --device cpu instead of cuda (which implies --in-process there).
     argv = [str(artifact), "--device", "cpu", "--in-process", "--dtype", "bfloat16", "--prompt-tokens", "16",
-            "--new-tokens", "3", "--mode-seconds", "10", "--deadline-s", "200", "--threads", "1", "--json", str(out)]
+            "--new-tokens", "3", "--mode-seconds", "10", "--prefetch", "4", "--deadline-s", "200", "--threads", "1",
+            "--json", str(out)]
     monkeypatch.setattr(sys, "argv", ["resident_memory.py", *argv])
     resident_memory.main()
     printed = capsys.readouterr().out
     records = json.loads(out.read_text())
-    assert [r["mode"] for r in records] == ["dense", "codes", "compressed 25%", "compressed 50%",
+    assert [r["mode"] for r in records] == ["dense", "codes", "compressed 0%", "compressed 25%", "compressed 50%",
                                             "compressed 100%", "auto 50%"]
     assert all(r["tokens"] == records[0]["tokens"] and len(r["tokens"]) == 3 for r in records)
     assert "failed" not in printed and "skipped" not in printed
     by_mode = {r["mode"]: r for r in records}
     assert by_mode["codes"]["weights"] < by_mode["dense"]["weights"]
     assert 0 < by_mode["compressed 100%"]["frames"] < by_mode["dense"]["weights"]
+    # Frames alone hold less than the codes; each cap adds at most its share of the decoded size (codes).
+    assert by_mode["compressed 0%"]["weights"] < by_mode["codes"]["weights"]
+    assert by_mode["compressed 0%"]["weights"] <= by_mode["compressed 50%"]["weights"] <= by_mode["compressed 100%"]["weights"]
 
 
 def test_every_double_compression_setting_builds_a_config(tiny_llama):

@@ -201,9 +201,11 @@ class AutoPlan:
 @dataclass(frozen=True)
 class ResidentMemory:
     """Bytes of weights resident now. tensor_bytes: unique parameters and buffers of the model
-    (packed codes included); frame_bytes: coded frames kept; pinned/cached_bytes: decoded weights.
-    scratch_bytes ("codes"): the calling thread's reused dequantization buffers (the largest matrix
-    in the compute dtype and a block of codes), working memory like activations: not in total_bytes."""
+    (packed codes included); frame_bytes: coded frames kept; pinned_bytes: weights "auto" keeps
+    decoded (dense); cached_bytes: the store's cache of decoded weights (bit-packed codes, dense for
+    bf16 matrices). scratch_bytes (whenever codes are dequantized: "codes", "compressed", "auto"): the
+    calling thread's reused dequantization buffers (the largest matrix in the compute dtype and a
+    block of codes), working memory like activations: not in total_bytes."""
 
     tensor_bytes: int
     packed_bytes: int
@@ -245,7 +247,8 @@ def resident_memory(model: nn.Module) -> ResidentMemory:
     tensor_bytes, packed = model_tensor_bytes(model)
     runtime = getattr(model, "evo_runtime", None)
     store = runtime.store if runtime is not None else None
-    scratch = kernels.scratch_bytes() if packed else 0
+    # "codes", and "compressed"/"auto" (whose decoded codes dequantize into the same buffers)
+    scratch = kernels.scratch_bytes() if packed or store is not None else 0
     if store is None:
         return ResidentMemory(tensor_bytes, packed, 0, 0, 0, scratch)
     return ResidentMemory(tensor_bytes, packed, store.frame_bytes, store.pinned_bytes, store.cached_bytes, scratch)
