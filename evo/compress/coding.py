@@ -255,7 +255,10 @@ def _decode_ans(frame: bytes, pos: int, count: int, bits: int) -> np.ndarray:
         symbols = constriction.stream.stack.AnsCoder(words).decode(_ans_model(counts), count)
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise EvoError(f"corrupt frame: the ANS payload does not decode ({exc})") from None
-    return (symbols + low).astype(np.uint8)
+    values = symbols.astype(np.uint8)  # exact: symbols < span and low + span <= 2^bits <= 256
+    if low:
+        values += np.uint8(low)  # in place: no int32 temporary of the whole tensor (4 bytes per code)
+    return values
 
 
 CODE_CODERS: dict[str, Callable[[np.ndarray, int], bytes]] = {
