@@ -26,9 +26,10 @@ decode phase (tokens/s is then over the tokens made; "compressed" decodes ANS fr
 every pass) and --deadline-s skips what would start after it, so one call fits a time budget.
 "scratch MB" is the "codes" mode's reused dequantization buffer (largest matrix in the load dtype).
 
-CPU smoke (what the report quotes): --prompt-tokens 64 --new-tokens 8.
-GPU (≤ 8 min on one H200): python benchmarks/resident_memory.py U3 DC8 [SEARCHED] --device cuda
-    --dtype bfloat16 --mode-seconds 15 --deadline-s 470
+CPU (README's figures): --threads 1 --mode-seconds 40 (each mode's decoding capped at 40 s).
+GPU: benchmarks/device_runtime.sh runs it on u3, u3 with zstd frames, the 8-bit DC artifact and int8-rtn:
+    python benchmarks/resident_memory.py U3 U3Z DC8 INT8 --device cuda --dtype bfloat16 --mode-seconds 5
+    --prefetch 4 --deadline-s 300
 """
 
 from __future__ import annotations
