@@ -31,7 +31,9 @@ def add_parser(sub) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ev.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
                     help="how an artifact's weights stay in memory (see evo run); same results in every mode")
-    ev.add_argument("--max-resident-mb", type=float, default=None, help="MB cap: the decoded weights cached (compressed); all the weights held (auto)")
+    ev.add_argument("--max-resident-mb", type=float, default=None,
+                    help="MB cap: the decoded weights cached, bit-packed codes (compressed); all the weights "
+                         "held (auto)")
 
 
 def run(args: argparse.Namespace) -> int:

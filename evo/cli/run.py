@@ -16,9 +16,11 @@ def add_parser(sub) -> None:
     run.add_argument("--resident", default="dense", choices=RESIDENT_MODES,
                      help="weights held dequantized (dense), bit-packed (codes), as coded frames decoded on demand "
                           "(compressed) or decoded where it pays most (auto)")
-    run.add_argument("--max-resident-mb", type=float, default=None, help="MB cap: the decoded weights cached (compressed); all the weights held (auto)")
+    run.add_argument("--max-resident-mb", type=float, default=None,
+                     help="MB cap: the decoded weights cached, bit-packed codes (compressed); all the weights "
+                          "held (auto)")
     run.add_argument("--target-tokens-per-s", type=float, default=None, help="auto: pin layers until this speed")
-    run.add_argument("--prefetch", type=int, default=1, help="layers decoded ahead by a background thread")
+    run.add_argument("--prefetch", type=int, default=1, help="layers decoded ahead, one background thread each")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--dtype", default="auto", help="auto (the artifact's dtype), float32, bfloat16, float16")
 

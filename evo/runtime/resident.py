@@ -192,8 +192,8 @@ class AutoPlan:
             f"auto plan ({cap}{target}): {len(self.pinned)}/{n} weights kept decoded ({self.pinned_bytes / MB:.1f} MB), "
             f"{len(self.codes)} as bit-packed codes ({self.codes_bytes / MB:.1f} MB, "
             f"{self._sum('codes', 1) * 1e3:.1f} ms of dequantization per forward pass), {coded} kept coded "
-            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self._sum('frames', 1) * 1e3:.1f} ms of decoding into codes "
-            "and dequantization); "
+            f"({self.coded_frame_bytes / MB:.1f} MB of frames, {self._sum('frames', 1) * 1e3:.1f} ms of decoding "
+            "into codes and dequantization); "
             f"compute {self.compute_seconds * 1e3:.1f} ms → predicted {self.predicted_tokens_per_s:.1f} tokens/s"
         )
 
