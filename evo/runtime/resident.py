@@ -293,16 +293,19 @@ class ResidentRuntime:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # the pass is queued, not done, when the call returns
             wall = time.perf_counter() - start
+            seconds_in_pass = store.stats().decode_seconds
+            used_in_pass = list(first_use)
             for key in store.coded:  # a weight the pass did not use is still timed
                 if key not in first_use:
                     timed(key)
         finally:
             del store.decode
-        seconds_in_pass = store.stats().decode_seconds
-        compute = max(wall - seconds_in_pass, 0.0)
         order = [k for k in store.order if k in store.coded]
         order += [k for k in store.coded if k not in order]
         packed = self._packed_weights(order, device)
+        # The pass also dequantized every decoded codes form: compute is what is left without both.
+        dequantized_in_pass = sum(packed[k][2] for k in used_in_pass if k in packed)
+        compute = max(wall - seconds_in_pass - dequantized_in_pass, 0.0)
         element = torch.empty((), dtype=self.dtype).element_size()
         costs = tuple(
             LayerCost(k, math.prod(store.coded[k].shape) * element, store.coded[k].frame_bytes, first_use[k],
