@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 def _uniform_baseline(args: argparse.Namespace):
     from evo.baselines import uniform_config
 
-    group = args.group_size if args.group_size == "channel" else positive_int(args.group_size, "--group-size")
+    group = None if args.group_size == "channel" else positive_int(args.group_size, "--group-size")
     config = uniform_config(args.bits, group_size=group, embedding_bits=args.embedding_bits, quantizer=args.quantizer)
     return lambda loaded: config
 
