@@ -96,3 +96,14 @@ def test_shortgpt_on_a_loaded_model_validates_and_runs(tiny_model_dir):
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     with pytest.raises(EvoError):
         block_influence(loaded.model, info, ids)  # the model no longer has the layers it was described with
+
+
+def test_uniform_cli_group_size_channel_is_per_output_channel():
+    import argparse
+
+    from evo.cli.baseline import _uniform_baseline
+
+    args = argparse.Namespace(bits=8, group_size="channel", embedding_bits=8, quantizer="rtn")
+    config = _uniform_baseline(args)(None)
+    assert config.default == TensorSetting(bits=8, group_size=None)
+    assert config.embedding == TensorSetting(bits=8, group_size=None)
