@@ -1,6 +1,6 @@
 """evo.runtime: every resident mode gives the dense load's logits exactly, generation with the KV
-cache matches token for token, the LRU stays under its cap, corrupt frames fail clearly, and
-bit-packing round-trips at every width."""
+cache matches token for token, the cache of decoded weights stays under its cap, corrupt frames fail
+clearly, and bit-packing round-trips at every width."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_modules_are_replaced_and_memory_shrinks(artifact):
 def test_compressed_decodes_into_the_codes_form_and_counts_its_bytes(artifact):
     """A quantized weight decodes into its bit-packed codes (what "codes" holds), a bf16 matrix into its
     dense tensor; the decoded size is exactly what the store then holds, and with every weight decoded
-    the LRU holds what "codes" holds for the quantized matrices."""
+    the cache holds what "codes" holds for the quantized matrices."""
     codes, _ = load(artifact, resident="codes")
     model, _ = load(artifact, resident="compressed", max_resident_mb=100.0, prefetch=0)
     store = model.evo_runtime.store
@@ -242,7 +242,7 @@ def test_prefetch_keeps_decoding_ahead_pass_after_pass():
     for key in order:
         store.acquire(key)
         time.sleep(0.002)  # the layer computes; the background thread decodes the next one meanwhile
-        # Only the weights ahead are in flight: a finished prefetch found in the LRU must not linger
+        # Only the weights ahead are in flight: a finished prefetch found in the cache must not linger
         # (its future would keep the weight alive outside the cap).
         assert len(store._inflight) <= store.prefetch
     store.close()
