@@ -183,3 +183,16 @@ def test_default_model_tokenizer_round_trips(tmp_path):
     assert _encodings(back) == _encodings(original)
     chat = back.apply_chat_template(MESSAGES, tokenize=False)
     assert chat == original.apply_chat_template(MESSAGES, tokenize=False) and "<|im_start|>" in chat
+
+
+def test_files_the_manifest_does_not_list_are_not_read(written, tmp_path):
+    """A plain tokenizer.json dropped beside the packed one (another vocabulary) is never read:
+    transformers loads from a directory of the listed, checked files only."""
+    from tiny import word_tokenizer
+
+    _, tokenizer, _, path = written
+    other = tmp_path / "other"
+    shutil.copytree(path, other)
+    word_tokenizer().backend_tokenizer.save(str(other / "tokenizer.json"))
+    _, back = load(other)
+    assert _encodings(back) == _encodings(tokenizer)

@@ -133,9 +133,10 @@ def unpack(data: bytes, name: str, where: str) -> bytes:
 @contextmanager
 def readable_directory(path: Path, manifest: ArtifactManifest, where: str) -> Iterator[Path]:
     """A directory where transformers finds the artifact's configs and tokenizer files as they were
-    saved: `path` itself when nothing is packed, else a temporary one (removed after the block) with
-    each checked file copied or unpacked (tensors.bin and the manifest stay out)."""
-    if not any(is_packed(name) for name in manifest.files):
+    saved: a temporary one (removed after the block) holding each file the manifest lists, checked
+    against its sha256 as it is read, copied or unpacked (tensors.bin and the manifest stay out), so
+    transformers reads nothing unlisted or unchecked; `path` itself for format 1 (no file digests)."""
+    if not manifest.file_sha256:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="evo-artifact-files-") as tmp:
