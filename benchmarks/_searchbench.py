@@ -165,6 +165,7 @@ def prepare_run_dir(run_dir: Path, shared_cache: Path, share_from: Path | None =
                                        "space": SearchSpace.load(spec.space).to_dict()}).release()
     run_dir.mkdir(parents=True, exist_ok=True)
     link = run_dir / SIZE_CACHE_DIR
+    shared_cache.mkdir(parents=True, exist_ok=True)  # a run may start before any baseline made it
     if not link.exists() and not link.is_symlink():
         link.symlink_to(shared_cache.resolve(), target_is_directory=True)
     if share_from is not None and not resume:

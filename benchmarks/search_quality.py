@@ -5,17 +5,29 @@ the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal lay
         --out runs/search_quality [--jobs 4] [--skip-evop] [--space default|FILE] [--quantizer rtn|mse|gptq] \
         [--skip-random] [--c4] [--deadline-s S --reserve-s R]
 
-    # issue 18 on one H200 in one call (gptq space, three seeds side by side, stopped by the deadline):
-    python benchmarks/search_quality.py --device cuda --space gptq --seeds 3 --jobs 3 --generations 40 \
-        --population 16 --skip-evop --skip-random --c4 --deadline-s 500 --reserve-s 120 --out runs/sq-gptq
+    # issue 18 on one H200 in one call (gptq space, three seeds side by side, stopped by the deadline; the
+    # budget is issue 18's uniform 3-bit figure, so the baselines run as a fourth job beside the seeds):
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 3 --jobs 4 --generations 40 \
+        --population 16 --skip-evop --skip-random --c4 --budget-bytes 66397058 --deadline-s 530 \
+        --reserve-s 110 --out runs/sq-gptq
+
+    # issue 18's llama.cpp comparison: one search per distinct file size in the JSON (a call of its own)
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 0 --jobs 6 --generations 40 \
+        --population 16 --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
+        --deadline-s 530 --reserve-s 110 --out runs/sq-llamacpp
 
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
-             artifacts; the 3-bit artifact's bytes on disk are the search budget.
+             artifacts; the 3-bit artifact's bytes on disk are the seeds' budget unless --budget-bytes
+             is given (then the baselines run beside the searches, as one more --jobs job).
   seedS      evo's DEAP search (--space, default `default`; --quantizer sets its quantizer) at that budget, then random search given exactly
              as many evaluations as the DEAP run's journal holds. DEAP's count includes its cheap
              stage-1 screens (a few sequences × 128 tokens) while every random evaluation is a
              full one, which favours random search. Both share the seed's CCDS calibration set.
+  bBYTES-sS  with --llamacpp-sizes FILE.json (gguf_vs_llamacpp.py's or llamacpp_peer.py's results) or
+             --budgets-bytes B1,B2: evo's DEAP search at each budget (one seed by default, --size-seeds),
+             its artifact (bytes <= the budget) against the best llama.cpp file of that size or larger,
+             WikiText-2 and C4 PPL (issue 18's comparison at equal file bytes; the GGUFs' PPLs from the JSON).
   evop       EvoP (space `evop`: 3 whole layers removed, bf16 otherwise, budget just under the
              dense artifact) and ShortGPT's 3 layers of lowest block influence on the same
              calibration tokens.
@@ -35,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -72,28 +85,55 @@ from evo.search.loop import SearchSpec
 from evo.search.space import SearchSpace
 
 
-def job_seed(args, seed: int, baselines: dict) -> dict:
-    say = say_as(f"seed{seed}")
-    out = Path(args.out) / f"seed{seed}"
-    budget = baselines[f"uniform{UNIFORM_LOW}"]["bytes"]
+def job_seed(args, seed: int) -> dict:
+    """evo's search at uniform 3-bit RTN's bytes or --budget-bytes (then random search, unless --skip-random)."""
+    return search_job(args, f"seed{seed}", seed, seed_budget(args), compare=True)
+
+
+def seed_budget(args) -> int:
+    """--budget-bytes, else the uniform 3-bit artifact's bytes on disk (the baselines job's)."""
+    return args.budget_bytes or read_baselines(args)[f"uniform{UNIFORM_LOW}"]["bytes"]
+
+
+def job_size(args, name: str) -> dict:
+    """evo's search at a llama.cpp file's bytes (name b{BYTES}-s{SEED}): only the DEAP search."""
+    budget, seed = parse_size_job(name)
+    return search_job(args, name, seed, budget, compare=False)
+
+
+def size_job_name(budget: int, seed: int) -> str:
+    return f"b{budget}-s{seed}"
+
+
+def parse_size_job(name: str) -> tuple[int, int]:
+    budget, seed = name[1:].split("-s")
+    return int(budget), int(seed)
+
+
+def search_job(args, name: str, seed: int, budget: int, *, compare: bool) -> dict:
+    """DEAP search at `budget` bytes in run directory --out/NAME, its best exported and measured;
+    with `compare`, the uniform 3/4-bit calibration KLs and the random search too."""
+    say = say_as(name)
+    out = Path(args.out) / name
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=space_spec(args), engine="deap",
                       generations=args.generations, population=args.population, seed=seed)
     result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space}
     # keep --reserve-s for the export and perplexities of the best found (and the random search's)
     stop = args.deadline_at - args.reserve_s if args.deadline_at else None
 
-    session, deap, seconds = search(spec, out / "deap", args, say_as(f"seed{seed} deap"), deadline_at=stop)
+    session, deap, seconds = search(spec, out / "deap", args, say_as(f"{name} deap"), deadline_at=stop)
     ids = wikitext_ids(session.loaded.tokenizer)
     more = {"c4": c4_ids(session.loaded.tokenizer)} if args.c4 else None
-    for bits in (UNIFORM_LOW, UNIFORM_HIGH):
-        result[f"uniform{bits}_kl"] = session.evaluator.evaluate(uniform_config(bits), FINAL_STAGE)
-    session.evaluator.restore()
+    if compare:
+        for bits in (UNIFORM_LOW, UNIFORM_HIGH):
+            result[f"uniform{bits}_kl"] = session.evaluator.evaluate(uniform_config(bits), FINAL_STAGE)
+        session.evaluator.restore()
     if deap is not None:
         found = (deap.best.config, deap.best.quality, deap.best.size_bytes)
     else:
         found = best_journaled(session)
         if found is None:
-            raise Unfinished(f"seed{seed}: the deadline came before any full evaluation under the budget")
+            raise Unfinished(f"{name}: the deadline came before any full evaluation under the budget")
     best = CompressionConfig.from_dict(found[0])
     measured = write_and_measure(session.loaded, best, out / "deap" / "export", ids, args,
                                   stats=session.activation_stats, size_cache=session.size_model.size_cache,
@@ -109,12 +149,12 @@ def job_seed(args, seed: int, baselines: dict) -> dict:
         + ("" if deap is not None else " (stopped by the deadline)"))
     del session
     free_gpu()
-    if args.skip_random:
+    if args.skip_random or not compare:
         return result
 
     # exactly the DEAP run's number of evaluations, all of them full ones, in one batch
     random_spec = dataclasses.replace(spec, engine="random", population=evaluations, generations=0)
-    session, rand, seconds = search(random_spec, out / "random", args, say_as(f"seed{seed} random"),
+    session, rand, seconds = search(random_spec, out / "random", args, say_as(f"{name} random"),
                                      share_from=out / "deap", deadline_at=stop)
     found = (rand.best.config, rand.best.quality, rand.best.size_bytes) if rand is not None else best_journaled(session)
     if found is None:
@@ -168,12 +208,14 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
     lines = []
     u_lo, u_hi = baselines[f"uniform{UNIFORM_LOW}"], baselines[f"uniform{UNIFORM_HIGH}"]
     n = len(seeds)
-    budget = u_lo["bytes"]
+    budget = seeds[0]["budget_bytes"]
     c4 = all("ppl_c4" in s["deap"] for s in seeds)
     methods = [("deap", "evo DEAP (NSGA-II, two-stage)")]
     if all("random" in s for s in seeds):
         methods.insert(0, ("random", "random search"))
-    lines.append(f"SmolLM2-135M ({baselines['model']}), budget = uniform {UNIFORM_LOW}-bit artifact = {budget:,} bytes; "
+    named = (f"uniform {UNIFORM_LOW}-bit artifact = {budget:,} bytes" if budget == u_lo["bytes"] else
+             f"{budget:,} bytes (--budget-bytes; the uniform {UNIFORM_LOW}-bit artifact is {u_lo['bytes']:,})")
+    lines.append(f"SmolLM2-135M ({baselines['model']}), budget = {named}; "
                  f"space {seeds[0].get('space', args.space)}; "
                  f"WikiText-2 test PPL over {baselines['wikitext_tokens']:,} tokens ({SEQ_LEN}-token windows)"
                  + (", C4 validation the same" if c4 else "") + "; "
@@ -188,7 +230,7 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
     row("dense (bf16)", f"{baselines['dense']['bytes'] / MB:.3f}", f"{baselines['dense']['ppl']:.4g}", "0", "-")
     row(f"uniform {UNIFORM_HIGH}-bit RTN g128 (own size)", f"{u_hi['bytes'] / MB:.3f}", f"{u_hi['ppl']:.4g}",
         mean_std([s[f"uniform{UNIFORM_HIGH}_kl"] for s in seeds]), "-")
-    row(f"uniform {UNIFORM_LOW}-bit RTN g128 (budget)", f"{u_lo['bytes'] / MB:.3f}", f"{u_lo['ppl']:.4g}",
+    row(f"uniform {UNIFORM_LOW}-bit RTN g128" + (" (budget)" if budget == u_lo["bytes"] else " (own size)"), f"{u_lo['bytes'] / MB:.3f}", f"{u_lo['ppl']:.4g}",
         mean_std([s[f"uniform{UNIFORM_LOW}_kl"] for s in seeds]), "-")
     for key, name in methods:
         evals = [s[key]["evaluations"] for s in seeds]
@@ -271,13 +313,122 @@ def render(args, baselines: dict, seeds: list[dict], evop: dict | None) -> str:
     return "\n".join(lines)
 
 
+def read_llamacpp(path: str) -> list[dict]:
+    """The llama.cpp files of a gguf_vs_llamacpp.py ("targets") or llamacpp_peer.py ("rows") results
+    JSON that were quantized and scored: method, bytes, WikiText-2 and C4 PPL (C4 None if absent)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--llamacpp-sizes {path}: cannot read it as JSON ({exc})") from None
+    rows = (data.get("targets") or data.get("rows")) if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise SystemExit(f"--llamacpp-sizes {path}: no 'targets' or 'rows' list (gguf_vs_llamacpp.py or "
+                         "llamacpp_peer.py results.json)")
+    files = []
+    for row in rows:
+        scores = row.get("eval") or {}
+        if row.get("status") != "ok" or "wikitext2" not in scores or not str(row.get("method", "")).startswith("llama.cpp"):
+            continue
+        files.append({"method": row["method"], "bytes": int(row["bytes"]), "wikitext2": scores["wikitext2"]["ppl"],
+                      "c4": scores["c4"]["ppl"] if "c4" in scores else None,
+                      "tokens": scores["wikitext2"].get("tokens_predicted")})
+    if not files:
+        raise SystemExit(f"--llamacpp-sizes {path}: no llama.cpp file with status ok and a WikiText-2 PPL")
+    return sorted(files, key=lambda f: (f["bytes"], f["method"]))
+
+
+def size_budgets(args) -> list[int]:
+    """The budgets of the llama.cpp-size searches: --budgets-bytes, else every distinct size in
+    --llamacpp-sizes (at most --llamacpp-max-bytes), ascending."""
+    if args.budgets_bytes:
+        try:
+            budgets = sorted({int(b) for b in args.budgets_bytes.split(",") if b.strip()})
+        except ValueError:
+            raise SystemExit(f"--budgets-bytes {args.budgets_bytes!r}: give whole bytes, comma-separated") from None
+        if not budgets or budgets[0] <= 0:
+            raise SystemExit("--budgets-bytes: give positive byte counts")
+        return budgets
+    if not args.llamacpp_sizes:
+        return []
+    return sorted({f["bytes"] for f in read_llamacpp(args.llamacpp_sizes)
+                   if args.llamacpp_max_bytes is None or f["bytes"] <= args.llamacpp_max_bytes})
+
+
+def best_at_or_above(files: list[dict], budget: int, text: str) -> dict | None:
+    """The llama.cpp file of `budget` bytes or more with the lowest PPL on `text`."""
+    fits = [f for f in files if f["bytes"] >= budget and f[text] is not None]
+    return min(fits, key=lambda f: f[text]) if fits else None
+
+
+def render_sizes(args, sizes: dict[str, dict], files: list[dict]) -> str:
+    """evo's artifact at each budget against the llama.cpp files of exactly that size and against the
+    best llama.cpp file of that size or larger (issue 18's bar), on WikiText-2 and C4."""
+    by_budget: dict[int, list[dict]] = {}
+    for name, result in sizes.items():
+        by_budget.setdefault(parse_size_job(name)[0], []).append(result)
+    c4 = all("ppl_c4" in r["deap"] for results in by_budget.values() for r in results)
+    texts = [("wikitext2", "ppl", "WT2")] + ([("c4", "ppl_c4", "C4")] if c4 else [])
+    lines = ["evo's native artifact at each llama.cpp file's size (artifact bytes <= the budget) against the llama.cpp "
+             "file(s) of that size (best PPL among them) and the best llama.cpp file of that size or larger (lowest "
+             "PPL among files >= the budget, issue 18's bar); evo's own perplexity for all "
+             f"({args.max_tokens:,} tokens of WikiText-2 test" + (" and C4 validation" if c4 else "")
+             + f", {SEQ_LEN}-token windows); space {next(iter(sizes.values()))['space']}; evo mean ± std over seeds; "
+             "'below' counts the seeds with a lower PPL"]
+    header = f"{'budget bytes':>12} {'evo MB':>8}"
+    for _, _, label in texts:
+        header += f" {'evo ' + label:>14} {'same size':>9} {'>= size':>8}"
+    header += f" {'below same size':>16} {'below >= size':>14} {'evals':>6}"
+    lines += [header, "-" * len(header)]
+    notes = []
+    for budget, results in sorted(by_budget.items()):
+        n = len(results)
+        row = f"{budget:>12,} {max(r['deap']['bytes'] for r in results) / MB:>8.3f}"
+        below_same, below_best = [], []
+        for text, key, label in texts:
+            evo = np.array([r["deap"][key] for r in results])
+            same = [f for f in files if f["bytes"] == budget and f[text] is not None]
+            same_best = min(same, key=lambda f: f[text]) if same else None
+            best = best_at_or_above(files, budget, text)
+            row += (f" {mean_std(evo):>14} " + (f"{same_best[text]:>9.3f}" if same_best else f"{'-':>9}")
+                    + " " + (f"{best[text]:>8.3f}" if best else f"{'-':>8}"))
+            below_same.append(f"{int((evo < same_best[text]).sum())}/{n}" if same_best else "-")
+            below_best.append(f"{int((evo < best[text]).sum())}/{n}" if best else "-")
+            if same_best:
+                notes.append(f"  {budget:,} same size, {label}: {same_best['method']}")
+            if best:
+                notes.append(f"  {budget:,} >= size, {label}: {best['method']} ({best['bytes']:,} bytes)")
+        evals = int(np.mean([r["deap"]["evaluations"] for r in results]))
+        row += f" {', '.join(below_same):>16} {', '.join(below_best):>14} {evals:>6}"
+        lines.append(row)
+        over = [r["deap"]["bytes"] for r in results if r["deap"]["bytes"] > budget]
+        if over:
+            lines.append(f"{'':>12} evo artifact over the budget: {over}")
+    lines.append("the llama.cpp files compared:")
+    lines += notes
+    lines.append("what the search spent its bytes on (attention / MLP bits per layer 0..29):")
+    for name, result in sorted(sizes.items(), key=lambda kv: parse_size_job(kv[0])):
+        c = result["deap"]["choice"]
+        lines.append(f"  {name}: {result['deap']['bytes']:,} bytes, emb {c['embedding_bits']}b "
+                     f"{c.get('embedding_quantizer', 'rtn')}, mean linear {c['mean_linear_bits']:.2f}b, "
+                     f"attn {c['attention_bits']}, mlp {c['mlp_bits']}, drops {c['drops'] or 'none'}, "
+                     f"{result['deap']['evaluations']} evaluations, "
+                     f"{'finished' if result['deap']['finished'] else 'stopped by the deadline'}")
+    return "\n".join(lines)
+
+
 def job(args, name: str) -> dict:
-    baselines = read_baselines(args)
-    return job_evop(args, baselines) if name == "evop" else job_seed(args, int(name[len("seed"):]), baselines)
+    if name == "baselines":
+        return job_baselines(args)
+    if name == "evop":
+        return job_evop(args, read_baselines(args))
+    if name.startswith("b"):
+        return job_size(args, name)
+    return job_seed(args, int(name[len("seed"):]))
 
 
 def script_argv(args) -> list[str]:
     return common_argv(__file__, args) + ["--space", args.space, "--reserve-s", str(args.reserve_s)] + (
+        ["--budget-bytes", str(args.budget_bytes)] if args.budget_bytes else []) + (
         ["--quantizer", args.quantizer] if args.quantizer else []) + (
         ["--deadline-at", repr(args.deadline_at)] if args.deadline_at else []) + (
         ["--skip-random"] if args.skip_random else []) + (["--c4"] if args.c4 else [])
@@ -338,11 +489,25 @@ def main() -> None:
                              "shows what finished (the same command resumes the rest)")
     parser.add_argument("--reserve-s", type=float, default=100.0,
                         help="seconds a seed keeps back from its search for the export and perplexities")
+    parser.add_argument("--budget-bytes", type=int, default=None,
+                        help="the seeds' budget (default: the uniform 3-bit artifact's bytes; issue 18's figure, "
+                             "66397058, is that artifact before metadata files were packed)")
+    parser.add_argument("--llamacpp-sizes", default=None, metavar="FILE.json",
+                        help="search at the file size of each llama.cpp GGUF in this results JSON (gguf_vs_llamacpp.py's "
+                             "or llamacpp_peer.py's) and compare with the best llama.cpp file of that size or larger "
+                             "(WikiText-2 and C4 PPL from the JSON; implies --c4)")
+    parser.add_argument("--budgets-bytes", default=None, metavar="B1,B2,...",
+                        help="the llama.cpp-size searches' budgets (default: every distinct size in --llamacpp-sizes)")
+    parser.add_argument("--llamacpp-max-bytes", type=int, default=None,
+                        help="only the llama.cpp sizes up to this many bytes (with --llamacpp-sizes)")
+    parser.add_argument("--size-seeds", type=int, default=1, help="seeds per llama.cpp size (0..N-1)")
     parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)  # for --jobs workers
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.llamacpp_sizes:
+        args.c4 = True
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.only:
         try:
@@ -354,11 +519,29 @@ def main() -> None:
     if args.deadline_s is not None and args.deadline_at is None:
         args.deadline_at = time.time() + args.deadline_s
     tic = time.perf_counter()
-    baselines = run_job(args, "baselines", lambda: job_baselines(args))
-    names = [f"seed{s}" for s in range(args.seeds)] + ([] if args.skip_evop else ["evop"])
+    budgets = size_budgets(args)
+    size_names = [size_job_name(b, s) for b in budgets for s in range(args.size_seeds)]
+    # the 3-bit seeds first (issue 18's main goal), then the llama.cpp sizes, then evop
+    names = [f"seed{s}" for s in range(args.seeds)] + size_names + ([] if args.skip_evop else ["evop"])
+
+    def finished(name: str) -> bool:
+        return (Path(args.out) / "results" / f"{name}.json").exists()
+
+    needs_baselines = args.seeds > 0 or not args.skip_evop  # the llama.cpp-size table needs none
+    # with --budget-bytes (and no evop, whose budget is the dense artifact's) no search waits for the
+    # baselines' artifacts and perplexities: they run as one more job beside the searches
+    beside = needs_baselines and args.budget_bytes is not None and args.skip_evop and args.jobs > 1
+    if needs_baselines and not beside:
+        run_job(args, "baselines", lambda: job_baselines(args))
     if args.jobs > 1:
-        run_parallel(args, [n for n in names if not (Path(args.out) / "results" / f"{n}.json").exists()],
+        run_parallel(args, [n for n in (["baselines"] if beside else []) + names if not finished(n)],
                      script_argv(args), deadline_at=args.deadline_at)
+    baselines = None
+    if needs_baselines:
+        if finished("baselines") or not beside:
+            baselines = run_job(args, "baselines", lambda: job_baselines(args))
+        else:
+            print("baselines: not finished by the deadline (the same command resumes them)", flush=True)
     results = {}
     for name in names:
         done = Path(args.out) / "results" / f"{name}.json"
@@ -370,13 +553,19 @@ def main() -> None:
         except Unfinished as exc:
             print(exc, flush=True)
     seeds = [results[f"seed{s}"] for s in range(args.seeds) if f"seed{s}" in results]
-    if not seeds:
-        raise SystemExit("no seed finished before the deadline: raise --deadline-s or lower --generations")
-    table = render(args, baselines, seeds, results.get("evop"))
+    sizes = {name: results[name] for name in size_names if name in results}
+    if not seeds and not sizes:
+        raise SystemExit("no search finished before the deadline: raise --deadline-s or lower --generations")
+    tables = [render(args, baselines, seeds, results.get("evop"))] if seeds and baselines else []
+    if sizes:
+        files = read_llamacpp(args.llamacpp_sizes) if args.llamacpp_sizes else []
+        tables.append(render_sizes(args, sizes, files))
+    table = "\n\n".join(tables)
     print(table)
-    print(f"\ntotal wall time {time.perf_counter() - tic:.0f} s on {seeds[0]['device']}; "
+    device = (seeds or list(sizes.values()))[0]["device"]
+    print(f"\ntotal wall time {time.perf_counter() - tic:.0f} s on {device}; "
           f"job wall times: " + ", ".join(f"{k} {v.get('wall_seconds', 0):.0f} s" for k, v in
-                                          {"baselines": baselines, **results}.items()))
+                                          {**({"baselines": baselines} if baselines else {}), **results}.items()))
     (Path(args.out) / "table.txt").write_text(table + "\n")
     write_json(Path(args.out) / "results.json", {"baselines": baselines, **results})
 

@@ -34,6 +34,7 @@ MANIFEST_FILE = "manifest.json"
 TENSORS_FILE = "tensors.bin"
 MODEL_CONFIG_FILE = "config.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # like config.json, may name code to run (auto_map)
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 # --- a run directory (evo search) ----------------------------------------------------------------------
 RUN_FILE = "run.json"  # written last at creation: its presence marks a complete run directory

@@ -8,7 +8,10 @@ Layout of an artifact directory (every byte counts toward the budget, so JSON is
   tensors.bin     every frame of every tensor, concatenated in manifest order, no padding
   config.json     the transformers config of the compressed architecture (dropped layers gone,
                   no GGUF quantization_config), so AutoModelForCausalLM.from_config rebuilds it
-  tokenizer files and generation_config.json, as transformers saves them
+  tokenizer files and generation_config.json, as transformers saves them, the large ones (tokenizer.json)
+                  zstd-compressed as NAME.zst (evo.compress.packed_files); the manifest's file_sha256
+                  gives every file but tensors.bin its sha256 (format 2; format 1 artifacts, all files
+                  plain and without file digests, still load)
 """
 
 from __future__ import annotations
@@ -30,11 +33,18 @@ from torch import nn
 
 from evo import __version__
 from evo.compress import QuantizedTensor, TensorSetting, dequantize
-from evo.compress import integrity
+from evo.compress import integrity, packed_files
 from evo.compress.coding import EncodedTensor, check_encoded, decode_tensor, encode_tensor
 from evo.compress.config import CompressionConfig
 from evo.compress.structure import apply_block_drop, shrink_config
-from evo.constants import DTYPES, MANIFEST_FILE, MODEL_CONFIG_FILE, TENSORS_FILE, TOKENIZER_CONFIG_FILE
+from evo.constants import (
+    DTYPES,
+    GENERATION_CONFIG_FILE,
+    MANIFEST_FILE,
+    MODEL_CONFIG_FILE,
+    TENSORS_FILE,
+    TOKENIZER_CONFIG_FILE,
+)
 from evo.fileio import replace_directory
 from evo.errors import EvoError
 from evo.types import ModelInfo
@@ -43,7 +53,8 @@ from evo.types import ModelInfo
 # imports this one to write the artifacts of the models it compresses.
 
 ARTIFACT_FORMAT = "evo-artifact"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: large metadata files packed as NAME.zst, file_sha256 for every file
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class ArtifactManifest:
     config: CompressionConfig
     tensors: tuple[StoredTensor, ...]
     files: dict[str, int]  # every file but the manifest → its size in bytes
+    file_sha256: dict[str, str]  # every file but the manifest and tensors.bin → its sha256 ({} in format 1)
     tensor_bytes: int
     total_bytes: int
 
@@ -120,6 +132,7 @@ class ArtifactManifest:
                 for t in self.tensors
             ],
             "files": dict(sorted(self.files.items())),
+            "file_sha256": dict(sorted(self.file_sha256.items())),
             "tensor_bytes": self.tensor_bytes,
             "total_bytes": self.total_bytes,
         }
@@ -131,10 +144,10 @@ class ArtifactManifest:
         if reader.get("format", str) != ARTIFACT_FORMAT:
             raise EvoError(f"{where} is not an evo artifact manifest")
         version = reader.get("format_version", int)
-        if version != ARTIFACT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise EvoError(
-                f"{where} has artifact format {version}; this evo reads format {ARTIFACT_VERSION}: "
-                "re-export the model with this evo version"
+                f"{where} has artifact format {version}; this evo reads formats "
+                f"{', '.join(map(str, READABLE_VERSIONS))}: re-export the model with this evo version"
             )
         settings_data = reader.get("settings", dict)
         settings = {}
@@ -186,6 +199,7 @@ class ArtifactManifest:
             config=config,
             tensors=tuple(tensors),
             files=dict(reader.get("files", dict)),
+            file_sha256=dict(reader.get("file_sha256", dict)) if version >= 2 else {},
             tensor_bytes=reader.get("tensor_bytes", int),
             total_bytes=reader.get("total_bytes", int),
         )
@@ -260,16 +274,14 @@ def write_artifact(
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an exported model is meant to be shared
         tensors = _write_tensors(tmp / TENSORS_FILE, result)
         write_model_config(tmp / MODEL_CONFIG_FILE, model)
-        save_tokenizer(tmp, tokenizer)
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is not None:
-            generation_config.save_pretrained(tmp)
+        write_metadata_files(tmp, model, tokenizer)
         files = {
             path.relative_to(tmp).as_posix(): path.stat().st_size for path in sorted(tmp.rglob("*")) if path.is_file()
         }
         tensor_bytes = sum(t.compressed_bytes for t in tensors)
         manifest = build_manifest(
-            result.info, result.config, result.kept_layers, result.dtype, tensors, files, base_model=base_model
+            result.info, result.config, result.kept_layers, result.dtype, tensors, files, base_model=base_model,
+            file_sha256=packed_files.file_digests(tmp, files),
         )
         manifest_bytes = ManifestWriter().encode(manifest, sum(files.values()))
         _write_bytes(tmp / MANIFEST_FILE, manifest_bytes)  # written last: its presence marks a whole artifact
@@ -299,10 +311,12 @@ def build_manifest(
     files: dict[str, int],
     *,
     base_model: str | None = None,
+    file_sha256: dict[str, str] | None = None,
 ) -> ArtifactManifest:
     """The manifest write_artifact records, total_bytes still 0 (ManifestWriter.encode fills it).
 
-    One constructor for the writer and for evo.compress.size, which measures the manifest's length.
+    One constructor for the writer and for evo.compress.size, which measures the manifest's length
+    (file_sha256 defaults to placeholders of the real digests' length).
     """
     return ArtifactManifest(
         base_model=base_model or info.model_id,
@@ -316,6 +330,7 @@ def build_manifest(
         config=config,
         tensors=tuple(tensors),
         files=dict(files),
+        file_sha256=dict(file_sha256) if file_sha256 is not None else packed_files.digest_placeholders(files),
         tensor_bytes=sum(t.compressed_bytes for t in tensors),
         total_bytes=0,
     )
@@ -365,6 +380,16 @@ def write_model_config(path: Path, model: nn.Module) -> None:
 # not part of the tokenizer, so left out of artifacts, whose bytes depend on the config and model only.
 LOADING_KWARGS = ("local_files_only", "is_local", "cache_dir", "force_download", "proxies", "token",
                   "use_auth_token", "revision", "subfolder", "trust_remote_code", "_commit_hash", "_from_auto")
+
+
+def write_metadata_files(directory: Path, model: nn.Module, tokenizer) -> None:
+    """The tokenizer files and generation_config.json, the large ones packed: what write_artifact
+    writes beside tensors.bin and config.json, and what ArtifactMetadata measures."""
+    save_tokenizer(directory, tokenizer)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.save_pretrained(directory)
+    packed_files.pack_files(directory)
 
 
 def save_tokenizer(directory: Path, tokenizer) -> None:
@@ -472,8 +497,11 @@ class ManifestWriter:
                 settings[tensor.setting.key()] = tensor.setting
         setting_items = ",".join(f"{_json(key)}:{self.setting_json(s)}" for key, s in settings.items())
         entry_items = ",".join(_fill(template, offsets) for template, offsets in entries)
+        if sorted(manifest.file_sha256) != packed_files.digested_names(manifest.files):
+            raise RuntimeError("the manifest's file_sha256 does not name every file but tensors.bin")
         body = (f'{_head(manifest)},"config":{self.config_json(manifest.config)},"settings":{{{setting_items}}},'
                 f'"tensors":[{entry_items}],"files":{_json(dict(sorted(manifest.files.items())))},'
+                f'"file_sha256":{_json(dict(sorted(manifest.file_sha256.items())))},'
                 f'"tensor_bytes":{manifest.tensor_bytes},"total_bytes":')
         total = _settled_total(len(body), other_bytes)
         return f"{body}{total}{_TAIL}".encode()
@@ -485,6 +513,7 @@ class ManifestWriter:
         body = (len(_head(manifest)) + len(',"config":') + self.config_json_length(manifest.config)
                 + len(',"settings":{') + settings_length + len('},"tensors":[') + entries_length
                 + len('],"files":') + len(_json(dict(sorted(manifest.files.items()))))
+                + len(',"file_sha256":') + len(_json(packed_files.digest_placeholders(manifest.files)))
                 + len(',"tensor_bytes":') + len(str(manifest.tensor_bytes)) + len(',"total_bytes":'))
         return _settled_total(body, other_bytes) - other_bytes
 
@@ -541,10 +570,7 @@ class ArtifactMetadata:
         self._config = copy.deepcopy(getattr(model, "config", None))
         with tempfile.TemporaryDirectory() as tmp:
             directory = Path(tmp)
-            save_tokenizer(directory, tokenizer)
-            generation_config = getattr(model, "generation_config", None)
-            if generation_config is not None:
-                generation_config.save_pretrained(directory)
+            write_metadata_files(directory, model, tokenizer)
             self.fixed_files: dict[str, int] = {
                 path.relative_to(directory).as_posix(): path.stat().st_size
                 for path in sorted(directory.rglob("*"))
@@ -658,6 +684,7 @@ def read_artifact(
     if manifest.kept_layers != tuple(i for i in range(manifest.base_num_layers) if drops.get(i) != "layer"):
         raise EvoError(f"artifact {path}: the manifest's kept layers disagree with its config's drops; re-export it")
     integrity.check_directory(path, manifest, where)  # regular files of the recorded sizes, no links
+    packed_files.check_files(path, manifest, where)  # their sha256; packed ones declare bounded sizes
     configs = {name: read_json_bounded(path / name, where) for name in (MODEL_CONFIG_FILE, TOKENIZER_CONFIG_FILE)}
     refuse_remote_code(where, configs, trust_remote_code=False,
                        hint="evo artifacts never run code; re-export it from a model transformers supports natively")
@@ -742,6 +769,24 @@ def decode_stored_tensor(
     return decode_tensor(check_stored_tensor(path, tensor, frames), tensor.shape, tensor.setting)
 
 
+def load_tokenizer(path: str | os.PathLike[str], manifest: ArtifactManifest):
+    """The artifact's tokenizer, as transformers loads it from the files it saved (packed ones
+    unpacked into a temporary directory, each checked against its sha256 first)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    where = f"artifact {path}"
+    with packed_files.readable_directory(path, manifest, where) as directory:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise EvoError(f"{where}: cannot load its tokenizer ({exc}); re-export it") from None
+    if directory != path:  # the artifact is where it came from, not the temporary directory
+        tokenizer.name_or_path = str(path)
+        tokenizer.init_kwargs["name_or_path"] = str(path)
+    return tokenizer
+
+
 def _resolve_load_dtype(dtype, manifest: ArtifactManifest, device: torch.device) -> torch.dtype:
     if dtype is None:
         if manifest.dtype not in DTYPES:
@@ -787,7 +832,7 @@ def load(
     dequantized weights; "codes", "compressed" and "auto" keep them smaller (see evo.runtime.resident:
     same logits, `model.evo_runtime` says what is held), from the same checked frames.
     """
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
     from evo.modelio import resolve_device
     from evo.runtime.resident import ResidentOptions, attach
@@ -810,11 +855,8 @@ def load(
         param = params[tensor.name]  # check_model_config matched every name and shape
         quantized = decode_tensor(frames, tensor.shape, tensor.setting)
         param.copy_(dequantize(quantized).to(dtype=param.dtype))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as exc:
-        raise EvoError(f"artifact {path}: cannot load its tokenizer ({exc}); re-export it") from None
-    if (path / "generation_config.json").is_file():
+    tokenizer = load_tokenizer(path, manifest)
+    if (path / GENERATION_CONFIG_FILE).is_file():
         try:
             model.generation_config = GenerationConfig.from_pretrained(str(path))
         except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:

@@ -128,6 +128,14 @@ def validate_manifest(manifest: ArtifactManifest, where: str) -> None:
         )
     if not _is_count(manifest.total_bytes):
         raise _fail(where, f"total_bytes is {manifest.total_bytes}")
+    from evo.compress.packed_files import digested_names, is_packed
+
+    packed = [name for name in manifest.files if is_packed(name)]
+    if (manifest.file_sha256 or packed) and sorted(manifest.file_sha256) != digested_names(manifest.files):
+        raise _fail(where, "file_sha256 does not give a digest for exactly every file but tensors.bin")
+    for name, digest in manifest.file_sha256.items():
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise _fail(where, f"file_sha256 gives {name} a malformed sha256")
 
 
 def dense_bytes(manifest: ArtifactManifest, element_size: int) -> int:

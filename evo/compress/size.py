@@ -23,6 +23,7 @@ import torch
 from evo.compress.apply import compress_tensor
 from evo.compress.artifact import ArtifactMetadata, ManifestWriter, StoredFrame, StoredTensor, build_manifest
 from evo.compress.coding import EncodedTensor, encode_tensor
+from evo.compress.packed_files import PLACEHOLDER_SHA256  # a frame's sha256 here: only its length matters
 from evo.compress.config import CompressionConfig, LayerConfig
 from evo.compress.plan import DECODE_SPEED_TAG, hessian_for, needs_hessian_for, plan_model, size_model_id, stats_for
 from evo.compress.prune import ActivationStats
@@ -122,8 +123,6 @@ def cached_size(cache: SizeCache, key: SizeKey, compute: Callable[[], EncodedTen
 
 # encode_tensor's frame order, which write_artifact keeps in tensors.bin and the manifest.
 FRAME_ORDER = ("codes", "scales", "zeros")
-# Any 64-character string stands in for a frame's sha256 hex digest: only its length matters here.
-PLACEHOLDER_SHA256 = "0" * 64
 # Configs remembered with their sizes; beyond this the oldest are forgotten (a search revisits few).
 MEMO_CONFIGS = 1 << 16
 
