@@ -10,10 +10,12 @@ time prints what is left and exits 0; the same command continues.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +51,17 @@ class Deadline:
         if self.left() < reserve:
             raise DeadlineReached
 
+    def at(self) -> float:
+        """The deadline as time.time() seconds (what a worker process is given)."""
+        return time.time() + self.left()
+
+
+def start_deadline(args) -> Deadline:
+    """--deadline-at (a worker: the parent's end, time.time() seconds) or --deadline-s from now."""
+    if getattr(args, "deadline_at", None) is not None:
+        return Deadline(args.deadline_at - time.time())
+    return Deadline(args.deadline_s)
+
 
 def add_common_options(parser, *, deadline: float = 450.0) -> None:
     parser.add_argument("--model", default="smollm2-135m")
@@ -63,6 +76,18 @@ def add_common_options(parser, *, deadline: float = 450.0) -> None:
     parser.add_argument("--max-tokens", type=int, default=64 * SEQ_LEN,
                         help="held-out tokens per text for perplexity (WikiText-2, C4, each domain)")
     parser.add_argument("--smoke", action="store_true", help="a tiny CPU run (see the script's SMOKE)")
+
+
+def add_worker_options(parser) -> None:
+    """--jobs: the script's jobs in that many worker processes at once (one GPU shared), each with
+    the call's deadline; --threads: torch threads per process. --only and --deadline-at are what a
+    parent gives its workers."""
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="jobs run side by side, each in its own process (1: one after another in this one)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per process (default: the cores / --jobs)")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def tiny_model(directory: Path) -> str:
@@ -126,6 +151,45 @@ def eval_texts(tokenizer, *, domains: bool) -> dict[str, np.ndarray]:
     return texts
 
 
+def cached_eval_texts(tokenizer, out: Path, *, domains: bool) -> dict[str, np.ndarray]:
+    """eval_texts, tokenized once per output directory (out/eval_texts*.npz): every worker of a
+    call reads the parent's."""
+    path = Path(out) / ("eval_texts_domains.npz" if domains else "eval_texts.npz")
+    if path.exists():
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    texts = eval_texts(tokenizer, domains=domains)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **texts)
+    os.replace(tmp, path)
+    return texts
+
+
+def prefill_size_table(loaded, space_name: str, out: Path, *, workers: int | None, say) -> int | None:
+    """Code every (tensor, setting) pair of the space into out's shared size cache, in `workers`
+    processes, before the jobs start: their runs then find every size cached (their level databases
+    only quantize). Only for spaces whose codes read no run data (no wanda/mse statistics, no gptq
+    Hessians: those sizes depend on each run's calibration set); returns the pairs coded, or None
+    when the space's sizes are per run."""
+    from evo.compress.plan import needs_hessian_for, needs_stats_for
+    from evo.compress.size import SizeCache, SizeModel
+    from evo.search.size_table import SizeTable
+    from evo.search.space import SearchSpace
+
+    space = SearchSpace.load(space_name)
+    if getattr(space, "format", None) == "gguf":
+        return None
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(Path(out) / SIZE_CACHE_DIR)))
+    pairs = table.pairs()
+    if any(needs_stats_for(setting) or needs_hessian_for(setting) for _, setting in pairs):
+        say(f"space {space.name}: its sizes depend on each run's statistics; every job codes its own")
+        return None
+    tic = time.perf_counter()
+    coded = table.fill(workers=workers)
+    say(f"size table of space {space.name}: {len(pairs):,} pairs, {coded:,} coded in {time.perf_counter() - tic:.1f} s")
+    return coded
+
+
 def perplexities(model, texts: dict[str, np.ndarray], max_tokens: int) -> dict[str, float]:
     from evo.evaluate.perplexity import perplexity
 
@@ -138,9 +202,12 @@ def export_and_measure(loaded, config, directory: Path, texts, args, *, stats=No
                        result_path: Path | None = None) -> dict:
     """Write config's artifact from a copy of the uncompressed model, check its bytes on disk,
     reload it with evo.compress.artifact.load and measure its held-out perplexities. Cached in
-    result_path when given."""
+    result_path when given (for this config: a resumed search that found another best exports anew)."""
+    wanted = json.loads(json.dumps(config.to_dict()))
     if result_path is not None and result_path.exists():
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if cached.get("config") == wanted:
+            return {k: v for k, v in cached.items() if k != "config"}
     from evo.compress import artifact
     from evo.compress.model import compress_and_write
 
@@ -156,7 +223,7 @@ def export_and_measure(loaded, config, directory: Path, texts, args, *, stats=No
     del model
     free_gpu()
     if result_path is not None:
-        write_json(result_path, result)
+        write_json(result_path, {**result, "config": wanted})
     return result
 
 
@@ -200,13 +267,12 @@ def seeded_run(files: dict[str, Path], size_cache: Path | None = None):
         loop._create_checked_run = original
 
 
-def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None):
-    """Run or resume the search in run_dir until it ends or the deadline (less --reserve-s) comes.
-    calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only).
-    Returns (session, result or None when stopped by the deadline); session.loop_seconds is the
-    time of the search loop alone (the size table, engine and evaluations; not the setup)."""
+def open_run(spec, run_dir: Path, args, say, *, calibration=None, share_from=None):
+    """Open (create or resume) the search's run directory: its session, ready to search.
+    calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only);
+    share_from: a run directory whose calibration set, statistics and dense reference a new run copies."""
     from evo.constants import CALIBRATION_FILE, REFERENCE_FILE, STATS_FILE
-    from evo.search.loop import is_run, open_session, run_search
+    from evo.search.loop import is_run, open_session
 
     resume = is_run(run_dir)
     files: dict[str, Path] = {}
@@ -218,8 +284,20 @@ def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibrat
         calibration.save(staged)
         files[CALIBRATION_FILE] = staged
     with seeded_run(files, Path(args.out) / SIZE_CACHE_DIR):
-        session = open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
-                               extend=resume)
+        return open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
+                            extend=resume)
+
+
+def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None,
+                 session=None):
+    """Run or resume the search in run_dir (or in `session`, already opened by open_run) until it
+    ends or the deadline (less --reserve-s) comes; calibration and share_from as in open_run.
+    Returns (session, result or None when stopped by the deadline); session.loop_seconds is the
+    time of the search loop alone (the size table, engine and evaluations; not the setup)."""
+    from evo.search.loop import run_search
+
+    if session is None:
+        session = open_run(spec, run_dir, args, say, calibration=calibration, share_from=share_from)
     state = {"next": 0, "tic": time.perf_counter()}
 
     def on_progress(p) -> None:
@@ -243,6 +321,19 @@ def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibrat
     return session, result
 
 
+def best_so_far(session):
+    """(CompressionConfig, KL, bytes) of the best full-stage evaluation under the budget in the run's
+    journal, or None: what a search the deadline stopped has found (its export stands for the run)."""
+    from _searchbench import best_journaled
+    from evo.compress.config import CompressionConfig
+
+    found = best_journaled(session)
+    if found is None:
+        return None
+    config, quality, size = found
+    return CompressionConfig.from_dict(config), quality, size
+
+
 def convergence_report(run_dir: Path, out: Path) -> list[str]:
     """`evo report` of a run (its convergence plot among the files); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -262,37 +353,109 @@ def mean_std(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[str]) -> None:
+def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[str], *, echo: bool = True) -> None:
+    """out/NAME.json and out/NAME.md (each replaced whole: a reader never sees half a table); echo:
+    print the table too."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", data)
-    (out / f"{name}.md").write_text(f"# {name}\n\n`python {' '.join(argv)}`\n\n{markdown}\n")
-    print(markdown)
-    print(f"\nwritten {out / (name + '.json')} and {out / (name + '.md')}", flush=True)
+    md = out / f"{name}.md"
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(f"# {name}\n\n`python {' '.join(argv)}`\n\n{markdown}\n")
+    os.replace(tmp, md)
+    if echo:
+        print(markdown)
+    print(f"{'' if echo else '[' + time.strftime('%H:%M:%S') + '] '}written {out / (name + '.json')} and {md}",
+          flush=True)
 
 
-def run_until_deadline(jobs, deadline: Deadline, reserve_s: float) -> list[str]:
+def run_until_deadline(jobs, deadline: Deadline, reserve_s: float, on_finish=None) -> list[str]:
     """Run (label, job) pairs in order while more than reserve_s is left; the labels of the jobs not
     finished in this call (skipped, stopped by the deadline, or returning None), which a rerun of the
-    same command continues."""
+    same command continues. on_finish() is called after each job that returned a result."""
     pending = []
     for label, job in jobs:
         try:
             if deadline.left() < reserve_s or job() is None:
                 pending.append(label)
+            elif on_finish is not None:
+                on_finish()
         except DeadlineReached:
             pending.append(label)
     return pending
 
 
-def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: list[str], pending: list[str]) -> None:
+UNFINISHED_EXIT = 3  # a worker's exit status when one of its jobs has no result in this call
+WORKER_GRACE_S = 20.0  # a worker still running this long after the deadline is stopped
+
+
+def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline: Deadline, on_finish) -> list[str]:
+    """Each job label in its own process (`script` with this call's argv + --only LABEL and this
+    call's deadline as --deadline-at), at most --jobs at a time, sharing the GPU; logs in
+    out/logs/LABEL.log. No job starts with less than --reserve-s left; a worker still running
+    WORKER_GRACE_S after the deadline is stopped. on_finish() is called whenever a worker ends (to
+    write the table from every result on disk). Returns the labels that did not finish."""
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // max(1, min(args.jobs, len(labels))))
+    base = [sys.executable, str(script), *argv, "--jobs", "1", "--threads", str(threads),
+            "--deadline-at", f"{deadline.at():.3f}"]
+    waiting, running, not_done = list(labels), {}, []
+    while waiting or running:
+        while waiting and len(running) < args.jobs:
+            label = waiting.pop(0)
+            if deadline.left() < args.reserve_s:
+                print(f"{label} not started: less than --reserve-s {args.reserve_s:.0f} s left", flush=True)
+                not_done.append(label)
+                continue
+            log = open(logs / f"{label}.log", "a")
+            process = subprocess.Popen(base + ["--only", label], stdout=log, stderr=subprocess.STDOUT)
+            running[label] = (process, log, time.perf_counter())
+            print(f"started {label} (pid {process.pid}, log {logs / (label + '.log')})", flush=True)
+        time.sleep(1.0)
+        for label, (process, log, tic) in list(running.items()):
+            if process.poll() is None and deadline.left() > -WORKER_GRACE_S:
+                continue
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                print(f"{label} stopped {WORKER_GRACE_S:.0f} s after the deadline", flush=True)
+            log.close()
+            del running[label]
+            code = process.returncode
+            print(f"{label} ended with exit code {code} after {time.perf_counter() - tic:.0f} s", flush=True)
+            if code != 0:
+                not_done.append(label)
+                if code != UNFINISHED_EXIT:
+                    print("".join((logs / f"{label}.log").read_text().splitlines(keepends=True)[-20:]), flush=True)
+            on_finish()
+    return not_done
+
+
+def unfinished(out: Path, labels: list[str]) -> list[str]:
+    """The job labels without a complete result in out/results (LABEL.json)."""
+    done = []
+    for label in labels:
+        path = Path(out) / "results" / f"{label}.json"
+        if path.exists() and json.loads(path.read_text()).get("complete", True):
+            done.append(label)
+    return [label for label in labels if label not in done]
+
+
+def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: list[str], pending: list[str], *,
+                       echo: bool = True) -> None:
     """write_outputs with the unfinished jobs recorded in the data and said on the console."""
     data["pending"] = pending
-    write_outputs(out, name, data, markdown, argv)
-    if pending:
+    write_outputs(out, name, data, markdown, argv, echo=echo)
+    if pending and echo:
         print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
 
 
-__all__ = ["Deadline", "DeadlineReached", "add_common_options", "convergence_report", "eval_texts",
-           "export_and_measure", "mean_std", "parse_with_smoke", "perplexities", "run_until_deadline", "say_as",
-           "search_until", "seeded_run", "share_loaded_models", "tiny_model", "uniform_budget", "write_outputs",
-           "write_with_pending"]
+__all__ = ["Deadline", "DeadlineReached", "UNFINISHED_EXIT", "add_common_options", "add_worker_options",
+           "best_so_far", "cached_eval_texts", "convergence_report", "eval_texts", "export_and_measure", "mean_std",
+           "open_run", "parse_with_smoke", "perplexities", "prefill_size_table", "run_until_deadline", "run_workers",
+           "say_as", "search_until", "seeded_run", "share_loaded_models", "start_deadline", "tiny_model",
+           "unfinished", "uniform_budget", "write_outputs", "write_with_pending"]
