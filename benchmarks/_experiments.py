@@ -388,12 +388,35 @@ UNFINISHED_EXIT = 3  # a worker's exit status when one of its jobs has no result
 WORKER_GRACE_S = 20.0  # a worker still running this long after the deadline is stopped
 
 
-def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline: Deadline, on_finish) -> list[str]:
+PREPARED_FILE = "prepared.json"  # written by a parent once the work its jobs share is on disk
+
+
+def mark_prepared(out: Path, what: dict) -> None:
+    write_json(Path(out) / PREPARED_FILE, what)
+
+
+def wait_until_prepared(out: Path, deadline: Deadline, say) -> bool:
+    """A worker started before its parent's shared work was done (the model loads meanwhile) waits
+    here for it; False when the deadline comes first."""
+    path = Path(out) / PREPARED_FILE
+    if not path.exists():
+        say("waiting for the shared budget, size table, texts and dense PPL")
+    while not path.exists():
+        if deadline.left() <= 0:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline: Deadline, on_finish,
+                prepare=None) -> list[str]:
     """Each job label in its own process (`script` with this call's argv + --only LABEL and this
     call's deadline as --deadline-at), at most --jobs at a time, sharing the GPU; logs in
     out/logs/LABEL.log. No job starts with less than --reserve-s left; a worker still running
-    WORKER_GRACE_S after the deadline is stopped. on_finish() is called whenever a worker ends (to
-    write the table from every result on disk). Returns the labels that did not finish."""
+    WORKER_GRACE_S after the deadline is stopped. prepare(): the shared work, run here once the
+    first workers are started (they load the model meanwhile and wait for PREPARED_FILE).
+    on_finish() is called whenever a worker ends (to write the table from every result on disk).
+    Returns the labels that did not finish."""
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     threads = args.threads or max(1, (os.cpu_count() or 2) // max(1, min(args.jobs, len(labels))))
@@ -411,6 +434,16 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
             process = subprocess.Popen(base + ["--only", label], stdout=log, stderr=subprocess.STDOUT)
             running[label] = (process, log, time.perf_counter())
             print(f"started {label} (pid {process.pid}, log {logs / (label + '.log')})", flush=True)
+        if prepare is not None:
+            try:
+                prepare()
+            except BaseException:
+                for process, log, _ in running.values():  # they would wait for it until the deadline
+                    process.terminate()
+                    process.wait()
+                    log.close()
+                raise
+            prepare = None
         time.sleep(1.0)
         for label, (process, log, tic) in list(running.items()):
             if process.poll() is None and deadline.left() > -WORKER_GRACE_S:
@@ -454,8 +487,10 @@ def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: li
         print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
 
 
-__all__ = ["Deadline", "DeadlineReached", "UNFINISHED_EXIT", "add_common_options", "add_worker_options",
-           "best_so_far", "cached_eval_texts", "convergence_report", "eval_texts", "export_and_measure", "mean_std",
-           "open_run", "parse_with_smoke", "perplexities", "prefill_size_table", "run_until_deadline", "run_workers",
-           "say_as", "search_until", "seeded_run", "share_loaded_models", "start_deadline", "tiny_model",
-           "unfinished", "uniform_budget", "write_outputs", "write_with_pending"]
+__all__ = [
+    "PREPARED_FILE", "UNFINISHED_EXIT", "Deadline", "DeadlineReached", "add_common_options", "add_worker_options",
+    "best_so_far", "cached_eval_texts", "convergence_report", "eval_texts", "export_and_measure", "mark_prepared",
+    "mean_std", "open_run", "parse_with_smoke", "perplexities", "prefill_size_table", "run_until_deadline",
+    "run_workers", "say_as", "search_until", "seeded_run", "share_loaded_models", "start_deadline", "tiny_model",
+    "unfinished", "uniform_budget", "wait_until_prepared", "write_outputs", "write_with_pending",
+]

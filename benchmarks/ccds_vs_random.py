@@ -37,6 +37,7 @@ from _experiments import (
     best_so_far,
     cached_eval_texts,
     export_and_measure,
+    mark_prepared,
     mean_std,
     parse_with_smoke,
     perplexities,
@@ -49,6 +50,7 @@ from _experiments import (
     start_deadline,
     unfinished,
     uniform_budget,
+    wait_until_prepared,
     write_with_pending,
 )
 from _searchbench import free_gpu, write_json
@@ -122,8 +124,8 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
     names = list(dense)
     domains = [n for n in names if n.startswith("domain:")]
     lines = [f"budget = uniform 3-bit RTN = {budget:,} bytes ({budget / MB:.3f} MB); space {args.space}; "
-             f"calibration {args.samples} × {args.seq_len} tokens; {args.generations} generations × {args.population}; "
-             f"held-out PPL on ≤ {args.max_tokens:,} tokens per text", "",
+             f"calibration {args.samples} × {args.seq_len} tokens; {args.generations} generations × "
+             f"{args.population}; held-out PPL on ≤ {args.max_tokens:,} tokens per text", "",
              "| calibration | seeds | evaluations | KL (own calibration) | "
              + " | ".join(n.replace("domain:", "mix/") for n in names) + " | worst domain / dense |",
              "|---" * (len(names) + 5) + "|",
@@ -154,8 +156,9 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
                      for s in STRATEGIES}
             means = {s: (float(np.mean([v for v in summary[s][name] if v is not None])) if s in summary else None)
                      for s in STRATEGIES}
-            lines.append(f"| {name.replace('domain:', 'mix/')} | {dense[name]:.2f} | {ratio(worst['ccds'], dense[name])} "
-                         f"| {ratio(worst['random'], dense[name])} | {ratio(means['ccds'], means['random'])} |")
+            lines.append(f"| {name.replace('domain:', 'mix/')} | {dense[name]:.2f} "
+                         f"| {ratio(worst['ccds'], dense[name])} | {ratio(worst['random'], dense[name])} "
+                         f"| {ratio(means['ccds'], means['random'])} |")
     return {"dense": dense, "budget_bytes": budget, "runs": rows, "summary": summary}, "\n".join(lines)
 
 
@@ -165,9 +168,8 @@ def prepare(args, out: Path, say) -> tuple[int, dict]:
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    prefill_size_table(loaded, args.space, out, workers=args.size_workers, say=say)  # the budget's sizes among them
     budget = uniform_budget(loaded, out, 3)
-    if args.jobs > 1:
-        prefill_size_table(loaded, args.space, out, workers=args.size_workers, say=say)
     texts = cached_eval_texts(loaded.tokenizer, out, domains=True)
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
@@ -202,26 +204,33 @@ def main(argv: list[str] | None = None) -> int:
     command = [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
     say = say_as("ccds_vs_random")
 
+    shared: dict = {}
+
     def write_table(final: bool) -> None:
-        data, table = render(out, dense, budget, args)
+        data, table = render(out, shared["dense"], shared["budget"], args)
         write_with_pending(out, "ccds_vs_random", data, table, command, unfinished(out, labels), echo=final)
 
-    if args.only is None and args.jobs > 1:  # the parent: shared work here, each job in a worker process
-        budget, dense = prepare(args, out, say)
+    def prepare_shared() -> None:
+        shared["budget"], shared["dense"] = prepare(args, out, say)
         free_gpu()
+        mark_prepared(out, {"budget_bytes": shared["budget"]})
+
+    if args.only is None and args.jobs > 1:  # the parent: each job in a worker process, the shared work here
         run_workers(Path(__file__), list(argv if argv is not None else sys.argv[1:]), labels, args, deadline,
-                              on_finish=lambda: write_table(False))
+                    on_finish=lambda: write_table(False), prepare=prepare_shared)
         write_table(True)
         return 0
     share_loaded_models()
-    budget, dense = prepare(args, out, say)
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    if args.only is not None and not wait_until_prepared(out, deadline, say):
+        return UNFINISHED_EXIT
+    shared["budget"], shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
     texts = cached_eval_texts(loaded.tokenizer, out, domains=True)
     chosen = [(s, seed) for s, seed in jobs if args.only is None or f"{s}-s{seed}" in args.only.split(",")]
     pending = run_until_deadline(
-        [(f"{strategy}-s{seed}", partial(run_job, loaded, args, strategy, seed, budget, texts, deadline))
+        [(f"{strategy}-s{seed}", partial(run_job, loaded, args, strategy, seed, shared["budget"], texts, deadline))
          for strategy, seed in chosen], deadline, args.reserve_s,
         on_finish=None if args.only else lambda: write_table(False))
     if args.only is not None:  # a worker: the parent writes the table

@@ -35,6 +35,7 @@ from _experiments import (
     best_so_far,
     cached_eval_texts,
     export_and_measure,
+    mark_prepared,
     mean_std,
     open_run,
     parse_with_smoke,
@@ -47,6 +48,7 @@ from _experiments import (
     share_loaded_models,
     start_deadline,
     unfinished,
+    wait_until_prepared,
     write_with_pending,
 )
 from _searchbench import free_gpu, write_json
@@ -154,15 +156,14 @@ def prepare(args, out: Path, say) -> tuple[int, Path, dict]:
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    space = space_file(out, args.drop)
+    prefill_size_table(loaded, str(space), out, workers=args.size_workers, say=say)  # the budget's sizes among them
     budget_path = out / "budget.json"
     if not budget_path.exists():
         dense_bytes = SizeModel.for_model(loaded, SizeCache(out / SIZE_CACHE_DIR)).artifact_bytes(
             uniform_config(16, embedding_bits=16))
         write_json(budget_path, {"dense_bf16_bytes": int(dense_bytes), "budget_bytes": int(dense_bytes) - 1})
     budget = int(json.loads(budget_path.read_text())["budget_bytes"])
-    space = space_file(out, args.drop)
-    if args.jobs > 1:
-        prefill_size_table(loaded, str(space), out, workers=args.size_workers, say=say)
     texts = cached_eval_texts(loaded.tokenizer, out, domains=False)
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
@@ -193,22 +194,30 @@ def main(argv: list[str] | None = None) -> int:
     command = [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
     say = say_as("evop_vs_shortgpt")
 
+    shared: dict = {}
+
     def write_table(final: bool) -> None:
-        data, table = render(out, dense, budget, args)
+        data, table = render(out, shared["dense"], shared["budget"], args)
         write_with_pending(out, "evop_vs_shortgpt", data, table, command, unfinished(out, labels), echo=final)
 
-    if args.only is None and args.jobs > 1:  # the parent: shared work here, each seed in a worker process
-        budget, space, dense = prepare(args, out, say)
+    def prepare_shared() -> None:
+        shared["budget"], shared["space"], shared["dense"] = prepare(args, out, say)
         free_gpu()
+        mark_prepared(out, {"budget_bytes": shared["budget"]})
+
+    if args.only is None and args.jobs > 1:  # the parent: each seed in a worker process, the shared work here
         run_workers(Path(__file__), list(argv if argv is not None else sys.argv[1:]), labels, args, deadline,
-                              on_finish=lambda: write_table(False))
+                    on_finish=lambda: write_table(False), prepare=prepare_shared)
         write_table(True)
         return 0
     share_loaded_models()
-    budget, space, dense = prepare(args, out, say)
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    if args.only is not None and not wait_until_prepared(out, deadline, say):
+        return UNFINISHED_EXIT
+    budget, space, shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
+    shared["budget"] = budget
     texts = cached_eval_texts(loaded.tokenizer, out, domains=False)
     chosen = [seed for seed in seeds if args.only is None or f"s{seed}" in args.only.split(",")]
     pending = run_until_deadline(
