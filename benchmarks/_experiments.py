@@ -88,6 +88,14 @@ def add_worker_options(parser) -> None:
                         help="torch CPU threads per process (default: the cores / --jobs)")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", default=None,
+                        help="the bulky files: run directories, artifacts, the size cache, tokenized texts "
+                             "(default: --out, which keeps the tables, results, logs and budget)")
+
+
+def work_dir(args) -> Path:
+    """Where run directories, artifacts and caches go: --work-dir, else --out."""
+    return Path(getattr(args, "work_dir", None) or args.out)
 
 
 def tiny_model(directory: Path) -> str:
@@ -227,15 +235,17 @@ def export_and_measure(loaded, config, directory: Path, texts, args, *, stats=No
     return result
 
 
-def uniform_budget(loaded, out: Path, bits: int = 3) -> int:
-    """Exact bytes of the uniform RTN artifact of `bits` (g128 asymmetric, embedding 8-bit): the budget."""
+def uniform_budget(loaded, out: Path, bits: int = 3, *, work: Path | None = None) -> int:
+    """Exact bytes of the uniform RTN artifact of `bits` (g128 asymmetric, embedding 8-bit): the budget,
+    kept in out, its sizes in work's size cache (default: out's)."""
     from evo.baselines import uniform_config
     from evo.compress.size import SizeCache, SizeModel
 
     path = out / f"budget_uniform{bits}.json"
     if path.exists():
         return int(json.loads(path.read_text())["bytes"])
-    size = SizeModel.for_model(loaded, SizeCache(out / SIZE_CACHE_DIR)).artifact_bytes(uniform_config(bits))
+    cache = SizeCache(Path(work or out) / SIZE_CACHE_DIR)
+    size = SizeModel.for_model(loaded, cache).artifact_bytes(uniform_config(bits))
     write_json(path, {"bits": bits, "bytes": int(size)})
     return int(size)
 
@@ -279,11 +289,11 @@ def open_run(spec, run_dir: Path, args, say, *, calibration=None, share_from=Non
     if share_from is not None:
         files = {name: Path(share_from) / name for name in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
     if calibration is not None and not resume:
-        staged = Path(args.out) / "staged" / f"{run_dir.name}-{CALIBRATION_FILE}"
+        staged = work_dir(args) / "staged" / f"{run_dir.name}-{CALIBRATION_FILE}"
         staged.parent.mkdir(parents=True, exist_ok=True)
         calibration.save(staged)
         files[CALIBRATION_FILE] = staged
-    with seeded_run(files, Path(args.out) / SIZE_CACHE_DIR):
+    with seeded_run(files, work_dir(args) / SIZE_CACHE_DIR):
         return open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
                             extend=resume)
 
@@ -492,5 +502,5 @@ __all__ = [
     "best_so_far", "cached_eval_texts", "convergence_report", "eval_texts", "export_and_measure", "mark_prepared",
     "mean_std", "open_run", "parse_with_smoke", "perplexities", "prefill_size_table", "run_until_deadline",
     "run_workers", "say_as", "search_until", "seeded_run", "share_loaded_models", "start_deadline", "tiny_model",
-    "unfinished", "uniform_budget", "wait_until_prepared", "write_outputs", "write_with_pending",
+    "unfinished", "uniform_budget", "wait_until_prepared", "work_dir", "write_outputs", "write_with_pending",
 ]

@@ -51,6 +51,7 @@ from _experiments import (
     unfinished,
     uniform_budget,
     wait_until_prepared,
+    work_dir,
     write_with_pending,
 )
 from _searchbench import free_gpu, write_json
@@ -85,7 +86,7 @@ def run_job(loaded, args, strategy: str, seed: int, budget: int, texts, deadline
     if path.exists() and json.loads(path.read_text()).get("complete", True):
         return json.loads(path.read_text())
     say = say_as(f"{strategy} s{seed}")
-    run_dir = out / f"{strategy}-s{seed}"
+    run_dir = work_dir(args) / f"{strategy}-s{seed}"
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=args.space, generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=args.clusters, seed=seed, screen_sequences=min(4, args.samples),
@@ -168,9 +169,10 @@ def prepare(args, out: Path, say) -> tuple[int, dict]:
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
-    prefill_size_table(loaded, args.space, out, workers=args.size_workers, say=say)  # the budget's sizes among them
-    budget = uniform_budget(loaded, out, 3)
-    texts = cached_eval_texts(loaded.tokenizer, out, domains=True)
+    work = work_dir(args)
+    prefill_size_table(loaded, args.space, work, workers=args.size_workers, say=say)  # the budget's sizes among them
+    budget = uniform_budget(loaded, out, 3, work=work)
+    texts = cached_eval_texts(loaded.tokenizer, work, domains=True)
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
         write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or "runs/ccds_vs_random"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    work_dir(args).mkdir(parents=True, exist_ok=True)
     deadline = start_deadline(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None and not wait_until_prepared(out, deadline, say):
         return UNFINISHED_EXIT
     shared["budget"], shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
-    texts = cached_eval_texts(loaded.tokenizer, out, domains=True)
+    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=True)
     chosen = [(s, seed) for s, seed in jobs if args.only is None or f"{s}-s{seed}" in args.only.split(",")]
     pending = run_until_deadline(
         [(f"{strategy}-s{seed}", partial(run_job, loaded, args, strategy, seed, shared["budget"], texts, deadline))

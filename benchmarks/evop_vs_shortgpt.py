@@ -49,6 +49,7 @@ from _experiments import (
     start_deadline,
     unfinished,
     wait_until_prepared,
+    work_dir,
     write_with_pending,
 )
 from _searchbench import free_gpu, write_json
@@ -88,7 +89,7 @@ def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline:
     if path.exists() and json.loads(path.read_text()).get("complete", True):
         return json.loads(path.read_text())
     say = say_as(f"evop s{seed}")
-    run_dir = out / f"s{seed}"
+    run_dir = work_dir(args) / f"s{seed}"
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=str(space), generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=min(8, args.samples), seed=seed, screen_sequences=1,
@@ -157,14 +158,15 @@ def prepare(args, out: Path, say) -> tuple[int, Path, dict]:
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
     space = space_file(out, args.drop)
-    prefill_size_table(loaded, str(space), out, workers=args.size_workers, say=say)  # the budget's sizes among them
+    work = work_dir(args)
+    prefill_size_table(loaded, str(space), work, workers=args.size_workers, say=say)  # the budget's sizes among them
     budget_path = out / "budget.json"
     if not budget_path.exists():
-        dense_bytes = SizeModel.for_model(loaded, SizeCache(out / SIZE_CACHE_DIR)).artifact_bytes(
+        dense_bytes = SizeModel.for_model(loaded, SizeCache(work / SIZE_CACHE_DIR)).artifact_bytes(
             uniform_config(16, embedding_bits=16))
         write_json(budget_path, {"dense_bf16_bytes": int(dense_bytes), "budget_bytes": int(dense_bytes) - 1})
     budget = int(json.loads(budget_path.read_text())["budget_bytes"])
-    texts = cached_eval_texts(loaded.tokenizer, out, domains=False)
+    texts = cached_eval_texts(loaded.tokenizer, work, domains=False)
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
         write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or "runs/evop_vs_shortgpt"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    work_dir(args).mkdir(parents=True, exist_ok=True)
     deadline = start_deadline(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return UNFINISHED_EXIT
     budget, space, shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
     shared["budget"] = budget
-    texts = cached_eval_texts(loaded.tokenizer, out, domains=False)
+    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=False)
     chosen = [seed for seed in seeds if args.only is None or f"s{seed}" in args.only.split(",")]
     pending = run_until_deadline(
         [(f"s{seed}", partial(run_seed, loaded, args, seed, budget, space, texts, deadline)) for seed in chosen],
