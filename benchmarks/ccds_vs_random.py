@@ -5,16 +5,22 @@ WikiText-2, C4 and each of the six domains of the embedded corpus's held-out sli
 documents per file, which no calibration draw reads); mean ± std over seeds, and per run the worst
 domain's perplexity relative to the dense model's (robustness across domains).
 
-  # on one H200; each (strategy, seed) is a job whose result is kept, so calls add up:
-  python benchmarks/ccds_vs_random.py --device cuda --compile default --size-workers 16 \\
-      --seeds 0,1,2 --generations 8 --population 16 --samples 32 --seq-len 512 \\
-      --deadline-s 450 --out runs/ccds_vs_random
-  # CPU smoke:
+  # on one H200 beside evop_vs_shortgpt.py, all six searches at once (the call's command:
+  # benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
+  python benchmarks/ccds_vs_random.py --device cuda --space bits --seeds 0,1,2 --jobs 6 --threads 2 \\
+      --size-workers 8 --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100 \\
+      --deadline-s 480 --out $OUT/ccds --work-dir /tmp/issue19/ccds
+  # CPU smoke (add --jobs 2 for the worker processes):
   python benchmarks/ccds_vs_random.py --smoke
 
-Every job runs in its own run directory (size cache shared), so a call stopped by --deadline-s
-resumes the search it was in; --seeds and --strategies pick the jobs of a call. The markdown table
-is written from every finished job on disk, after each call. Budget: uniform 3-bit RTN.
+Each (strategy, seed) is a job with its own run directory (under --work-dir; size cache shared).
+--jobs N runs N jobs side by side, each in its own process with this call's deadline, sharing the
+GPU; the parent meanwhile does what they share once: the size table (when the space's sizes read no
+run data: `bits` does, `default` prunes by wanda on each run's statistics), the budget, the
+tokenized held-out texts and the dense PPL. A search stops --reserve-s before the deadline at the
+latest and then exports its best full-stage evaluation so far (marked * in the table; a rerun of
+the same command continues it). The tables (OUT/ccds_vs_random.md and .json) are rewritten from
+every result on disk whenever a job ends. Budget: uniform 3-bit RTN.
 (Coverage of domains by the draws alone, without a search: benchmarks/ccds_coverage.py.)
 """
 

@@ -5,12 +5,19 @@ calibration tokens, as `evo baseline shortgpt --drop 8 --calibration RUN/calibra
 for each seed; held-out WikiText-2 and C4 perplexity of both exported artifacts, mean ± std.
 (EvoPress reports 8.66 vs 43.26 on Mistral-7B at 25 %; at 3 layers both picked the same layers here.)
 
-  # on one H200; each seed is a job whose result is kept, so calls add up:
-  python benchmarks/evop_vs_shortgpt.py --device cuda --compile default --seeds 0,1,2 --drop 8 \\
-      --generations 30 --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
-      --deadline-s 450 --out runs/evop_vs_shortgpt
-  # CPU smoke:
+  # on one H200 beside ccds_vs_random.py, the three seeds at once (the call's command:
+  # benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
+  python benchmarks/evop_vs_shortgpt.py --device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 \\
+      --drop 8 --generations 30 --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
+      --reserve-s 80 --deadline-s 480 --out $OUT/evop --work-dir /tmp/issue19/evop
+  # CPU smoke (add --jobs 2 --seeds 0,1 for the worker processes):
   python benchmarks/evop_vs_shortgpt.py --smoke
+
+Each seed is a job: its run (under --work-dir) draws the seed's CCDS calibration set, ShortGPT's
+choice on those tokens is measured first, then the search runs until it ends or --reserve-s
+before the deadline and its best full-stage evaluation so far is exported (marked * when the
+deadline stopped it; a rerun continues it). --jobs as in ccds_vs_random.py: the seeds side by side
+in worker processes, the size table, budget, texts and dense PPL once in the parent.
 
 The space is evop.toml with fixed_drops = --drop (written to OUT/evop<drop>.toml); the budget is
 the dense bf16 artifact's bytes less one (every choice of --drop layers fits, so the comparison is
