@@ -36,31 +36,33 @@ import numpy as np
 import torch
 
 from _experiments import (
-    UNFINISHED_EXIT,
     Deadline,
     add_common_options,
-    add_worker_options,
     best_so_far,
     cached_eval_texts,
     export_and_measure,
-    mark_prepared,
     mean_std,
     parse_with_smoke,
     perplexities,
     prefill_size_table,
     run_until_deadline,
-    run_workers,
     say_as,
     search_until,
     share_loaded_models,
-    start_deadline,
-    unfinished,
     uniform_budget,
-    wait_until_prepared,
     work_dir,
     write_with_pending,
 )
 from _searchbench import free_gpu, write_json
+from _workers import (
+    UNFINISHED_EXIT,
+    add_worker_options,
+    mark_prepared,
+    run_workers,
+    start_deadline,
+    unfinished,
+    wait_until_prepared,
+)
 from evo.constants import MB
 
 STRATEGIES = ("ccds", "random")

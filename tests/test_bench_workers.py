@@ -1,4 +1,4 @@
-"""benchmarks/_experiments.py's worker processes (--jobs of ccds_vs_random.py and evop_vs_shortgpt.py):
+"""benchmarks/_workers.py: the worker processes (--jobs of ccds_vs_random.py and evop_vs_shortgpt.py):
 each job in its own process with the parent's deadline, the shared work done while they start, the
 table rewritten as each ends, a worker past the deadline stopped, unfinished jobs reported."""
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-import _experiments  # noqa: E402
-from _experiments import Deadline, run_workers, start_deadline, unfinished  # noqa: E402
+import _workers  # noqa: E402
+from _experiments import Deadline  # noqa: E402
+from _workers import run_workers, start_deadline, unfinished  # noqa: E402
 
 # A stand-in for a benchmark script: "--only LABEL" names its job; it waits for the parent's
 # prepared.json like the real workers, then per label: ok writes a complete result, partial an
@@ -43,7 +44,7 @@ def run(tmp_path: Path, labels: list[str], seconds: float, monkeypatch, jobs: in
     script.write_text(WORKER)
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(_experiments, "WORKER_GRACE_S", 0.5)
+    monkeypatch.setattr(_workers, "WORKER_GRACE_S", 0.5)
     args = Namespace(out=str(out), jobs=jobs, threads=1, reserve_s=0.0)
     calls = {"prepare": 0, "finish": 0}
 
