@@ -28,7 +28,7 @@ def start_deadline(args) -> Deadline:
 
 def add_worker_options(parser) -> None:
     """--jobs: the script's jobs in that many worker processes at once (one GPU shared), each with
-    the call's deadline; --threads: torch threads per process. --only and --deadline-at are what a
+    the call's deadline; --threads: torch (and OpenMP/BLAS) threads per process. --only and --deadline-at are what a
     parent gives its workers."""
     parser.add_argument("--jobs", type=int, default=1,
                         help="jobs run side by side, each in its own process (1: one after another in this one)")
@@ -79,6 +79,9 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
     threads = args.threads or max(1, (os.cpu_count() or 2) // max(1, min(args.jobs, len(labels))))
     base = [sys.executable, str(script), *argv, "--jobs", "1", "--threads", str(threads),
             "--deadline-at", f"{deadline.at():.3f}"]
+    # OpenMP/BLAS pools (k-means, numpy) sized like torch's: N workers of all cores each would oversubscribe
+    env = {**os.environ, **{name: os.environ.get(name, str(threads)) for name in ("OMP_NUM_THREADS",
+                                                                                    "OPENBLAS_NUM_THREADS")}}
     waiting, running, not_done = list(labels), {}, []
     while waiting or running:
         while waiting and len(running) < args.jobs:
@@ -88,7 +91,7 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
                 not_done.append(label)
                 continue
             log = open(logs / f"{label}.log", "a")
-            process = subprocess.Popen(base + ["--only", label], stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(base + ["--only", label], stdout=log, stderr=subprocess.STDOUT, env=env)
             running[label] = (process, log, time.perf_counter())
             print(f"started {label} (pid {process.pid}, log {logs / (label + '.log')})", flush=True)
         if prepare is not None:
