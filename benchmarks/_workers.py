@@ -28,8 +28,8 @@ def start_deadline(args) -> Deadline:
 
 def add_worker_options(parser) -> None:
     """--jobs: the script's jobs in that many worker processes at once (one GPU shared), each with
-    the call's deadline; --threads: torch (and OpenMP/BLAS) threads per process. --only and --deadline-at are what a
-    parent gives its workers."""
+    the call's deadline; --threads: torch (and OpenMP/BLAS) threads per process; --work-dir: where the
+    bulky files go. --only and --deadline-at are what a parent gives its workers."""
     parser.add_argument("--jobs", type=int, default=1,
                         help="jobs run side by side, each in its own process (1: one after another in this one)")
     parser.add_argument("--threads", type=int, default=None,
