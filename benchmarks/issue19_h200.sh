@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue 19's two experiments side by side on one H200, in one device call (after the bring-up of
-# scripts/device/README.md; SECONDS counts the setup, so both end by ~530 s of the call):
-#   bash scripts/device/setup.sh > $OUT/setup.log 2>&1 || { cat $OUT/setup.log; exit 3; }
-#   source scripts/device/env.sh; DEADLINE_S=$((500 - SECONDS)) bash benchmarks/issue19_h200.sh
+# Issue 19's two experiments side by side on one H200, in one device call: the bring-up's second call
+# (scripts/device/README.md; llama.cpp is not needed), its setup time taken off the deadline so that
+# everything has ended by ~530 s of the call:
+#   T0=$(date +%s); EVO_DEV_BUILD=0 bash scripts/device/setup.sh > $OUT/setup.log 2>&1 || { cat $OUT/setup.log;
+#   exit 3; }; source scripts/device/env.sh; DEADLINE_S=$((500 - $(date +%s) + T0)) bash benchmarks/issue19_h200.sh
 # 1. ccds_vs_random.py: CCDS vs random calibration (32 x 512 tokens), seeds 0-2, 6 searches at once in
 #    the `bits` space at the uniform 3-bit budget (its sizes read no run data: one size table for all),
 #    16 generations x 16 each; held-out PPL on WikiText-2, C4 and the six domains.
