@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,10 @@ class Deadline:
         if self.left() < reserve:
             raise DeadlineReached
 
+    def at(self) -> float:
+        """The deadline as time.time() seconds (what a worker process is given)."""
+        return time.time() + self.left()
+
 
 def add_common_options(parser, *, deadline: float = 450.0) -> None:
     parser.add_argument("--model", default="smollm2-135m")
@@ -63,6 +68,11 @@ def add_common_options(parser, *, deadline: float = 450.0) -> None:
     parser.add_argument("--max-tokens", type=int, default=64 * SEQ_LEN,
                         help="held-out tokens per text for perplexity (WikiText-2, C4, each domain)")
     parser.add_argument("--smoke", action="store_true", help="a tiny CPU run (see the script's SMOKE)")
+
+
+def work_dir(args) -> Path:
+    """Where run directories, artifacts and caches go: --work-dir, else --out."""
+    return Path(getattr(args, "work_dir", None) or args.out)
 
 
 def tiny_model(directory: Path) -> str:
@@ -126,6 +136,45 @@ def eval_texts(tokenizer, *, domains: bool) -> dict[str, np.ndarray]:
     return texts
 
 
+def cached_eval_texts(tokenizer, out: Path, *, domains: bool) -> dict[str, np.ndarray]:
+    """eval_texts, tokenized once per output directory (out/eval_texts*.npz): every worker of a
+    call reads the parent's."""
+    path = Path(out) / ("eval_texts_domains.npz" if domains else "eval_texts.npz")
+    if path.exists():
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    texts = eval_texts(tokenizer, domains=domains)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **texts)
+    os.replace(tmp, path)
+    return texts
+
+
+def prefill_size_table(loaded, space_name: str, out: Path, *, workers: int | None, say) -> int | None:
+    """Code every (tensor, setting) pair of the space into out's shared size cache, in `workers`
+    processes, before the jobs start: their runs then find every size cached (their level databases
+    only quantize). Only for spaces whose codes read no run data (no wanda/mse statistics, no gptq
+    Hessians: those sizes depend on each run's calibration set); returns the pairs coded, or None
+    when the space's sizes are per run."""
+    from evo.compress.plan import needs_hessian_for, needs_stats_for
+    from evo.compress.size import SizeCache, SizeModel
+    from evo.search.size_table import SizeTable
+    from evo.search.space import SearchSpace
+
+    space = SearchSpace.load(space_name)
+    if getattr(space, "format", None) == "gguf":
+        return None
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(Path(out) / SIZE_CACHE_DIR)))
+    pairs = table.pairs()
+    if any(needs_stats_for(setting) or needs_hessian_for(setting) for _, setting in pairs):
+        say(f"space {space.name}: its sizes depend on each run's statistics; every job codes its own")
+        return None
+    tic = time.perf_counter()
+    coded = table.fill(workers=workers)
+    say(f"size table of space {space.name}: {len(pairs):,} pairs, {coded:,} coded in {time.perf_counter() - tic:.1f} s")
+    return coded
+
+
 def perplexities(model, texts: dict[str, np.ndarray], max_tokens: int) -> dict[str, float]:
     from evo.evaluate.perplexity import perplexity
 
@@ -138,9 +187,12 @@ def export_and_measure(loaded, config, directory: Path, texts, args, *, stats=No
                        result_path: Path | None = None) -> dict:
     """Write config's artifact from a copy of the uncompressed model, check its bytes on disk,
     reload it with evo.compress.artifact.load and measure its held-out perplexities. Cached in
-    result_path when given."""
+    result_path when given (for this config: a resumed search that found another best exports anew)."""
+    wanted = json.loads(json.dumps(config.to_dict()))
     if result_path is not None and result_path.exists():
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if cached.get("config") == wanted:
+            return {k: v for k, v in cached.items() if k != "config"}
     from evo.compress import artifact
     from evo.compress.model import compress_and_write
 
@@ -156,19 +208,21 @@ def export_and_measure(loaded, config, directory: Path, texts, args, *, stats=No
     del model
     free_gpu()
     if result_path is not None:
-        write_json(result_path, result)
+        write_json(result_path, {**result, "config": wanted})
     return result
 
 
-def uniform_budget(loaded, out: Path, bits: int = 3) -> int:
-    """Exact bytes of the uniform RTN artifact of `bits` (g128 asymmetric, embedding 8-bit): the budget."""
+def uniform_budget(loaded, out: Path, bits: int = 3, *, work: Path | None = None) -> int:
+    """Exact bytes of the uniform RTN artifact of `bits` (g128 asymmetric, embedding 8-bit): the budget,
+    kept in out, its sizes in work's size cache (default: out's)."""
     from evo.baselines import uniform_config
     from evo.compress.size import SizeCache, SizeModel
 
     path = out / f"budget_uniform{bits}.json"
     if path.exists():
         return int(json.loads(path.read_text())["bytes"])
-    size = SizeModel.for_model(loaded, SizeCache(out / SIZE_CACHE_DIR)).artifact_bytes(uniform_config(bits))
+    cache = SizeCache(Path(work or out) / SIZE_CACHE_DIR)
+    size = SizeModel.for_model(loaded, cache).artifact_bytes(uniform_config(bits))
     write_json(path, {"bits": bits, "bytes": int(size)})
     return int(size)
 
@@ -200,26 +254,37 @@ def seeded_run(files: dict[str, Path], size_cache: Path | None = None):
         loop._create_checked_run = original
 
 
-def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None):
-    """Run or resume the search in run_dir until it ends or the deadline (less --reserve-s) comes.
-    calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only).
-    Returns (session, result or None when stopped by the deadline); session.loop_seconds is the
-    time of the search loop alone (the size table, engine and evaluations; not the setup)."""
+def open_run(spec, run_dir: Path, args, say, *, calibration=None, share_from=None):
+    """Open (create or resume) the search's run directory: its session, ready to search.
+    calibration: a CalibrationSet to use instead of the spec's CCDS draw (a new run only);
+    share_from: a run directory whose calibration set, statistics and dense reference a new run copies."""
     from evo.constants import CALIBRATION_FILE, REFERENCE_FILE, STATS_FILE
-    from evo.search.loop import is_run, open_session, run_search
+    from evo.search.loop import is_run, open_session
 
     resume = is_run(run_dir)
     files: dict[str, Path] = {}
     if share_from is not None:
         files = {name: Path(share_from) / name for name in (CALIBRATION_FILE, STATS_FILE, REFERENCE_FILE)}
     if calibration is not None and not resume:
-        staged = Path(args.out) / "staged" / f"{run_dir.name}-{CALIBRATION_FILE}"
+        staged = work_dir(args) / "staged" / f"{run_dir.name}-{CALIBRATION_FILE}"
         staged.parent.mkdir(parents=True, exist_ok=True)
         calibration.save(staged)
         files[CALIBRATION_FILE] = staged
-    with seeded_run(files, Path(args.out) / SIZE_CACHE_DIR):
-        session = open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
-                               extend=resume)
+    with seeded_run(files, work_dir(args) / SIZE_CACHE_DIR):
+        return open_session(spec, run_dir, resume=resume, device=args.device, status=say, compile=args.compile,
+                            extend=resume)
+
+
+def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibration=None, share_from=None,
+                 session=None):
+    """Run or resume the search in run_dir (or in `session`, already opened by open_run) until it
+    ends or the deadline (less --reserve-s) comes; calibration and share_from as in open_run.
+    Returns (session, result or None when stopped by the deadline); session.loop_seconds is the
+    time of the search loop alone (the size table, engine and evaluations; not the setup)."""
+    from evo.search.loop import run_search
+
+    if session is None:
+        session = open_run(spec, run_dir, args, say, calibration=calibration, share_from=share_from)
     state = {"next": 0, "tic": time.perf_counter()}
 
     def on_progress(p) -> None:
@@ -243,6 +308,19 @@ def search_until(spec, run_dir: Path, args, deadline: Deadline, say, *, calibrat
     return session, result
 
 
+def best_so_far(session):
+    """(CompressionConfig, KL, bytes) of the best full-stage evaluation under the budget in the run's
+    journal, or None: what a search the deadline stopped has found (its export stands for the run)."""
+    from _searchbench import best_journaled
+    from evo.compress.config import CompressionConfig
+
+    found = best_journaled(session)
+    if found is None:
+        return None
+    config, quality, size = found
+    return CompressionConfig.from_dict(config), quality, size
+
+
 def convergence_report(run_dir: Path, out: Path) -> list[str]:
     """`evo report` of a run (its convergence plot among the files); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -262,37 +340,49 @@ def mean_std(values) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[str]) -> None:
+def write_outputs(out: Path, name: str, data: dict, markdown: str, argv: list[str], *, echo: bool = True) -> None:
+    """out/NAME.json and out/NAME.md (each replaced whole: a reader never sees half a table); echo:
+    print the table too."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", data)
-    (out / f"{name}.md").write_text(f"# {name}\n\n`python {' '.join(argv)}`\n\n{markdown}\n")
-    print(markdown)
-    print(f"\nwritten {out / (name + '.json')} and {out / (name + '.md')}", flush=True)
+    md = out / f"{name}.md"
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(f"# {name}\n\n`python {' '.join(argv)}`\n\n{markdown}\n")
+    os.replace(tmp, md)
+    if echo:
+        print(markdown)
+    print(f"{'' if echo else '[' + time.strftime('%H:%M:%S') + '] '}written {out / (name + '.json')} and {md}",
+          flush=True)
 
 
-def run_until_deadline(jobs, deadline: Deadline, reserve_s: float) -> list[str]:
+def run_until_deadline(jobs, deadline: Deadline, reserve_s: float, on_finish=None) -> list[str]:
     """Run (label, job) pairs in order while more than reserve_s is left; the labels of the jobs not
     finished in this call (skipped, stopped by the deadline, or returning None), which a rerun of the
-    same command continues."""
+    same command continues. on_finish() is called after each job that returned a result."""
     pending = []
     for label, job in jobs:
         try:
             if deadline.left() < reserve_s or job() is None:
                 pending.append(label)
+            elif on_finish is not None:
+                on_finish()
         except DeadlineReached:
             pending.append(label)
     return pending
 
 
-def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: list[str], pending: list[str]) -> None:
+def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: list[str], pending: list[str], *,
+                       echo: bool = True) -> None:
     """write_outputs with the unfinished jobs recorded in the data and said on the console."""
     data["pending"] = pending
-    write_outputs(out, name, data, markdown, argv)
-    if pending:
+    write_outputs(out, name, data, markdown, argv, echo=echo)
+    if pending and echo:
         print(f"not finished in this call: {', '.join(pending)}; run the same command again to continue")
 
 
-__all__ = ["Deadline", "DeadlineReached", "add_common_options", "convergence_report", "eval_texts",
-           "export_and_measure", "mean_std", "parse_with_smoke", "perplexities", "run_until_deadline", "say_as",
-           "search_until", "seeded_run", "share_loaded_models", "tiny_model", "uniform_budget", "write_outputs",
-           "write_with_pending"]
+__all__ = [
+    "Deadline", "DeadlineReached", "add_common_options", "best_so_far", "cached_eval_texts", "convergence_report",
+    "eval_texts", "export_and_measure", "mean_std", "open_run", "parse_with_smoke", "perplexities",
+    "prefill_size_table", "run_until_deadline", "say_as", "search_until", "seeded_run", "share_loaded_models",
+    "tiny_model", "uniform_budget", "work_dir", "write_outputs", "write_with_pending",
+]

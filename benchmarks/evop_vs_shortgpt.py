@@ -5,12 +5,19 @@ calibration tokens, as `evo baseline shortgpt --drop 8 --calibration RUN/calibra
 for each seed; held-out WikiText-2 and C4 perplexity of both exported artifacts, mean ± std.
 (EvoPress reports 8.66 vs 43.26 on Mistral-7B at 25 %; at 3 layers both picked the same layers here.)
 
-  # on one H200; each seed is a job whose result is kept, so calls add up:
-  python benchmarks/evop_vs_shortgpt.py --device cuda --compile default --seeds 0,1,2 --drop 8 \\
-      --generations 30 --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
-      --deadline-s 450 --out runs/evop_vs_shortgpt
-  # CPU smoke:
+  # on one H200 beside ccds_vs_random.py, the three seeds at once (the call's command:
+  # benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
+  python benchmarks/evop_vs_shortgpt.py --device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 \\
+      --drop 8 --generations 30 --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
+      --reserve-s 80 --deadline-s 480 --out $OUT/evop --work-dir /tmp/issue19/evop
+  # CPU smoke (add --jobs 2 --seeds 0,1 for the worker processes):
   python benchmarks/evop_vs_shortgpt.py --smoke
+
+Each seed is a job: its run (under --work-dir) draws the seed's CCDS calibration set, ShortGPT's
+choice on those tokens is measured first, then the search runs until it ends or --reserve-s
+before the deadline and its best full-stage evaluation so far is exported (marked * when the
+deadline stopped it; a rerun continues it). --jobs as in ccds_vs_random.py: the seeds side by side
+in worker processes, the size table, budget, texts and dense PPL once in the parent.
 
 The space is evop.toml with fixed_drops = --drop (written to OUT/evop<drop>.toml); the budget is
 the dense bf16 artifact's bytes less one (every choice of --drop layers fits, so the comparison is
@@ -25,21 +32,36 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from _experiments import (
     Deadline,
     add_common_options,
-    eval_texts,
+    best_so_far,
+    cached_eval_texts,
     export_and_measure,
     mean_std,
+    open_run,
     parse_with_smoke,
     perplexities,
+    prefill_size_table,
     run_until_deadline,
     say_as,
     search_until,
     share_loaded_models,
+    work_dir,
     write_with_pending,
 )
-from _searchbench import write_json
+from _searchbench import free_gpu, write_json
+from _workers import (
+    UNFINISHED_EXIT,
+    add_worker_options,
+    mark_prepared,
+    run_workers,
+    start_deadline,
+    unfinished,
+    wait_until_prepared,
+)
 from evo.constants import FINAL_STAGE, SIZE_CACHE_DIR
 
 SMOKE = ["--device", "cpu", "--seeds", "0", "--drop", "2", "--generations", "1", "--population", "4",
@@ -63,6 +85,9 @@ def space_file(out: Path, drop: int) -> Path:
 
 
 def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline: Deadline) -> dict | None:
+    """One seed: open its run (the seed's CCDS draw), measure ShortGPT's choice on those calibration
+    tokens first, then search until it ends or --reserve-s before the deadline and export the best
+    found (a search the deadline stopped: its best so far, "complete": false; a rerun continues it)."""
     from evo.baselines import block_influence, shortgpt_config
     from evo.compress.config import CompressionConfig
     from evo.search.loop import SearchSpec
@@ -70,60 +95,97 @@ def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline:
 
     out = Path(args.out)
     path = out / "results" / f"s{seed}.json"
-    if path.exists():
+    if path.exists() and json.loads(path.read_text()).get("complete", True):
         return json.loads(path.read_text())
     say = say_as(f"evop s{seed}")
-    run_dir = out / f"s{seed}"
+    run_dir = work_dir(args) / f"s{seed}"
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=str(space), generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=min(8, args.samples), seed=seed, screen_sequences=1,
                       screen_tokens=min(128, args.seq_len),
                       stages=parse_stages(args.stages) if args.stages else ())
-    session, result = search_until(spec, run_dir, args, deadline, say)
-    if result is None:
-        return None
-    info = loaded.info
-    tokens = session.calibration.calibration.token_ids
-    influence = block_influence(loaded.model, info, tokens)
+    session = open_run(spec, run_dir, args, say)
+    cache = session.size_model.size_cache
+    influence = block_influence(loaded.model, loaded.info, session.calibration.calibration.token_ids)
     shortgpt = shortgpt_config(influence, args.drop)
     shortgpt_kl = session.evaluator.evaluate(shortgpt, FINAL_STAGE)
     session.evaluator.restore()
-    best = CompressionConfig.from_dict(result.best.config)
-    cache = session.size_model.size_cache
-    evop = export_and_measure(loaded, best, run_dir / "export_evop", texts, args, size_cache=cache,
-                              result_path=run_dir / "export_evop.json")
     short = export_and_measure(loaded, shortgpt, run_dir / "export_shortgpt", texts, args, size_cache=cache,
                                result_path=run_dir / "export_shortgpt.json")
-    data = {"seed": seed, "drop": args.drop, "influence": [float(x) for x in influence],
-            "evop": {**evop, "kl": result.best.quality, "dropped": sorted(int(i) for i in best.drops),
-                     "evaluations": result.evaluations},
+    say(f"shortgpt drops {sorted(int(i) for i in shortgpt.drops)}: KL {shortgpt_kl:.4f}, {short['ppl']}")
+    session, result = search_until(spec, run_dir, args, deadline, say, session=session)
+    if result is not None:
+        best, kl, complete = CompressionConfig.from_dict(result.best.config), result.best.quality, True
+    else:
+        found = best_so_far(session)
+        if found is None:
+            say("nothing under the budget was evaluated on the full stage yet: no export")
+            return None
+        (best, kl, _), complete = found, False
+    evop = export_and_measure(loaded, best, run_dir / "export_evop", texts, args, size_cache=cache,
+                              result_path=run_dir / "export_evop.json")
+    data = {"seed": seed, "drop": args.drop, "influence": [float(x) for x in influence], "complete": complete,
+            "evop": {**evop, "kl": kl, "dropped": sorted(int(i) for i in best.drops),
+                     "evaluations": len(session.store), "search_seconds": session.loop_seconds},
             "shortgpt": {**short, "kl": shortgpt_kl, "dropped": sorted(int(i) for i in shortgpt.drops)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
-    say(f"evop drops {data['evop']['dropped']} {evop['ppl']}; shortgpt drops {data['shortgpt']['dropped']} {short['ppl']}")
-    return data
+    say(f"{'' if complete else 'stopped by the deadline, best so far: '}evop drops {data['evop']['dropped']} "
+        f"{evop['ppl']}; shortgpt drops {data['shortgpt']['dropped']} {short['ppl']}")
+    return data if complete else None
 
 
 def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
     rows = [json.loads(p.read_text()) for p in sorted((out / "results").glob("s*.json"))]
+    seeds = ",".join(f"{r['seed']}{'' if r.get('complete', True) else '*'}" for r in rows)
     lines = [f"{args.drop} of the model's layers removed, the rest bf16; budget {budget:,} bytes; evop: "
              f"{args.generations} generations × {args.population}, stages {args.stages or 'screen/full'}, calibration "
              f"{args.samples} × {args.seq_len}; held-out PPL on ≤ {args.max_tokens:,} tokens", "",
-             "| method | seeds | KL (calibration) | WikiText-2 PPL | C4 PPL | layers dropped |", "|---|---|---|---|---|---|",
-             f"| dense | – | 0 | {dense['wikitext2']:.2f} | {dense['c4']:.2f} | – |"]
+             "| method | seeds | evaluations | KL (calibration) | WikiText-2 PPL | C4 PPL | layers dropped |",
+             "|---|---|---|---|---|---|---|",
+             f"| dense | – | – | 0 | {dense['wikitext2']:.2f} | {dense['c4']:.2f} | – |"]
     for method in ("evop", "shortgpt"):
         if rows:
-            lines.append(f"| {method} | {','.join(str(r['seed']) for r in rows)} | "
+            evaluations = ",".join(str(r[method]["evaluations"]) for r in rows) if method == "evop" else "–"
+            lines.append(f"| {method} | {seeds} | {evaluations} | "
                          f"{mean_std([r[method]['kl'] for r in rows])} | "
                          f"{mean_std([r[method]['ppl']['wikitext2'] for r in rows])} | "
                          f"{mean_std([r[method]['ppl']['c4'] for r in rows])} | "
                          + "; ".join(",".join(map(str, r[method]["dropped"])) for r in rows) + " |")
+    if any(not r.get("complete", True) for r in rows):
+        lines += ["", "\\* stopped by the deadline before its last generation: its best full-stage evaluation so far "
+                  "was exported (the same command continues it)."]
     return {"dense": dense, "budget_bytes": budget, "runs": rows}, "\n".join(lines)
+
+
+def prepare(args, out: Path, say) -> tuple[int, Path, dict]:
+    """What every seed shares, computed once in this process: the budget (the dense bf16 artifact's
+    bytes less one), the space file, the size table, the tokenized held-out texts, the dense PPL."""
+    from evo.baselines import uniform_config
+    from evo.compress.size import SizeCache, SizeModel
+    from evo.modelio import auto_dtype_name, load_model
+
+    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    space = space_file(out, args.drop)
+    work = work_dir(args)
+    prefill_size_table(loaded, str(space), work, workers=args.size_workers, say=say)  # the budget's sizes among them
+    budget_path = out / "budget.json"
+    if not budget_path.exists():
+        dense_bytes = SizeModel.for_model(loaded, SizeCache(work / SIZE_CACHE_DIR)).artifact_bytes(
+            uniform_config(16, embedding_bits=16))
+        write_json(budget_path, {"dense_bf16_bytes": int(dense_bytes), "budget_bytes": int(dense_bytes) - 1})
+    budget = int(json.loads(budget_path.read_text())["budget_bytes"])
+    texts = cached_eval_texts(loaded.tokenizer, work, domains=False)
+    dense_path = out / "dense_ppl.json"
+    if not dense_path.exists():
+        write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
+    return budget, space, json.loads(dense_path.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(parser)
+    add_worker_options(parser)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--drop", type=int, default=8, help="layers removed (8 of 30 = 25 %% depth)")
     parser.add_argument("--generations", type=int, default=30)
@@ -135,28 +197,47 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or "runs/evop_vs_shortgpt"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    deadline = Deadline(args.deadline_s)
+    work_dir(args).mkdir(parents=True, exist_ok=True)
+    deadline = start_deadline(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    labels = [f"s{seed}" for seed in seeds]
+    command = [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
+    say = say_as("evop_vs_shortgpt")
+
+    shared: dict = {}
+
+    def write_table(final: bool) -> None:
+        data, table = render(out, shared["dense"], shared["budget"], args)
+        write_with_pending(out, "evop_vs_shortgpt", data, table, command, unfinished(out, labels), echo=final)
+
+    def prepare_shared() -> None:
+        shared["budget"], shared["space"], shared["dense"] = prepare(args, out, say)
+        free_gpu()
+        mark_prepared(out, {"budget_bytes": shared["budget"]})
+
+    if args.only is None and args.jobs > 1:  # the parent: each seed in a worker process, the shared work here
+        run_workers(Path(__file__), list(argv if argv is not None else sys.argv[1:]), labels, args, deadline,
+                    on_finish=lambda: write_table(False), prepare=prepare_shared)
+        write_table(True)
+        return 0
     share_loaded_models()
-    from evo.baselines import uniform_config
-    from evo.compress.size import SizeCache, SizeModel
     from evo.modelio import auto_dtype_name, load_model
 
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
-    dense_bytes = SizeModel.for_model(loaded, SizeCache(out / SIZE_CACHE_DIR)).artifact_bytes(
-        uniform_config(16, embedding_bits=16))
-    budget = dense_bytes - 1
-    space = space_file(out, args.drop)
-    texts = eval_texts(loaded.tokenizer, domains=False)
-    dense_path = out / "dense_ppl.json"
-    if not dense_path.exists():
-        write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
-    dense = json.loads(dense_path.read_text())
+    if args.only is not None and not wait_until_prepared(out, deadline, say):
+        return UNFINISHED_EXIT
+    budget, space, shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
+    shared["budget"] = budget
+    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=False)
+    chosen = [seed for seed in seeds if args.only is None or f"s{seed}" in args.only.split(",")]
     pending = run_until_deadline(
-        [(f"s{seed}", partial(run_seed, loaded, args, seed, budget, space, texts, deadline))
-         for seed in (int(s) for s in args.seeds.split(",") if s)], deadline, args.reserve_s)
-    data, table = render(out, dense, budget, args)
-    write_with_pending(out, "evop_vs_shortgpt", data, table, [Path(sys.argv[0]).name, *(argv or sys.argv[1:])],
-                       pending)
+        [(f"s{seed}", partial(run_seed, loaded, args, seed, budget, space, texts, deadline)) for seed in chosen],
+        deadline, args.reserve_s, on_finish=None if args.only else lambda: write_table(False))
+    if args.only is not None:  # a worker: the parent writes the table
+        return UNFINISHED_EXIT if pending else 0
+    write_table(True)
     return 0
 
 

@@ -1,0 +1,88 @@
+"""benchmarks/_workers.py: the worker processes (--jobs of ccds_vs_random.py and evop_vs_shortgpt.py):
+each job in its own process with the parent's deadline, the shared work done while they start, the
+table rewritten as each ends, a worker past the deadline stopped, unfinished jobs reported."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import _workers  # noqa: E402
+from _experiments import Deadline  # noqa: E402
+from _workers import run_workers, start_deadline, unfinished  # noqa: E402
+
+# A stand-in for a benchmark script: "--only LABEL" names its job; it waits for the parent's
+# prepared.json like the real workers, then per label: ok writes a complete result, partial an
+# incomplete one and exits 3, hang sleeps past any deadline, fail exits 1.
+WORKER = '''
+import json, sys, time
+from pathlib import Path
+argv = sys.argv[1:]
+value = lambda name: argv[len(argv) - 1 - argv[::-1].index(name) + 1]
+out, label, deadline_at = Path(value("--out")), value("--only"), float(value("--deadline-at"))
+assert value("--jobs") == "1", argv
+while not (out / "prepared.json").exists():
+    time.sleep(0.05)
+(out / "results").mkdir(exist_ok=True)
+kind = label.split("-")[0]
+if kind == "hang":
+    time.sleep(60)
+if kind == "fail":
+    sys.exit(1)
+(out / "results" / f"{label}.json").write_text(json.dumps({"complete": kind == "ok", "deadline_at": deadline_at}))
+sys.exit(0 if kind == "ok" else 3)
+'''
+
+
+def run(tmp_path: Path, labels: list[str], seconds: float, monkeypatch, jobs: int = 4):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(_workers, "WORKER_GRACE_S", 0.5)
+    args = Namespace(out=str(out), jobs=jobs, threads=1, reserve_s=0.0)
+    calls = {"prepare": 0, "finish": 0}
+
+    def prepare() -> None:
+        calls["prepare"] += 1
+        time.sleep(0.3)  # the workers are already running: they wait for prepared.json
+        assert not (out / "results").exists()
+        (out / "prepared.json").write_text("{}")
+
+    def on_finish() -> None:
+        calls["finish"] += 1
+
+    deadline = Deadline(seconds)
+    not_done = run_workers(script, ["--out", str(out), "--jobs", str(jobs)], labels, args, deadline, on_finish,
+                           prepare=prepare)
+    return out, not_done, calls, deadline
+
+
+def test_workers_share_the_deadline_and_report_what_did_not_finish(tmp_path, monkeypatch):
+    labels = ["ok-s0", "ok-s1", "partial-s2", "fail-s3"]
+    out, not_done, calls, deadline = run(tmp_path, labels, 30.0, monkeypatch)
+    assert calls == {"prepare": 1, "finish": 4}
+    assert sorted(not_done) == ["fail-s3", "partial-s2"]
+    assert unfinished(out, labels) == ["partial-s2", "fail-s3"]  # no result, or an incomplete one
+    result = json.loads((out / "results" / "ok-s0.json").read_text())
+    assert abs(result["deadline_at"] - deadline.at()) < 1.0  # the parent's deadline, not one of its own
+    assert (out / "logs" / "fail-s3.log").exists()
+
+
+def test_a_worker_past_the_deadline_is_stopped_and_no_job_starts_too_late(tmp_path, monkeypatch):
+    tic = time.perf_counter()
+    out, not_done, calls, _ = run(tmp_path, ["hang-s0", "ok-s1"], 2.0, monkeypatch, jobs=1)
+    assert time.perf_counter() - tic < 15  # stopped at the deadline + grace, not after its 60 s sleep
+    assert not_done == ["hang-s0", "ok-s1"]  # ok-s1 waited for the only slot and found no time left
+    assert not (out / "results" / "ok-s1.json").exists()
+
+
+def test_a_worker_takes_the_deadline_it_is_given():
+    args = Namespace(deadline_s=100.0, deadline_at=time.time() + 5.0)
+    assert 4.0 < start_deadline(args).left() <= 5.0
+    assert 99.0 < start_deadline(Namespace(deadline_s=100.0, deadline_at=None)).left() <= 100.0
