@@ -109,6 +109,20 @@ def test_every_mode_gives_the_dense_logits(artifact, options):
     assert model.evo_runtime.options.mode == options["resident"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (runs on the lent H200)")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("options", MODES, ids=lambda o: "-".join(f"{v}" for v in o.values()))
+def test_every_mode_gives_the_dense_logits_on_cuda(artifact, options, dtype):
+    """On CUDA the dequantize kernel is compiled (one code object per layout): still the dense logits."""
+    dense, _ = load(artifact, device="cuda", dtype=dtype)
+    model, _ = load(artifact, device="cuda", dtype=dtype, **options)
+    ids = IDS.to("cuda")
+    with torch.no_grad():
+        expected = dense(input_ids=ids).logits
+        for _ in range(2):  # again, with whatever the store now holds
+            assert torch.equal(model(input_ids=ids).logits, expected)
+
+
 @pytest.mark.parametrize("resident", ["codes", "compressed"])
 def test_dequantizing_in_blocks_of_rows_changes_nothing(artifact, resident, monkeypatch):
     import evo.runtime.kernels
