@@ -92,3 +92,27 @@ def test_workers_do_not_change_the_table_and_progress_is_reported(llama, tmp_pat
     # a second fill finds every pair in the cache
     again = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "w2"), stats=stats))
     assert again.fill(workers=2) == 0 and np.array_equal(again.table, tables[0])
+
+
+def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_the_sum(llama, tmp_path):
+    """Property: exceeds(genome, budget) == artifact_bytes(genome) > budget for random genomes at budgets
+    around their sizes (the lower bound never flips an answer); genomes whose tensors and fixed files
+    alone exceed the budget are decided without sizing the whole artifact."""
+    _, loaded, stats = llama
+    space = _space()
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "sizes"), stats=stats))
+    table.fill(workers=1)
+    assert 0 < table.fixed_bytes
+    genomes = _random_genomes(table.genes, 40, seed=2)
+    sizes = {genome: table.artifact_bytes(genome) for genome in genomes}
+    rest = {genome: size - table.tensor_bytes(genome) for genome, size in sizes.items()}
+    assert all(value > table.fixed_bytes for value in rest.values())
+    budgets = sorted({size + delta for size in sizes.values() for delta in (-1, 0, 1)}
+                     | {table.tensor_bytes(g) + table.fixed_bytes + d for g in genomes for d in (-1, 0, 1)})
+    sized = []
+    table.artifact_bytes = lambda genome: sized.append(genome) or sizes[tuple(genome)]
+    for budget in budgets:
+        for genome in genomes:
+            assert table.exceeds(genome, budget) == (sizes[genome] > budget), (genome, budget)
+    clear = sum(1 for b in budgets for g in genomes if table.tensor_bytes(g) + table.fixed_bytes > b)
+    assert clear > 0 and len(sized) == len(budgets) * len(genomes) - clear

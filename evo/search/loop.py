@@ -542,8 +542,11 @@ def make_problem(session: SearchSession):
     space_seeds = getattr(session.space, "seed_genomes", None)  # the GGUF space's llama.cpp recipes
     if space_seeds is not None:
         seeds += tuple(g for g in space_seeds(session) if g not in seeds)
+    table = session.size_table
+    over_budget = None if table is None else (lambda genome: table.exceeds(genome, spec.budget_bytes))
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
-                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory)
+                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory,
+                      over_budget=over_budget)
     smallest = session.size_of(extreme_genome(problem, smallest=True))
     if spec.budget_bytes < smallest:
         raise EvoError(

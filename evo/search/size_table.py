@@ -141,6 +141,8 @@ class SizeTable:
         self.table = np.zeros((len(names), max(len(c) for c in columns)), dtype=np.int64)  # unused columns: 0
         self.filled = False
         self._rows = np.arange(len(names))
+        # bytes of every artifact beside its tensors, manifest and config.json (exceeds' lower bound)
+        self.fixed_bytes = sum(size_model.metadata.fixed_files.values())
 
     def sharing(self, size_model: SizeModel) -> SizeTable:
         """A table of the same space and model whose filled array is this one's, sizing the rest of an
@@ -249,6 +251,14 @@ class SizeTable:
 
     def tensor_bytes(self, genome: Sequence[int]) -> int:
         return int(self.tensor_bytes_many([genome])[0])
+
+    def exceeds(self, genome: Sequence[int], budget_bytes: int) -> bool:
+        """artifact_bytes(genome) > budget_bytes, exactly. The tensors plus the files no config changes
+        (tokenizer, generation config) are a lower bound of the artifact: when they already exceed the
+        budget the table's sum decides (tens of microseconds); otherwise the whole artifact is sized."""
+        if self.tensor_bytes(genome) + self.fixed_bytes > budget_bytes:
+            return True
+        return self.artifact_bytes(genome) > budget_bytes
 
     def artifact_bytes(self, genome: Sequence[int]) -> int:
         """The whole artifact's bytes: the table's tensors plus the config's manifest and metadata
