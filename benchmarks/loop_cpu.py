@@ -10,7 +10,9 @@ Variants, side by side in one run (each its own run directory over one shared si
   shipped           what the search runs
   full_materialise  the evaluator's materialise before session 23: plan_model over every tensor of
                     the model for each evaluation, each tensor's setting key compared
-  exact_budget      every budget check of repair/fill sizes the whole artifact (no SizeTable.exceeds)
+  exact_budget      every budget check of repair/fill sizes the whole artifact (no lower-bound shortcut)
+  config_sizes      every size and budget check decodes the genome and sizes its config through the
+                    SizeModel (before session 23; the genome path looks up memoised parts by genes)
 
 With --levels the level database is built first (as on CUDA: materialise is pointer swaps), else the
 evaluator computes a level on first use (the CPU default). The size cache is kept in --out (the first
@@ -37,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _experiments import seeded_run  # noqa: E402
 from evo.constants import SIZE_CACHE_DIR  # noqa: E402
 
-VARIANTS = ("shipped", "full_materialise", "exact_budget")
+VARIANTS = ("shipped", "full_materialise", "exact_budget", "config_sizes")
 PARTS = ("forward_kl", "materialise", "size", "store", "engine")
 
 
@@ -88,6 +90,10 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
         evaluator.materialise = full_materialise(evaluator)
     if name == "exact_budget":
         table.exceeds = lambda genome, budget: table.artifact_bytes(genome) > budget
+    if name == "config_sizes":  # every size and budget check decodes the genome and sizes the config
+        by_config = (lambda genome: session.size_model.artifact_bytes(session.config_of(genome)))
+        table.artifact_bytes = by_config
+        table.exceeds = lambda genome, budget: by_config(genome) > budget
     counts = {"budget_checks": 0, "whole_artifact_sized": 0}
 
     def counted(key, function):
@@ -96,7 +102,7 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
             return function(*a, **k)
         return call
 
-    table.artifact_bytes = counted("whole_artifact_sized", table.artifact_bytes)
+    session.size_model.size_of_plan = counted("whole_artifact_sized", session.size_model.size_of_plan)
     table.exceeds = counted("budget_checks", table.exceeds)
     timer = Timer(evaluator.device)
     evaluator._kl = timer.wrap("forward_kl", evaluator._kl)
