@@ -7,7 +7,14 @@ convergence plot.
   python benchmarks/evopress_scale.py --device cuda --compile default --size-workers 16 \\
       --evaluations 20000 --population 64 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
       --deadline-s 450 --out runs/evopress_scale
-  # CPU smoke (a few minutes on 2 cores):
+  # one H200 call of ~450 s: as many evaluations as fit, then the export of the best of the last finished
+  # generation and its WikiText-2/C4 perplexity (eager forward: torch.compile's ~2 min warm-up would eat
+  # the search; the same command resumes the search, each call exporting its own best):
+  python3 benchmarks/evopress_scale.py --device cuda --compile off --size-workers 16 --evaluations 20000 \
+      --population 64 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --deadline-s 450 \
+      --reserve-s 150 --export-partial --out runs/evopress_scale
+  # CPU smoke (a few minutes on 2 cores); with --evaluations 3000 --deadline-s 60 --reserve-s 25
+  # --export-partial it stops, resumes and exports a partial run:
   python benchmarks/evopress_scale.py --smoke
 
 The generations are the fewest whose planned evaluations (the engine's count: every offspring on
@@ -68,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="2048,16384:16,32768:8")
     parser.add_argument("--bits", type=int, default=3, help="the budget: bytes of the uniform RTN artifact of these bits")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-partial", action="store_true", help="when the deadline stops the search, "
+                        "export and measure the best of its last finished generation now (one device call; the "
+                        "same command without it resumes the search towards --evaluations)")
     args = parse_with_smoke(parser, SMOKE, argv)
     args.out = args.out or "runs/evopress_scale"
     out = Path(args.out)
@@ -101,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     write_json(calls_path, calls)
     if result is None:
         print(f"{len(session.store)} of {planned} evaluations done; run the same command again to continue")
-        return 0
+        if not args.export_partial:
+            return 0
+        best, _ = session.store.choose(budget)  # the front of the last finished generation
+    else:
+        best = result.best
 
     texts = eval_texts(loaded.tokenizer, domains=False)
     from evo.baselines import uniform_config
@@ -114,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = session.size_model.size_cache
     uniform = export_and_measure(loaded, uniform_config(args.bits), out / "artifacts" / f"uniform{args.bits}", texts,
                                  args, size_cache=cache, result_path=out / f"uniform{args.bits}.json")
-    best = CompressionConfig.from_dict(result.best.config)
-    evo = export_and_measure(loaded, best, out / "artifacts" / "evo", texts, args, stats=session.activation_stats,
-                             size_cache=cache, result_path=out / "evo_export.json")
+    best_config = CompressionConfig.from_dict(best.config)
+    # a partial export is named by its evaluation count: a later call exports its own best, never this one's
+    name = "evo" if result is not None else f"evo-partial-{len(session.store)}"
+    evo = export_and_measure(loaded, best_config, out / "artifacts" / name, texts, args,
+                             stats=session.activation_stats, size_cache=cache, result_path=out / f"{name}_export.json")
     uniform_kl = session.evaluator.evaluate(uniform_config(args.bits), FINAL_STAGE)
     session.evaluator.restore()
     report_files = convergence_report(run_dir, out / "report")
@@ -129,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             "evaluations_by_stage": by_stage, "search_seconds": search_seconds, "calls": calls,
             "evals_per_second": len(session.store) / search_seconds if search_seconds else None,
             "dense": {"ppl": dense}, f"uniform{args.bits}": {**uniform, "kl": uniform_kl},
-            "evo": {**evo, "kl": result.best.quality, "recorded_bytes": result.best.size_bytes},
+            "evo": {**evo, "kl": best.quality, "recorded_bytes": best.size_bytes},
+            "finished": result is not None,
             "report_files": report_files}
     lines = [f"{loaded.info.model_id}, budget = uniform {args.bits}-bit RTN = {budget:,} bytes; space {args.space}; "
              f"{len(session.store):,} evaluations ({', '.join(f'stage {s}: {n:,}' for s, n in sorted(by_stage.items()))}) "
@@ -139,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
              f"| dense | – | 0 | {dense['wikitext2']:.2f} | {dense['c4']:.2f} |",
              f"| uniform {args.bits}-bit RTN | {uniform['bytes']:,} | {uniform_kl:.4f} | {uniform['ppl']['wikitext2']:.2f} "
              f"| {uniform['ppl']['c4']:.2f} |",
-             f"| evo, {len(session.store):,} evaluations | {evo['bytes']:,} | {result.best.quality:.4f} "
+             f"| evo, {len(session.store):,} evaluations{'' if result else ' (stopped by the deadline)'} "
+             f"| {evo['bytes']:,} | {best.quality:.4f} "
              f"| {evo['ppl']['wikitext2']:.2f} | {evo['ppl']['c4']:.2f} |", "",
              "convergence plot and report: " + ", ".join(report_files)]
     write_outputs(out, "evopress_scale", data, "\n".join(lines), [Path(sys.argv[0]).name, *(argv or sys.argv[1:])])

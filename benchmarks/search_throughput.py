@@ -15,7 +15,7 @@ codes nothing), evaluates one genome at every stage shape (compilation, CUDA-gra
 share of the deadline is spent.
 
   # on one H200 (≈ 7 min; --deadline-s keeps it inside the call; a variant whose compile would not fit
-  # is skipped, and throughput.partial.json holds every finished variant):
+  # is skipped, and throughput.json/.md hold every finished variant from the probe on):
   python benchmarks/search_throughput.py --device cuda --generations 200 --population 16 --samples 64 \
       --seq-len 512 --stages 2048,16384:16,32768:8 --evaluations 300 --min-loop-s 20 --size-workers 16 \
       --deadline-s 400 --out runs/throughput
@@ -26,7 +26,9 @@ Variants: shipped (size table, level database, whole-batch forward, one host syn
 "default"), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place),
-one_sync_off (the old per-sequence KL with a host sync each), table_off (sizes through SizeModel). The
+one_sync_off (the old per-sequence KL with a host sync each), table_off (sizes through SizeModel), diff_off
+(materialise planned over every tensor per evaluation, as before session 23), exceeds_off (every budget
+check of the engine's repair sizes the whole artifact, as before session 23). The
 compiled graphs are kept across variants (torch's caches), so only a variant with new shapes or a new
 mode compiles again.
 """
@@ -56,7 +58,7 @@ from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
-            "table_off")
+            "table_off", "diff_off", "exceeds_off")
 DEFAULT_VARIANTS = "shipped,compile_off,levels_off,whole_batch_off,kl_chunked,cuda_graphs"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead"}  # the others: --compile unless "off"
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
@@ -181,6 +183,10 @@ def configure(name: str, evaluator, compile_mode: str) -> None:
         evaluator.levels = None
     if name == "one_sync_off":
         evaluator._kl = _row_sync_kl(evaluator)
+    if name == "diff_off":
+        from loop_cpu import full_materialise
+
+        evaluator.materialise = full_materialise(evaluator)
 
 
 def share_probe(name: str, session, probe) -> None:
@@ -252,6 +258,11 @@ def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, secon
     session.size_model.artifact_bytes = timer.wrap("size", session.size_model.artifact_bytes)
     session.size_of = timer.wrap("size", session.size_of)
     session.fill_size_table = timer.wrap("size_table", session.fill_size_table)
+    if session.size_table is not None:
+        if name == "exceeds_off":  # every budget check of repair/fill sizes the whole artifact
+            table = session.size_table
+            table.exceeds = lambda genome, budget: table.artifact_bytes(genome) > budget
+        session.size_table.exceeds = timer.wrap("size", session.size_table.exceeds)
     store = session.store
     for method in ("append", "sync", "write_checkpoint", "write_front", "write_text", "write_json"):
         setattr(store, method, timer.wrap("store", getattr(store, method)))
@@ -399,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(besides the probe's fill with --size-workers)")
     parser.add_argument("--table-pairs", type=int, default=0, help="time the table on its first N pairs "
                         "(0: all) and extrapolate to the whole space")
+    parser.add_argument("--table-seconds", type=float, default=30.0, help="seconds each --table-workers count "
+                        "codes pairs for (then extrapolated to the whole table); at most a quarter of --deadline-s "
+                        "goes to the probe and these timings together")
     parser.add_argument("--repeats", type=int, default=5, help="full evaluations timed per variant (median)")
     parser.add_argument("--deadline-s", type=float, default=420.0, help="wall seconds for the whole run: the "
                         "variants share what the probe leaves, each stops its search when its share is spent")
@@ -453,11 +467,18 @@ def main(argv: list[str] | None = None) -> int:
         table = SizeTable(probe.space, probe.loaded.info, model)
         pairs = table.pairs()
         subset = pairs[: args.table_pairs] if args.table_pairs else pairs
+        # in chunks until --table-seconds are spent (the deadline's, too): the rest is extrapolated
+        chunk = max(4 * workers, 64)
+        timed = 0
         tic = time.perf_counter()
-        table.code(subset, workers=workers)
+        while timed < len(subset) and time.perf_counter() - tic < args.table_seconds and \
+                time.perf_counter() - started < 0.25 * args.deadline_s:
+            table.code(subset[timed:timed + chunk], workers=workers)
+            timed += len(subset[timed:timed + chunk])
         seconds = time.perf_counter() - tic
-        table_rows[workers] = {"pairs_timed": len(subset), "pairs_total": len(pairs), "seconds": seconds,
-                               "seconds_whole_table": seconds * len(pairs) / len(subset)}
+        table_rows[workers] = {"pairs_timed": timed, "pairs_total": len(pairs), "seconds": seconds,
+                               "seconds_whole_table": seconds * len(pairs) / max(timed, 1)}
+        print(f"[table] {workers} worker(s): {timed} pairs in {seconds:.1f} s", flush=True)
     report["size_table"] = table_rows
 
     if args.budget_mb is None:
@@ -480,7 +501,25 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(dynamo.config, name):
                 setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
 
-    rows = {}
+    sequences, tokens = spec.samples, spec.seq_len  # the full stage: every calibration sequence in full
+    flops = flops_per_evaluation(info, hf_config, sequences, tokens)
+    limit_ms = 1000 * flops / (args.peak_tflops * 1e12)
+    report["flop_limit"] = {"gflops": flops / 1e9, "peak_tflops": args.peak_tflops, "limit_ms": limit_ms,
+                            "shape": [sequences, tokens]}
+    rows: dict = {}
+
+    def write_results(finished: bool) -> None:
+        """throughput.json and .md under --out with every variant finished so far (after the probe and
+        after each variant: a call that runs out of time keeps what it measured)."""
+        report["variants"] = rows
+        report["finished"] = finished
+        report["wall_seconds"] = time.perf_counter() - started
+        text = render(report, rows, budget, limit_ms, args)
+        (out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+        state = "" if finished else f"\n\n(partial: {len(rows)} of {len(variants)} variants done)"
+        (out / "throughput.md").write_text(f"# search_throughput\n\n`{' '.join(sys.argv)}`\n\n{text}{state}\n")
+
+    write_results(False)
     for index, name in enumerate(variants):
         left = args.deadline_s - (time.perf_counter() - started)
         share = left / (len(variants) - index)
@@ -498,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             if "session" in opened:
                 opened["session"].evaluator.restore()  # the next variant starts from the dense model
             opened.clear()
-        (out / "throughput.partial.json").write_text(json.dumps({**report, "variants": rows}, indent=2) + "\n")
+        write_results(False)
         if session is None:
             continue
         del session
@@ -506,19 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
         print(f"[{name}] {json.dumps(rows[name])}", flush=True)
-    report["variants"] = rows
-
-    sequences, tokens = next((r["full_stage_shape"] for r in rows.values() if "full_stage_shape" in r),
-                             (args.samples, args.seq_len))
-    flops = flops_per_evaluation(info, hf_config, sequences, tokens)
-    limit_ms = 1000 * flops / (args.peak_tflops * 1e12)
-    report["flop_limit"] = {"gflops": flops / 1e9, "peak_tflops": args.peak_tflops, "limit_ms": limit_ms,
-                            "shape": [sequences, tokens]}
-    report["wall_seconds"] = time.perf_counter() - started
-    table = render(report, rows, budget, limit_ms, args)
-    print("\n" + table)
-    (out / "throughput.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "throughput.md").write_text(f"# search_throughput\n\n`{' '.join(sys.argv)}`\n\n{table}\n")
+    write_results(True)
+    print("\n" + render(report, rows, budget, limit_ms, args))
     print(f"\nwritten {out / 'throughput.json'} and {out / 'throughput.md'} in {report['wall_seconds']:.0f} s")
     return 0
 

@@ -279,3 +279,43 @@ def test_post_norm_layers_cannot_be_dropped_by_zeroing():
     assert math.isfinite(evaluator.evaluate(CompressionConfig(layers={0: LayerConfig(drop="mlp")})))
     with pytest.raises(EvoError, match="identity"):
         evaluator.evaluate(CompressionConfig(layers={0: LayerConfig(drop="layer")}))
+
+
+def test_materialise_diffing_equals_a_full_materialise_over_random_genome_sequences(llama_dir, stats):
+    """Property: materialise touches only what differs from the resident state (per-layer plans, per
+    tensor settings), and after any sequence of genomes the model is exactly the one a full materialise
+    from the dense model gives (every parameter, every swapped module, the logits)."""
+    import random
+
+    from evo.search.space import SearchSpace
+
+    diffing = load_model(str(llama_dir))
+    full = load_model(str(llama_dir))
+    space = SearchSpace.load("default")
+    genes = space.genes(diffing.info)
+    evaluator = Evaluator(diffing.model, diffing.info, TOKENS, PPL, stats=stats)
+    reference = Evaluator(full.model, full.info, TOKENS, PPL, stats=stats)
+    rng = random.Random(0)
+    genome = [0] * len(genes)
+    swapped = []
+    for step in range(40):
+        if step % 5 == 0:  # a jump: every gene drawn again, drops included
+            genome = [rng.randrange(len(g.choices)) for g in genes]
+        else:  # a child: one or two genes changed, as the engine's moves do
+            for i in rng.sample(range(len(genes)), rng.randint(1, 2)):
+                genome[i] = rng.randrange(len(genes[i].choices))
+        config = space.decode(tuple(genome), diffing.info)
+        if len(config.drops) and all(d == "layer" for d in config.drops.values()) and \
+                len(config.drops) == diffing.info.num_layers:
+            continue
+        swapped.append(evaluator.materialise(config)[0])
+        reference.restore()
+        reference.materialise(config)
+        for (name, got), (_, want) in zip(diffing.model.named_parameters(), full.model.named_parameters()):
+            assert torch.equal(got, want), (step, name)
+        assert sorted(evaluator._replaced) == sorted(reference._replaced), step
+        assert torch.equal(_logits(diffing.model), _logits(full.model)), step
+    tensors = len(evaluator._resident)
+    assert max(swapped[1:]) < tensors and min(swapped) < 8  # children swap a few tensors, not the model
+    evaluator.restore()
+    assert torch.equal(_logits(diffing.model), _logits(load_model(str(llama_dir)).model))

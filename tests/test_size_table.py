@@ -92,3 +92,68 @@ def test_workers_do_not_change_the_table_and_progress_is_reported(llama, tmp_pat
     # a second fill finds every pair in the cache
     again = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "w2"), stats=stats))
     assert again.fill(workers=2) == 0 and np.array_equal(again.table, tables[0])
+
+
+def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_the_sum(llama, tmp_path):
+    """Property: exceeds(genome, budget) == artifact_bytes(genome) > budget for random genomes at budgets
+    around their sizes (the lower bound never flips an answer); genomes whose tensors and fixed files
+    alone exceed the budget are decided without sizing the whole artifact."""
+    _, loaded, stats = llama
+    space = _space()
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "sizes"), stats=stats))
+    table.fill(workers=1)
+    assert 0 < table.fixed_bytes
+    genomes = _random_genomes(table.genes, 40, seed=2)
+    sizes = {genome: table.artifact_bytes(genome) for genome in genomes}
+    rest = {genome: size - table.tensor_bytes(genome) for genome, size in sizes.items()}
+    assert all(value > table.fixed_bytes for value in rest.values())
+    budgets = sorted({size + delta for size in sizes.values() for delta in (-1, 0, 1)}
+                     | {table.tensor_bytes(g) + table.fixed_bytes + d for g in genomes for d in (-1, 0, 1)})
+    sized = []
+    whole = table.size_model.size_of_plan
+    table.size_model.size_of_plan = lambda *plan: sized.append(plan) or whole(*plan)
+    for budget in budgets:
+        for genome in genomes:
+            assert table.exceeds(genome, budget) == (sizes[genome] > budget), (genome, budget)
+    clear = sum(1 for b in budgets for g in genomes if table.tensor_bytes(g) + table.fixed_bytes > b)
+    assert clear > 0 and len(sized) == len(budgets) * len(genomes) - clear
+
+
+@pytest.fixture(scope="module")
+def deep_llama(tmp_path_factory):
+    """A tiny Llama of 12 layers: dropping one renumbers later layers across 10 → 9 (names change length)."""
+    import tiny
+
+    directory = tmp_path_factory.mktemp("deep")
+    model = tiny.build(tiny.tiny_config("llama", tied=True, layers=12, bos_token_id=1, eos_token_id=2, pad_token_id=2))
+    model.save_pretrained(directory)
+    tiny.tiny_tokenizer().save_pretrained(directory)
+    loaded = load_model(str(directory))
+    return loaded, collect_activation_stats(loaded.model, loaded.info, TOKENS)
+
+
+@pytest.mark.parametrize("granularity", ["group", "layer"])
+def test_genome_path_equals_the_config_path_over_mutation_sequences(deep_llama, tmp_path, granularity):
+    """Property: artifact_bytes from parts memoised by each layer's genes (decoding only on a new part)
+    equals SizeModel.artifact_bytes of the decoded config, over sequences of one-gene mutations and
+    jumps that drop and keep layers (kept layers renumber the later ones)."""
+    loaded, stats = deep_llama
+    space = _space(granularity)
+    cache = SizeCache(tmp_path / "sizes")
+    table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, cache, stats=stats))
+    table.fill(workers=1)
+    old = SizeModel.for_model(loaded, cache, stats=stats)
+    rng = random.Random(5)
+    genome = list(_random_genomes(table.genes, 1, seed=3)[0])
+    for step in range(150):
+        if step % 10 == 0:
+            genome = list(_random_genomes(table.genes, 1, seed=100 + step)[0])
+        else:
+            i = rng.randrange(len(genome))
+            genome[i] = rng.randrange(len(table.genes[i].choices))
+        config = space.decode(tuple(genome), loaded.info)
+        if all(config.drop_for(layer.index) == "layer" for layer in loaded.info.layers):
+            with pytest.raises(Exception):
+                table.artifact_bytes(tuple(genome))
+            continue
+        assert table.artifact_bytes(tuple(genome)) == old.artifact_bytes(config), (step, genome)

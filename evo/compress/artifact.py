@@ -444,6 +444,13 @@ class ManifestWriter:
     def config_json_length(self, config: CompressionConfig) -> int:
         """len(config_json(config)) from memoised pieces: the config without its layers, and each
         (index, layer) item of the layers table (a search's configs share most of them)."""
+        length = self.config_frame_length(config) + max(len(config.layers) - 1, 0)  # the commas between layer items
+        for index, layer in config.layers:
+            length += self.layer_item_length(index, layer)
+        return length
+
+    def config_frame_length(self, config: CompressionConfig) -> int:
+        """Characters of config_json(config) without its layers' items (and their commas)."""
         pieces = self._config_pieces
         frame_key = ("frame", config.default, config.embedding, config.head, config.tensors)
         length = pieces.get(frame_key)
@@ -454,13 +461,14 @@ class ManifestWriter:
             if len(pieces) >= 1 << 14:
                 pieces.clear()
                 pieces[frame_key] = length
-        length += max(len(config.layers) - 1, 0)  # the commas between layer items
-        for index, layer in config.layers:
-            item = pieces.get((index, layer))
-            if item is None:
-                item = pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
-            length += item
         return length
+
+    def layer_item_length(self, index: int, layer) -> int:
+        """Characters of one "index":{layer} item of the config's layers table."""
+        item = self._config_pieces.get((index, layer))
+        if item is None:
+            item = self._config_pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
+        return item
 
     @staticmethod
     def entry_template(tensor: StoredTensor) -> tuple[str, ...]:
@@ -507,10 +515,13 @@ class ManifestWriter:
         return f"{body}{total}{_TAIL}".encode()
 
     def encoded_length(self, manifest: ArtifactManifest, other_bytes: int, *, entries_length: int,
-                       settings_length: int) -> int:
+                       settings_length: int, config_length: int | None = None) -> int:
         """len(encode(manifest, other_bytes, entries=..., settings=...)) from the lengths of the joined
-        entries and settings (the size model's path: the same pieces, counted, never joined)."""
-        body = (len(_head(manifest)) + len(',"config":') + self.config_json_length(manifest.config)
+        entries and settings (the size model's path: the same pieces, counted, never joined);
+        config_length: len(config_json(manifest.config)) when the caller has counted it."""
+        if config_length is None:
+            config_length = self.config_json_length(manifest.config)
+        body = (len(_head(manifest)) + len(',"config":') + config_length
                 + len(',"settings":{') + settings_length + len('},"tensors":[') + entries_length
                 + len('],"files":') + len(_json(dict(sorted(manifest.files.items()))))
                 + len(',"file_sha256":') + len(_json(packed_files.digest_placeholders(manifest.files)))

@@ -294,21 +294,34 @@ class SizeModel:
             return found
         config.validate_against(self.info)
         kept, segments = self._plan_segments(config)
+        result = self.size_of_plan(kept, segments, self._writer.config_json_length(config))
+        if len(self._memo) >= MEMO_CONFIGS:
+            del self._memo[next(iter(self._memo))]
+        self._memo[config] = result
+        return result
+
+    def size_of_plan(self, kept: tuple[int, ...], segments: list[_Segment], config_length: int) -> ArtifactSize:
+        """The artifact's bytes from a config's plan as memoised segments (layer_segment, then
+        non_decoder_segment) and the length of its config's JSON (the size table's genome path)."""
         tensor_bytes = sum(segment.compressed_bytes for segment in segments)
         files = self.metadata.files(kept, tensor_bytes)
         other = sum(files.values())
-        manifest = self._manifest_length(config, kept, segments, files, tensor_bytes, other)
+        manifest = self._manifest_length(kept, segments, files, tensor_bytes, other, config_length)
         model_config = files[MODEL_CONFIG_FILE]
-        result = ArtifactSize(
+        return ArtifactSize(
             tensor_bytes=tensor_bytes,
             manifest_bytes=manifest,
             model_config_bytes=model_config,
             other_bytes=other - tensor_bytes - model_config,
         )
-        if len(self._memo) >= MEMO_CONFIGS:
-            del self._memo[next(iter(self._memo))]
-        self._memo[config] = result
-        return result
+
+    def config_frame_length(self, config: CompressionConfig) -> int:
+        """Characters of the config's JSON in the manifest without its layers' items (and their commas)."""
+        return self._writer.config_frame_length(config)
+
+    def layer_item_length(self, index: int, layer: LayerConfig) -> int:
+        """Characters of one item of the layers table of the config's JSON in the manifest."""
+        return self._writer.layer_item_length(index, layer)
 
     def manifest(self, config: CompressionConfig) -> bytes:
         """The manifest write_artifact would write, every sha256 a placeholder of the same length.
@@ -392,13 +405,27 @@ class SizeModel:
             drop = drops.get(layer.index, "none")
             if drop == "layer":
                 continue
-            settings = self._settings_of_layer(config, layer, layer_entries, overrides)
-            key = (layer.index, len(kept), drop, settings)
-            segment = self._segments.get(key)
-            if segment is None:
-                segment = self._segments[key] = _Segment.of(self._layer_segment(layer, len(kept), drop, settings))
-            rows.append(segment)
+            rows.append(self._layer_segment_of(config, layer, len(kept), drop, layer_entries, overrides))
             kept.append(layer.index)
+        rows.append(self.non_decoder_segment(config, overrides))
+        return tuple(kept), rows
+
+    def layer_segment(self, config: CompressionConfig, layer: DecoderLayerInfo, new_index: int) -> _Segment:
+        """The memoised segment of a kept layer of `config`, stored as decoder layer `new_index`."""
+        return self._layer_segment_of(config, layer, new_index, config.drop_for(layer.index), dict(config.layers),
+                                      dict(config.tensors))
+
+    def _layer_segment_of(self, config, layer, new_index, drop, layer_entries, overrides) -> _Segment:
+        settings = self._settings_of_layer(config, layer, layer_entries, overrides)
+        key = (layer.index, new_index, drop, settings)
+        segment = self._segments.get(key)
+        if segment is None:
+            segment = self._segments[key] = _Segment.of(self._layer_segment(layer, new_index, drop, settings))
+        return segment
+
+    def non_decoder_segment(self, config: CompressionConfig, overrides: dict | None = None) -> _Segment:
+        """The memoised segment of the tensors outside the decoder layers (embedding, head, final norm)."""
+        overrides = dict(config.tensors) if overrides is None else overrides
         named = tuple((t.name, overrides[t.name]) for t in self.info.non_decoder if t.name in overrides)
         key = ("non_decoder", config.embedding, config.head, named)
         segment = self._segments.get(key)
@@ -406,8 +433,7 @@ class SizeModel:
             segment = self._segments[key] = _Segment.of(tuple(
                 self._row(t.name, t.name, config.setting_for(t.name, self.info)) for t in self.info.non_decoder
             ))
-        rows.append(segment)
-        return tuple(kept), rows
+        return segment
 
     def _settings_of_layer(
         self,
@@ -459,12 +485,12 @@ class SizeModel:
 
     def _manifest_length(
         self,
-        config: CompressionConfig,
         kept: tuple[int, ...],
         segments: list[_Segment],
         files: dict[str, int],
         tensor_bytes: int,
         other_bytes: int,
+        config_length: int,
     ) -> int:
         """len(manifest.json) as write_artifact writes it (placeholder checksums), counted from the
         segments' memoised template lengths and settings and the writer's own pieces: only the frame
@@ -484,9 +510,9 @@ class SizeModel:
             if length is None:
                 length = items[(key, setting)] = self._writer.setting_item_length(key, setting)
             settings_length += length
-        manifest = replace(self._manifest, kept_layers=kept, config=config, files=files, tensor_bytes=tensor_bytes)
+        manifest = replace(self._manifest, kept_layers=kept, files=files, tensor_bytes=tensor_bytes)
         return self._writer.encoded_length(manifest, other_bytes, entries_length=entries,
-                                           settings_length=settings_length)
+                                           settings_length=settings_length, config_length=config_length)
 
 
 def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:

@@ -22,8 +22,9 @@ from torch import nn
 from evo.compress import ActivationStats, compress_tensor
 from evo.compress.config import CompressionConfig, tensor_shapes
 from evo.compress.model import check_matches
-from evo.compress.plan import plan_model, stats_for
-from evo.compress.structure import apply_block_drop, replaced_modules
+from evo.compress.plan import stats_for
+from evo.compress.settings import TensorSetting
+from evo.compress.structure import apply_block_drop, is_replaced, replaced_modules
 from evo.constants import FINAL_STAGE, SCREEN_STAGE
 from evo.errors import EvoError
 from evo.evaluate.forward import Hook, forward_batches, per_batch, run_forward, token_batch
@@ -33,6 +34,7 @@ from evo.types import ModelInfo
 
 METRICS = ("kl", "ppl")
 DEFAULT_CACHE_BYTES = None  # dequantized weights kept for reuse: sized from free memory (evaluate/resident.py)
+LAYER_PLANS = 1 << 16  # materialise's memoised layer plans; beyond this they are forgotten and rebuilt
 FORWARD_MEMORY_SHARE = 0.25  # of the free device memory at most one micro-batch's logits may take
 
 ProgressCallback = Callable[[int, int], None]  # (batches done, batches total)
@@ -200,6 +202,13 @@ class Evaluator:
                                "uncompressed model's named parameters")
         self._originals = base_weights
         self._resident: dict[str, str | None] = dict.fromkeys(shapes)  # tensor → setting key, None = original
+        # materialise's memoised plans (_plan_parts) and the plan each part's resident tensors follow
+        self._layer_plans: dict[tuple, tuple[tuple[str, TensorSetting, str], ...]] = {}
+        self._resident_plans: dict[int | None, tuple] = {}
+        self._part_names: dict[int | None, list[str]] = {
+            layer.index: [lin.name for lin in layer.linears] + [name for name, _ in layer.other_tensors]
+            for layer in info.layers}
+        self._part_names[None] = [tensor.name for tensor in info.non_decoder]
         self._replaced: dict[tuple[int, str], dict[str, nn.Module]] = {}  # (layer, block) → its original modules
         self._layer_drops_checked = False
         if cache_bytes is None:
@@ -320,44 +329,92 @@ class Evaluator:
     def materialise(self, config: CompressionConfig) -> tuple[int, int]:
         """Make the resident model the one compress_model(model, info, config) would give, but with
         dropped layers zeroed in place instead of removed. Returns (tensors swapped, of which
-        compressed anew)."""
+        compressed anew).
+
+        Only what differs from the resident state is touched: each layer's plan (its stored tensors
+        and their settings under the config) is memoised across configs, and a layer whose plan is the
+        one its resident tensors already follow is skipped without looking at its tensors; in a
+        changed layer only the tensors whose setting changed are swapped (a pointer swap for a level
+        of the device tier: no copy, no host sync)."""
         if not isinstance(config, CompressionConfig):
             raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
-        plan = plan_model(self.info, config)  # validates the config against the model
+        config.validate_against(self.info)
         self._set_drops(config.drops)
         swapped = compressed = 0
-        levels = self.levels
-        for tensor in plan.tensors:
-            key = tensor.setting.key()
-            if self._resident[tensor.source] == key:
+        resident = self._resident
+        for part, plan in self._plan_parts(config):
+            if self._resident_plans.get(part) is plan:
                 continue
-            param = self._params[tensor.source]
-            if levels is not None and (tensor.source, tensor.setting) in levels:
-                weight, shared = levels.weight(tensor.source, tensor.setting)
-                if shared and not self._copy_levels():
-                    param.data = weight  # a pointer swap; restore() points it back at its own storage
-                else:
-                    self._write_own(tensor.source, weight)
-                self._resident[tensor.source] = key
-                swapped += 1
-                continue
-            weight = self._cache.get((tensor.source, key))
-            if weight is None:
-                act = stats_for(self.activation_stats, tensor.source, tensor.setting)
-                original = self._originals[tensor.source].to(param.device)
-                # compress_model's own steps on the model's device, so the weights are bit-identical.
-                weight = compress_tensor(original, tensor.setting, act).dequantized().to(
-                    device=param.device, dtype=param.dtype
-                )
-                self._cache.put((tensor.source, key), weight)
-                compressed += 1
-                if (tensor.source, key) in self._seen:
-                    self._recomputed += 1
-                self._seen.add((tensor.source, key))
-            self._write_own(tensor.source, weight)
-            self._resident[tensor.source] = key
-            swapped += 1
+            for source, setting, key in plan:
+                if resident[source] != key:
+                    compressed += self._swap_in(source, setting, key)
+                    swapped += 1
+            self._resident_plans[part] = plan
         return swapped, compressed
+
+    def _plan_parts(self, config: CompressionConfig):
+        """(part, plan) per kept decoder layer and for the non-decoder tensors, in plan_model's order:
+        a plan is ((source, setting, setting key), ...) of the tensors the part stores, memoised by what
+        config.setting_for reads for them (the layer's entry, the default, overrides naming them)."""
+        drops = config.drops
+        entries = dict(config.layers)
+        overrides = dict(config.tensors)
+        plans = self._layer_plans
+        if len(plans) >= LAYER_PLANS:
+            plans.clear()
+            self._resident_plans.clear()  # identity is what marks a part unchanged: forget it with them
+        for layer in self.info.layers:
+            drop = drops.get(layer.index, "none")
+            if drop == "layer":
+                continue
+            names = self._part_names[layer.index]
+            named = tuple((n, overrides[n]) for n in names if n in overrides) if overrides else ()
+            key = (layer.index, entries.get(layer.index), config.default, named, drop)
+            plan = plans.get(key)
+            if plan is None:
+                removed = replaced_modules(layer, drop)
+                plan = plans[key] = self._plan_of(config, [n for n in names if not is_replaced(n, removed)])
+            yield layer.index, plan
+        names = self._part_names[None]
+        named = tuple((n, overrides[n]) for n in names if n in overrides) if overrides else ()
+        key = (None, config.embedding, config.head, named)
+        plan = plans.get(key)
+        if plan is None:
+            plan = plans[key] = self._plan_of(config, names)
+        yield None, plan
+
+    def _plan_of(self, config: CompressionConfig, names) -> tuple[tuple[str, TensorSetting, str], ...]:
+        settings = [config.setting_for(name, self.info) for name in names]
+        return tuple((name, setting, setting.key()) for name, setting in zip(names, settings))
+
+    def _swap_in(self, source: str, setting: TensorSetting, key: str) -> int:
+        """Make `source`'s resident weight its level under `setting`; returns 1 when it was compressed
+        anew (neither a precomputed level nor in the weight cache), else 0."""
+        param = self._params[source]
+        levels = self.levels
+        compressed = 0
+        if levels is not None and (source, setting) in levels:
+            weight, shared = levels.weight(source, setting)
+            if shared and not self._copy_levels():
+                param.data = weight  # a pointer swap; restore() points it back at its own storage
+            else:
+                self._write_own(source, weight)
+            self._resident[source] = key
+            return 0
+        weight = self._cache.get((source, key))
+        if weight is None:
+            act = stats_for(self.activation_stats, source, setting)
+            original = self._originals[source].to(param.device)
+            # compress_model's own steps on the model's device, so the weights are bit-identical.
+            weight = compress_tensor(original, setting, act).dequantized().to(device=param.device, dtype=param.dtype)
+            self._cache.put((source, key), weight)
+            compressed = 1
+            if (source, key) in self._seen:
+                self._recomputed += 1
+            self._seen.add((source, key))
+        self._write_own(source, weight)
+        self._resident[source] = key
+        return compressed
 
     def _copy_levels(self) -> bool:
         """CUDA graphs replay the parameters' addresses recorded at capture: levels are copied in place."""
@@ -376,6 +433,7 @@ class Evaluator:
         """Put the original weights and modules back: the model is the uncompressed one again. Levels
         the parameters pointed at are left as they are."""
         self._set_drops({})
+        self._resident_plans.clear()
         for name, key in self._resident.items():
             if key is not None:
                 param, own = self._params[name], self._own[name]

@@ -542,8 +542,11 @@ def make_problem(session: SearchSession):
     space_seeds = getattr(session.space, "seed_genomes", None)  # the GGUF space's llama.cpp recipes
     if space_seeds is not None:
         seeds += tuple(g for g in space_seeds(session) if g not in seeds)
+    table = session.size_table
+    over_budget = None if table is None else (lambda genome: table.exceeds(genome, spec.budget_bytes))
     problem = Problem(genes=session.genes, size_of=session.size_of, budget_bytes=spec.budget_bytes,
-                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory)
+                      fixed_drops=session.space.fixed_drops, seeds=seeds, workdir=session.store.directory,
+                      over_budget=over_budget)
     smallest = session.size_of(extreme_genome(problem, smallest=True))
     if spec.budget_bytes < smallest:
         raise EvoError(
@@ -618,12 +621,14 @@ def run_search(
     seconds_per_new: list[float] = []
     results: list = []
 
+    # the scores of the engine's front, for the live best: it changes only when the engine is told a batch,
+    # so it is read once per batch (at EvoPress's scale the archive holds thousands of genomes)
+    told = [score for _, score in engine.front()] if on_progress is not None else []
+
     def report(stage: int) -> None:
         if on_progress is None:
             return
-        front = engine.front()
         # The live best is export's choice over what the engine was told plus this batch's final scores.
-        told = [score for _, score in front]
         pending = [score for request, score in results if request.stage == final_stage]
         best = best_under_budget(told + pending, spec.budget_bytes)
         done = len(store)
@@ -633,12 +638,13 @@ def run_search(
         on_progress(Progress(generation=engine.generation, generations=spec.generations, evaluations_done=done,
                              evaluations_total=total, new_evaluations=new_evaluations,
                              best_quality=best.quality if best else None,
-                             best_bytes=best.size_bytes if best else None, front_size=len(front),
+                             best_bytes=best.size_bytes if best else None, front_size=len(told),
                              evals_per_second=rate, eta_seconds=eta, stage=stage,
                              workers=workers.rates() if workers is not None else ()))
 
     report(final_stage)  # the count and its total before the first population is built
     while engine.generation < spec.generations or not engine.at_generation_boundary():
+        told = [score for _, score in engine.front()] if on_progress is not None else []  # once per batch
         requests = engine.ask()
         results = []
         remote = _submit(session, requests, workers) if workers is not None else None

@@ -14,6 +14,7 @@ SizeModel's memoised manifest path, which after the table is filled never encode
 from __future__ import annotations
 
 import itertools
+import operator
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from evo.errors import EvoError
 from evo.types import ModelInfo
 
 TableProgress = Callable[[int, int], None]  # (pairs coded, pairs total)
+GENOME_PARTS = 1 << 18  # artifact_bytes' memoised (layer, position, genes) parts; beyond this they are forgotten
 
 _WORK: dict = {}  # what forked workers read: the base weights and activation statistics
 
@@ -141,6 +143,14 @@ class SizeTable:
         self.table = np.zeros((len(names), max(len(c) for c in columns)), dtype=np.int64)  # unused columns: 0
         self.filled = False
         self._rows = np.arange(len(names))
+        # the genome positions that decide each layer's part of an artifact (its unit genes and drop) and
+        # the rest (embedding, head): the keys of artifact_bytes' memo of (segment, config JSON item) parts
+        self._layer_genes = [(layer, _getter([i for i, g in enumerate(self.genes) if g.layer == layer.index]))
+                             for layer in info.layers]
+        self._other_genes = _getter([i for i, g in enumerate(self.genes) if g.layer is None])
+        self._parts: dict[tuple, tuple] = {}
+        # bytes of every artifact beside its tensors, manifest and config.json (exceeds' lower bound)
+        self.fixed_bytes = sum(size_model.metadata.fixed_files.values())
 
     def sharing(self, size_model: SizeModel) -> SizeTable:
         """A table of the same space and model whose filled array is this one's, sizing the rest of an
@@ -250,12 +260,71 @@ class SizeTable:
     def tensor_bytes(self, genome: Sequence[int]) -> int:
         return int(self.tensor_bytes_many([genome])[0])
 
+    def exceeds(self, genome: Sequence[int], budget_bytes: int) -> bool:
+        """artifact_bytes(genome) > budget_bytes, exactly. The tensors plus the files no config changes
+        (tokenizer, generation config) are a lower bound of the artifact: when they already exceed the
+        budget the tensors' sum decides; otherwise the manifest and config.json are counted too."""
+        kept, segments, config_length = self._plan(genome)
+        if sum(segment.compressed_bytes for segment in segments) + self.fixed_bytes > budget_bytes:
+            return True
+        return self.size_model.size_of_plan(kept, segments, config_length).total_bytes > budget_bytes
+
     def artifact_bytes(self, genome: Sequence[int]) -> int:
-        """The whole artifact's bytes: the table's tensors plus the config's manifest and metadata
-        files (exactly SizeModel.artifact_bytes of the decoded config)."""
-        config = self.space.decode(tuple(genome), self.info)
-        size = self.size_model.size(config)
-        tensors = self.tensor_bytes(genome)
-        if tensors != size.tensor_bytes:
-            raise RuntimeError(f"size table says {tensors} tensor bytes, SizeModel {size.tensor_bytes}")
-        return tensors + size.total_bytes - size.tensor_bytes
+        """The whole artifact's bytes: its tensors plus the config's manifest and metadata files (exactly
+        SizeModel.artifact_bytes of the decoded config; the tensors' bytes are the table's entries)."""
+        kept, segments, config_length = self._plan(genome)
+        return self.size_model.size_of_plan(kept, segments, config_length).total_bytes
+
+    def _plan(self, genome: Sequence[int]) -> tuple[tuple[int, ...], list, int]:
+        """(kept layers, the size model's memoised segments, the length of the config's JSON) of a genome,
+        looked up by each layer's genes: the genome is decoded only when one of its parts is new (a
+        search's genomes share most of their layers)."""
+        genome = tuple(genome)
+        decoded = []
+
+        def config():
+            if not decoded:
+                decoded.append(self.space.decode(genome, self.info))
+                decoded[0].validate_against(self.info)  # the old path's check (every layer dropped)
+            return decoded[0]
+
+        parts, model = self._parts, self.size_model
+        if len(parts) >= GENOME_PARTS:
+            parts.clear()
+        kept: list[int] = []
+        segments = []
+        items = count = 0
+        for layer, genes_of in self._layer_genes:
+            key = (layer.index, len(kept), genes_of(genome))
+            part = parts.get(key)
+            if part is None:
+                entry = config().layer(layer.index)
+                segment = None if entry.drop == "layer" else model.layer_segment(config(), layer, len(kept))
+                part = parts[key] = (segment, 0 if entry.is_default else model.layer_item_length(layer.index, entry))
+            segment, item = part
+            if item:
+                items += item
+                count += 1
+            if segment is not None:
+                segments.append(segment)
+                kept.append(layer.index)
+        if not kept:
+            config()  # raises: a model keeps at least one decoder layer
+        key = (None, self._other_genes(genome))
+        part = parts.get(key)
+        if part is None:
+            part = parts[key] = (model.non_decoder_segment(config()), model.config_frame_length(config()))
+        segment, frame = part
+        segments.append(segment)
+        return tuple(kept), segments, frame + max(count - 1, 0) + items
+
+
+def _getter(positions: list[int]) -> Callable[[tuple], tuple]:
+    """The genome's values at `positions` as a tuple (operator.itemgetter, which returns a bare value
+    for one position and fails for none)."""
+    if not positions:
+        return lambda genome: ()
+    if len(positions) == 1:
+        position = positions[0]
+        return lambda genome: (genome[position],)
+    return operator.itemgetter(*positions)

@@ -441,8 +441,7 @@ def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     fixed = list(genome)
     fix_drops(fixed, problem, rng)
     keep_a_layer(fixed, problem, rng)
-    size = problem.size_of(tuple(fixed))
-    while size > problem.budget_bytes:
+    while problem.exceeds(tuple(fixed)):
         candidates = [i for i, gene in enumerate(problem.genes) if gene.kind in SHRINK_KINDS and fixed[i] > 0]
         if not candidates:
             candidates = [i for i, gene in enumerate(problem.genes)
@@ -450,15 +449,14 @@ def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
             if candidates:
                 i = rng.choice(candidates)
                 fixed[i] += 1
-                size = problem.size_of(tuple(fixed))
                 continue
             raise EvoError(
                 f"no genome of this space fits {problem.budget_bytes / 1e6:.3f} MB "
-                f"(this one is {size / 1e6:.3f} MB at the lowest bit-widths): raise --budget-mb"
+                f"(this one is {problem.size_of(tuple(fixed)) / 1e6:.3f} MB at the lowest bit-widths): "
+                "raise --budget-mb"
             )
         i = rng.choice(candidates)
         fixed[i] -= 1
-        size = problem.size_of(tuple(fixed))
     return tuple(fixed)
 
 
@@ -474,7 +472,7 @@ def fill(genome: Genome, problem: Problem, rng: random.Random, tries: int = 8) -
             break
         i = rng.choice(candidates)
         filled[i] += 1
-        if problem.size_of(tuple(filled)) > problem.budget_bytes:
+        if problem.exceeds(tuple(filled)):
             filled[i] -= 1
             failures += 1
     return tuple(filled)
@@ -582,7 +580,7 @@ def warm_start(problem: Problem, rng: random.Random, size: int) -> list[Genome]:
             uniform = tuple(min(level, len(gene.choices) - 1) if gene.kind == "bits" else _uniform_value(gene)
                             for gene in problem.genes)
             add(uniform)
-            if problem.size_of(uniform) <= problem.budget_bytes:
+            if not problem.exceeds(uniform):
                 break  # the largest uniform width that fits is in; narrower ones are dominated
         for genome in narrow_embedding_genomes(problem, rng):
             if len(chosen) >= size:
@@ -611,7 +609,7 @@ def narrow_embedding_genomes(problem: Problem, rng: random.Random) -> list[Genom
     for width in reversed(range(widest)):
         for level in reversed(range(len(bits_gene.choices))):
             genome = _uniform_at(problem, level, width, shrink)
-            if problem.size_of(genome) <= problem.budget_bytes:
+            if not problem.exceeds(genome):
                 found.append(fill(genome, problem, rng))
                 if level + 1 < len(bits_gene.choices):
                     found.append(_uniform_at(problem, level + 1, width, shrink))

@@ -44,6 +44,15 @@ class Problem:
     fixed_drops: int | None = None
     seeds: tuple[Genome, ...] = ()  # known configs to start from (warm start, --seed-configs)
     workdir: Path | None = None  # the run directory, for engines that keep files of their own there
+    # size_of(genome) > budget_bytes, answered faster where it can be (a size table decides most genomes
+    # from its vectorised sum, exactly: SizeTable.exceeds); None asks size_of
+    over_budget: Callable[[Genome], bool] | None = None
+
+    def exceeds(self, genome: Genome) -> bool:
+        """Whether the genome's artifact is over the budget (repair and fill ask this many times per child)."""
+        if self.over_budget is not None:
+            return self.over_budget(genome)
+        return self.size_of(genome) > self.budget_bytes
 
 
 class Engine(Protocol):
