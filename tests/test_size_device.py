@@ -106,3 +106,46 @@ def test_on_a_gpu_the_table_sizes_are_the_bytes_its_export_writes(llama, tmp_pat
         assert all(t.encoded is None for t in result.tensors)  # every size came from the table's coding
         summary = write_artifact(tmp_path / f"art{i}", fresh.model, fresh.tokenizer, result)  # checks each
         assert summary.total_bytes == table.artifact_bytes(genome)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_a_step_one_bit_off_rounds_to_another_fp16_scale():
+    """Why a GPU coded other bytes: CUDA computes x / 15 as x * (1 / 15), and where the quotient is an
+    fp16 value the product can land a bit above it: fp16_up then takes the next fp16 (another step,
+    other codes). bf16 weights make such ranges common: their differences have few significant bits."""
+    from evo.compress.grid import fp16_up
+
+    ranges = torch.arange(1, 4096, dtype=torch.float32) * 15 * 2.0 ** -14  # 15 × an fp16 value each
+    divided = ranges / 15
+    by_reciprocal = ranges * torch.tensor(1 / 15, dtype=torch.float32)
+    off = divided != by_reciprocal
+    assert off.any()
+    assert (fp16_up(divided)[off] != fp16_up(by_reciprocal)[off]).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grid_steps_are_divided_once_on_every_device(device):
+    from evo.compress.grid import _divide
+
+    x = torch.arange(1, 1 << 16, dtype=torch.float32, device=device) * 2.0 ** -14 * 1.37
+    for divisor in (1, 3, 7, 15, 31, 127, 255):
+        exact = (x.double() / divisor).float()  # float64 then float32: the correctly rounded quotient
+        assert torch.equal(_divide(x, divisor), exact)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("symmetric,zero_point", [(False, "int"), (False, "float"), (True, "int")])
+def test_rtn_codes_are_the_same_on_a_gpu_and_a_cpu(symmetric, zero_point):
+    from evo.compress.apply import compress_tensor
+
+    torch.manual_seed(0)
+    for bits in (2, 3, 4, 5, 6, 8):
+        setting = TensorSetting(bits=bits, group_size=128, symmetric=symmetric, zero_point=zero_point)
+        weight = (torch.randn(576, 1536) * 0.02).to(torch.bfloat16)
+        on_cpu = compress_tensor(weight, setting).quantized
+        on_gpu = compress_tensor(weight.cuda(), setting).quantized
+        for part in ("codes", "scales", "zeros"):
+            a, b = getattr(on_cpu, part), getattr(on_gpu, part)
+            assert (a is None and b is None) or torch.equal(a, b.cpu()), (bits, part)
