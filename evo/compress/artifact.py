@@ -348,7 +348,8 @@ def _write_tensors(path: Path, result: CompressionResult) -> tuple[StoredTensor,
                 raise EvoError(
                     f"the size cache says tensor {item.plan.source} takes {item.size.compressed_bytes} bytes under "
                     f"{item.plan.setting.key()}, but it encodes to {encoded.compressed_bytes}: the cache is stale "
-                    "(another evo version or other weights under the same model id); delete it and rerun"
+                    "(another evo version, or other weights under the same model id, dtype and device kind); "
+                    "delete it and rerun"
                 )
             frames = []
             for kind, frame in encoded.frames.items():

@@ -114,6 +114,13 @@ def fp16_down(x: torch.Tensor) -> torch.Tensor:
     return _fp16_round(x, -math.inf)
 
 
+def _divide(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """x / divisor rounded once, on every device: CUDA divides a tensor by a Python number as
+    x * (1 / divisor), one bit off now and then, and a step just above an fp16 value then rounds up
+    to the next one (other codes on a GPU than on a CPU). A tensor divisor on x's device is divided by."""
+    return x / torch.full((), divisor, dtype=x.dtype, device=x.device)
+
+
 def _nonzero_step(step: torch.Tensor) -> torch.Tensor:
     return torch.where(step == 0, torch.ones_like(step), step)
 
@@ -158,15 +165,15 @@ def grid_from_range(lo: torch.Tensor, hi: torch.Tensor, setting: TensorSetting, 
     r = setting.rescale
     top = code_max(setting)
     if setting.symmetric:
-        step = _nonzero_step(fp16_up(r * hi / symmetric_midpoint(setting.bits)))
+        step = _nonzero_step(fp16_up(_divide(r * hi, symmetric_midpoint(setting.bits))))
         return QuantGrid(scales=step, zeros=None, group_size=group_size, code_max=top)
     if setting.zero_point == "int":
-        step = _nonzero_step(fp16_up(r * (hi - lo) / top))
+        step = _nonzero_step(fp16_up(_divide(r * (hi - lo), top)))
         mid = (hi + lo) / 2
         zero = torch.round(top / 2 - mid / step.float()).clamp(0, top).to(torch.uint8)
         return QuantGrid(scales=step, zeros=zero, group_size=group_size, code_max=top)
     mid = (hi + lo) / 2
     half_range = r * (hi - lo) / 2
     minimum = fp16_down(mid - half_range)
-    step = _nonzero_step(fp16_up((mid + half_range - minimum.float()) / top))
+    step = _nonzero_step(fp16_up(_divide(mid + half_range - minimum.float(), top)))
     return QuantGrid(scales=step, zeros=minimum, group_size=group_size, code_max=top)

@@ -125,7 +125,8 @@ def compress_model(
     check_matches(module, info)
     params = dict(module.named_parameters())
     dtype = params[plan.tensors[0].source].dtype
-    key_model_id = (model_id or size_model_id(info, dtype)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
+    device = params[plan.tensors[0].source].device  # where compress_tensor computes the codes
+    key_model_id = (model_id or size_model_id(info, dtype, device)) + (DECODE_SPEED_TAG if prefer_decode_speed else "")
 
     results = []
     for tensor in plan.tensors:

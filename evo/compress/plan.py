@@ -85,9 +85,12 @@ def plan_model(info: ModelInfo, config: CompressionConfig) -> ModelPlan:
     return ModelPlan(tensors=tuple(tensors), kept_layers=kept)
 
 
-def size_model_id(info: ModelInfo, dtype: torch.dtype) -> str:
-    """The model id for size keys: the same checkpoint in bf16 and fp32 rounds to other codes."""
-    return f"{info.model_id}|{str(dtype).removeprefix('torch.')}"
+def size_model_id(info: ModelInfo, dtype: torch.dtype, device: str | torch.device = "cpu") -> str:
+    """The model id for size keys: the same checkpoint in bf16 and fp32 rounds to other codes, and
+    the codes computed on another device kind (cuda vs cpu) may round otherwise too (its kernels'
+    float arithmetic differs in the last bit), so a non-CPU device's kind is part of the id."""
+    kind = torch.device(device).type
+    return f"{info.model_id}|{str(dtype).removeprefix('torch.')}" + ("" if kind == "cpu" else f"|{kind}")
 
 
 # Appended to the size keys' model id when fast-decoding coders are preferred: other frames, other sizes.

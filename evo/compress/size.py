@@ -197,7 +197,8 @@ class SizeModel:
     Evaluator can share them as its originals). Sizes missing from `size_cache` are computed by
     compressing these weights on `device` and encoding them, under the SizeKey compress_model
     uses, so `evo compress` and the search share entries. `model_id` defaults to
-    size_model_id(info, dtype of the weights); `base_model` is the id the manifest records.
+    size_model_id(info, dtype of the weights, device): codes computed on a GPU are not served to a
+    CPU export nor the reverse. `base_model` is the id the manifest records.
     """
 
     def __init__(
@@ -225,9 +226,9 @@ class SizeModel:
         # compress_model's key model id for the same arguments: fast-decoding frames have other sizes.
         self.prefer_decode_speed = prefer_decode_speed
         tag = DECODE_SPEED_TAG if prefer_decode_speed else ""
-        self.model_id = (model_id or size_model_id(info, self.dtype)) + tag
+        self.device = torch.device(device)  # where missing sizes are computed: part of the keys' model id
+        self.model_id = (model_id or size_model_id(info, self.dtype, self.device)) + tag
         self.base_model = base_model
-        self.device = torch.device(device)
         self.sizes_computed = 0  # tensors compressed and encoded here (size-cache misses)
         self.on_entry: Callable[[int], None] | None = None  # told len(entries known) when one is added
         self.hessians = None  # the run's HessianSet (evo.evaluate.hessian) when gptq settings are sized

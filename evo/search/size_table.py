@@ -13,6 +13,7 @@ SizeModel's memoised manifest path, which after the table is filled never encode
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 import multiprocessing
@@ -39,15 +40,27 @@ GENOME_PARTS = 1 << 18  # artifact_bytes' memoised (layer, position, genes) part
 _WORK: dict = {}  # what forked workers read: the base weights and activation statistics
 
 
-def _encode_pair(source: str, setting: TensorSetting) -> SizeEntry:
+def _quantize_pair(source: str, setting: TensorSetting, device: torch.device | str = "cpu"):
+    """The codes of one pair computed on `device` (a size key names the device kind: GPU and CPU
+    kernels may round a step differently), returned on the CPU."""
     weights, stats = _WORK["weights"], _WORK["stats"]
     act = stats_for(stats, source, setting)
-    weight = weights[source].to("cpu")
-    return SizeEntry.from_encoded(encode_tensor(compress_tensor(weight, setting, act).quantized))
+    q = compress_tensor(weights[source].to(device), setting, act).quantized
+    return dataclasses.replace(q, **{part: None if value is None else value.to("cpu")
+                                     for part, value in (("codes", q.codes), ("scales", q.scales),
+                                                         ("zeros", q.zeros))})
+
+
+def _encode_pair(source: str, setting: TensorSetting) -> SizeEntry:
+    return SizeEntry.from_encoded(encode_tensor(_quantize_pair(source, setting)))
 
 
 def _encode_pair_tuple(pair: tuple[str, TensorSetting]) -> SizeEntry:
     return _encode_pair(*pair)
+
+
+def _encode_quantized(quantized) -> SizeEntry:
+    return SizeEntry.from_encoded(encode_tensor(quantized))
 
 
 def encode_pairs(pairs: list[tuple[str, TensorSetting]], weights, stats) -> list[SizeEntry]:
@@ -188,7 +201,8 @@ class SizeTable:
              progress: TableProgress | None = None, already: int = 0, pool=None) -> None:
         """Code `pairs` into the size cache, in `workers` processes (all cores by default) or on a
         WorkerPool's actors (`pool`); the entries are stored in the pairs' order whatever the
-        workers (deterministic)."""
+        workers (deterministic). A size model on a GPU has its codes computed on that GPU (its
+        keys name the device kind), the entropy coding in `workers` processes; the pool is unused."""
         workers = default_workers() if workers is None else workers
         if workers < 1:
             raise EvoError("--size-workers must be 1 or more")
@@ -199,8 +213,17 @@ class SizeTable:
         if not pairs:
             return
         _WORK.update(weights=self.size_model.weights, stats=self.size_model.stats)
+        device = self.size_model.device
         try:
-            if pool is not None:  # the search's Ray actors, each with its own copy of the weights
+            if device.type != "cpu":
+                # the keys name the size model's device (its kernels may round a step otherwise than
+                # a CPU's): quantize there, in this process, and encode on the CPU in `workers` processes
+                for pair, entry in zip(pairs, self._code_on(device, pairs, workers)):
+                    self._store(pair, entry)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+            elif pool is not None:  # the search's Ray actors, each with its own copy of the weights
                 for pair, entry in zip(pairs, pool.encode_pairs(pairs)):
                     self._store(pair, entry)
                     done += 1
@@ -226,6 +249,24 @@ class SizeTable:
         finally:
             _WORK.clear()
         self.size_model.sizes_computed += len(pairs)
+
+    @staticmethod
+    def _code_on(device: torch.device, pairs: list[tuple[str, TensorSetting]], workers: int):
+        """Size entries of `pairs` in order, their codes computed on `device` (this process) a batch at
+        a time, encoded in `workers` forked processes (which touch no GPU)."""
+        if workers == 1 or len(pairs) == 1:
+            for pair in pairs:
+                yield _encode_quantized(_quantize_pair(*pair, device))
+            return
+        context = multiprocessing.get_context("fork")
+        batch = 8 * workers  # codes held at once: two batches' worth, not the whole space's
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+            encoding: list = []
+            for start in range(0, len(pairs), batch):  # the next batch is quantized while one is encoded
+                quantized = [_quantize_pair(*pair, device) for pair in pairs[start:start + batch]]
+                done, encoding = encoding, [pool.submit(_encode_quantized, q) for q in quantized]
+                yield from (future.result() for future in done)
+            yield from (future.result() for future in encoding)
 
     def _key(self, source: str, setting: TensorSetting) -> SizeKey:
         return self.size_model.size_key(source, setting)  # compress_model's key (gptq: with the Hessians')
