@@ -25,7 +25,7 @@ import torch
 
 from evo.compress.apply import compress_tensor
 from evo.compress.coding import encode_tensor
-from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES
+from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES, CompressionConfig, LayerConfig
 from evo.compress.plan import stats_for
 from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeEntry, SizeKey, SizeModel
@@ -149,6 +149,23 @@ class SizeTable:
                              for layer in info.layers]
         self._other_genes = _getter([i for i, g in enumerate(self.genes) if g.layer is None])
         self._parts: dict[tuple, tuple] = {}
+        # what a layer's entry is built from without decoding the genome (space.decode's per-layer rule):
+        # per layer its drop gene and the units of its attention and MLP linears (one unit per layer at
+        # layer granularity); the embedding's and head's settings by their genes' choices
+        unit_positions = [[int(i) for i in row] for row in unit_genes]
+        strides_list = [int(s) for s in strides]
+        groups = ("all", "all") if space.granularity == "layer" else ("attention", "mlp")
+        self._entry_genes = {layer.index: (drop_gene[layer.index],
+                                           *(list(zip(unit_positions[unit_of[(layer.index, g)]], strides_list))
+                                             for g in groups))
+                             for layer in info.layers}
+        self._embedding = (gene_index["embedding.bits"],
+                           [space.setting({"bits": b}, key="embedding.bits")
+                            for b in self.genes[gene_index["embedding.bits"]].choices])
+        self._head = None if "head.bits" not in gene_index else (
+            gene_index["head.bits"],
+            [space.setting({"bits": b}, key="head.bits") for b in self.genes[gene_index["head.bits"]].choices])
+        self._checked_drops: set[tuple[int, str]] = set()  # (layer, drop) pairs validate_against accepted
         # bytes of every artifact beside its tensors, manifest and config.json (exceeds' lower bound)
         self.fixed_bytes = sum(size_model.metadata.fixed_files.values())
 
@@ -277,17 +294,11 @@ class SizeTable:
 
     def _plan(self, genome: Sequence[int]) -> tuple[tuple[int, ...], list, int]:
         """(kept layers, the size model's memoised segments, the length of the config's JSON) of a genome,
-        looked up by each layer's genes: the genome is decoded only when one of its parts is new (a
-        search's genomes share most of their layers)."""
+        looked up by each layer's genes. A part not seen before is built from its own genes (the layer's
+        entry as space.decode makes it), never by decoding the whole genome (tests check both agree)."""
         genome = tuple(genome)
-        decoded = []
-
-        def config():
-            if not decoded:
-                decoded.append(self.space.decode(genome, self.info))
-                decoded[0].validate_against(self.info)  # the old path's check (every layer dropped)
-            return decoded[0]
-
+        if len(genome) != len(self.genes):
+            self.space.decode(genome, self.info)  # raises: the genome does not fit the space's layout
         parts, model = self._parts, self.size_model
         if len(parts) >= GENOME_PARTS:
             parts.clear()
@@ -298,9 +309,7 @@ class SizeTable:
             key = (layer.index, len(kept), genes_of(genome))
             part = parts.get(key)
             if part is None:
-                entry = config().layer(layer.index)
-                segment = None if entry.drop == "layer" else model.layer_segment(config(), layer, len(kept))
-                part = parts[key] = (segment, 0 if entry.is_default else model.layer_item_length(layer.index, entry))
+                part = parts[key] = self._layer_part(layer, len(kept), genome)
             segment, item = part
             if item:
                 items += item
@@ -309,14 +318,30 @@ class SizeTable:
                 segments.append(segment)
                 kept.append(layer.index)
         if not kept:
-            config()  # raises: a model keeps at least one decoder layer
+            self.space.decode(genome, self.info).validate_against(self.info)  # raises: every layer dropped
         key = (None, self._other_genes(genome))
         part = parts.get(key)
         if part is None:
-            part = parts[key] = (model.non_decoder_segment(config()), model.config_frame_length(config()))
+            outside = CompressionConfig(default=KEPT, embedding=self._embedding[1][genome[self._embedding[0]]],
+                                        head=KEPT if self._head is None else self._head[1][genome[self._head[0]]])
+            part = parts[key] = (model.non_decoder_segment(outside), model.config_frame_length(outside))
         segment, frame = part
         segments.append(segment)
         return tuple(kept), segments, frame + max(count - 1, 0) + items
+
+    def _layer_part(self, layer, new_index: int, genome: tuple[int, ...]) -> tuple:
+        """(the layer's memoised segment or None when dropped, its item's length in the config's JSON or 0)."""
+        drop_position, attention_genes, mlp_genes = self._entry_genes[layer.index]
+        drop = self.genes[drop_position].choices[genome[drop_position]]
+        entry = LayerConfig(attention=self.unit_settings[sum(genome[i] * s for i, s in attention_genes)],
+                            mlp=self.unit_settings[sum(genome[i] * s for i, s in mlp_genes)], drop=drop)
+        if (layer.index, drop) not in self._checked_drops:  # the whole config's check, for this layer's drop
+            CompressionConfig(default=KEPT, layers=((layer.index, LayerConfig(drop=drop)),)).validate_against(self.info)
+            self._checked_drops.add((layer.index, drop))
+        model = self.size_model
+        own = CompressionConfig(default=KEPT, layers=((layer.index, entry),))  # what decode's config says of it
+        segment = None if drop == "layer" else model.layer_segment(own, layer, new_index)
+        return segment, 0 if entry.is_default else model.layer_item_length(layer.index, entry)
 
 
 def _getter(positions: list[int]) -> Callable[[tuple], tuple]:
