@@ -464,10 +464,17 @@ class ManifestWriter:
         return length
 
     def layer_item_length(self, index: int, layer) -> int:
-        """Characters of one "index":{layer} item of the config's layers table."""
+        """Characters of one "index":{layer} item of the config's layers table: LayerConfig.to_dict's
+        fields counted from the memoised settings' JSON (a search meets thousands of layer entries)."""
         item = self._config_pieces.get((index, layer))
         if item is None:
-            item = self._config_pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
+            fields = [len('"attention":') + len(self.setting_json(layer.attention))] if layer.attention is not None else []
+            if layer.mlp is not None:
+                fields.append(len('"mlp":') + len(self.setting_json(layer.mlp)))
+            if layer.drop != "none":
+                fields.append(len('"drop":') + len(_json(layer.drop)))
+            body = 2 + sum(fields) + max(len(fields) - 1, 0)  # {a,b,c}
+            item = self._config_pieces[(index, layer)] = len(_json(str(index))) + 1 + body
         return item
 
     @staticmethod

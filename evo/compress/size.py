@@ -467,6 +467,11 @@ class SizeModel:
             rows.append(self._row(new_prefix + source[len(old_prefix) :], source, setting))
         return tuple(rows)
 
+    def prepare_row(self, source: str, setting: TensorSetting) -> None:
+        """Make the manifest pieces of a tensor under a setting, stored under its own name (no layer
+        dropped before it), so that sizing a config later finds them."""
+        self._row(source, source, setting)
+
     def _row(self, name: str, source: str, setting: TensorSetting) -> _Row:
         row = self._rows.get((name, source, setting))
         if row is None:

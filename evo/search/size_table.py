@@ -205,6 +205,7 @@ class SizeTable:
         for row, (name, settings) in enumerate(zip(self.names, self.columns)):
             for column, setting in enumerate(settings):
                 self.table[row, column] = model._entry(name, setting).compressed_bytes
+                model.prepare_row(name, setting)  # its manifest entry's pieces, made now rather than mid-search
         self.filled = True
         return len(missing)
 
