@@ -10,7 +10,7 @@ Variants, side by side in one run (each its own run directory over one shared si
   shipped           what the search runs
   full_materialise  the evaluator's materialise before session 23: plan_model over every tensor of
                     the model for each evaluation, each tensor's setting key compared
-  exact_budget      every budget check of repair/fill sizes the whole artifact (no lower-bound shortcut)
+  exact_budget      every budget check of repair/fill sizes the whole artifact (no bounds shortcut)
   config_sizes      every size and budget check decodes the genome and sizes its config through the
                     SizeModel (before session 23; the genome path looks up memoised parts by genes)
 

@@ -176,3 +176,19 @@ def test_segment_offset_digits_equal_the_written_offsets_across_powers_of_ten():
                 written += len(str(offset))
                 offset += length
         assert segment.offset_digits(start) == written
+
+
+def test_layer_item_length_counts_the_layer_tables_json():
+    """ManifestWriter.layer_item_length (counted from memoised settings' JSON) equals the length of the
+    "index":{layer} item json writes, for layers with and without each field."""
+    from evo.compress.artifact import ManifestWriter
+
+    writer = ManifestWriter()
+    settings = [None, KEPT, TensorSetting(bits=3, group_size=32), TensorSetting(bits=2, group_size=None, sparsity=0.5)]
+    for index in (0, 7, 12, 123):
+        for attention in settings:
+            for mlp in settings:
+                for drop in ("none", "attention", "mlp", "layer"):
+                    layer = LayerConfig(attention=attention, mlp=mlp, drop=drop)
+                    text = json.dumps({str(index): layer.to_dict()}, separators=(",", ":"))
+                    assert writer.layer_item_length(index, layer) == len(text) - 2, (index, layer)

@@ -94,10 +94,11 @@ def test_workers_do_not_change_the_table_and_progress_is_reported(llama, tmp_pat
     assert again.fill(workers=2) == 0 and np.array_equal(again.table, tables[0])
 
 
-def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_the_sum(llama, tmp_path):
+def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_bounds(llama, tmp_path):
     """Property: exceeds(genome, budget) == artifact_bytes(genome) > budget for random genomes at budgets
-    around their sizes (the lower bound never flips an answer); genomes whose tensors and fixed files
-    alone exceed the budget are decided without sizing the whole artifact."""
+    around their sizes and their bounds (no shortcut flips an answer); bounds() brackets the exact size;
+    genomes whose tensors and fixed files alone exceed the budget, or whose bounds lie on one side of it,
+    are decided without sizing the whole artifact."""
     _, loaded, stats = llama
     space = _space()
     table = SizeTable(space, loaded.info, SizeModel.for_model(loaded, SizeCache(tmp_path / "sizes"), stats=stats))
@@ -107,7 +108,12 @@ def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_the_sum(
     sizes = {genome: table.artifact_bytes(genome) for genome in genomes}
     rest = {genome: size - table.tensor_bytes(genome) for genome, size in sizes.items()}
     assert all(value > table.fixed_bytes for value in rest.values())
+    bounds = {genome: table.bounds(genome) for genome in genomes}
+    for genome, (low, high) in bounds.items():
+        assert table.tensor_bytes(genome) + table.fixed_bytes < low <= sizes[genome] <= high, genome
+    assert max(high - low for low, high in bounds.values()) < 0.05 * min(sizes.values())
     budgets = sorted({size + delta for size in sizes.values() for delta in (-1, 0, 1)}
+                     | {edge + d for low, high in bounds.values() for edge in (low, high) for d in (-1, 0, 1)}
                      | {table.tensor_bytes(g) + table.fixed_bytes + d for g in genomes for d in (-1, 0, 1)})
     sized = []
     whole = table.size_model.size_of_plan
@@ -116,7 +122,9 @@ def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_the_sum(
         for genome in genomes:
             assert table.exceeds(genome, budget) == (sizes[genome] > budget), (genome, budget)
     clear = sum(1 for b in budgets for g in genomes if table.tensor_bytes(g) + table.fixed_bytes > b)
-    assert clear > 0 and len(sized) == len(budgets) * len(genomes) - clear
+    between = sum(1 for b in budgets for g in genomes
+                  if bounds[g][0] <= b < bounds[g][1] and table.tensor_bytes(g) + table.fixed_bytes <= b)
+    assert clear > 0 and 0 < len(sized) == between < len(budgets) * len(genomes) - clear
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +142,10 @@ def deep_llama(tmp_path_factory):
 
 @pytest.mark.parametrize("granularity", ["group", "layer"])
 def test_genome_path_equals_the_config_path_over_mutation_sequences(deep_llama, tmp_path, granularity):
-    """Property: artifact_bytes from parts memoised by each layer's genes (decoding only on a new part)
-    equals SizeModel.artifact_bytes of the decoded config, over sequences of one-gene mutations and
-    jumps that drop and keep layers (kept layers renumber the later ones)."""
+    """Property: artifact_bytes from parts memoised by each layer's genes (a new part built from its own
+    genes, never by decoding) equals SizeModel.artifact_bytes of the decoded config, and bounds() bracket it,
+    over sequences of one-gene mutations and jumps that drop and keep layers (kept layers renumber the
+    later ones)."""
     loaded, stats = deep_llama
     space = _space(granularity)
     cache = SizeCache(tmp_path / "sizes")
@@ -156,4 +165,7 @@ def test_genome_path_equals_the_config_path_over_mutation_sequences(deep_llama, 
             with pytest.raises(Exception):
                 table.artifact_bytes(tuple(genome))
             continue
-        assert table.artifact_bytes(tuple(genome)) == old.artifact_bytes(config), (step, genome)
+        exact = old.artifact_bytes(config)
+        assert table.artifact_bytes(tuple(genome)) == exact, (step, genome)
+        low, high = table.bounds(tuple(genome))
+        assert low <= exact <= high, (step, genome)

@@ -465,10 +465,17 @@ class ManifestWriter:
         return length
 
     def layer_item_length(self, index: int, layer) -> int:
-        """Characters of one "index":{layer} item of the config's layers table."""
+        """Characters of one "index":{layer} item of the config's layers table: LayerConfig.to_dict's
+        fields counted from the memoised settings' JSON (a search meets thousands of layer entries)."""
         item = self._config_pieces.get((index, layer))
         if item is None:
-            item = self._config_pieces[(index, layer)] = len(_json(str(index))) + 1 + len(_json(layer.to_dict()))
+            fields = [len('"attention":') + len(self.setting_json(layer.attention))] if layer.attention is not None else []
+            if layer.mlp is not None:
+                fields.append(len('"mlp":') + len(self.setting_json(layer.mlp)))
+            if layer.drop != "none":
+                fields.append(len('"drop":') + len(_json(layer.drop)))
+            body = 2 + sum(fields) + max(len(fields) - 1, 0)  # {a,b,c}
+            item = self._config_pieces[(index, layer)] = len(_json(str(index))) + 1 + body
         return item
 
     @staticmethod
@@ -522,12 +529,23 @@ class ManifestWriter:
         config_length: len(config_json(manifest.config)) when the caller has counted it."""
         if config_length is None:
             config_length = self.config_json_length(manifest.config)
-        body = (len(_head(manifest)) + len(',"config":') + config_length
-                + len(',"settings":{') + settings_length + len('},"tensors":[') + entries_length
+        body = self.body_length(manifest) + config_length + settings_length + entries_length
+        return self.length_of(body, other_bytes)
+
+    @staticmethod
+    def length_of(body_length: int, other_bytes: int) -> int:
+        """len(manifest.json) when its body (up to total_bytes' value) has body_length characters."""
+        return _settled_total(body_length, other_bytes) - other_bytes
+
+    @staticmethod
+    def body_length(manifest: ArtifactManifest) -> int:
+        """Characters of encode's body (the file up to its total_bytes value) less the config's JSON, the
+        settings' items and the tensors' entries: the fields that depend on the kept layers, the files'
+        sizes and the tensors' bytes only."""
+        return (len(_head(manifest)) + len(',"config":') + len(',"settings":{') + len('},"tensors":[')
                 + len('],"files":') + len(_json(dict(sorted(manifest.files.items()))))
                 + len(',"file_sha256":') + len(_json(packed_files.digest_placeholders(manifest.files)))
                 + len(',"tensor_bytes":') + len(str(manifest.tensor_bytes)) + len(',"total_bytes":'))
-        return _settled_total(body, other_bytes) - other_bytes
 
     def setting_item_length(self, key: str, setting: TensorSetting) -> int:
         """Characters of one "key":{setting} item of the manifest's settings table."""

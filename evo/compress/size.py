@@ -244,6 +244,7 @@ class SizeModel:
         self._manifest = build_manifest(info, CompressionConfig(), (), self.dtype, (), {}, base_model=base_model)
         self._writer = ManifestWriter()
         self._setting_items: dict[tuple[str, TensorSetting], int] = {}  # characters of a settings-table item
+        self._bodies: dict[tuple, int] = {}  # manifest_body_length by (kept layers, digits of the tensors' bytes)
 
     @classmethod
     def for_model(
@@ -273,6 +274,7 @@ class SizeModel:
         twin._entries, twin._rows, twin._segments, twin._layer_settings, twin._memo = {}, {}, {}, {}, {}
         twin._writer = ManifestWriter()
         twin._setting_items = {}
+        twin._bodies = {}
         twin.on_entry = None
         return twin
 
@@ -466,6 +468,11 @@ class SizeModel:
             rows.append(self._row(new_prefix + source[len(old_prefix) :], source, setting))
         return tuple(rows)
 
+    def prepare_row(self, source: str, setting: TensorSetting) -> None:
+        """Make the manifest pieces of a tensor under a setting, stored under its own name (no layer
+        dropped before it), so that sizing a config later finds them."""
+        self._row(source, source, setting)
+
     def _row(self, name: str, source: str, setting: TensorSetting) -> _Row:
         row = self._rows.get((name, source, setting))
         if row is None:
@@ -504,16 +511,36 @@ class SizeModel:
             entries += segment.template_length + segment.offset_digits(offset)
             offset += segment.span
             settings.update(segment.settings)  # to_dict's {key: last setting}
-        items = self._setting_items
         settings_length = max(len(settings) - 1, 0)
         for key, setting in settings.items():
-            length = items.get((key, setting))
-            if length is None:
-                length = items[(key, setting)] = self._writer.setting_item_length(key, setting)
-            settings_length += length
-        manifest = replace(self._manifest, kept_layers=kept, files=files, tensor_bytes=tensor_bytes)
-        return self._writer.encoded_length(manifest, other_bytes, entries_length=entries,
-                                           settings_length=settings_length, config_length=config_length)
+            settings_length += self.setting_item_length(key, setting)
+        body = self.manifest_body_length(kept, tensor_bytes) + config_length + settings_length + entries
+        return self.manifest_length_of(body, other_bytes)
+
+    def manifest_length_of(self, body_length: int, other_bytes: int) -> int:
+        """len(manifest.json) when its body (up to total_bytes' value) has body_length characters and the
+        other files other_bytes; never shorter for a longer body (its total is the least fixed point)."""
+        return self._writer.length_of(body_length, other_bytes)
+
+    def setting_item_length(self, key: str, setting: TensorSetting) -> int:
+        """Characters of one "key":{setting} item of the manifest's settings table (memoised)."""
+        length = self._setting_items.get((key, setting))
+        if length is None:
+            length = self._setting_items[(key, setting)] = self._writer.setting_item_length(key, setting)
+        return length
+
+    def manifest_body_length(self, kept: tuple[int, ...], tensor_bytes: int) -> int:
+        """ManifestWriter.body_length of a config's manifest: decided by the kept layers (their list,
+        config.json's size) and the digits of tensors.bin's size, so memoised by those."""
+        key = (kept, len(str(tensor_bytes)))
+        length = self._bodies.get(key)
+        if length is None:
+            if len(self._bodies) >= MEMO_CONFIGS:
+                self._bodies.clear()
+            files = self.metadata.files(kept, tensor_bytes)
+            manifest = replace(self._manifest, kept_layers=kept, files=files, tensor_bytes=tensor_bytes)
+            length = self._bodies[key] = self._writer.body_length(manifest)
+        return length
 
 
 def _layer_tensors(layer: DecoderLayerInfo) -> list[tuple[str, tuple[int, ...]]]:

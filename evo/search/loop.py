@@ -658,7 +658,10 @@ def run_search(
                 else:  # scored on an actor: its own seconds, not the wait
                     quality, seconds = remote.get(evaluation_key(request.genome, request.stage))
                     tic = time.perf_counter() - seconds
-                size = session.size_model.artifact_bytes(config)
+                # the size table's genome path when there is one (the same bytes, without sizing the
+                # decoded config's plan anew)
+                size = (session.size_model.artifact_bytes(config) if session.size_table is None
+                        else session.size_of(request.genome))
                 seconds = time.perf_counter() - tic
                 entry = store.append(request.genome, request.stage, quality, size, seconds, durable=False)
                 new_evaluations += 1

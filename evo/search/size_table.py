@@ -18,6 +18,7 @@ import itertools
 import operator
 import multiprocessing
 import os
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -26,7 +27,7 @@ import torch
 
 from evo.compress.apply import compress_tensor
 from evo.compress.coding import encode_tensor
-from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES
+from evo.compress.config import ATTENTION_ROLES, KEPT, MLP_ROLES, CompressionConfig, LayerConfig
 from evo.compress.plan import stats_for
 from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeEntry, SizeKey, SizeModel
@@ -162,6 +163,29 @@ class SizeTable:
                              for layer in info.layers]
         self._other_genes = _getter([i for i, g in enumerate(self.genes) if g.layer is None])
         self._parts: dict[tuple, tuple] = {}
+        # what a layer's entry is built from without decoding the genome (space.decode's per-layer rule):
+        # per layer its drop gene and the units of its attention and MLP linears (one unit per layer at
+        # layer granularity); the embedding's and head's settings by their genes' choices
+        unit_positions = [[int(i) for i in row] for row in unit_genes]
+        strides_list = [int(s) for s in strides]
+        groups = ("all", "all") if space.granularity == "layer" else ("attention", "mlp")
+        self._entry_genes = {layer.index: (drop_gene[layer.index],
+                                           *(list(zip(unit_positions[unit_of[(layer.index, g)]], strides_list))
+                                             for g in groups))
+                             for layer in info.layers}
+        self._embedding = (gene_index["embedding.bits"],
+                           [space.setting({"bits": b}, key="embedding.bits")
+                            for b in self.genes[gene_index["embedding.bits"]].choices])
+        self._head = None if "head.bits" not in gene_index else (
+            gene_index["head.bits"],
+            [space.setting({"bits": b}, key="head.bits") for b in self.genes[gene_index["head.bits"]].choices])
+        self._checked_drops: set[tuple[int, str]] = set()  # (layer, drop) pairs validate_against accepted
+        # exceeds' bounds of the manifest's settings table: a bit per setting key, each key's shortest and
+        # longest item, and (low, high) by the keys' bits of a genome
+        self._key_bits: dict[str, int] = {}
+        self._key_lengths: dict[str, tuple[int, int]] = {}
+        self._key_length_list: list[tuple[int, int, int]] = []
+        self._settings_bounds: dict[int, tuple[int, int]] = {}
         # bytes of every artifact beside its tensors, manifest and config.json (exceeds' lower bound)
         self.fixed_bytes = sum(size_model.metadata.fixed_files.values())
 
@@ -194,6 +218,7 @@ class SizeTable:
         for row, (name, settings) in enumerate(zip(self.names, self.columns)):
             for column, setting in enumerate(settings):
                 self.table[row, column] = model._entry(name, setting).compressed_bytes
+                model.prepare_row(name, setting)  # its manifest entry's pieces, made now rather than mid-search
         self.filled = True
         return len(missing)
 
@@ -304,60 +329,134 @@ class SizeTable:
     def exceeds(self, genome: Sequence[int], budget_bytes: int) -> bool:
         """artifact_bytes(genome) > budget_bytes, exactly. The tensors plus the files no config changes
         (tokenizer, generation config) are a lower bound of the artifact: when they already exceed the
-        budget the tensors' sum decides; otherwise the manifest and config.json are counted too."""
-        kept, segments, config_length = self._plan(genome)
-        if sum(segment.compressed_bytes for segment in segments) + self.fixed_bytes > budget_bytes:
+        budget the tensors' sum decides; otherwise bounds() (exact but for the manifest's offset digits
+        and settings items, a few kB apart) decide, and only a genome within them is sized whole."""
+        kept, segments, config_length, sums = self._plan(genome)
+        if sums.tensor_bytes + self.fixed_bytes > budget_bytes:
             return True
+        low, high = self._bounds(kept, config_length, sums)
+        if low > budget_bytes:
+            return True
+        if high <= budget_bytes:
+            return False
         return self.size_model.size_of_plan(kept, segments, config_length).total_bytes > budget_bytes
 
     def artifact_bytes(self, genome: Sequence[int]) -> int:
         """The whole artifact's bytes: its tensors plus the config's manifest and metadata files (exactly
         SizeModel.artifact_bytes of the decoded config; the tensors' bytes are the table's entries)."""
-        kept, segments, config_length = self._plan(genome)
+        kept, segments, config_length, _ = self._plan(genome)
         return self.size_model.size_of_plan(kept, segments, config_length).total_bytes
 
-    def _plan(self, genome: Sequence[int]) -> tuple[tuple[int, ...], list, int]:
-        """(kept layers, the size model's memoised segments, the length of the config's JSON) of a genome,
-        looked up by each layer's genes: the genome is decoded only when one of its parts is new (a
-        search's genomes share most of their layers)."""
+    def _plan(self, genome: Sequence[int]) -> tuple[tuple[int, ...], list, int, _Sums]:
+        """(kept layers, the size model's memoised segments, the length of the config's JSON, the sums the
+        bounds need) of a genome,
+        looked up by each layer's genes. A part not seen before is built from its own genes (the layer's
+        entry as space.decode makes it), never by decoding the whole genome (tests check both agree)."""
         genome = tuple(genome)
-        decoded = []
-
-        def config():
-            if not decoded:
-                decoded.append(self.space.decode(genome, self.info))
-                decoded[0].validate_against(self.info)  # the old path's check (every layer dropped)
-            return decoded[0]
-
+        if len(genome) != len(self.genes):
+            self.space.decode(genome, self.info)  # raises: the genome does not fit the space's layout
         parts, model = self._parts, self.size_model
         if len(parts) >= GENOME_PARTS:
             parts.clear()
         kept: list[int] = []
         segments = []
-        items = count = 0
+        items = count = tensor_bytes = entries = frames = mask = 0
         for layer, genes_of in self._layer_genes:
             key = (layer.index, len(kept), genes_of(genome))
             part = parts.get(key)
             if part is None:
-                entry = config().layer(layer.index)
-                segment = None if entry.drop == "layer" else model.layer_segment(config(), layer, len(kept))
-                part = parts[key] = (segment, 0 if entry.is_default else model.layer_item_length(layer.index, entry))
-            segment, item = part
+                part = parts[key] = self._layer_part(layer, len(kept), genome)
+            segment, item, part_bytes, part_entries, part_frames, part_mask = part
             if item:
                 items += item
                 count += 1
             if segment is not None:
                 segments.append(segment)
                 kept.append(layer.index)
+                tensor_bytes += part_bytes
+                entries += part_entries
+                frames += part_frames
+                mask |= part_mask
         if not kept:
-            config()  # raises: a model keeps at least one decoder layer
+            self.space.decode(genome, self.info).validate_against(self.info)  # raises: every layer dropped
         key = (None, self._other_genes(genome))
         part = parts.get(key)
         if part is None:
-            part = parts[key] = (model.non_decoder_segment(config()), model.config_frame_length(config()))
-        segment, frame = part
+            outside = CompressionConfig(default=KEPT, embedding=self._embedding[1][genome[self._embedding[0]]],
+                                        head=KEPT if self._head is None else self._head[1][genome[self._head[0]]])
+            segment = model.non_decoder_segment(outside)
+            part = parts[key] = (segment, model.config_frame_length(outside), *self._sums(segment))
+        segment, frame, part_bytes, part_entries, part_frames, part_mask = part
         segments.append(segment)
-        return tuple(kept), segments, frame + max(count - 1, 0) + items
+        sums = _Sums(tensor_bytes + part_bytes, entries + part_entries, frames + part_frames, mask | part_mask)
+        return tuple(kept), segments, frame + max(count - 1, 0) + items, sums
+
+    def _layer_part(self, layer, new_index: int, genome: tuple[int, ...]) -> tuple:
+        """(the layer's memoised segment or None when dropped, its item's length in the config's JSON or 0)."""
+        drop_position, attention_genes, mlp_genes = self._entry_genes[layer.index]
+        drop = self.genes[drop_position].choices[genome[drop_position]]
+        entry = LayerConfig(attention=self.unit_settings[sum(genome[i] * s for i, s in attention_genes)],
+                            mlp=self.unit_settings[sum(genome[i] * s for i, s in mlp_genes)], drop=drop)
+        if (layer.index, drop) not in self._checked_drops:  # the whole config's check, for this layer's drop
+            CompressionConfig(default=KEPT, layers=((layer.index, LayerConfig(drop=drop)),)).validate_against(self.info)
+            self._checked_drops.add((layer.index, drop))
+        model = self.size_model
+        own = CompressionConfig(default=KEPT, layers=((layer.index, entry),))  # what decode's config says of it
+        segment = None if drop == "layer" else model.layer_segment(own, layer, new_index)
+        item = 0 if entry.is_default else model.layer_item_length(layer.index, entry)
+        return (segment, item, *self._sums(segment)) if segment is not None else (None, item, 0, 0, 0, 0)
+
+    def _sums(self, segment) -> tuple[int, int, int, int]:
+        """A segment's (tensor bytes, characters of its manifest entries with a comma each and without
+        their offsets, frames, bits of the setting keys it puts in the settings table); records each
+        key's shortest and longest item seen (a key's settings may differ in fields its key leaves out)."""
+        model, mask = self.size_model, 0
+        for key, setting in segment.settings:
+            bit = self._key_bits.setdefault(key, 1 << len(self._key_bits))
+            mask |= bit
+            length = model.setting_item_length(key, setting)
+            shortest, longest = self._key_lengths.get(key, (length, length))
+            if (min(shortest, length), max(longest, length)) != self._key_lengths.get(key):
+                self._key_lengths[key] = (min(shortest, length), max(longest, length))
+                self._key_length_list = [(bit, *self._key_lengths[k]) for k, bit in self._key_bits.items()]
+                self._settings_bounds.clear()  # bounds computed with the narrower ranges no longer hold
+        return (segment.compressed_bytes, segment.template_length + len(segment.rows), len(segment.frame_offsets),
+                mask)
+
+    def bounds(self, genome: Sequence[int]) -> tuple[int, int]:
+        """(low, high) with low <= artifact_bytes(genome) <= high, from sums memoised per part: the manifest
+        is counted exactly but for each frame offset's digits (1 to those of the tensors' bytes) and the
+        settings table's items (each key between its shortest and longest item seen)."""
+        kept, _, config_length, sums = self._plan(genome)
+        return self._bounds(kept, config_length, sums)
+
+    def _bounds(self, kept: tuple[int, ...], config_length: int, sums: _Sums) -> tuple[int, int]:
+        model = self.size_model
+        other = sums.tensor_bytes + self.fixed_bytes + model.metadata.model_config_bytes(kept)
+        settings = self._settings_bounds.get(sums.mask)
+        if settings is None:
+            count = shortest = longest = 0
+            for bit, low, high in self._key_length_list:
+                if sums.mask & bit:
+                    count += 1
+                    shortest += low
+                    longest += high
+            settings = self._settings_bounds[sums.mask] = (shortest + max(count - 1, 0), longest + max(count - 1, 0))
+        body = model.manifest_body_length(kept, sums.tensor_bytes) + config_length + sums.entries - 1
+        low = body + settings[0] + sums.frames  # every offset has a digit at least
+        high = body + settings[1] + sums.frames * len(str(sums.tensor_bytes))  # no offset exceeds the tensors' bytes
+        # manifest.json's length grows with its body's (the settled total is the least fixed point)
+        return other + model.manifest_length_of(low, other), other + model.manifest_length_of(high, other)
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """What bounds() needs of a genome's plan, summed over its parts."""
+
+    tensor_bytes: int
+    entries: int  # characters of the manifest's tensor entries with a comma each, less their offsets
+    frames: int
+    mask: int  # the bits of the setting keys in the manifest's settings table
 
 
 def _getter(positions: list[int]) -> Callable[[tuple], tuple]:
