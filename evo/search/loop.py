@@ -247,10 +247,12 @@ class SearchSession:
     def config_of(self, genome):
         return self.space.decode(tuple(genome), self.loaded.info)
 
-    def size_of(self, genome) -> int:
+    def size_of(self, genome, config=None) -> int:
+        """The genome's artifact bytes: from the size table when there is one, else from its config
+        (`config`, when the caller has decoded it already, is not decoded again)."""
         if self.size_table is not None:
             return self.size_table.artifact_bytes(genome)
-        return self.size_model.artifact_bytes(self.config_of(genome))
+        return self.size_model.artifact_bytes(config if config is not None else self.config_of(genome))
 
     def fill_size_table(self, *, workers: int | None = None, progress: TableProgress | None = None, pool=None,
                         levels: bool | None = None):
@@ -658,10 +660,7 @@ def run_search(
                 else:  # scored on an actor: its own seconds, not the wait
                     quality, seconds = remote.get(evaluation_key(request.genome, request.stage))
                     tic = time.perf_counter() - seconds
-                # the size table's genome path when there is one (the same bytes, without sizing the
-                # decoded config's plan anew)
-                size = (session.size_model.artifact_bytes(config) if session.size_table is None
-                        else session.size_of(request.genome))
+                size = session.size_of(request.genome, config)
                 seconds = time.perf_counter() - tic
                 entry = store.append(request.genome, request.stage, quality, size, seconds, durable=False)
                 new_evaluations += 1
