@@ -53,6 +53,8 @@ else
                      --prefetch "${PREFETCH:-4}")
 fi
 SIZE_SEEDS=${SIZE_SEEDS:-1}
+threads=()  # quality,llamacpp: two parents on one machine, their workers' CPU threads split between them
+case "$PHASE" in *,*) threads=(--threads $(( $(nproc) / (4 + 3 * SIZE_SEEDS) > 0 ? $(nproc) / (4 + 3 * SIZE_SEEDS) : 1 )));; esac
 SQ3=$WORK/sq3 SQL=$WORK/sqL
 mkdir -p "$WORK" "$OUT"
 
@@ -69,7 +71,7 @@ quality() {  # issue 18 (a): 3 seeds at the 3-bit budget, the baselines beside t
     echo "== quality: budget $BUDGET bytes, 3 seeds x $GENERATIONS generations, deadline $deadline s ($(date -u +%T))"
     timeout $(( deadline + 45 )) "$PY" benchmarks/search_quality.py --device "$DEVICE" --model "$MODEL" --space gptq \
         --seeds 3 --jobs 4 --generations "$GENERATIONS" --population "$POPULATION" --skip-evop --skip-random --c4 \
-        --budget-bytes "$BUDGET" --deadline-s "$deadline" --reserve-s "${RESERVE_S:-100}" "${smoke_search[@]}" \
+        --budget-bytes "$BUDGET" --deadline-s "$deadline" --reserve-s "${RESERVE_S:-100}" "${smoke_search[@]}" "${threads[@]}" \
         --out "$SQ3"
     echo "search_quality exit $?"
     best_seed | tee "$OUT/best_seed.txt"
@@ -84,7 +86,7 @@ llamacpp() {  # issue 18 (b): one search per llama.cpp size (x SIZE_SEEDS)
         --seeds 0 --size-seeds "$SIZE_SEEDS" --jobs "$jobs" --generations "$SIZE_GENERATIONS" \
         --population "$POPULATION" --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
         --budgets-bytes "$LLAMACPP_BUDGETS" --deadline-s "$deadline" --reserve-s "${SIZE_RESERVE_S:-90}" \
-        "${smoke_search[@]}" --out "$SQL"
+        "${smoke_search[@]}" "${threads[@]}" --out "$SQL"
     echo "search_quality exit $?"
     pack llamacpp "$SQL"
 }
@@ -128,7 +130,8 @@ runtime() {  # issue 14 on CUDA: the best seed's artifact + zstd twin, DC 8-bit,
     if [ -n "$art" ] && [ -f "$art/manifest.json" ]; then
         run=$(dirname "$art")
         echo "-- zstd twin of $art (--prefer-decode-speed, the run's calibration and Hessians) at $((SECONDS - began)) s"
-        if [ ! -f "$twin/manifest.json" ] || [ "$(cat "$twin.source" 2> /dev/null)" != "$art" ]; then
+        local stamp; stamp="$art $(stat -c %Y "$art/manifest.json")"  # a re-export makes a new twin
+        if [ ! -f "$twin/manifest.json" ] || [ "$(cat "$twin.source" 2> /dev/null)" != "$stamp" ]; then
             "$PY" - "$SQ3" "${line#best }" "$WORK/best3.toml" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -141,7 +144,7 @@ EOF
             timeout 180 "$PY" -m evo compress --model "$MODEL" --device "$DEVICE" --config "$WORK/best3.toml" \
                 --calibration "$run/calibration.json" --hessians "$WORK/best3z-hessians" --prefer-decode-speed \
                 --out "$twin" --overwrite 2>&1 | grep -v 'it/s]' | tail -3
-            [ -f "$twin/manifest.json" ] && echo "$art" > "$twin.source"
+            [ -f "$twin/manifest.json" ] && echo "$stamp" > "$twin.source"
         fi
         [ -f "$twin/manifest.json" ] || twin=
     else
