@@ -53,6 +53,7 @@ else
                      --prefetch "${PREFETCH:-4}")
 fi
 SIZE_SEEDS=${SIZE_SEEDS:-1}
+LAST_MODE_S=${LAST_MODE_S:-20}  # resident_memory starts no mode later than this before its share of the time ends
 threads=()  # quality,llamacpp: two parents on one machine, their workers' CPU threads split between them
 case "$PHASE" in *,*) threads=(--threads $(( $(nproc) / (4 + 3 * SIZE_SEEDS) > 0 ? $(nproc) / (4 + 3 * SIZE_SEEDS) : 1 )));; esac
 SQ3=$WORK/sq3 SQL=$WORK/sqL
@@ -177,7 +178,7 @@ EOF
         if [ "$share" -lt 20 ]; then echo "skipped: $share s left for it"; continue; fi
         # shellcheck disable=SC2086  # modes and caps are word lists
         timeout "$share" "$PY" benchmarks/resident_memory.py "$path" --device "$DEVICE" "${resident_tokens[@]}" \
-            --modes $modes --caps $caps --auto-cap 50 --deadline-s $(( share * 3 / 4 )) \
+            --modes $modes --caps $caps --auto-cap 50 --deadline-s $(( share > 2 * LAST_MODE_S ? share - LAST_MODE_S : share / 2 )) \
             --json "$OUT/resident_$tag.json" 2>&1 | grep -v -e 'it/s]' -e 'clean_up_tokenization'
     done
     echo "== runtime done at $((SECONDS - began)) s"
