@@ -293,13 +293,15 @@ DEADLINE_GRACE_S = 30.0  # a job still running this long after the deadline is s
 
 def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: float | None = None) -> None:
     """Each job in its own process (the script's own command line + `--only NAME`), at most --jobs at
-    a time, the CPU threads split between them; logs under out/logs. With deadline_at (time.time()
+    a time, the CPU threads split between them (or --threads each, when given: two such parents side by
+    side on one machine); logs under out/logs. With deadline_at (time.time()
     seconds) no job starts after it and a job still running DEADLINE_GRACE_S later is terminated
     (its result is missing; the caller shows what finished)."""
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running = list(names), {}
-    base = [sys.executable, *script_argv, "--threads", str(max(1, (os.cpu_count() or 2) // args.jobs))]
+    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 2) // args.jobs)
+    base = [sys.executable, *script_argv, "--threads", str(threads)]
     failed = []
     while pending or running:
         if deadline_at is not None and time.time() > deadline_at:
