@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                       help="calibration set (evo calibrate) for wanda/linf/mse statistics and gptq Hessians "
                            "(gguf: the imatrix); default: the embedded corpus")
     comp.add_argument("--hessians", default=None, metavar="DIR",
-                      help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
+                      help="keep gptq's Hessians and the activation statistics (mse, wanda, linf) in DIR and reuse "
+                           "them when model and calibration tokens match (default: a temporary dir)")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
     comp.add_argument("--prefer-decode-speed", action="store_true",
                       help="code frames with zstd/packing only, not ANS: ~10%% larger, decodes ~15x faster "
