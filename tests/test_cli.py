@@ -141,5 +141,5 @@ def test_compress_twice_with_one_hessians_dir_reuses_statistics_and_hessians(tin
     assert stats.cached_stats(kept, stats.stats_digest(model, tokens)) is None
     assert stats.cached_stats(tmp_path / "nothing.safetensors", "x") is None
     assert main(["compress", "--model", str(tiny_model_dir("qwen2")), "--config", str(config),
-          "--out", str(tmp_path / "third"), "--hessians", str(tmp_path / "hessians")]) == 0
+                 "--out", str(tmp_path / "third"), "--hessians", str(tmp_path / "hessians")]) == 0
     assert calls == {"stats": 2, "hessians": 2}
