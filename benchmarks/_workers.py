@@ -43,6 +43,17 @@ def add_worker_options(parser) -> None:
                              "(default: --out, which keeps the tables, results, logs and budget)")
 
 
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The options parser of a script run_experiment drives: the experiments' common options
+    (_experiments.add_common_options) and the worker options; the script adds its own."""
+    from _experiments import add_common_options
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser)
+    add_worker_options(parser)
+    return parser
+
+
 UNFINISHED_EXIT = 3  # a worker's exit status when one of its jobs has no result in this call
 WORKER_GRACE_S = 20.0  # a worker still running this long after the deadline is stopped
 
@@ -154,11 +165,12 @@ def run_experiment(script: Path, name: str, args, argv: list[str] | None, labels
                    job, domains: bool) -> int:
     """The driver of a GPU experiment script (ccds_vs_random.py, evop_vs_shortgpt.py) once its options
     are parsed. The parent of --jobs > 1 runs each label's job in a worker process (run_workers), does
-    the shared work meanwhile with prepare(say) -> dict (its "budget" among it) and rewrites the table
-    whenever a worker ends; otherwise (--jobs 1, or a worker given --only) the jobs run one after
-    another in this process while the deadline allows: job(label, loaded, shared, texts, deadline)
-    returns its result, or None when it did not finish. render(shared) -> (data, markdown) is the
-    table, written as OUT/NAME.json and .md with the unfinished labels. Returns the exit status."""
+    the shared work meanwhile with prepare(args, out, say) -> shared (a dict with "budget" and "dense",
+    the dense model's PPL) and rewrites the table whenever a worker ends; otherwise (--jobs 1, or a
+    worker given --only) the jobs run one after another in this process while the deadline allows:
+    job(label, loaded, shared, texts, deadline) returns its result, or None when it did not finish.
+    render(out, dense, budget, args) -> (data, markdown) is the table, written as OUT/NAME.json and
+    .md with the unfinished labels. Returns the exit status."""
     import torch
 
     from _experiments import (cached_eval_texts, load_experiment_model, run_until_deadline, say_as,
@@ -177,11 +189,11 @@ def run_experiment(script: Path, name: str, args, argv: list[str] | None, labels
     shared: dict = {}
 
     def write_table(final: bool) -> None:
-        data, table = render(shared)
+        data, table = render(out, shared["dense"], shared["budget"], args)
         write_with_pending(out, name, data, table, command, unfinished(out, labels), echo=final)
 
     def prepare_shared() -> None:
-        shared.update(prepare(say))
+        shared.update(prepare(args, out, say))
         free_gpu()
         mark_prepared(out, {"budget_bytes": shared["budget"]})
 
@@ -193,7 +205,7 @@ def run_experiment(script: Path, name: str, args, argv: list[str] | None, labels
     loaded = load_experiment_model(args)
     if args.only is not None and not wait_until_prepared(out, deadline, say):
         return UNFINISHED_EXIT
-    shared.update(prepare(say))  # a worker reads what its parent wrote
+    shared.update(prepare(args, out, say))  # a worker reads what its parent wrote
     texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=domains)
     chosen = [label for label in labels if args.only is None or label in args.only.split(",")]
     pending = run_until_deadline(
@@ -205,6 +217,6 @@ def run_experiment(script: Path, name: str, args, argv: list[str] | None, labels
     return 0
 
 
-__all__ = ["PREPARED_FILE", "UNFINISHED_EXIT", "WORKER_GRACE_S", "add_worker_options", "finished_result",
-           "mark_prepared", "result_path", "run_experiment", "run_workers", "start_deadline", "unfinished",
-           "wait_until_prepared"]
+__all__ = ["PREPARED_FILE", "UNFINISHED_EXIT", "WORKER_GRACE_S", "add_worker_options", "experiment_parser",
+           "finished_result", "mark_prepared", "result_path", "run_experiment", "run_workers", "start_deadline",
+           "unfinished", "wait_until_prepared"]

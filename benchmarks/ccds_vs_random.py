@@ -26,7 +26,6 @@ every result on disk whenever a job ends. Budget: uniform 3-bit RTN.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -34,7 +33,6 @@ import numpy as np
 
 from _experiments import (
     Deadline,
-    add_common_options,
     best_to_export,
     cached_eval_texts,
     deadline_note,
@@ -50,7 +48,7 @@ from _experiments import (
     work_dir,
 )
 from _searchbench import write_json
-from _workers import add_worker_options, finished_result, result_path, run_experiment
+from _workers import experiment_parser, finished_result, result_path, run_experiment
 from evo.constants import MB
 
 STRATEGIES = ("ccds", "random")
@@ -169,9 +167,7 @@ def prepare(args, out: Path, say) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser)
-    add_worker_options(parser)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--space", default="default")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (calibration draw and search)")
     parser.add_argument("--strategies", default="ccds,random")
@@ -187,15 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = {s for s, _ in jobs.values()} - set(STRATEGIES)
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}: use {list(STRATEGIES)}")
-    out = Path(args.out)
 
     def job(label: str, loaded, shared: dict, texts, deadline: Deadline) -> dict | None:
         return run_job(loaded, args, *jobs[label], shared["budget"], texts, deadline)
 
     return run_experiment(Path(__file__), "ccds_vs_random", args, argv, list(jobs),
-                          prepare=lambda say: prepare(args, out, say),
-                          render=lambda shared: render(out, shared["dense"], shared["budget"], args),
-                          job=job, domains=True)
+                          prepare=prepare, render=render, job=job, domains=True)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,11 @@ at equal layers removed). ShortGPT's seed changes only its calibration tokens (t
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from _experiments import (
     Deadline,
-    add_common_options,
     best_to_export,
     cached_eval_texts,
     deadline_note,
@@ -48,7 +46,7 @@ from _experiments import (
     work_dir,
 )
 from _searchbench import write_json
-from _workers import add_worker_options, finished_result, result_path, run_experiment
+from _workers import experiment_parser, finished_result, result_path, run_experiment
 from evo.constants import FINAL_STAGE, SIZE_CACHE_DIR
 
 SMOKE = ["--device", "cpu", "--seeds", "0", "--drop", "2", "--generations", "1", "--population", "4",
@@ -164,9 +162,7 @@ def prepare(args, out: Path, say) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser)
-    add_worker_options(parser)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--drop", type=int, default=8, help="layers removed (8 of 30 = 25 %% depth)")
     parser.add_argument("--generations", type=int, default=30)
@@ -177,15 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_with_smoke(parser, SMOKE, argv)
     args.out = args.out or "runs/evop_vs_shortgpt"
     seeds = {f"s{seed}": seed for seed in (int(s) for s in args.seeds.split(",") if s)}
-    out = Path(args.out)
 
     def job(label: str, loaded, shared: dict, texts, deadline: Deadline) -> dict | None:
         return run_seed(loaded, args, seeds[label], shared["budget"], shared["space"], texts, deadline)
 
     return run_experiment(Path(__file__), "evop_vs_shortgpt", args, argv, list(seeds),
-                          prepare=lambda say: prepare(args, out, say),
-                          render=lambda shared: render(out, shared["dense"], shared["budget"], args),
-                          job=job, domains=False)
+                          prepare=prepare, render=render, job=job, domains=False)
 
 
 if __name__ == "__main__":

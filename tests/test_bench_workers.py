@@ -99,13 +99,14 @@ def test_the_shared_driver_runs_the_jobs_here_and_writes_the_table_with_what_is_
     monkeypatch.setattr(_experiments, "cached_eval_texts", lambda tok, out, *, domains: {"tok": tok, "domains": domains})
     calls = {"prepare": 0, "jobs": [], "tables": 0}
 
-    def prepare(say) -> dict:
+    def prepare(args, out, say) -> dict:
+        assert out == shared_out
         calls["prepare"] += 1
-        return {"budget": 123}
+        return {"budget": 123, "dense": {"wikitext2": 9.0}}
 
-    def render(shared: dict) -> tuple[dict, str]:
+    def render(out, dense, budget, args) -> tuple[dict, str]:
         calls["tables"] += 1
-        return {"budget_bytes": shared["budget"]}, f"| budget | {shared['budget']} |"
+        return {"budget_bytes": budget}, f"| budget | {budget} | {dense['wikitext2']} |"
 
     def job(label, loaded, shared, texts, deadline):
         assert loaded.tokenizer is tokenizer and texts == {"tok": tokenizer, "domains": True}
@@ -126,7 +127,7 @@ def test_the_shared_driver_runs_the_jobs_here_and_writes_the_table_with_what_is_
     assert code == 0 and calls == {"prepare": 1, "jobs": ["done", "later"], "tables": 2}  # after "done", and last
     data = json.loads((shared_out / "demo.json").read_text())
     assert data == {"budget_bytes": 123, "pending": ["later"]}
-    assert "| budget | 123 |" in (shared_out / "demo.md").read_text()
+    assert "| budget | 123 | 9.0 |" in (shared_out / "demo.md").read_text()
     assert finished_result(shared_out, "done") == {"complete": True, "label": "done"}
     assert finished_result(shared_out, "later") is None
     # a worker given --only runs its job alone after the parent's prepared.json, writes no table
