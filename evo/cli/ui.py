@@ -17,6 +17,8 @@ out = Console()
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+HESSIANS_HELP = ("keep gptq's Hessians and the activation statistics (mse, wanda, linf) in DIR and reuse them when "
+                 "model and calibration tokens match (default: a temporary dir)")
 
 
 
