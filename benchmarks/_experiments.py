@@ -321,6 +321,38 @@ def best_so_far(session):
     return CompressionConfig.from_dict(config), quality, size
 
 
+def best_to_export(session, result, say):
+    """(CompressionConfig, KL, complete) of what a search exports: its result's best (complete), or,
+    where the deadline stopped it (result None), its best full-stage evaluation so far (not
+    complete); None, said, when there is none yet."""
+    from evo.compress.config import CompressionConfig
+
+    if result is not None:
+        return CompressionConfig.from_dict(result.best.config), result.best.quality, True
+    found = best_so_far(session)
+    if found is None:
+        say("nothing under the budget was evaluated on the full stage yet: no export")
+        return None
+    best, kl, _ = found
+    return best, kl, False
+
+
+DEADLINE_NOTE = ("\\* stopped by the deadline before its last generation: its best full-stage evaluation so far "
+                 "was exported (the same command continues it).")
+
+
+def deadline_note(rows: list[dict]) -> list[str]:
+    """The table's footnote lines when any run was stopped by the deadline ("complete": false)."""
+    return ["", DEADLINE_NOTE] if any(not r.get("complete", True) for r in rows) else []
+
+
+def load_experiment_model(args):
+    """The model of --model on --device in that device's default dtype (no remote code)."""
+    from evo.modelio import auto_dtype_name, load_model
+
+    return load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+
+
 def convergence_report(run_dir: Path, out: Path) -> list[str]:
     """`evo report` of a run (its convergence plot among the files); returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -381,8 +413,9 @@ def write_with_pending(out: Path, name: str, data: dict, markdown: str, argv: li
 
 
 __all__ = [
-    "Deadline", "DeadlineReached", "add_common_options", "best_so_far", "cached_eval_texts", "convergence_report",
-    "eval_texts", "export_and_measure", "mean_std", "open_run", "parse_with_smoke", "perplexities",
+    "DEADLINE_NOTE", "Deadline", "DeadlineReached", "add_common_options", "best_so_far", "best_to_export",
+    "cached_eval_texts", "convergence_report", "deadline_note", "eval_texts", "export_and_measure",
+    "load_experiment_model", "mean_std", "open_run", "parse_with_smoke", "perplexities",
     "prefill_size_table", "run_until_deadline", "say_as", "search_until", "seeded_run", "share_loaded_models",
     "tiny_model", "uniform_budget", "work_dir", "write_outputs", "write_with_pending",
 ]

@@ -1,4 +1,5 @@
-"""The worker processes of the GPU experiment scripts (ccds_vs_random.py, evop_vs_shortgpt.py):
+"""The worker processes of the GPU experiment scripts (ccds_vs_random.py, evop_vs_shortgpt.py), and
+the driver both share (run_experiment):
 --jobs N runs N of a script's jobs side by side, each in its own process started with the script's
 own command line + --only LABEL and the parent's deadline (--deadline-at), sharing one GPU. The
 parent does the work the jobs share while they start (they load the model meanwhile and wait for
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from _experiments import Deadline
@@ -39,6 +41,17 @@ def add_worker_options(parser) -> None:
     parser.add_argument("--work-dir", default=None,
                         help="the bulky files: run directories, artifacts, the size cache, tokenized texts "
                              "(default: --out, which keeps the tables, results, logs and budget)")
+
+
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The options parser of a script run_experiment drives: the experiments' common options
+    (_experiments.add_common_options) and the worker options; the script adds its own."""
+    from _experiments import add_common_options
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser)
+    add_worker_options(parser)
+    return parser
 
 
 UNFINISHED_EXIT = 3  # a worker's exit status when one of its jobs has no result in this call
@@ -128,15 +141,82 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
     return not_done
 
 
+def result_path(out: Path, label: str) -> Path:
+    """Where a job's result goes: out/results/LABEL.json."""
+    return Path(out) / "results" / f"{label}.json"
+
+
+def finished_result(out: Path, label: str) -> dict | None:
+    """The job's complete result, or None (no result yet, or one a deadline stopped: "complete": false)."""
+    path = result_path(out, label)
+    if path.exists():
+        data = json.loads(path.read_text())
+        if data.get("complete", True):
+            return data
+    return None
+
+
 def unfinished(out: Path, labels: list[str]) -> list[str]:
     """The job labels without a complete result in out/results (LABEL.json)."""
-    done = []
-    for label in labels:
-        path = Path(out) / "results" / f"{label}.json"
-        if path.exists() and json.loads(path.read_text()).get("complete", True):
-            done.append(label)
-    return [label for label in labels if label not in done]
+    return [label for label in labels if finished_result(out, label) is None]
 
 
-__all__ = ["PREPARED_FILE", "UNFINISHED_EXIT", "WORKER_GRACE_S", "add_worker_options", "mark_prepared",
-           "run_workers", "start_deadline", "unfinished", "wait_until_prepared"]
+def run_experiment(script: Path, name: str, args, argv: list[str] | None, labels: list[str], *, prepare, render,
+                   job, domains: bool) -> int:
+    """The driver of a GPU experiment script (ccds_vs_random.py, evop_vs_shortgpt.py) once its options
+    are parsed. The parent of --jobs > 1 runs each label's job in a worker process (run_workers), does
+    the shared work meanwhile with prepare(args, out, say) -> shared (a dict with "budget" and "dense",
+    the dense model's PPL) and rewrites the table whenever a worker ends; otherwise (--jobs 1, or a
+    worker given --only) the jobs run one after another in this process while the deadline allows:
+    job(label, loaded, shared, texts, deadline) returns its result, or None when it did not finish.
+    render(out, dense, budget, args) -> (data, markdown) is the table, written as OUT/NAME.json and
+    .md with the unfinished labels. Returns the exit status."""
+    import torch
+
+    from _experiments import (cached_eval_texts, load_experiment_model, run_until_deadline, say_as,
+                              share_loaded_models, work_dir, write_with_pending)
+    from _searchbench import free_gpu
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir(args).mkdir(parents=True, exist_ok=True)
+    deadline = start_deadline(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = [Path(sys.argv[0]).name, *argv]
+    say = say_as(name)
+    shared: dict = {}
+
+    def write_table(final: bool) -> None:
+        data, table = render(out, shared["dense"], shared["budget"], args)
+        write_with_pending(out, name, data, table, command, unfinished(out, labels), echo=final)
+
+    def prepare_shared() -> None:
+        shared.update(prepare(args, out, say))
+        free_gpu()
+        mark_prepared(out, {"budget_bytes": shared["budget"]})
+
+    if args.only is None and args.jobs > 1:  # the parent: each job in a worker process, the shared work here
+        run_workers(script, argv, labels, args, deadline, on_finish=lambda: write_table(False), prepare=prepare_shared)
+        write_table(True)
+        return 0
+    share_loaded_models()
+    loaded = load_experiment_model(args)
+    if args.only is not None and not wait_until_prepared(out, deadline, say):
+        return UNFINISHED_EXIT
+    shared.update(prepare(args, out, say))  # a worker reads what its parent wrote
+    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=domains)
+    chosen = [label for label in labels if args.only is None or label in args.only.split(",")]
+    pending = run_until_deadline(
+        [(label, partial(job, label, loaded, shared, texts, deadline)) for label in chosen], deadline, args.reserve_s,
+        on_finish=None if args.only else lambda: write_table(False))
+    if args.only is not None:  # a worker: the parent writes the table
+        return UNFINISHED_EXIT if pending else 0
+    write_table(True)
+    return 0
+
+
+__all__ = ["PREPARED_FILE", "UNFINISHED_EXIT", "WORKER_GRACE_S", "add_worker_options", "experiment_parser",
+           "finished_result", "mark_prepared", "result_path", "run_experiment", "run_workers", "start_deadline",
+           "unfinished", "wait_until_prepared"]

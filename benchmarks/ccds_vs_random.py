@@ -26,43 +26,29 @@ every result on disk whenever a job ends. Budget: uniform 3-bit RTN.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from _experiments import (
     Deadline,
-    add_common_options,
-    best_so_far,
+    best_to_export,
     cached_eval_texts,
+    deadline_note,
     export_and_measure,
+    load_experiment_model,
     mean_std,
     parse_with_smoke,
     perplexities,
     prefill_size_table,
-    run_until_deadline,
     say_as,
     search_until,
-    share_loaded_models,
     uniform_budget,
     work_dir,
-    write_with_pending,
 )
-from _searchbench import free_gpu, write_json
-from _workers import (
-    UNFINISHED_EXIT,
-    add_worker_options,
-    mark_prepared,
-    run_workers,
-    start_deadline,
-    unfinished,
-    wait_until_prepared,
-)
+from _searchbench import write_json
+from _workers import experiment_parser, finished_result, result_path, run_experiment
 from evo.constants import MB
 
 STRATEGIES = ("ccds", "random")
@@ -86,35 +72,31 @@ def run_job(loaded, args, strategy: str, seed: int, budget: int, texts, deadline
     """One (strategy, seed): draw its calibration set, search until it ends or --reserve-s before the
     deadline, export the best found (a search the deadline stopped: its best so far, "complete":
     false, and a rerun continues it) and measure it. None when nothing is exported."""
-    from evo.compress.config import CompressionConfig
     from evo.search.loop import SearchSpec, is_run
 
-    out = Path(args.out)
-    path = out / "results" / f"{strategy}-s{seed}.json"
-    if path.exists() and json.loads(path.read_text()).get("complete", True):
-        return json.loads(path.read_text())
+    label = f"{strategy}-s{seed}"
+    done = finished_result(args.out, label)
+    if done is not None:
+        return done
     say = say_as(f"{strategy} s{seed}")
-    run_dir = work_dir(args) / f"{strategy}-s{seed}"
+    run_dir = work_dir(args) / label
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=args.space, generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=args.clusters, seed=seed, screen_sequences=min(4, args.samples),
                       screen_tokens=min(128, args.seq_len))
     calibration = None if is_run(run_dir) else calibration_set(loaded, args, strategy, seed)
     session, result = search_until(spec, run_dir, args, deadline, say, calibration=calibration)
-    if result is not None:
-        best, kl, complete = CompressionConfig.from_dict(result.best.config), result.best.quality, True
-    else:
-        found = best_so_far(session)
-        if found is None:
-            say("nothing under the budget was evaluated on the full stage yet: no export")
-            return None
-        (best, kl, _), complete = found, False
+    chosen = best_to_export(session, result, say)
+    if chosen is None:
+        return None
+    best, kl, complete = chosen
     measured = export_and_measure(loaded, best, run_dir / "export", texts, args, stats=session.activation_stats,
                                   size_cache=session.size_model.size_cache, result_path=run_dir / "export.json")
     cal = session.calibration.calibration
     data = {"strategy": strategy, "seed": seed, "kl": kl, "evaluations": len(session.store), "complete": complete,
             "search_seconds": session.loop_seconds,
             "calibration_sources": {s: cal.sources.count(s) for s in sorted(set(cal.sources))}, **measured}
+    path = result_path(args.out, label)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     say(f"{'' if complete else 'stopped by the deadline, best so far: '}{json.dumps(data['ppl'])}")
@@ -152,9 +134,7 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
         lines.append(f"| {strategy} | {seeds} | {evaluations} | {mean_std([r['kl'] for r in runs])} | "
                      + " | ".join(mean_std([r["ppl"].get(n) for r in runs]) for n in names)
                      + f" | {mean_std(worst)} |")
-    if any(not r.get("complete", True) for r in rows):
-        lines += ["", "\\* stopped by the deadline before its last generation: its best full-stage evaluation so far "
-                  "was exported (the same command continues it)."]
+    lines += deadline_note(rows)
     if domains and summary:
         lines += ["", "Per held-out text: each strategy's worst seed's PPL over the dense model's, and CCDS's mean PPL "
                   "over random's (< 1: CCDS better).", "",
@@ -171,12 +151,11 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
     return {"dense": dense, "budget_bytes": budget, "runs": rows, "summary": summary}, "\n".join(lines)
 
 
-def prepare(args, out: Path, say) -> tuple[int, dict]:
+def prepare(args, out: Path, say) -> dict:
     """What every job shares, computed once in this process: the budget, the size table (when the
-    space's sizes read no run data), the tokenized held-out texts and the dense model's PPL."""
-    from evo.modelio import auto_dtype_name, load_model
-
-    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    space's sizes read no run data), the tokenized held-out texts and the dense model's PPL
+    ({"budget", "dense"})."""
+    loaded = load_experiment_model(args)
     work = work_dir(args)
     prefill_size_table(loaded, args.space, work, workers=args.size_workers, say=say)  # the budget's sizes among them
     budget = uniform_budget(loaded, out, 3, work=work)
@@ -184,13 +163,11 @@ def prepare(args, out: Path, say) -> tuple[int, dict]:
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
         write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
-    return budget, json.loads(dense_path.read_text())
+    return {"budget": budget, "dense": json.loads(dense_path.read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser)
-    add_worker_options(parser)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--space", default="default")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (calibration draw and search)")
     parser.add_argument("--strategies", default="ccds,random")
@@ -201,53 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clusters", type=int, default=6, help="CCDS k-means clusters (six domains)")
     args = parse_with_smoke(parser, SMOKE, argv)
     args.out = args.out or "runs/ccds_vs_random"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir(args).mkdir(parents=True, exist_ok=True)
-    deadline = start_deadline(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    jobs = [(s, int(seed)) for seed in args.seeds.split(",") if seed for s in args.strategies.split(",") if s]
-    unknown = {s for s, _ in jobs} - set(STRATEGIES)
+    seeds = [int(seed) for seed in args.seeds.split(",") if seed]
+    jobs = {f"{s}-s{seed}": (s, seed) for seed in seeds for s in args.strategies.split(",") if s}
+    unknown = {s for s, _ in jobs.values()} - set(STRATEGIES)
     if unknown:
         parser.error(f"unknown strategies {sorted(unknown)}: use {list(STRATEGIES)}")
-    labels = [f"{strategy}-s{seed}" for strategy, seed in jobs]
-    command = [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-    say = say_as("ccds_vs_random")
 
-    shared: dict = {}
+    def job(label: str, loaded, shared: dict, texts, deadline: Deadline) -> dict | None:
+        return run_job(loaded, args, *jobs[label], shared["budget"], texts, deadline)
 
-    def write_table(final: bool) -> None:
-        data, table = render(out, shared["dense"], shared["budget"], args)
-        write_with_pending(out, "ccds_vs_random", data, table, command, unfinished(out, labels), echo=final)
-
-    def prepare_shared() -> None:
-        shared["budget"], shared["dense"] = prepare(args, out, say)
-        free_gpu()
-        mark_prepared(out, {"budget_bytes": shared["budget"]})
-
-    if args.only is None and args.jobs > 1:  # the parent: each job in a worker process, the shared work here
-        run_workers(Path(__file__), list(argv if argv is not None else sys.argv[1:]), labels, args, deadline,
-                    on_finish=lambda: write_table(False), prepare=prepare_shared)
-        write_table(True)
-        return 0
-    share_loaded_models()
-    from evo.modelio import auto_dtype_name, load_model
-
-    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
-    if args.only is not None and not wait_until_prepared(out, deadline, say):
-        return UNFINISHED_EXIT
-    shared["budget"], shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
-    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=True)
-    chosen = [(s, seed) for s, seed in jobs if args.only is None or f"{s}-s{seed}" in args.only.split(",")]
-    pending = run_until_deadline(
-        [(f"{strategy}-s{seed}", partial(run_job, loaded, args, strategy, seed, shared["budget"], texts, deadline))
-         for strategy, seed in chosen], deadline, args.reserve_s,
-        on_finish=None if args.only else lambda: write_table(False))
-    if args.only is not None:  # a worker: the parent writes the table
-        return UNFINISHED_EXIT if pending else 0
-    write_table(True)
-    return 0
+    return run_experiment(Path(__file__), "ccds_vs_random", args, argv, list(jobs),
+                          prepare=prepare, render=render, job=job, domains=True)
 
 
 if __name__ == "__main__":

@@ -26,42 +26,27 @@ at equal layers removed). ShortGPT's seed changes only its calibration tokens (t
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from functools import partial
 from pathlib import Path
-
-import torch
 
 from _experiments import (
     Deadline,
-    add_common_options,
-    best_so_far,
+    best_to_export,
     cached_eval_texts,
+    deadline_note,
     export_and_measure,
+    load_experiment_model,
     mean_std,
     open_run,
     parse_with_smoke,
     perplexities,
     prefill_size_table,
-    run_until_deadline,
     say_as,
     search_until,
-    share_loaded_models,
     work_dir,
-    write_with_pending,
 )
-from _searchbench import free_gpu, write_json
-from _workers import (
-    UNFINISHED_EXIT,
-    add_worker_options,
-    mark_prepared,
-    run_workers,
-    start_deadline,
-    unfinished,
-    wait_until_prepared,
-)
+from _searchbench import write_json
+from _workers import experiment_parser, finished_result, result_path, run_experiment
 from evo.constants import FINAL_STAGE, SIZE_CACHE_DIR
 
 SMOKE = ["--device", "cpu", "--seeds", "0", "--drop", "2", "--generations", "1", "--population", "4",
@@ -89,16 +74,15 @@ def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline:
     tokens first, then search until it ends or --reserve-s before the deadline and export the best
     found (a search the deadline stopped: its best so far, "complete": false; a rerun continues it)."""
     from evo.baselines import block_influence, shortgpt_config
-    from evo.compress.config import CompressionConfig
     from evo.search.loop import SearchSpec
     from evo.search.schedule import parse_stages
 
-    out = Path(args.out)
-    path = out / "results" / f"s{seed}.json"
-    if path.exists() and json.loads(path.read_text()).get("complete", True):
-        return json.loads(path.read_text())
+    label = f"s{seed}"
+    done = finished_result(args.out, label)
+    if done is not None:
+        return done
     say = say_as(f"evop s{seed}")
-    run_dir = work_dir(args) / f"s{seed}"
+    run_dir = work_dir(args) / label
     spec = SearchSpec(budget_bytes=budget, model=args.model, space=str(space), generations=args.generations,
                       population=args.population, samples=args.samples, seq_len=args.seq_len,
                       clusters=min(8, args.samples), seed=seed, screen_sequences=1,
@@ -114,20 +98,17 @@ def run_seed(loaded, args, seed: int, budget: int, space: Path, texts, deadline:
                                result_path=run_dir / "export_shortgpt.json")
     say(f"shortgpt drops {sorted(int(i) for i in shortgpt.drops)}: KL {shortgpt_kl:.4f}, {short['ppl']}")
     session, result = search_until(spec, run_dir, args, deadline, say, session=session)
-    if result is not None:
-        best, kl, complete = CompressionConfig.from_dict(result.best.config), result.best.quality, True
-    else:
-        found = best_so_far(session)
-        if found is None:
-            say("nothing under the budget was evaluated on the full stage yet: no export")
-            return None
-        (best, kl, _), complete = found, False
+    chosen = best_to_export(session, result, say)
+    if chosen is None:
+        return None
+    best, kl, complete = chosen
     evop = export_and_measure(loaded, best, run_dir / "export_evop", texts, args, size_cache=cache,
                               result_path=run_dir / "export_evop.json")
     data = {"seed": seed, "drop": args.drop, "influence": [float(x) for x in influence], "complete": complete,
             "evop": {**evop, "kl": kl, "dropped": sorted(int(i) for i in best.drops),
                      "evaluations": len(session.store), "search_seconds": session.loop_seconds},
             "shortgpt": {**short, "kl": shortgpt_kl, "dropped": sorted(int(i) for i in shortgpt.drops)}}
+    path = result_path(args.out, label)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, data)
     say(f"{'' if complete else 'stopped by the deadline, best so far: '}evop drops {data['evop']['dropped']} "
@@ -152,20 +133,18 @@ def render(out: Path, dense: dict, budget: int, args) -> tuple[dict, str]:
                          f"{mean_std([r[method]['ppl']['wikitext2'] for r in rows])} | "
                          f"{mean_std([r[method]['ppl']['c4'] for r in rows])} | "
                          + "; ".join(",".join(map(str, r[method]["dropped"])) for r in rows) + " |")
-    if any(not r.get("complete", True) for r in rows):
-        lines += ["", "\\* stopped by the deadline before its last generation: its best full-stage evaluation so far "
-                  "was exported (the same command continues it)."]
+    lines += deadline_note(rows)
     return {"dense": dense, "budget_bytes": budget, "runs": rows}, "\n".join(lines)
 
 
-def prepare(args, out: Path, say) -> tuple[int, Path, dict]:
+def prepare(args, out: Path, say) -> dict:
     """What every seed shares, computed once in this process: the budget (the dense bf16 artifact's
-    bytes less one), the space file, the size table, the tokenized held-out texts, the dense PPL."""
+    bytes less one), the space file, the size table, the tokenized held-out texts, the dense PPL
+    ({"budget", "space", "dense"})."""
     from evo.baselines import uniform_config
     from evo.compress.size import SizeCache, SizeModel
-    from evo.modelio import auto_dtype_name, load_model
 
-    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
+    loaded = load_experiment_model(args)
     space = space_file(out, args.drop)
     work = work_dir(args)
     prefill_size_table(loaded, str(space), work, workers=args.size_workers, say=say)  # the budget's sizes among them
@@ -179,13 +158,11 @@ def prepare(args, out: Path, say) -> tuple[int, Path, dict]:
     dense_path = out / "dense_ppl.json"
     if not dense_path.exists():
         write_json(dense_path, perplexities(loaded.model, texts, args.max_tokens))
-    return budget, space, json.loads(dense_path.read_text())
+    return {"budget": budget, "space": space, "dense": json.loads(dense_path.read_text())}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_options(parser)
-    add_worker_options(parser)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--drop", type=int, default=8, help="layers removed (8 of 30 = 25 %% depth)")
     parser.add_argument("--generations", type=int, default=30)
@@ -195,50 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default="2048,16384:16,32768:8", help="'' for the two-stage default")
     args = parse_with_smoke(parser, SMOKE, argv)
     args.out = args.out or "runs/evop_vs_shortgpt"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work_dir(args).mkdir(parents=True, exist_ok=True)
-    deadline = start_deadline(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    labels = [f"s{seed}" for seed in seeds]
-    command = [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-    say = say_as("evop_vs_shortgpt")
+    seeds = {f"s{seed}": seed for seed in (int(s) for s in args.seeds.split(",") if s)}
 
-    shared: dict = {}
+    def job(label: str, loaded, shared: dict, texts, deadline: Deadline) -> dict | None:
+        return run_seed(loaded, args, seeds[label], shared["budget"], shared["space"], texts, deadline)
 
-    def write_table(final: bool) -> None:
-        data, table = render(out, shared["dense"], shared["budget"], args)
-        write_with_pending(out, "evop_vs_shortgpt", data, table, command, unfinished(out, labels), echo=final)
-
-    def prepare_shared() -> None:
-        shared["budget"], shared["space"], shared["dense"] = prepare(args, out, say)
-        free_gpu()
-        mark_prepared(out, {"budget_bytes": shared["budget"]})
-
-    if args.only is None and args.jobs > 1:  # the parent: each seed in a worker process, the shared work here
-        run_workers(Path(__file__), list(argv if argv is not None else sys.argv[1:]), labels, args, deadline,
-                    on_finish=lambda: write_table(False), prepare=prepare_shared)
-        write_table(True)
-        return 0
-    share_loaded_models()
-    from evo.modelio import auto_dtype_name, load_model
-
-    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device, trust_remote_code=False)
-    if args.only is not None and not wait_until_prepared(out, deadline, say):
-        return UNFINISHED_EXIT
-    budget, space, shared["dense"] = prepare(args, out, say)  # a worker reads what its parent wrote
-    shared["budget"] = budget
-    texts = cached_eval_texts(loaded.tokenizer, work_dir(args), domains=False)
-    chosen = [seed for seed in seeds if args.only is None or f"s{seed}" in args.only.split(",")]
-    pending = run_until_deadline(
-        [(f"s{seed}", partial(run_seed, loaded, args, seed, budget, space, texts, deadline)) for seed in chosen],
-        deadline, args.reserve_s, on_finish=None if args.only else lambda: write_table(False))
-    if args.only is not None:  # a worker: the parent writes the table
-        return UNFINISHED_EXIT if pending else 0
-    write_table(True)
-    return 0
+    return run_experiment(Path(__file__), "evop_vs_shortgpt", args, argv, list(seeds),
+                          prepare=prepare, render=render, job=job, domains=False)
 
 
 if __name__ == "__main__":

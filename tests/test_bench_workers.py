@@ -86,3 +86,53 @@ def test_a_worker_takes_the_deadline_it_is_given():
     args = Namespace(deadline_s=100.0, deadline_at=time.time() + 5.0)
     assert 4.0 < start_deadline(args).left() <= 5.0
     assert 99.0 < start_deadline(Namespace(deadline_s=100.0, deadline_at=None)).left() <= 100.0
+
+
+def test_the_shared_driver_runs_the_jobs_here_and_writes_the_table_with_what_is_left(tmp_path, monkeypatch):
+    import _experiments
+
+    from _workers import UNFINISHED_EXIT, finished_result, result_path, run_experiment
+
+    tokenizer = object()
+    monkeypatch.setattr(_experiments, "share_loaded_models", lambda: None)
+    monkeypatch.setattr(_experiments, "load_experiment_model", lambda args: Namespace(tokenizer=tokenizer))
+    monkeypatch.setattr(_experiments, "cached_eval_texts", lambda tok, out, *, domains: {"tok": tok, "domains": domains})
+    calls = {"prepare": 0, "jobs": [], "tables": 0}
+
+    def prepare(args, out, say) -> dict:
+        assert out == shared_out
+        calls["prepare"] += 1
+        return {"budget": 123, "dense": {"wikitext2": 9.0}}
+
+    def render(out, dense, budget, args) -> tuple[dict, str]:
+        calls["tables"] += 1
+        return {"budget_bytes": budget}, f"| budget | {budget} | {dense['wikitext2']} |"
+
+    def job(label, loaded, shared, texts, deadline):
+        assert loaded.tokenizer is tokenizer and texts == {"tok": tokenizer, "domains": True}
+        assert shared["budget"] == 123 and deadline.left() > 0
+        calls["jobs"].append(label)
+        if label == "later":
+            return None  # not finished in this call
+        path = result_path(shared_out, label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"complete": True, "label": label}))
+        return {"label": label}
+
+    shared_out = tmp_path / "out"
+    args = Namespace(out=str(shared_out), work_dir=None, jobs=1, threads=None, only=None, deadline_s=60.0,
+                     deadline_at=None, reserve_s=0.0)
+    code = run_experiment(tmp_path / "script.py", "demo", args, ["--x"], ["done", "later"], prepare=prepare,
+                          render=render, job=job, domains=True)
+    assert code == 0 and calls == {"prepare": 1, "jobs": ["done", "later"], "tables": 2}  # after "done", and last
+    data = json.loads((shared_out / "demo.json").read_text())
+    assert data == {"budget_bytes": 123, "pending": ["later"]}
+    assert "| budget | 123 | 9.0 |" in (shared_out / "demo.md").read_text()
+    assert finished_result(shared_out, "done") == {"complete": True, "label": "done"}
+    assert finished_result(shared_out, "later") is None
+    # a worker given --only runs its job alone after the parent's prepared.json, writes no table
+    (shared_out / "prepared.json").write_text("{}")
+    worker = Namespace(**{**vars(args), "only": "later"})
+    assert run_experiment(tmp_path / "script.py", "demo", worker, [], ["done", "later"], prepare=prepare,
+                          render=render, job=job, domains=True) == UNFINISHED_EXIT
+    assert calls["jobs"][-1] == "later" and calls["tables"] == 2

@@ -109,3 +109,37 @@ def test_the_config_error_names_a_command_that_exists(tiny_model_dir, tmp_path):
                      "--out", str(tmp_path / "art"))
     assert "`evo inspect`" in result.stderr
     assert run_cli("inspect", "--help").returncode == 0
+
+
+def test_compress_twice_with_one_hessians_dir_reuses_statistics_and_hessians(tiny_model_dir, tmp_path, monkeypatch):
+    import evo.evaluate.hessian as hessian
+    import evo.evaluate.stats as stats
+
+    calls = {"stats": 0, "hessians": 0}
+
+    def counting(key, function):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(stats, "collect_activation_stats", counting("stats", stats.collect_activation_stats))
+    monkeypatch.setattr(hessian, "collect_hessians", counting("hessians", hessian.collect_hessians))
+    config = tmp_path / "gptq.toml"  # gptq decoder linears; the embedding's mse reads the head input's E[x²]
+    config.write_text('[default]\nbits = 4\ngroup_size = 32\nquantizer = "gptq"\n'
+                      '[embedding]\nbits = 8\ngroup_size = 32\nquantizer = "mse"\n')
+    model = str(tiny_model_dir("llama"))
+    for name in ("first", "second"):
+        assert main(["compress", "--model", model, "--config", str(config), "--out", str(tmp_path / name),
+                     "--hessians", str(tmp_path / "hessians")]) == 0
+        assert calls == {"stats": 1, "hessians": 1}, name
+    first = {p.name: p.read_bytes() for p in (tmp_path / "first").iterdir()}
+    assert first == {p.name: p.read_bytes() for p in (tmp_path / "second").iterdir()}
+    # another model (or other tokens) names other statistics: the kept file is not theirs
+    kept = tmp_path / "hessians" / "activation_stats.safetensors"
+    tokens = [[5, 6, 7, 8]]
+    assert stats.cached_stats(kept, stats.stats_digest(model, tokens)) is None
+    assert stats.cached_stats(tmp_path / "nothing.safetensors", "x") is None
+    assert main(["compress", "--model", str(tiny_model_dir("qwen2")), "--config", str(config),
+                 "--out", str(tmp_path / "third"), "--hessians", str(tmp_path / "hessians")]) == 0
+    assert calls == {"stats": 2, "hessians": 2}

@@ -327,6 +327,35 @@ def test_auto_reports_its_plan(artifact, cap_mb):
     assert torch.equal(_logits(model), _logits(dense))
 
 
+def test_auto_plan_compute_is_the_pass_measured_without_its_decoding_and_dequantization(artifact, monkeypatch):
+    import evo.runtime.resident as resident
+
+    measured = []
+
+    def measure(model, store):
+        measured.append(resident_measure(model, store))
+        return measured[-1]
+
+    def slow_packed_weights(self, keys, device):  # steady-state dequantization timed long after, under load
+        return {k: (w, n, seconds + 1e3) for k, (w, n, seconds) in packed_weights(self, keys, device).items()}
+
+    resident_measure, packed_weights = resident.measure_pass, resident.ResidentRuntime._packed_weights
+    monkeypatch.setattr(resident, "measure_pass", measure)
+    monkeypatch.setattr(resident.ResidentRuntime, "_packed_weights", slow_packed_weights)
+    model, _ = load(artifact, resident="auto", max_resident_mb=0.03)
+    plan = model.evo_runtime.plan
+    (timing,) = measured
+    assert timing.decode_seconds > 0 and timing.dequantize_seconds > 0  # the pass decoded and dequantized codes
+    assert plan.compute_seconds == timing.compute_seconds > 0
+    assert timing.wall_seconds == pytest.approx(timing.compute_seconds + timing.decode_seconds
+                                                + timing.dequantize_seconds)
+    assert set(timing.first_use) == {c.key for c in plan.costs}
+    assert all(c.codes_seconds is None or c.codes_seconds > 1e3 for c in plan.costs)
+    assert f"compute {timing.compute_seconds * 1e3:.1f} ms" in plan.summary()
+    with pytest.raises(ValueError, match="neither caches nor prefetches"):
+        resident_measure(model, model.evo_runtime.store)  # the planned store prefetches
+
+
 # --- errors ------------------------------------------------------------------------------------------
 
 

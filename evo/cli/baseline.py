@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from evo.cli.ui import (
+    HESSIANS_HELP,
     add_model_options,
     calibration_inputs,
     load_model_with_progress,
@@ -24,8 +25,7 @@ def add_parser(sub) -> None:
     uni.add_argument("--quantizer", default="rtn", help="rtn (default), mse or gptq for the decoder linears")
     uni.add_argument("--calibration", default=None,
                      help="calibration set (evo calibrate) for mse statistics / gptq Hessians (default: embedded corpus)")
-    uni.add_argument("--hessians", default=None, metavar="DIR",
-                     help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
+    uni.add_argument("--hessians", default=None, metavar="DIR", help=HESSIANS_HELP)
     uni.add_argument("--group-size", default="128", help="inputs per scale: 32, 64, 128 or channel (default 128)")
     uni.add_argument("--embedding-bits", type=int, default=8, help="token embedding / tied head bits (default 8)")
     sg = bls.add_parser("shortgpt", help="drop the --drop layers of lowest block influence (ShortGPT), rest bf16")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from evo.cli.ui import add_model_options, calibration_inputs, load_model_with_progress, out, render_artifact, step
+from evo.cli.ui import (HESSIANS_HELP, add_model_options, calibration_inputs, load_model_with_progress, out,
+                        render_artifact, step)
 from evo.constants import MB
 from evo.errors import EvoError
 
@@ -18,8 +19,7 @@ def add_parser(sub) -> None:
     comp.add_argument("--calibration", default=None,
                       help="calibration set (evo calibrate) for wanda/linf/mse statistics and gptq Hessians "
                            "(gguf: the imatrix); default: the embedded corpus")
-    comp.add_argument("--hessians", default=None, metavar="DIR",
-                      help="keep gptq's Hessians in DIR and reuse them when they match (default: a temporary dir)")
+    comp.add_argument("--hessians", default=None, metavar="DIR", help=HESSIANS_HELP)
     comp.add_argument("--overwrite", action="store_true", help="replace an existing evo artifact at --out")
     comp.add_argument("--prefer-decode-speed", action="store_true",
                       help="code frames with zstd/packing only, not ANS: ~10%% larger, decodes ~15x faster "

@@ -17,6 +17,8 @@ out = Console()
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+HESSIANS_HELP = ("keep gptq's Hessians and the activation statistics (mse, wanda, linf) in DIR and reuse them when "
+                 "model and calibration tokens match (default: a temporary dir)")
 
 
 
@@ -64,14 +66,14 @@ def add_trust_option(parser: argparse.ArgumentParser) -> None:
 def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: str | None):
     """(activation statistics, Hessians) that the config's quantizers and pruning criteria need,
     each None when nothing needs it, from the calibration set or the embedded corpus's first
-    sequences. Hessians live in `hessians_dir` (reused when they match) or a temporary directory."""
+    sequences. Hessians live in `hessians_dir` (reused when they match) or a temporary directory;
+    with a `hessians_dir` the statistics are kept and reused there too."""
     import tempfile
 
     from evo.compress.plan import config_needs_hessians, config_needs_stats
     from evo.data.calibset import CalibrationSet
     from evo.data.corpus import default_stats_tokens
     from evo.evaluate.hessian import load_or_collect
-    from evo.evaluate.stats import collect_activation_stats
 
     want_stats = config_needs_stats(config, loaded.info)
     want_hessians = config_needs_hessians(config, loaded.info)
@@ -81,12 +83,7 @@ def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: st
                   else default_stats_tokens(loaded.tokenizer))
     stats = None
     if want_stats:
-        from evo.cli.progress import ProgressDisplay
-        from evo.progress import STATISTICS, counter
-
-        with ProgressDisplay(console) as display:
-            stats = collect_activation_stats(loaded.model, loaded.info, tokens,
-                                             progress=counter(display.step, STATISTICS, "sequences"))
+        stats = _activation_stats(loaded, tokens, hessians_dir)
     if not want_hessians:
         yield stats, None
         return
@@ -94,6 +91,32 @@ def calibration_inputs(loaded, config, calibration: str | None, hessians_dir: st
         with step(f"collecting Hessians of the linear inputs on {len(tokens)} sequences"):
             hessians = load_or_collect(hessians_dir or scratch, loaded.model, loaded.info, tokens)
         yield stats, hessians
+
+
+def _activation_stats(loaded, tokens, cache_dir: str | None):
+    """The activation statistics of `loaded` on `tokens`: read from `cache_dir` when they were kept
+    there from this model on these tokens, else collected (and kept there when a dir is given)."""
+    from pathlib import Path
+
+    from evo.cli.progress import ProgressDisplay
+    from evo.constants import STATS_FILE
+    from evo.evaluate.stats import cached_stats, collect_activation_stats, save_stats, stats_digest
+    from evo.progress import STATISTICS, counter
+
+    digest = stats_digest(loaded.info.model_id, tokens)
+    path = Path(cache_dir) / STATS_FILE if cache_dir else None
+    if path is not None:
+        stats = cached_stats(path, digest)
+        if stats is not None:
+            console.print(f"activation statistics: reused from {path}")
+            return stats
+    with ProgressDisplay(console) as display:
+        stats = collect_activation_stats(loaded.model, loaded.info, tokens,
+                                         progress=counter(display.step, STATISTICS, "sequences"))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_stats(stats, path, digest=digest)
+    return stats
 
 
 def int_or_auto(text: str) -> int | str:

@@ -85,8 +85,9 @@ def stats_digest(model_id: str, token_ids: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def save_stats(stats: dict[str, ActivationStats], path: str | os.PathLike) -> None:
-    """Write statistics as safetensors (two tensors per linear), atomically."""
+def save_stats(stats: dict[str, ActivationStats], path: str | os.PathLike, digest: str | None = None) -> None:
+    """Write statistics as safetensors (two tensors per linear), atomically; `digest` (stats_digest
+    of the model and tokens they come from) goes in the file's metadata for cached_stats."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -94,7 +95,25 @@ def save_stats(stats: dict[str, ActivationStats], path: str | os.PathLike) -> No
         tensors[f"{name}::l2"] = value.l2.detach().float().cpu().contiguous()
         tensors[f"{name}::absmax"] = value.absmax.detach().float().cpu().contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=None if digest is None else {"digest": digest})
+
+
+def cached_stats(path: str | os.PathLike, digest: str) -> dict[str, ActivationStats] | None:
+    """The statistics saved at `path` with this digest (save_stats(..., digest=)), else None: no
+    file, another model or other tokens, or a file that cannot be read (the caller collects anew)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("digest")
+    except (SafetensorError, OSError):
+        return None
+    if recorded != digest:
+        return None
+    try:
+        return load_stats(path)
+    except EvoError:
+        return None
 
 
 def load_stats(path: str | os.PathLike) -> dict[str, ActivationStats]:

@@ -20,6 +20,7 @@ from evo.runtime import kernels
 from evo.runtime.modules import (dequantize_to, LazyEmbedding, LazyLinear, packed_nbytes, PackedEmbedding, PackedLinear,
                                  PackedWeight)
 from evo.runtime.store import CodedWeight, DecodedWeights
+from evo.runtime.timing import measure_pass
 
 
 @dataclass(frozen=True)
@@ -276,39 +277,17 @@ class ResidentRuntime:
             return
         store = self.store
         store.prefetch, store.capacity_bytes = 0, 0
-        first_use: dict[str, float] = {}
-        decode = store.decode
-
-        def timed(key: str) -> torch.Tensor:
-            start = time.perf_counter()
-            weight = decode(key)
-            first_use.setdefault(key, time.perf_counter() - start)
-            return weight
-
-        store.decode = timed  # type: ignore[method-assign]
-        try:
-            device = next(model.parameters()).device
-            start = time.perf_counter()
-            model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # the pass is queued, not done, when the call returns
-            wall = time.perf_counter() - start
-            seconds_in_pass = store.stats().decode_seconds
-            used_in_pass = list(first_use)
-            for key in store.coded:  # a weight the pass did not use is still timed
-                if key not in first_use:
-                    timed(key)
-        finally:
-            del store.decode
+        timing = measure_pass(model, store)
+        device = next(model.parameters()).device
         order = [k for k in store.order if k in store.coded]
         order += [k for k in store.coded if k not in order]
         packed = self._packed_weights(order, device)
-        # The pass also dequantized every decoded codes form: compute is what is left without both.
-        dequantized_in_pass = sum(packed[k][2] for k in used_in_pass if k in packed)
-        compute = max(wall - seconds_in_pass - dequantized_in_pass, 0.0)
+        # Compute is what the measured pass spent outside decoding and dequantization (both timed
+        # inside that pass); the per-weight costs below are steady-state timings of each form.
+        compute = timing.compute_seconds
         element = torch.empty((), dtype=self.dtype).element_size()
         costs = tuple(
-            LayerCost(k, math.prod(store.coded[k].shape) * element, store.coded[k].frame_bytes, first_use[k],
+            LayerCost(k, math.prod(store.coded[k].shape) * element, store.coded[k].frame_bytes, timing.first_use[k],
                       *(packed[k][1:] if k in packed else (None, None)))
             for k in order
         )
