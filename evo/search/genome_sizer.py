@@ -1,0 +1,213 @@
+"""A genome's whole artifact bytes from arrays over a filled size table's [tensors × columns], exactly.
+
+SizeTable._plan walks the layers and looks up (or builds) a memoised part per layer; a part is new
+whenever a layer's attention × MLP × drop combination or its position among the kept layers is new,
+which during repair and fill is most checks. Here every piece of the count is an array indexed by
+(tensor, column), so sizing a genome is a fixed number of numpy gathers and sums, whatever the genome:
+
+- tensors.bin: the table's bytes of each kept tensor;
+- the manifest's tensor entries: each (tensor, column)'s entry template length under its own name, plus
+  the length its renumbered name gains or loses at its layer's new index, plus the digits of every
+  frame's offset (an exclusive cumulative sum of the kept frames' lengths, in tensors.bin order);
+- the settings table: one item per setting key, the last tensor's setting of that key winning;
+- the config's JSON: the frame (embedding and head settings) plus each layer's item, the sum of its
+  attention, MLP and drop fields;
+- config.json and the manifest's body by the kept layers (the size model's memos), the fixed files.
+
+It is the size model's count (size_of_plan) rearranged, not an estimate: tests compare both on random
+genomes with drops. Genomes the arrays do not cover (wrong length, a value out of range, a drop the
+model refuses, every layer dropped) return None and the caller takes the size table's own path, which
+raises the same errors as before.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from evo.compress.config import KEPT, CompressionConfig, LayerConfig
+
+_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)  # len(str(n)) - 1 = count of powers <= n
+
+
+class GenomeSizer:
+    """Exact artifact bytes of genomes of a filled SizeTable, from arrays (see the module docstring)."""
+
+    def __init__(self, table) -> None:
+        if not table.filled:
+            raise RuntimeError("a GenomeSizer needs a filled size table")  # a bug, never user input
+        model, info, genes = table.size_model, table.info, table.genes
+        self.model = model
+        self.fixed_bytes = table.fixed_bytes
+        tensors, width = table.table.shape
+        self._width = width
+        self._choices = np.asarray([len(g.choices) for g in genes], dtype=np.int64)
+        self._genes = len(genes)
+        self._unit_genes, self._strides = table._unit_genes, table._strides
+        units = table._unit_genes.shape[0]
+        # each tensor's column: a unit's combination (kind 1), a gene's value (kind 2) or 0 (kind 0),
+        # gathered from [combinations of the units] + [genome] + [0]
+        kind, source = table._kind, table._source
+        self._column_index = np.where(kind == 1, source, np.where(kind == 2, units + source, units + len(genes)))
+        layers = info.layers
+        self._layer_count = len(layers)
+        layer_number = {layer.index: n for n, layer in enumerate(layers)}
+        drop_position = {g.layer: i for i, g in enumerate(genes) if g.kind == "drop"}
+        self._drop_genes = np.asarray([drop_position[layer.index] for layer in layers], dtype=np.int64)
+        drop_width = max(len(genes[p].choices) for p in self._drop_genes) if layers else 1
+        # per (layer, drop choice): the layer removed whole; the choice accepted by the model (else None)
+        self._layer_dropped = np.zeros((len(layers), drop_width), dtype=bool)
+        self._drop_ok = np.zeros((len(layers), drop_width), dtype=bool)
+        drop_field = np.zeros((len(layers), drop_width), dtype=np.int64)
+        for n, layer in enumerate(layers):
+            for d, drop in enumerate(genes[self._drop_genes[n]].choices):
+                self._layer_dropped[n, d] = drop == "layer"
+                self._drop_ok[n, d] = _accepts(info, layer.index, drop)
+                drop_field[n, d] = 0 if drop == "none" else 1 + len('"drop":') + len(json.dumps(drop))
+        # each tensor's layer number (non-decoder tensors: one past the last layer, never dropped)
+        tensor_layer = [layer_number[g_layer] if position >= 0 else len(layers)
+                        for position, g_layer in zip(table._layer, [genes[p].layer if p >= 0 else None
+                                                                    for p in table._layer])]
+        self._tensor_layer = np.asarray(tensor_layer, dtype=np.int64)
+        self._keep = table._keep
+        self._rows = np.arange(tensors)
+        # per (tensor, column): bytes, entry template length under its own name, frame lengths, setting key
+        self._bytes = table.table.reshape(-1)
+        template = np.zeros((tensors, width), dtype=np.int64)
+        frame_lengths = np.zeros((tensors, width, 3), dtype=np.int64)
+        has_frame = np.zeros((tensors, width, 3), dtype=bool)
+        key_id = np.zeros((tensors, width), dtype=np.int64)
+        item = np.zeros((tensors, width), dtype=np.int64)
+        keys: dict[str, int] = {}
+        for r, (name, settings) in enumerate(zip(table.names, table.columns)):
+            for c, setting in enumerate(settings):
+                row = model._row(name, name, setting)
+                if row.compressed_bytes != table.table[r, c]:
+                    raise RuntimeError(f"the size table's bytes of {name} differ from its size entry")
+                template[r, c] = row.template_length
+                for k, (_, _, length) in enumerate(row.frames):
+                    frame_lengths[r, c, k] = length
+                    has_frame[r, c, k] = True
+                key_id[r, c] = keys.setdefault(row.setting_key, len(keys))
+                item[r, c] = model.setting_item_length(row.setting_key, setting)
+        self._template = template.reshape(-1)
+        self._frame_lengths = frame_lengths.reshape(-1, 3)
+        self._has_frame = has_frame.reshape(-1, 3)
+        self._key_id = key_id.reshape(-1)
+        self._item = item.reshape(-1)
+        # a decoder tensor's name stored as layer `new index`: its length less its own name's
+        name_delta = np.zeros((tensors, len(layers) + 1), dtype=np.int64)
+        prefix = info.layers_path
+        for r, name in enumerate(table.names):
+            n = self._tensor_layer[r]
+            if n == len(layers):
+                continue
+            module = f"{layers[n].module}."
+            for new_index in range(n + 1):
+                name_delta[r, new_index] = len(f"{prefix}.{new_index}.") - len(module)
+        self._name_delta = name_delta
+        # the config's JSON: per layer its item's fixed characters, per unit combination its fields
+        self._item_base = np.asarray([len(json.dumps(str(layer.index))) + 1 + 2 + 1 for layer in layers],
+                                     dtype=np.int64)  # "i":{a,m}: key, colon, braces, the comma between
+        writer = model._writer
+        self._attention_field = np.asarray([len('"attention":') + len(writer.setting_json(s))
+                                            for s in table.unit_settings], dtype=np.int64)
+        self._mlp_field = np.asarray([len('"mlp":') + len(writer.setting_json(s)) for s in table.unit_settings],
+                                     dtype=np.int64)
+        self._drop_field = drop_field
+        attention_units, mlp_units = [], []
+        for layer in layers:
+            _, attention_genes, mlp_genes = table._entry_genes[layer.index]
+            attention_units.append(_unit_of(table, attention_genes))
+            mlp_units.append(_unit_of(table, mlp_genes))
+        self._attention_unit = np.asarray(attention_units, dtype=np.int64)
+        self._mlp_unit = np.asarray(mlp_units, dtype=np.int64)
+        if any(s is None for s in table.unit_settings):  # a None setting leaves a field out: not counted here
+            raise RuntimeError("a unit setting of the space is None")
+        self._embedding, self._head = table._embedding, table._head
+        self._frames: dict[tuple[int, int], int] = {}  # config frame length by (embedding, head) choices
+        self._kept: dict[bytes, tuple[tuple[int, ...], int]] = {}  # kept layers → (indices, config.json bytes)
+        self._layer_index = np.asarray([layer.index for layer in layers], dtype=np.int64)
+
+    def artifact_bytes(self, genome) -> int | None:
+        """The artifact's bytes, or None for a genome the arrays do not cover (see the module docstring)."""
+        return self._size(genome, None)
+
+    def exceeds(self, genome, budget_bytes: int) -> bool | None:
+        """artifact_bytes(genome) > budget_bytes (the tensors plus the fixed files decide first), or None."""
+        size = self._size(genome, budget_bytes)
+        return None if size is None else size > budget_bytes
+
+    def _size(self, genome, budget_bytes: int | None) -> int | None:
+        g = np.asarray(genome, dtype=np.int64)
+        if g.shape != (self._genes,) or not ((g >= 0) & (g < self._choices)).all():
+            return None
+        drops = g[self._drop_genes]
+        layers = np.arange(self._layer_count)
+        if not self._drop_ok[layers, drops].all():
+            return None
+        dropped = self._layer_dropped[layers, drops]
+        if dropped.all():
+            return None
+        combos = (g[self._unit_genes] * self._strides).sum(-1)
+        columns = np.concatenate((combos, g, (0,)))[self._column_index]
+        tensor_drop = np.append(drops, 0)[self._tensor_layer]
+        kept = self._keep[self._rows, tensor_drop]
+        flat = (self._rows * self._width + columns)[kept]
+        tensor_bytes = int(self._bytes[flat].sum())
+        if budget_bytes is not None and tensor_bytes + self.fixed_bytes > budget_bytes:
+            return tensor_bytes + self.fixed_bytes  # over the budget already: the rest only adds
+        kept_layers = ~dropped
+        new_index = np.append(np.cumsum(kept_layers) - kept_layers, 0)[self._tensor_layer]
+        entries = (len(flat) - 1 + int(self._template[flat].sum())
+                   + int(self._name_delta[self._rows[kept], new_index[kept]].sum()))
+        lengths = self._frame_lengths[flat][self._has_frame[flat]]
+        offsets = np.cumsum(lengths) - lengths
+        entries += len(offsets) + int(np.searchsorted(_POWERS_OF_TEN, offsets, side="right").sum())
+        keys = self._key_id[flat][::-1]
+        unique, last = np.unique(keys, return_index=True)  # the last tensor of each key names its setting
+        settings = int(self._item[flat][::-1][last].sum()) + max(len(unique) - 1, 0)
+        config = self._frame_length(g) + max(self._layer_count - 1, 0) + int(
+            (self._item_base + self._attention_field[combos[self._attention_unit]]
+             + self._mlp_field[combos[self._mlp_unit]] + self._drop_field[layers, drops]).sum())
+        key = kept_layers.tobytes()
+        found = self._kept.get(key)
+        if found is None:
+            indices = tuple(int(i) for i in self._layer_index[kept_layers])
+            found = self._kept[key] = (indices, self.model.metadata.model_config_bytes(indices))
+        indices, model_config = found
+        model = self.model
+        body = model.manifest_body_length(indices, tensor_bytes) + config + settings + entries
+        other = self.fixed_bytes + model_config + tensor_bytes
+        return other + model.manifest_length_of(body, other)
+
+    def _frame_length(self, g: np.ndarray) -> int:
+        embedding = int(g[self._embedding[0]])
+        head = -1 if self._head is None else int(g[self._head[0]])
+        length = self._frames.get((embedding, head))
+        if length is None:
+            outside = CompressionConfig(default=KEPT, embedding=self._embedding[1][embedding],
+                                        head=KEPT if self._head is None else self._head[1][head])
+            length = self._frames[(embedding, head)] = self.model.config_frame_length(outside)
+        return length
+
+
+def _unit_of(table, unit_genes) -> int:
+    """The unit index whose genes are `unit_genes` ((position, stride) pairs of SizeTable._entry_genes)."""
+    positions = [position for position, _ in unit_genes]
+    for unit, row in enumerate(table._unit_genes):
+        if [int(i) for i in row] == positions:
+            return unit
+    raise RuntimeError("a layer's unit genes match no unit of the size table")  # a bug
+
+
+def _accepts(info, index: int, drop: str) -> bool:
+    """Whether the model accepts this layer's drop (validate_against of a config that drops only it)."""
+    from evo.errors import EvoError
+
+    try:
+        CompressionConfig(default=KEPT, layers=((index, LayerConfig(drop=drop)),)).validate_against(info)
+    except EvoError:
+        return False
+    return True
