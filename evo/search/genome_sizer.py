@@ -29,6 +29,7 @@ import numpy as np
 from evo.compress.config import KEPT, CompressionConfig, LayerConfig
 
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)  # len(str(n)) - 1 = count of powers <= n
+_ZERO = np.zeros(1, dtype=np.int64)
 
 
 class GenomeSizer:
@@ -66,14 +67,10 @@ class GenomeSizer:
                 self._drop_ok[n, d] = _accepts(info, layer.index, drop)
                 drop_field[n, d] = 0 if drop == "none" else 1 + len('"drop":') + len(json.dumps(drop))
         # each tensor's layer number (non-decoder tensors: one past the last layer, never dropped)
-        tensor_layer = [layer_number[g_layer] if position >= 0 else len(layers)
-                        for position, g_layer in zip(table._layer, [genes[p].layer if p >= 0 else None
-                                                                    for p in table._layer])]
-        self._tensor_layer = np.asarray(tensor_layer, dtype=np.int64)
-        self._keep = table._keep
+        self._tensor_layer = np.asarray([layer_number[genes[p].layer] if p >= 0 else len(layers)
+                                         for p in table._layer], dtype=np.int64)
         self._rows = np.arange(tensors)
         # per (tensor, column): bytes, entry template length under its own name, frame lengths, setting key
-        self._bytes = table.table.reshape(-1)
         template = np.zeros((tensors, width), dtype=np.int64)
         frame_lengths = np.zeros((tensors, width, 3), dtype=np.int64)
         has_frame = np.zeros((tensors, width, 3), dtype=bool)
@@ -91,44 +88,64 @@ class GenomeSizer:
                     has_frame[r, c, k] = True
                 key_id[r, c] = keys.setdefault(row.setting_key, len(keys))
                 item[r, c] = model.setting_item_length(row.setting_key, setting)
+        # flat per (tensor, column): [bytes, entry template length, 1 (a stored tensor)], frames, key, item
+        self._flat_base = self._rows * width
+        self._bytes = table.table.reshape(-1)
         self._template = template.reshape(-1)
-        self._frame_lengths = frame_lengths.reshape(-1, 3)
-        self._has_frame = has_frame.reshape(-1, 3)
+        self._frames = (frame_lengths * 2 + has_frame).reshape(-1, 3)  # a frame's length * 2 + 1, absent 0
         self._key_id = key_id.reshape(-1)
         self._item = item.reshape(-1)
+        # a key whose settings all have items of one length is counted by presence (else by its last tensor)
+        lengths_of_key: dict[int, set[int]] = {}
+        for r, settings in enumerate(table.columns):
+            for c in range(len(settings)):
+                lengths_of_key.setdefault(int(key_id[r, c]), set()).add(int(item[r, c]))
+        self._item_of_key = (np.asarray([lengths_of_key[k].pop() for k in range(len(keys))], dtype=np.int64)
+                             if all(len(v) == 1 for v in lengths_of_key.values()) else None)
+        # per (layer, drop choice): 0 "none", 1 a block removed, 2 the layer removed, 3 refused by the model
+        self._drop_base = np.arange(len(layers), dtype=np.int64) * drop_width
+        self._drop_code = np.where(~self._drop_ok, 3, np.where(self._layer_dropped, 2, np.where(
+            drop_field > 0, 1, 0))).reshape(-1)
+        self._drop_field = drop_field.reshape(-1)
+        n_drops = table._keep.shape[1]
+        self._keep_base = self._rows * n_drops
+        self._keep_flat = table._keep.reshape(-1).astype(np.int64)
         # a decoder tensor's name stored as layer `new index`: its length less its own name's
         name_delta = np.zeros((tensors, len(layers) + 1), dtype=np.int64)
         prefix = info.layers_path
-        for r, name in enumerate(table.names):
+        for r in range(tensors):
             n = self._tensor_layer[r]
             if n == len(layers):
                 continue
             module = f"{layers[n].module}."
             for new_index in range(n + 1):
                 name_delta[r, new_index] = len(f"{prefix}.{new_index}.") - len(module)
-        self._name_delta = name_delta
-        # the config's JSON: per layer its item's fixed characters, per unit combination its fields
-        self._item_base = np.asarray([len(json.dumps(str(layer.index))) + 1 + 2 + 1 for layer in layers],
-                                     dtype=np.int64)  # "i":{a,m}: key, colon, braces, the comma between
-        writer = model._writer
-        self._attention_field = np.asarray([len('"attention":') + len(writer.setting_json(s))
-                                            for s in table.unit_settings], dtype=np.int64)
-        self._mlp_field = np.asarray([len('"mlp":') + len(writer.setting_json(s)) for s in table.unit_settings],
-                                     dtype=np.int64)
-        self._drop_field = drop_field
-        attention_units, mlp_units = [], []
-        for layer in layers:
-            _, attention_genes, mlp_genes = table._entry_genes[layer.index]
-            attention_units.append(_unit_of(table, attention_genes))
-            mlp_units.append(_unit_of(table, mlp_genes))
-        self._attention_unit = np.asarray(attention_units, dtype=np.int64)
-        self._mlp_unit = np.asarray(mlp_units, dtype=np.int64)
+        self._name_base = self._rows * (len(layers) + 1)
+        self._name_delta = name_delta.reshape(-1)
+        # the config's JSON: per layer "i":{"attention":…,"mlp":…[,"drop":…]}, its fields by unit combination
         if any(s is None for s in table.unit_settings):  # a None setting leaves a field out: not counted here
             raise RuntimeError("a unit setting of the space is None")
+        writer = model._writer
+        combinations = len(table.unit_settings)
+        attention_field = np.asarray([len('"attention":') + len(writer.setting_json(s)) for s in table.unit_settings],
+                                     dtype=np.int64)
+        mlp_field = np.asarray([len('"mlp":') + len(writer.setting_json(s)) for s in table.unit_settings],
+                               dtype=np.int64)
+        unit_field = np.zeros((units, combinations), dtype=np.int64)
+        for layer in layers:
+            _, attention_genes, mlp_genes = table._entry_genes[layer.index]
+            unit_field[_unit_of(table, attention_genes)] += attention_field
+            unit_field[_unit_of(table, mlp_genes)] += mlp_field
+        self._unit_base = np.arange(units, dtype=np.int64) * combinations
+        self._unit_field = unit_field.reshape(-1)
+        # key, colon, braces and the comma between attention and mlp of each item; the commas between items
+        self._config_base = sum(len(json.dumps(str(layer.index))) + 1 + 2 + 1 for layer in layers) + max(
+            len(layers) - 1, 0)
         self._embedding, self._head = table._embedding, table._head
-        self._frames: dict[tuple[int, int], int] = {}  # config frame length by (embedding, head) choices
+        self._config_frames: dict[tuple[int, int], int] = {}  # config frame length by (embedding, head) choices
         self._kept: dict[bytes, tuple[tuple[int, ...], int]] = {}  # kept layers → (indices, config.json bytes)
         self._layer_index = np.asarray([layer.index for layer in layers], dtype=np.int64)
+        self._all_layers = np.ones(len(layers), dtype=bool)
 
     def artifact_bytes(self, genome) -> int | None:
         """The artifact's bytes, or None for a genome the arrays do not cover (see the module docstring)."""
@@ -140,41 +157,60 @@ class GenomeSizer:
         return None if size is None else size > budget_bytes
 
     def _size(self, genome, budget_bytes: int | None) -> int | None:
-        g = np.asarray(genome, dtype=np.int64)
-        if g.shape != (self._genes,) or not ((g >= 0) & (g < self._choices)).all():
+        if len(genome) != self._genes:
+            return None
+        try:
+            g = np.frombuffer(bytes(genome), dtype=np.uint8)  # every gene has fewer than 256 choices
+        except (TypeError, ValueError):  # a value that is not a small non-negative int
+            return None
+        if not (g < self._choices).all():
             return None
         drops = g[self._drop_genes]
-        layers = np.arange(self._layer_count)
-        if not self._drop_ok[layers, drops].all():
-            return None
-        dropped = self._layer_dropped[layers, drops]
-        if dropped.all():
+        drop_index = self._drop_base + drops
+        codes = self._drop_code[drop_index]  # 0 "none", 1 a block removed, 2 the layer removed, 3 refused
+        top = codes.max()
+        if top == 3:
             return None
         combos = (g[self._unit_genes] * self._strides).sum(-1)
-        columns = np.concatenate((combos, g, (0,)))[self._column_index]
-        tensor_drop = np.append(drops, 0)[self._tensor_layer]
-        kept = self._keep[self._rows, tensor_drop]
-        flat = (self._rows * self._width + columns)[kept]
-        tensor_bytes = int(self._bytes[flat].sum())
+        flat = self._flat_base + np.concatenate((combos, g, _ZERO))[self._column_index]
+        if top == 0:  # nothing dropped: every tensor is stored under its own name
+            kept = None
+            tensor_bytes = int(self._bytes[flat].sum())
+        else:
+            dropped = codes == 2
+            if dropped.all():
+                return None
+            kept = self._keep_flat[self._keep_base + np.append(drops, 0)[self._tensor_layer]]
+            tensor_bytes = int(kept @ self._bytes[flat])
         if budget_bytes is not None and tensor_bytes + self.fixed_bytes > budget_bytes:
             return tensor_bytes + self.fixed_bytes  # over the budget already: the rest only adds
-        kept_layers = ~dropped
-        new_index = np.append(np.cumsum(kept_layers) - kept_layers, 0)[self._tensor_layer]
-        entries = (len(flat) - 1 + int(self._template[flat].sum())
-                   + int(self._name_delta[self._rows[kept], new_index[kept]].sum()))
-        lengths = self._frame_lengths[flat][self._has_frame[flat]]
+        frames = np.take(self._frames, flat, axis=0)
+        if kept is None:
+            stored, template = len(flat), int(self._template[flat].sum())
+            layers_kept = self._all_layers
+            names = 0
+        else:
+            stored, template = int(kept.sum()), int(kept @ self._template[flat])
+            frames *= kept[:, None]
+            layers_kept = ~dropped
+            if top == 2:  # a layer removed: the later layers' tensors are renumbered
+                new_index = np.append(np.cumsum(layers_kept) - layers_kept, 0)[self._tensor_layer]
+                names = int(kept @ self._name_delta[self._name_base + new_index])
+            else:
+                names = 0
+        frames = frames.ravel()
+        lengths = (frames >> 1)[(frames & 1).astype(bool)]  # the stored frames', in tensors.bin order
         offsets = np.cumsum(lengths) - lengths
-        entries += len(offsets) + int(np.searchsorted(_POWERS_OF_TEN, offsets, side="right").sum())
-        keys = self._key_id[flat][::-1]
-        unique, last = np.unique(keys, return_index=True)  # the last tensor of each key names its setting
-        settings = int(self._item[flat][::-1][last].sum()) + max(len(unique) - 1, 0)
-        config = self._frame_length(g) + max(self._layer_count - 1, 0) + int(
-            (self._item_base + self._attention_field[combos[self._attention_unit]]
-             + self._mlp_field[combos[self._mlp_unit]] + self._drop_field[layers, drops]).sum())
-        key = kept_layers.tobytes()
+        # Σ len(str(offset)) = frames + Σ over powers of ten of the (ascending) offsets at or above it
+        digits = len(offsets) * (1 + len(_POWERS_OF_TEN)) - int(np.searchsorted(offsets, _POWERS_OF_TEN).sum())
+        entries = stored - 1 + template + names + digits
+        settings = self._settings_length(flat, kept)
+        config = self._config_base + int(self._unit_field[self._unit_base + combos].sum()) + int(
+            self._drop_field[drop_index].sum()) + self._frame_length(g)
+        key = layers_kept.tobytes()
         found = self._kept.get(key)
         if found is None:
-            indices = tuple(int(i) for i in self._layer_index[kept_layers])
+            indices = tuple(int(i) for i in self._layer_index[layers_kept])
             found = self._kept[key] = (indices, self.model.metadata.model_config_bytes(indices))
         indices, model_config = found
         model = self.model
@@ -182,14 +218,25 @@ class GenomeSizer:
         other = self.fixed_bytes + model_config + tensor_bytes
         return other + model.manifest_length_of(body, other)
 
+    def _settings_length(self, flat: np.ndarray, kept: np.ndarray | None) -> int:
+        """Characters of the manifest's settings table: an item per key used (the last tensor's setting of
+        the key), commas between."""
+        keys = self._key_id[flat] if kept is None else self._key_id[flat[kept.astype(bool)]]
+        if self._item_of_key is not None:  # every setting of a key has an item of the same length
+            used = np.bincount(keys, minlength=len(self._item_of_key)) > 0
+            return int(self._item_of_key @ used) + max(int(used.sum()) - 1, 0)
+        items = self._item[flat] if kept is None else self._item[flat[kept.astype(bool)]]
+        unique, last = np.unique(keys[::-1], return_index=True)  # the last tensor of a key names its setting
+        return int(items[::-1][last].sum()) + max(len(unique) - 1, 0)
+
     def _frame_length(self, g: np.ndarray) -> int:
         embedding = int(g[self._embedding[0]])
         head = -1 if self._head is None else int(g[self._head[0]])
-        length = self._frames.get((embedding, head))
+        length = self._config_frames.get((embedding, head))
         if length is None:
             outside = CompressionConfig(default=KEPT, embedding=self._embedding[1][embedding],
                                         head=KEPT if self._head is None else self._head[1][head])
-            length = self._frames[(embedding, head)] = self.model.config_frame_length(outside)
+            length = self._config_frames[(embedding, head)] = self.model.config_frame_length(outside)
         return length
 
 
