@@ -671,10 +671,13 @@ def run_search(
                 clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
-        store.sync()  # the batch's journal lines on disk before the engine moves on (one fsync per batch)
         engine.tell(results)
         if engine.at_generation_boundary():
+            # the generation's journal lines on disk before its checkpoint (one fsync per generation: lines
+            # lost after it are re-asked from the previous checkpoint and evaluated again to the same values)
+            store.sync()
             _checkpoint(session, engine)
+    store.sync()
     result = _result(session, engine, new_evaluations)
     result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
     return result

@@ -223,6 +223,8 @@ class SizeTable:
                 self.table[row, column] = model._entry(name, setting).compressed_bytes
                 model.prepare_row(name, setting)  # its manifest entry's pieces, made now rather than mid-search
         self.filled = True
+        self._genome_sizer = None
+        self._sizer()  # the arrays made now (a second or so on the default space), not in the first check
         return len(missing)
 
     def code(self, pairs: list[tuple[str, TensorSetting]], *, workers: int | None = None,
