@@ -198,6 +198,7 @@ class SizeTable:
         twin = SizeTable(self.space, self.info, size_model)
         twin.table = self.table
         twin.filled = self.filled
+        twin._sizer()  # its arrays made now (setup), from its own size model's rows
         return twin
 
     # --- building ------------------------------------------------------------------------------------
@@ -376,7 +377,9 @@ class SizeTable:
 
     def _sizer(self) -> GenomeSizer | None:
         """The arrays of the filled table (built on first use: a twin of sharing() builds its own rows)."""
-        if self._genome_sizer is None and self.filled and self.fast_sizes:
+        if not (self.filled and self.fast_sizes):
+            return None
+        if self._genome_sizer is None:
             self._genome_sizer = GenomeSizer(self)
         return self._genome_sizer
 
