@@ -27,6 +27,7 @@ import json
 import numpy as np
 
 from evo.compress.config import KEPT, CompressionConfig, LayerConfig
+from evo.errors import EvoError
 
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)  # len(str(n)) - 1 = count of powers <= n
 _ZERO = np.zeros(1, dtype=np.int64)
@@ -52,19 +53,18 @@ class GenomeSizer:
         kind, source = table._kind, table._source
         self._column_index = np.where(kind == 1, source, np.where(kind == 2, units + source, units + len(genes)))
         layers = info.layers
-        self._layer_count = len(layers)
         layer_number = {layer.index: n for n, layer in enumerate(layers)}
         drop_position = {g.layer: i for i, g in enumerate(genes) if g.kind == "drop"}
         self._drop_genes = np.asarray([drop_position[layer.index] for layer in layers], dtype=np.int64)
         drop_width = max(len(genes[p].choices) for p in self._drop_genes) if layers else 1
-        # per (layer, drop choice): the layer removed whole; the choice accepted by the model (else None)
-        self._layer_dropped = np.zeros((len(layers), drop_width), dtype=bool)
-        self._drop_ok = np.zeros((len(layers), drop_width), dtype=bool)
+        # per (layer, drop choice): the layer removed whole; the choice accepted by the model
+        layer_dropped = np.zeros((len(layers), drop_width), dtype=bool)
+        drop_ok = np.zeros((len(layers), drop_width), dtype=bool)
         drop_field = np.zeros((len(layers), drop_width), dtype=np.int64)
         for n, layer in enumerate(layers):
             for d, drop in enumerate(genes[self._drop_genes[n]].choices):
-                self._layer_dropped[n, d] = drop == "layer"
-                self._drop_ok[n, d] = _accepts(info, layer.index, drop)
+                layer_dropped[n, d] = drop == "layer"
+                drop_ok[n, d] = _accepts(info, layer.index, drop)
                 drop_field[n, d] = 0 if drop == "none" else 1 + len('"drop":') + len(json.dumps(drop))
         # each tensor's layer number (non-decoder tensors: one past the last layer, never dropped)
         self._tensor_layer = np.asarray([layer_number[genes[p].layer] if p >= 0 else len(layers)
@@ -88,7 +88,7 @@ class GenomeSizer:
                     has_frame[r, c, k] = True
                 key_id[r, c] = keys.setdefault(row.setting_key, len(keys))
                 item[r, c] = model.setting_item_length(row.setting_key, setting)
-        # flat per (tensor, column): [bytes, entry template length, 1 (a stored tensor)], frames, key, item
+        # flat over (tensor, column): bytes, entry template length, frames, setting key and its item's length
         self._flat_base = self._rows * width
         self._bytes = table.table.reshape(-1)
         self._template = template.reshape(-1)
@@ -104,7 +104,7 @@ class GenomeSizer:
                              if all(len(v) == 1 for v in lengths_of_key.values()) else None)
         # per (layer, drop choice): 0 "none", 1 a block removed, 2 the layer removed, 3 refused by the model
         self._drop_base = np.arange(len(layers), dtype=np.int64) * drop_width
-        self._drop_code = np.where(~self._drop_ok, 3, np.where(self._layer_dropped, 2, np.where(
+        self._drop_code = np.where(~drop_ok, 3, np.where(layer_dropped, 2, np.where(
             drop_field > 0, 1, 0))).reshape(-1)
         self._drop_field = drop_field.reshape(-1)
         n_drops = table._keep.shape[1]
@@ -251,8 +251,6 @@ def _unit_of(table, unit_genes) -> int:
 
 def _accepts(info, index: int, drop: str) -> bool:
     """Whether the model accepts this layer's drop (validate_against of a config that drops only it)."""
-    from evo.errors import EvoError
-
     try:
         CompressionConfig(default=KEPT, layers=((index, LayerConfig(drop=drop)),)).validate_against(info)
     except EvoError:
