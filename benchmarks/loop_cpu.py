@@ -8,6 +8,8 @@ size model) and the journal's digest (every variant must search the same genomes
 
 Variants, side by side in one run (each its own run directory over one shared size cache):
   shipped           what the search runs
+  parts_sizes       sizes and budget checks by the memoised per-layer parts and bounds (before session 24;
+                    shipped sizes every genome from the filled table's arrays, GenomeSizer)
   full_materialise  the evaluator's materialise before session 23: plan_model over every tensor of
                     the model for each evaluation, each tensor's setting key compared
   exact_budget      every budget check of repair/fill sizes the whole artifact (no bounds shortcut)
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from _experiments import seeded_run  # noqa: E402
 from evo.constants import SIZE_CACHE_DIR  # noqa: E402
 
-VARIANTS = ("shipped", "full_materialise", "exact_budget", "config_sizes")
+VARIANTS = ("shipped", "parts_sizes", "full_materialise", "exact_budget", "config_sizes")
 PARTS = ("forward_kl", "materialise", "size", "store", "engine")
 
 
@@ -88,7 +90,10 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
     evaluator, table = session.evaluator, session.size_table
     if name == "full_materialise":
         evaluator.materialise = full_materialise(evaluator)
+    if name == "parts_sizes":
+        table.fast_sizes = False
     if name == "exact_budget":
+        table.fast_sizes = False
         table.exceeds = lambda genome, budget: table.artifact_bytes(genome) > budget
     if name == "config_sizes":  # every size and budget check decodes the genome and sizes the config
         by_config = (lambda genome: session.size_model.artifact_bytes(session.config_of(genome)))
@@ -131,7 +136,8 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
 
 
 def interleaved_parts(session, run: Path, rounds: int) -> dict:
-    """materialise (diffing vs planned over every tensor) and sizing (genome path vs decode + SizeModel)
+    """materialise (diffing vs planned over every tensor) and sizing (the table's arrays vs its memoised
+    per-layer parts vs decode + SizeModel)
     over the shipped run's journal of genomes, in the order evaluated, the two ways alternating round by
     round (a load change on a shared machine hits both): the least ms per call of each."""
     from evo.evaluate.evaluator import Evaluator
@@ -144,6 +150,7 @@ def interleaved_parts(session, run: Path, rounds: int) -> dict:
         "materialise_diffing": lambda: [Evaluator.materialise(evaluator, c) for c in configs],
         "materialise_full": lambda: [full_materialise(evaluator)(c) for c in configs],
         "size_genome_path": lambda: [table.artifact_bytes(g) for g in genomes],
+        "size_parts_path": lambda: [table.artifact_bytes_by_parts(g) for g in genomes],
         "size_config_path": lambda: [model.size(session.space.decode(g, session.loaded.info)) for g in genomes],
     }
     best = {name: float("inf") for name in ways}

@@ -28,7 +28,9 @@ into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunk
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place),
 one_sync_off (the old per-sequence KL with a host sync each), table_off (sizes through SizeModel), diff_off
 (materialise planned over every tensor per evaluation, as before session 23), exceeds_off (every budget
-check of the engine's repair sizes the whole artifact, as before session 23). The
+check of the engine's repair sizes the whole artifact by the memoised parts, as before session 23),
+sizer_off (sizes and budget checks by the memoised parts and bounds, as before session 24; shipped
+sizes from the size table's arrays, evo/search/genome_sizer.py). The
 compiled graphs are kept across variants (torch's caches), so only a variant with new shapes or a new
 mode compiles again.
 """
@@ -58,7 +60,7 @@ from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
-            "table_off", "diff_off", "exceeds_off")
+            "table_off", "diff_off", "exceeds_off", "sizer_off")
 DEFAULT_VARIANTS = "shipped,compile_off,levels_off,whole_batch_off,kl_chunked,cuda_graphs"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead"}  # the others: --compile unless "off"
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
@@ -259,6 +261,8 @@ def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, secon
     session.size_of = timer.wrap("size", session.size_of)
     session.fill_size_table = timer.wrap("size_table", session.fill_size_table)
     if session.size_table is not None:
+        if name in ("exceeds_off", "sizer_off"):
+            session.size_table.fast_sizes = False
         if name == "exceeds_off":  # every budget check of repair/fill sizes the whole artifact
             table = session.size_table
             table.exceeds = lambda genome, budget: table.artifact_bytes(genome) > budget

@@ -120,7 +120,11 @@ def test_exceeds_is_the_exact_budget_check_and_decides_clear_cases_from_bounds(l
     table.size_model.size_of_plan = lambda *plan: sized.append(plan) or whole(*plan)
     for budget in budgets:
         for genome in genomes:
-            assert table.exceeds(genome, budget) == (sizes[genome] > budget), (genome, budget)
+            assert table.exceeds(genome, budget) == (sizes[genome] > budget), (genome, budget)  # the arrays
+    assert not sized  # the arrays' path never sizes a plan
+    for budget in budgets:
+        for genome in genomes:
+            assert table.exceeds_by_parts(genome, budget) == (sizes[genome] > budget), (genome, budget)
     clear = sum(1 for b in budgets for g in genomes if table.tensor_bytes(g) + table.fixed_bytes > b)
     between = sum(1 for b in budgets for g in genomes
                   if bounds[g][0] <= b < bounds[g][1] and table.tensor_bytes(g) + table.fixed_bytes <= b)
@@ -166,6 +170,10 @@ def test_genome_path_equals_the_config_path_over_mutation_sequences(deep_llama, 
                 table.artifact_bytes(tuple(genome))
             continue
         exact = old.artifact_bytes(config)
+        assert table._sizer().artifact_bytes(tuple(genome)) == exact, (step, genome)  # the arrays (GenomeSizer)
         assert table.artifact_bytes(tuple(genome)) == exact, (step, genome)
+        assert table.artifact_bytes_by_parts(tuple(genome)) == exact, (step, genome)
+        budget = exact + rng.choice((-1, 0))
+        assert table.exceeds(tuple(genome), budget) == (exact > budget)
         low, high = table.bounds(tuple(genome))
         assert low <= exact <= high, (step, genome)

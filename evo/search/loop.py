@@ -33,6 +33,7 @@ from evo.types import FrontPoint
 
 CCDS_CANDIDATES = 1024  # sequences embedded for CCDS in a search: enough for k ≤ 16 clusters, ~1 min on CPU
 CCDS_CANDIDATES_PER_SAMPLE = 64  # fewer calibration sequences need fewer candidates: 8 samples embed 512
+DECODED_CONFIGS = 1 << 12  # genomes whose configs config_of keeps; beyond this they are decoded anew
 
 
 def ccds_candidates(samples: int) -> int:
@@ -243,9 +244,18 @@ class SearchSession:
         self.memory_plan = None  # the MemoryPlan open_session printed and enforced (evo.search.memory_plan)
         self.levels = None  # the LevelStore of every (tensor, setting) of the space (fill_size_table)
         self.hessians = getattr(size_model, "hessians", None)  # the run's Hessians when the space has gptq (evo.search.levels)
+        self._configs: dict[tuple, object] = {}  # config_of's memo
 
     def config_of(self, genome):
-        return self.space.decode(tuple(genome), self.loaded.info)
+        """The genome's config, memoised (configs are immutable): a survivor re-scored at each later stage,
+        the front and the best of every checkpoint are decoded once."""
+        genome = tuple(genome)
+        config = self._configs.get(genome)
+        if config is None:
+            if len(self._configs) >= DECODED_CONFIGS:
+                self._configs.clear()
+            config = self._configs[genome] = self.space.decode(genome, self.loaded.info)
+        return config
 
     def size_of(self, genome, config=None) -> int:
         """The genome's artifact bytes: from the size table when there is one, else from its config
@@ -671,10 +681,13 @@ def run_search(
                 clock.restart()  # read back from the journal: the next interval starts now
             results.append((request, Score(entry.quality, entry.size_bytes)))
             report(request.stage)
-        store.sync()  # the batch's journal lines on disk before the engine moves on (one fsync per batch)
         engine.tell(results)
         if engine.at_generation_boundary():
+            # the generation's journal lines on disk before its checkpoint (one fsync per generation: lines
+            # lost after it are re-asked from the previous checkpoint and evaluated again to the same values)
+            store.sync()
             _checkpoint(session, engine)
+    store.sync()
     result = _result(session, engine, new_evaluations)
     result.extra["seconds_per_evaluation"] = sum(seconds_per_new) / len(seconds_per_new) if seconds_per_new else None
     return result

@@ -33,6 +33,7 @@ from evo.compress.settings import TensorSetting
 from evo.compress.size import SizeEntry, SizeKey, SizeModel
 from evo.compress.structure import is_replaced, replaced_modules
 from evo.errors import EvoError
+from evo.search.genome_sizer import GenomeSizer
 from evo.types import ModelInfo
 
 TableProgress = Callable[[int, int], None]  # (pairs coded, pairs total)
@@ -188,6 +189,8 @@ class SizeTable:
         self._settings_bounds: dict[int, tuple[int, int]] = {}
         # bytes of every artifact beside its tensors, manifest and config.json (exceeds' lower bound)
         self.fixed_bytes = sum(size_model.metadata.fixed_files.values())
+        self.fast_sizes = True  # size and check genomes from the filled table's arrays (GenomeSizer)
+        self._genome_sizer: GenomeSizer | None = None
 
     def sharing(self, size_model: SizeModel) -> SizeTable:
         """A table of the same space and model whose filled array is this one's, sizing the rest of an
@@ -195,6 +198,7 @@ class SizeTable:
         twin = SizeTable(self.space, self.info, size_model)
         twin.table = self.table
         twin.filled = self.filled
+        twin._sizer()  # its arrays made now (setup), from its own size model's rows
         return twin
 
     # --- building ------------------------------------------------------------------------------------
@@ -220,6 +224,8 @@ class SizeTable:
                 self.table[row, column] = model._entry(name, setting).compressed_bytes
                 model.prepare_row(name, setting)  # its manifest entry's pieces, made now rather than mid-search
         self.filled = True
+        self._genome_sizer = None
+        self._sizer()  # the arrays made now (a second or so on the default space), not in the first check
         return len(missing)
 
     def code(self, pairs: list[tuple[str, TensorSetting]], *, workers: int | None = None,
@@ -327,8 +333,19 @@ class SizeTable:
         return int(self.tensor_bytes_many([genome])[0])
 
     def exceeds(self, genome: Sequence[int], budget_bytes: int) -> bool:
-        """artifact_bytes(genome) > budget_bytes, exactly. The tensors plus the files no config changes
-        (tokenizer, generation config) are a lower bound of the artifact: when they already exceed the
+        """artifact_bytes(genome) > budget_bytes, exactly: from the filled table's arrays (GenomeSizer: the
+        tensors plus the files no config changes decide first, else the whole count, a fixed number of
+        numpy gathers); a genome they do not cover takes the parts' path (which raises for a bad one)."""
+        sizer = self._sizer()
+        if sizer is not None:
+            over = sizer.exceeds(genome, budget_bytes)
+            if over is not None:
+                return over
+        return self.exceeds_by_parts(genome, budget_bytes)
+
+    def exceeds_by_parts(self, genome: Sequence[int], budget_bytes: int) -> bool:
+        """exceeds() by the memoised parts: the tensors plus the files no config changes (tokenizer,
+        generation config) are a lower bound of the artifact: when they already exceed the
         budget the tensors' sum decides; otherwise bounds() (exact but for the manifest's offset digits
         and settings items, a few kB apart) decide, and only a genome within them is sized whole."""
         kept, segments, config_length, sums = self._plan(genome)
@@ -343,9 +360,28 @@ class SizeTable:
 
     def artifact_bytes(self, genome: Sequence[int]) -> int:
         """The whole artifact's bytes: its tensors plus the config's manifest and metadata files (exactly
-        SizeModel.artifact_bytes of the decoded config; the tensors' bytes are the table's entries)."""
+        SizeModel.artifact_bytes of the decoded config; the tensors' bytes are the table's entries), from
+        the filled table's arrays where they cover the genome, else by the memoised parts."""
+        sizer = self._sizer()
+        if sizer is not None:
+            size = sizer.artifact_bytes(genome)
+            if size is not None:
+                return size
+        return self.artifact_bytes_by_parts(genome)
+
+    def artifact_bytes_by_parts(self, genome: Sequence[int]) -> int:
+        """artifact_bytes() from the size model's memoised per-layer parts (raises for a genome that does
+        not fit the space or the model)."""
         kept, segments, config_length, _ = self._plan(genome)
         return self.size_model.size_of_plan(kept, segments, config_length).total_bytes
+
+    def _sizer(self) -> GenomeSizer | None:
+        """The arrays of the filled table (built on first use: a twin of sharing() builds its own rows)."""
+        if not (self.filled and self.fast_sizes):
+            return None
+        if self._genome_sizer is None:
+            self._genome_sizer = GenomeSizer(self)
+        return self._genome_sizer
 
     def _plan(self, genome: Sequence[int]) -> tuple[tuple[int, ...], list, int, _Sums]:
         """(kept layers, the size model's memoised segments, the length of the config's JSON, the sums the

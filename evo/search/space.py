@@ -414,7 +414,7 @@ def fix_drops(genome: list[int], problem: Problem, rng: random.Random) -> None:
     """Make exactly `fixed_drops` layers dropped (EvoP), changing as few genes as possible."""
     if problem.fixed_drops is None:
         return
-    drop_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "drop"]
+    drop_genes = problem.positions("drop")
     dropped = [i for i in drop_genes if problem.genes[i].choices[genome[i]] == "layer"]
     kept = [i for i in drop_genes if problem.genes[i].choices[genome[i]] != "layer"]
     while len(dropped) > problem.fixed_drops:
@@ -428,7 +428,7 @@ def fix_drops(genome: list[int], problem: Problem, rng: random.Random) -> None:
 
 def keep_a_layer(genome: list[int], problem: Problem, rng: random.Random) -> None:
     """A model needs at least one decoder layer: when every layer is dropped, keep a random one."""
-    drop_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "drop"]
+    drop_genes = problem.positions("drop")
     if drop_genes and all(problem.genes[i].choices[genome[i]] == "layer" for i in drop_genes):
         i = rng.choice(drop_genes)
         genome[i] = problem.genes[i].choices.index("none")
@@ -441,11 +441,12 @@ def repair(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     fixed = list(genome)
     fix_drops(fixed, problem, rng)
     keep_a_layer(fixed, problem, rng)
+    shrink = problem.positions(*SHRINK_KINDS)
     while problem.exceeds(tuple(fixed)):
-        candidates = [i for i, gene in enumerate(problem.genes) if gene.kind in SHRINK_KINDS and fixed[i] > 0]
+        candidates = [i for i in shrink if fixed[i] > 0]
         if not candidates:
-            candidates = [i for i, gene in enumerate(problem.genes)
-                          if gene.kind == "sparsity" and fixed[i] < len(gene.choices) - 1]
+            last = problem.last_choices
+            candidates = [i for i in problem.positions("sparsity") if fixed[i] < last[i]]
             if candidates:
                 i = rng.choice(candidates)
                 fixed[i] += 1
@@ -465,9 +466,9 @@ def fill(genome: Genome, problem: Problem, rng: random.Random, tries: int = 8) -
     fits, giving up after `tries` raises that would not fit. Keeps offspring near the budget."""
     filled = list(genome)
     failures = 0
+    shrink, last = problem.positions(*SHRINK_KINDS), problem.last_choices
     while failures < tries:
-        candidates = [i for i, gene in enumerate(problem.genes)
-                      if gene.kind in SHRINK_KINDS and filled[i] < len(gene.choices) - 1]
+        candidates = [i for i in shrink if filled[i] < last[i]]
         if not candidates:
             break
         i = rng.choice(candidates)
@@ -481,11 +482,12 @@ def fill(genome: Genome, problem: Problem, rng: random.Random, tries: int = 8) -
 def level_move(genome: Genome, problem: Problem, rng: random.Random) -> Genome:
     """EvoPress's level switch: one bits gene up one level and another down one level, so the
     size stays near the budget while the allocation moves."""
-    bits_genes = [i for i, gene in enumerate(problem.genes) if gene.kind == "bits" and len(gene.choices) > 1]
+    last = problem.last_choices
+    bits_genes = [i for i in problem.positions("bits") if last[i] > 0]
     if len(bits_genes) < 2:
         return genome
     moved = list(genome)
-    up = [i for i in bits_genes if moved[i] < len(problem.genes[i].choices) - 1]
+    up = [i for i in bits_genes if moved[i] < last[i]]
     down = [i for i in bits_genes if moved[i] > 0]
     if up and down:
         i = rng.choice(up)

@@ -4,10 +4,11 @@ checkpoints, Pareto front and best config. JSON/TOML only, no pickle.
 A run killed at any instant resumes from the last checkpoint; evaluations finished after it are
 read back from the journal, so nothing is lost and nothing is evaluated twice. Each journal line
 is written and flushed to the kernel when its evaluation ends (a killed process loses none); the
-search fsyncs the journal once per asked batch (`sync`), before the batch's checkpoint, instead of
-once per line: at 50 evaluations/s a per-line fsync was a real share of the loop. A power loss can
-cost the lines after the last sync: the run resumes from its checkpoint and evaluates them again,
-deterministically, to the same values.
+search fsyncs the journal once per generation (`sync`), before the generation's checkpoint, instead
+of once per line or per asked batch: at 50 evaluations/s a per-line fsync was a real share of the
+loop, and a generation of staged selection asks several batches. A power loss can cost the lines
+after the last sync, all of them after the last checkpoint: the run resumes from that checkpoint and
+evaluates them again, deterministically, to the same values.
 """
 
 from __future__ import annotations

@@ -48,6 +48,26 @@ class Problem:
     # from its vectorised sum, exactly: SizeTable.exceeds); None asks size_of
     over_budget: Callable[[Genome], bool] | None = None
 
+    def positions(self, *kinds: str) -> tuple[int, ...]:
+        """Positions of the genes of these kinds, ascending (memoised: repair and fill ask at every step)."""
+        memo = self.__dict__.get("_positions")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_positions", memo)  # frozen: a memo beside the fields
+        found = memo.get(kinds)
+        if found is None:
+            found = memo[kinds] = tuple(i for i, gene in enumerate(self.genes) if gene.kind in kinds)
+        return found
+
+    @property
+    def last_choices(self) -> tuple[int, ...]:
+        """Each gene's highest choice index (memoised)."""
+        found = self.__dict__.get("_last_choices")
+        if found is None:
+            found = tuple(len(gene.choices) - 1 for gene in self.genes)
+            object.__setattr__(self, "_last_choices", found)
+        return found
+
     def exceeds(self, genome: Genome) -> bool:
         """Whether the genome's artifact is over the budget (repair and fill ask this many times per child)."""
         if self.over_budget is not None:
