@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+KL_EAGER_CHUNK = 1 << 26  # logits per eager chunk of topk_kl: its float32 temporaries stay ≈ 256 MB each
+
 
 def nll_sum(logits: torch.Tensor, token_ids: torch.Tensor) -> float:
     """Summed negative log-likelihood (nats) of token_ids[1:] under logits[:-1] for one sequence:
@@ -44,13 +46,53 @@ def topk_kl(
     except where q lifts a token p finds rare far above p (terms ≈ ρ); a larger k tames that.
     q's tail mass is a log-sum-exp over the tokens outside the top k, not 1 − Σ q_i, so it stays
     accurate when the top k hold nearly all the mass.
+
+    How it reads the logits (the same numbers as topk_kl_reference, at a fraction of the memory
+    traffic): no log-softmax copy is made. Per row, one pass of reductions over the logits upcast
+    to float32 on the fly gives log Σ exp (q's normaliser) and, with a boolean mask of the top-k ids
+    (1 byte per logit, the only vocabulary-sized tensor written), the tail's own log-sum-exp, shifted
+    by the tail's own maximum as logsumexp would be; the top-k and sampled logits are gathered from
+    the logits themselves and the normaliser subtracted. Under torch.compile the upcast, the masked
+    reductions and the normaliser fuse into one kernel reading the logits once; eagerly the rows go
+    KL_EAGER_CHUNK logits at a time, so the float32 temporaries stay bounded.
     """
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    ids = topk_ids.long()
-    log_q_top = log_q.gather(-1, ids)
-    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
-    log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
-    log_q_tail = torch.logsumexp(log_q, dim=-1)
+    vocab = logits.shape[-1]
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, vocab)
+    ids = topk_ids.reshape(-1, topk_ids.shape[-1]).long()
+    sampled = tail_ids is not None and tail_ids.shape[-1] > 0
+    samples = tail_ids.reshape(-1, tail_ids.shape[-1]).long() if sampled else None
+    rows = flat.shape[0]
+    step = rows if torch.compiler.is_compiling() else max(1, KL_EAGER_CHUNK // max(vocab, 1))
+    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None)
+             for r in range(0, max(rows, 1), step)]
+    log_q_top, log_q_tail = (torch.cat([part[i] for part in parts]) for i in (0, 2))
+    log_q_sampled = torch.cat([part[1] for part in parts]).reshape(*lead, -1) if sampled else None
+    return _kl_from_parts(log_q_top.reshape(*lead, -1), log_q_tail.reshape(lead), log_q_sampled,
+                          topk_logprobs, tail_logprob, tail_logprobs)
+
+
+def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None):
+    """(log q of the top-k ids, of the sampled ids or None, of the tail), float64, for logits
+    [rows, vocab]: see topk_kl's docstring for the passes."""
+    x = logits.float()  # fused into the reductions under torch.compile; a chunk's temporary eagerly
+    peak = x.amax(-1, keepdim=True)
+    log_sum = torch.log(torch.exp(x - peak).sum(-1, keepdim=True, dtype=torch.float64))
+    top = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, ids, True)
+    outside = x.masked_fill(top, float("-inf"))
+    tail_peak = outside.amax(-1, keepdim=True)
+    # an empty tail (k = vocab) has peak −inf: shift by 0 instead, Σ = 0, log = −inf as logsumexp gives
+    tail_peak = torch.where(torch.isfinite(tail_peak), tail_peak, torch.zeros_like(tail_peak))
+    log_tail = torch.log(torch.exp(outside - tail_peak).sum(-1, keepdim=True, dtype=torch.float64))
+    peak, tail_peak = peak.double(), tail_peak.double()
+    log_q_top = (logits.gather(-1, ids).double() - peak) - log_sum
+    log_q_sampled = (logits.gather(-1, samples).double() - peak) - log_sum if samples is not None else None
+    return log_q_top, log_q_sampled, (log_tail + (tail_peak - peak) - log_sum).squeeze(-1)
+
+
+def _kl_from_parts(log_q_top, log_q_tail, log_q_sampled, topk_logprobs, tail_logprob, tail_logprobs):
+    """topk_kl's formula from q's log-probabilities of the top-k ids, of its tail and of the samples
+    (float32 or float64: the arithmetic follows them), float32 [...]."""
     log_p_top = topk_logprobs.float()
     log_p_tail = tail_logprob.float()
     kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
@@ -62,8 +104,28 @@ def topk_kl(
             tail_logprobs.double() - log_p_tail.double()[..., None]
         )
         inside = (torch.expm1(log_rho) - log_rho).mean(-1)
-        tail = tail + (log_p_tail.double().exp() * inside).float()
-    return kl + torch.where(empty_tail, torch.zeros_like(tail), tail)
+        tail = tail + (log_p_tail.double().exp() * inside).to(tail.dtype)
+    return (kl + torch.where(empty_tail, torch.zeros_like(tail), tail)).float()
+
+
+def topk_kl_reference(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """topk_kl as it was computed before session 24, kept as the reference its tests and the
+    search_throughput benchmark's kl_old variant compare against: a float32 log-softmax copy of the
+    logits, gathers from it, −inf scattered into it and its log-sum-exp read again for the tail."""
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    ids = topk_ids.long()
+    log_q_top = log_q.gather(-1, ids)
+    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
+    log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
+    log_q_tail = torch.logsumexp(log_q, dim=-1)
+    return _kl_from_parts(log_q_top, log_q_tail, log_q_sampled, topk_logprobs, tail_logprob, tail_logprobs)
 
 
 def topk_kl_sum(
@@ -77,5 +139,17 @@ def topk_kl_sum(
     """Σ topk_kl over every position of a batch, as a float64 0-d tensor on the logits' device:
     the evaluator's whole-batch reduction, read by the host once per evaluation. The same
     estimate as topk_kl (it is topk_kl, summed in float64), written as one function so that
-    torch.compile can fuse the float32 log-softmax, the gathers and the tail's log-sum-exp."""
+    torch.compile can fuse the upcast, the normaliser's and the tail's reductions and the gathers."""
     return topk_kl(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()
+
+
+def topk_kl_sum_reference(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """topk_kl_sum through topk_kl_reference (the pre-session-24 passes), for tests and benchmarks."""
+    return topk_kl_reference(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()
