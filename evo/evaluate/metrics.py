@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KL_EAGER_CHUNK = 1 << 26  # logits per eager chunk of topk_kl: its float32 temporaries stay ≈ 256 MB each
+KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl: its float32 temporaries stay ≈ 64 MB each
+TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
 
 
 def nll_sum(logits: torch.Tensor, token_ids: torch.Tensor) -> float:
@@ -75,19 +76,52 @@ def topk_kl(
 def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None):
     """(log q of the top-k ids, of the sampled ids or None, of the tail), float64, for logits
     [rows, vocab]: see topk_kl's docstring for the passes."""
-    x = logits.float()  # fused into the reductions under torch.compile; a chunk's temporary eagerly
+    if torch.compiler.is_compiling():
+        peak, log_sum, tail_peak, log_tail = _fused_sums(logits, ids)
+    else:
+        peak, log_sum, tail_peak, log_tail = _eager_sums(logits, ids)
+    peak, log_sum = peak.double(), log_sum.double()
+    log_q_top = (logits.gather(-1, ids).double() - peak) - log_sum
+    log_q_sampled = (logits.gather(-1, samples).double() - peak) - log_sum if samples is not None else None
+    return log_q_top, log_q_sampled, (log_tail.double() + (tail_peak.double() - peak) - log_sum).squeeze(-1)
+
+
+def _fused_sums(logits: torch.Tensor, ids: torch.Tensor):
+    """(peak, log Σ exp(x − peak), the tail's peak, log Σ_tail exp(x − tail peak)), each [rows, 1], in
+    a functional form Inductor fuses into one kernel over the logits (the upcast included): the
+    boolean mask is the only vocabulary-sized tensor written; the sums accumulate in float64."""
+    x = logits.float()
     peak = x.amax(-1, keepdim=True)
     log_sum = torch.log(torch.exp(x - peak).sum(-1, keepdim=True, dtype=torch.float64))
     top = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, ids, True)
     outside = x.masked_fill(top, float("-inf"))
-    tail_peak = outside.amax(-1, keepdim=True)
-    # an empty tail (k = vocab) has peak −inf: shift by 0 instead, Σ = 0, log = −inf as logsumexp gives
-    tail_peak = torch.where(torch.isfinite(tail_peak), tail_peak, torch.zeros_like(tail_peak))
+    tail_peak = _finite(outside.amax(-1, keepdim=True))
     log_tail = torch.log(torch.exp(outside - tail_peak).sum(-1, keepdim=True, dtype=torch.float64))
-    peak, tail_peak = peak.double(), tail_peak.double()
-    log_q_top = (logits.gather(-1, ids).double() - peak) - log_sum
-    log_q_sampled = (logits.gather(-1, samples).double() - peak) - log_sum if samples is not None else None
-    return log_q_top, log_q_sampled, (log_tail + (tail_peak - peak) - log_sum).squeeze(-1)
+    return peak, log_sum, tail_peak, log_tail
+
+
+def _eager_sums(logits: torch.Tensor, ids: torch.Tensor):
+    """_fused_sums eagerly, where every op is a kernel of its own: one float32 chunk e = exp(x − peak)
+    gives Σ, then with 0 scattered at the top-k ids the tail's Σ under the same shift (float32 sums).
+    Rows whose tail underflows that shift (tail mass below ~1e-30 of the peak's) are redone with the
+    tail's own peak, as logsumexp would."""
+    x = logits.float()
+    peak = x.amax(-1, keepdim=True)
+    e = (x - peak).exp_()
+    log_sum = torch.log(e.sum(-1, keepdim=True).double())
+    tail = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True)
+    tail_peak = peak.clone()
+    low = (tail < TAIL_UNDERFLOW).squeeze(-1).nonzero().squeeze(-1)
+    if low.numel():
+        outside = x[low].scatter_(-1, ids[low], float("-inf"))
+        tail_peak[low] = _finite(outside.amax(-1, keepdim=True))
+        tail[low] = outside.sub_(tail_peak[low]).exp_().sum(-1, keepdim=True)
+    return peak, log_sum, tail_peak, torch.log(tail.double())
+
+
+def _finite(peak: torch.Tensor) -> torch.Tensor:
+    """An empty tail (k = vocab) has peak −inf: shift by 0 instead (Σ = 0, log = −inf, as logsumexp gives)."""
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
 
 
 def _kl_from_parts(log_q_top, log_q_tail, log_q_sampled, topk_logprobs, tail_logprob, tail_logprobs):
