@@ -131,7 +131,7 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
 
 
 def interleaved_parts(session, run: Path, rounds: int) -> dict:
-    """materialise (diffing vs planned over every tensor) and sizing (genome path vs decode + SizeModel)
+    """materialise (diffing vs planned over every tensor vs in-place batched copies) and sizing (genome path vs decode + SizeModel)
     over the shipped run's journal of genomes, in the order evaluated, the two ways alternating round by
     round (a load change on a shared machine hits both): the least ms per call of each."""
     from evo.evaluate.evaluator import Evaluator
@@ -143,6 +143,7 @@ def interleaved_parts(session, run: Path, rounds: int) -> dict:
     ways = {
         "materialise_diffing": lambda: [Evaluator.materialise(evaluator, c) for c in configs],
         "materialise_full": lambda: [full_materialise(evaluator)(c) for c in configs],
+        "materialise_in_place": lambda: _in_place(evaluator, configs),
         "size_genome_path": lambda: [table.artifact_bytes(g) for g in genomes],
         "size_config_path": lambda: [model.size(session.space.decode(g, session.loaded.info)) for g in genomes],
     }
@@ -156,6 +157,18 @@ def interleaved_parts(session, run: Path, rounds: int) -> dict:
             best[name] = min(best[name], 1000 * (time.perf_counter() - tic) / len(genomes))
     evaluator.restore()
     return best
+
+
+def _in_place(evaluator, configs) -> None:
+    """materialise as under CUDA graphs: levels copied into the parameters (one batched copy per genome)."""
+    from evo.evaluate.evaluator import Evaluator
+
+    evaluator.level_copies = True
+    try:
+        for config in configs:
+            Evaluator.materialise(evaluator, config)
+    finally:
+        evaluator.level_copies = None
 
 
 def _fastest(repeats: list[dict]) -> dict:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl: its float32 temporaries stay ≈ 64 MB each
+KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl on a CPU: its float32 temporaries stay ≈ 64 MB each
+KL_EAGER_CHUNK_CUDA = 1 << 28  # on a GPU (≈ 1 GB each): few chunks, few launches and syncs
 TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
 
 
@@ -55,7 +56,7 @@ def topk_kl(
     by the tail's own maximum as logsumexp would be; the top-k and sampled logits are gathered from
     the logits themselves and the normaliser subtracted. Under torch.compile the upcast, the masked
     reductions and the normaliser fuse into one kernel reading the logits once; eagerly the rows go
-    KL_EAGER_CHUNK logits at a time, so the float32 temporaries stay bounded.
+    KL_EAGER_CHUNK(_CUDA) logits at a time, so the float32 temporaries stay bounded.
     """
     vocab = logits.shape[-1]
     lead = logits.shape[:-1]
@@ -64,7 +65,8 @@ def topk_kl(
     sampled = tail_ids is not None and tail_ids.shape[-1] > 0
     samples = tail_ids.reshape(-1, tail_ids.shape[-1]).long() if sampled else None
     rows = flat.shape[0]
-    step = rows if torch.compiler.is_compiling() else max(1, KL_EAGER_CHUNK // max(vocab, 1))
+    chunk = KL_EAGER_CHUNK_CUDA if logits.is_cuda else KL_EAGER_CHUNK
+    step = rows if torch.compiler.is_compiling() else max(1, chunk // max(vocab, 1))
     parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None)
              for r in range(0, max(rows, 1), step)]
     log_q_top, log_q_tail = (torch.cat([part[i] for part in parts]) for i in (0, 2))
