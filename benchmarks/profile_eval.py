@@ -279,7 +279,9 @@ def render(report: dict) -> str:
         lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
                   for t in p["top"]]
     kl = report.get("kl_alone")
-    if kl:
+    if kl and "skipped" in kl:
+        lines += ["", f"KL reduction alone: {kl['skipped']}"]
+    elif kl:
         lines += ["", f"KL reduction alone on {' × '.join(map(str, kl['shape']))} logits (top {kl['top_k']} + "
                   f"{kl['tail_samples']} tail samples): old (float32 log-softmax copy) vs new"]
         for key, row in kl.items():

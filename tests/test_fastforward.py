@@ -257,3 +257,19 @@ def test_search_samples_default_depends_on_the_device_and_is_stated():
     with redirect_stdout(text), pytest.raises(SystemExit):
         parser.parse_args(["search", "--help"])
     assert f"{CUDA_SAMPLES} on CUDA, {CPU_SAMPLES} on the CPU" in " ".join(text.getvalue().split())
+
+
+def test_with_kl_shares_the_forward_and_swaps_the_kl_reduction(tiny):
+    evaluator = _evaluator(tiny)
+    evaluator.materialise(CONFIGS[1])  # a candidate, not the dense model (whose KL is rounding noise)
+    forward = evaluator.forward
+    old = forward.with_kl(topk_kl_sum_reference)
+    assert old.kl_function is topk_kl_sum_reference and forward.kl_function is topk_kl_sum
+    assert not old.compiled and old.model is forward.model
+    ids = evaluator._device_ids[:3, :11]
+    rows = [part[:3, :11] for part in evaluator._reference_rows]
+    logits = forward.logits(ids)
+    assert torch.equal(old.logits(ids), logits)
+    assert float(old.kl_sum_of(ids, *rows)) == float(topk_kl_sum_reference(logits, *rows))
+    assert float(forward.kl_sum_of(ids, *rows)) == pytest.approx(float(old.kl_sum_of(ids, *rows)), rel=1e-5,
+                                                             abs=OLD_ROUNDING * 3 * 11)
