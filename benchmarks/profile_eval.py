@@ -24,6 +24,8 @@ in float32 and bfloat16 (eager; also compiled on CUDA when time is left): the ra
 
   # on one H200 (≤ 200 s):
   python benchmarks/profile_eval.py --device cuda --deadline-s 190 --out $OUT/profile_eval
+  # the KL reduction alone on a CPU (no model): old / new on 2 × 512 × 49,152 float32 and bfloat16 logits
+  python benchmarks/profile_eval.py --device cpu --kl-only --kl-shape 2,512 --repeats 5 --out runs/kl-cpu
   # CPU smoke (a few minutes on 2 cores):
   python benchmarks/profile_eval.py --device cpu --samples 2 --seq-len 64 --repeats 2 --kl-shape 2,512 \\
       --out runs/profile-eval-cpu
@@ -278,21 +280,24 @@ def render(report: dict) -> str:
             "| kernel | kind | calls | ms | share |", "|---|---|---|---|---|"]
         lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
                   for t in p["top"]]
-    kl = report.get("kl_alone")
-    if kl and "skipped" in kl:
-        lines += ["", f"KL reduction alone: {kl['skipped']}"]
-    elif kl:
-        lines += ["", f"KL reduction alone on {' × '.join(map(str, kl['shape']))} logits (top {kl['top_k']} + "
-                  f"{kl['tail_samples']} tail samples): old (float32 log-softmax copy) vs new"]
-        for key, row in kl.items():
-            if isinstance(row, dict):
-                peak = f", peak {row['old_peak_gib']:.2f} / {row['new_peak_gib']:.2f} GiB" if "old_peak_gib" in row else ""
-                lines.append(f"  {key}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, old/new "
-                             f"{row['old_over_new']:.2f}, values differ by {row['relative_difference']:+.1e}{peak}")
-            elif isinstance(row, str):
-                lines.append(f"  {key}: {row}")
+    lines += [""] + render_kl(report.get("kl_alone") or {"skipped": "not run"})
     lines += [f"", f"wall {report['seconds']:.0f} s (setup {report['setup_s']:.0f} s)"]
     return "\n".join(lines)
+
+
+def render_kl(kl: dict) -> list[str]:
+    if "skipped" in kl:
+        return [f"KL reduction alone: {kl['skipped']}"]
+    lines = [f"KL reduction alone on {' × '.join(map(str, kl['shape']))} logits (top {kl['top_k']} + "
+             f"{kl['tail_samples']} tail samples): old (float32 log-softmax copy) vs new"]
+    for key, row in kl.items():
+        if isinstance(row, dict):
+            peak = f", peak {row['old_peak_gib']:.2f} / {row['new_peak_gib']:.2f} GiB" if "old_peak_gib" in row else ""
+            lines.append(f"  {key}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, old/new "
+                         f"{row['old_over_new']:.2f}, values differ by {row['relative_difference']:+.1e}{peak}")
+        elif isinstance(row, str):
+            lines.append(f"  {key}: {row}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,10 +315,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-need-s", type=float, default=60.0, help="seconds left that a compiled variant "
                         "needs to start (its compilation); an eager one needs a sixth of it")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
+    parser.add_argument("--kl-only", action="store_true", help="only the KL reduction alone (no model): "
+                        "--vocab, top 256 + 16 tail samples")
+    parser.add_argument("--vocab", type=int, default=49152, help="vocabulary of --kl-only (SmolLM2's)")
     parser.add_argument("--out", default="runs/profile-eval")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     deadline = started + args.deadline_s
+    if args.kl_only:
+        from evo.evaluate.reference import DEFAULT_TAIL_SAMPLES, DEFAULT_TOP_K
+
+        args.kl_shape = args.kl_shape or f"{args.samples},{args.seq_len}"
+        result = {"args": vars(args), "kl_alone": kl_alone(args, args.vocab, torch.device(args.device), deadline,
+                                                            DEFAULT_TOP_K, DEFAULT_TAIL_SAMPLES)}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "kl_alone.json").write_text(json.dumps(result, indent=2) + "\n")
+        print("\n".join(render_kl(result["kl_alone"])), flush=True)
+        return 0
     names = tuple(VARIANTS) if args.variants == "all" else tuple(v for v in args.variants.split(",") if v)
     unknown = set(names) - set(VARIANTS)
     if unknown:
