@@ -20,7 +20,8 @@ Variants (--variants, comma-separated, run in that order):
 A compiled variant on a machine without CUDA is "skipped: CUDA only". --deadline-s bounds the whole
 run: a variant that would not fit in what is left (a compiled one needs --compile-need-s) is skipped,
 saying so. Last, the KL reduction alone on random logits of --kl-shape × the vocabulary, old and new,
-in float32 and bfloat16 (eager; also compiled on CUDA when time is left): the ratio old / new.
+in float32 and bfloat16 (eager; also compiled on CUDA when time is left), old and new alternating
+--repeats times: the least ms of each and the ratio old / new.
 
   # on one H200 (≤ 200 s):
   python benchmarks/profile_eval.py --device cuda --deadline-s 190 --out $OUT/profile_eval
@@ -237,15 +238,24 @@ def kl_alone(args, vocab: int, device: torch.device, deadline: float, top_k: int
                 continue
             logits = candidate.to(dtype)
             row = {}
-            for label, function in (("old", topk_kl_sum_reference), ("new", topk_kl_sum)):
-                run = torch.compile(function, dynamic=False) if mode == "compiled" else function
-                float(run(logits, *reference))  # warm-up (compilation)
-                if device.type == "cuda":
+            runs = {label: torch.compile(function, dynamic=False) if mode == "compiled" else function
+                    for label, function in (("old", topk_kl_sum_reference), ("new", topk_kl_sum))}
+            times: dict[str, list[float]] = {label: [] for label in runs}
+            for label, run in runs.items():
+                row[f"{label}_value"] = float(run(logits, *reference))  # and the warm-up (compilation)
+            if device.type == "cuda":
+                for label, run in runs.items():  # the peak of each alone
+                    torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
-                row[f"{label}_ms"] = _median_ms(lambda: float(run(logits, *reference)), device, args.repeats)
-                row[f"{label}_value"] = float(run(logits, *reference))
-                if device.type == "cuda":
-                    row[f"{label}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                    before = torch.cuda.memory_allocated(device)
+                    float(run(logits, *reference))
+                    row[f"{label}_peak_gib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+            for _ in range(args.repeats):  # alternating, so that a change of load hits both
+                for label, run in runs.items():
+                    times[label].append(_median_ms(lambda: float(run(logits, *reference)), device, 1))
+            for label in runs:
+                row[f"{label}_ms"] = min(times[label])
+                row[f"{label}_median_ms"] = statistics.median(times[label])
             row["old_over_new"] = row["old_ms"] / row["new_ms"]
             row["relative_difference"] = (row["new_value"] - row["old_value"]) / row["old_value"]
             out[f"{mode}_{str(dtype)[6:]}"] = row
@@ -292,7 +302,8 @@ def render_kl(kl: dict) -> list[str]:
              f"{kl['tail_samples']} tail samples): old (float32 log-softmax copy) vs new"]
     for key, row in kl.items():
         if isinstance(row, dict):
-            peak = f", peak {row['old_peak_gib']:.2f} / {row['new_peak_gib']:.2f} GiB" if "old_peak_gib" in row else ""
+            peak = (f", memory beyond the inputs {row['old_peak_gib']:.2f} / {row['new_peak_gib']:.2f} GiB"
+                    if "old_peak_gib" in row else "")
             lines.append(f"  {key}: old {row['old_ms']:.1f} ms, new {row['new_ms']:.1f} ms, old/new "
                          f"{row['old_over_new']:.2f}, values differ by {row['relative_difference']:+.1e}{peak}")
         elif isinstance(row, str):
