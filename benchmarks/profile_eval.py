@@ -24,7 +24,10 @@ in float32 and bfloat16 (eager; also compiled on CUDA when time is left), old an
 --repeats times: the least ms of each and the ratio old / new.
 
   # on one H200 (≤ 200 s):
-  python benchmarks/profile_eval.py --device cuda --deadline-s 190 --out $OUT/profile_eval
+  python benchmarks/profile_eval.py --device cuda --variants default,default_kl_old,eager,eager_kl_old \
+      --deadline-s 190 --out $OUT/profile_eval
+  python benchmarks/profile_eval.py --device cuda --variants cuda_graphs,cuda_graphs_kl_old,kl_chunked \
+      --deadline-s 190 --out $OUT/profile_eval_graphs
   # the KL reduction alone on a CPU (no model): old / new on 2 × 512 × 49,152 float32 and bfloat16 logits
   python benchmarks/profile_eval.py --device cpu --kl-only --kl-shape 2,512 --repeats 5 --out runs/kl-cpu
   # CPU smoke (a few minutes on 2 cores):
@@ -324,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--kl-shape", default=None, help="n,L of the KL-alone benchmark (default: --samples,--seq-len)")
     parser.add_argument("--deadline-s", type=float, default=190.0, help="wall seconds for the whole run")
-    parser.add_argument("--compile-need-s", type=float, default=60.0, help="seconds left that a compiled variant "
-                        "needs to start (its compilation); an eager one needs a sixth of it")
+    parser.add_argument("--compile-need-s", type=float, default=90.0, help="seconds left that a compiled variant "
+                        "needs to start (its compilation); one over an already compiled forward a quarter, an eager "
+                        "one a sixth")
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_TFLOPS)
     parser.add_argument("--kl-only", action="store_true", help="only the KL reduction alone (no model): "
                         "--vocab, top 256 + 16 tail samples")
@@ -384,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         variant = VARIANTS[name]
         left = deadline - time.perf_counter()
-        need = args.compile_need_s if variant.compile != "off" else args.compile_need_s / 6
+        if variant.compile == "off":
+            need = args.compile_need_s / 6
+        else:  # a variant over an already compiled forward compiles only its KL
+            need = args.compile_need_s / (4 if (variant.compile, variant.kl_chunk) in _FORWARDS else 1)
         if variant.compile != "off" and device.type != "cuda":
             row = {"skipped": "skipped: CUDA only"}
         elif left < need:
