@@ -136,8 +136,8 @@ def run_variant(name: str, spec, model_dir: Path, out: Path, levels: bool) -> di
 
 
 def interleaved_parts(session, run: Path, rounds: int) -> dict:
-    """materialise (diffing vs planned over every tensor) and sizing (the table's arrays vs its memoised
-    per-layer parts vs decode + SizeModel)
+    """materialise (diffing vs planned over every tensor vs in-place batched copies vs session 23's) and
+    sizing (the table's arrays vs its memoised per-layer parts vs decode + SizeModel)
     over the shipped run's journal of genomes, in the order evaluated, the two ways alternating round by
     round (a load change on a shared machine hits both): the least ms per call of each."""
     from evo.evaluate.evaluator import Evaluator
@@ -149,6 +149,8 @@ def interleaved_parts(session, run: Path, rounds: int) -> dict:
     ways = {
         "materialise_diffing": lambda: [Evaluator.materialise(evaluator, c) for c in configs],
         "materialise_full": lambda: [full_materialise(evaluator)(c) for c in configs],
+        "materialise_in_place": lambda: _in_place(evaluator, configs),
+        "materialise_s23": lambda: [s23_materialise(evaluator)(c) for c in configs],
         "size_genome_path": lambda: [table.artifact_bytes(g) for g in genomes],
         "size_parts_path": lambda: [table.artifact_bytes_by_parts(g) for g in genomes],
         "size_config_path": lambda: [model.size(session.space.decode(g, session.loaded.info)) for g in genomes],
@@ -163,6 +165,48 @@ def interleaved_parts(session, run: Path, rounds: int) -> dict:
             best[name] = min(best[name], 1000 * (time.perf_counter() - tic) / len(genomes))
     evaluator.restore()
     return best
+
+
+def s23_materialise(evaluator):
+    """The evaluator's materialise of session 23 (before the batched copies and the level memo): per
+    changed tensor a membership test and a lookup in the level database, then a pointer swap."""
+
+    def materialise(config):
+        evaluator._set_drops(config.drops)
+        swapped = 0
+        resident, levels = evaluator._resident, evaluator.levels
+        for part, plan in evaluator._plan_parts(config):
+            if evaluator._resident_plans.get(part) is plan:
+                continue
+            for source, setting, key in plan:
+                if resident[source] != key:
+                    param = evaluator._params[source]
+                    if levels is not None and (source, setting) in levels:
+                        weight, shared = levels.weight(source, setting)
+                        if shared and not evaluator._copy_levels():
+                            param.data = weight
+                        else:
+                            evaluator._write_own(source, weight)
+                        resident[source] = key
+                    else:
+                        evaluator._swap_in(source, setting, key)
+                    swapped += 1
+            evaluator._resident_plans[part] = plan
+        return swapped, 0
+
+    return materialise
+
+
+def _in_place(evaluator, configs) -> None:
+    """materialise as under CUDA graphs: levels copied into the parameters (one batched copy per genome)."""
+    from evo.evaluate.evaluator import Evaluator
+
+    evaluator.level_copies = True
+    try:
+        for config in configs:
+            Evaluator.materialise(evaluator, config)
+    finally:
+        evaluator.level_copies = None
 
 
 def _fastest(repeats: list[dict]) -> dict:

@@ -26,7 +26,8 @@ Variants: shipped (size table, level database, whole-batch forward, one host syn
 "default"), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place),
-one_sync_off (the old per-sequence KL with a host sync each), table_off (sizes through SizeModel), diff_off
+one_sync_off (the old per-sequence KL with a host sync each), kl_old (the KL reduction before session 24:
+a float32 log-softmax copy of the logits, metrics.topk_kl_sum_reference), table_off (sizes through SizeModel), diff_off
 (materialise planned over every tensor per evaluation, as before session 23), exceeds_off (every budget
 check of the engine's repair sizes the whole artifact by the memoised parts, as before session 23),
 sizer_off (sizes and budget checks by the memoised parts and bounds, as before session 24; shipped
@@ -55,12 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
 from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
-from evo.evaluate.metrics import exact_kl, topk_kl  # noqa: E402
+from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
-            "table_off", "diff_off", "exceeds_off", "sizer_off")
+            "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old")
 DEFAULT_VARIANTS = "shipped,compile_off,levels_off,whole_batch_off,kl_chunked,cuda_graphs"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead"}  # the others: --compile unless "off"
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
@@ -181,6 +182,11 @@ def configure(name: str, evaluator, compile_mode: str) -> None:
     if key not in _FORWARDS:  # one per (mode, chunk): torch.compile's wrappers and their graphs are reused
         _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk)
     evaluator.forward = _FORWARDS[key]
+    if name == "kl_old":  # the same compiled forward, the old KL reduction compiled beside it
+        old_key = (*key, "kl_old")
+        if old_key not in _FORWARDS:
+            _FORWARDS[old_key] = _FORWARDS[key].with_kl(topk_kl_sum_reference)
+        evaluator.forward = _FORWARDS[old_key]
     if name == "levels_off":
         evaluator.levels = None
     if name == "one_sync_off":

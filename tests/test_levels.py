@@ -221,3 +221,31 @@ def test_space_file_quantizer_fixed_or_gene_and_the_embedding_takes_rtn(tmp_path
     bad.write_text('[quantization]\nquantizer = "awq"\n')
     with pytest.raises(EvoError, match="quantizer"):
         SearchSpace.load(str(bad))
+
+
+def test_in_place_level_copies_keep_every_parameter_address_and_score_the_same(gptq_setup, tmp_path):
+    """CUDA graphs replay the parameters' recorded addresses: with level_copies (what "reduce-overhead"
+    switches on) materialise copies levels into the parameters' own storage in one batch, never
+    re-points them, and scores every genome as the pointer swaps do, from a state with pointed params."""
+    from evo.search.loop import open_session
+
+    session = open_session(_spec(gptq_setup, _budget(gptq_setup), generations=0), tmp_path / "run", resume=False)
+    session.fill_size_table(workers=1)
+    evaluator, levels = session.evaluator, session.levels
+    params = dict(session.loaded.model.named_parameters())
+    addresses = {name: p.data_ptr() for name, p in params.items()}
+    rng = random.Random(5)
+    configs = [session.config_of(tuple(rng.randrange(len(g.choices)) for g in session.genes)) for _ in range(4)]
+    snapshot = {pair: levels.weight(*pair)[0].clone() for pair in list(levels._levels)[:40]}
+    swapped = [evaluator.evaluate(c) for c in configs]
+    assert evaluator._pointed and any(p.data_ptr() != addresses[n] for n, p in params.items())  # pointer swaps
+
+    evaluator.level_copies = True  # from the pointed state of the last genome on
+    copied = [evaluator.evaluate(c) for c in configs]
+    assert copied == swapped
+    assert {name: p.data_ptr() for name, p in params.items()} == addresses and not evaluator._pointed
+    for pair, before in snapshot.items():  # nothing was written into a level
+        assert torch.equal(levels.weight(*pair)[0], before), pair
+    evaluator.level_copies = False
+    assert [evaluator.evaluate(c) for c in reversed(configs)] == swapped[::-1]
+    session.lock.release()

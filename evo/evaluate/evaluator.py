@@ -220,11 +220,16 @@ class Evaluator:
         self._cache = _WeightCache(int(cache_bytes))
         # Precomputed levels (evo.search.levels.LevelStore): materialise points parameters at them or
         # copies them, never recomputes. Set by the search after the store is built.
-        self.levels = None
+        self._levels = None
+        self._level_memo: dict[tuple[str, str], tuple[torch.Tensor, bool]] = {}  # device-tier levels by (tensor, key)
         # The parameters' own storage, which holds the original weights until a copy lands in it; a
         # parameter pointed at a level is pointed back here, so nothing ever writes into a level.
         self._own = {name: self._params[name].data for name in shapes}
         self._own_dirty: set[str] = set()
+        self._pointed: set[str] = set()  # parameters whose data is a device-tier level (a pointer swap)
+        # Levels copied into the parameters' own storage instead of pointer swaps: None = only under CUDA
+        # graphs (which replay the addresses recorded at capture); True/False forces it (benchmarks, tests).
+        self.level_copies: bool | None = None
         self._seen: set[tuple[str, str]] = set()
         self._recomputed = 0  # (tensor, setting key) compressed once in this evaluator
         self._stats = EvaluationStats()
@@ -269,6 +274,16 @@ class Evaluator:
         return reference
 
     # --- public API -----------------------------------------------------------------------------------
+
+    @property
+    def levels(self):
+        """The level database materialise reads (evo.search.levels.LevelStore), or None."""
+        return self._levels
+
+    @levels.setter
+    def levels(self, store) -> None:
+        self._levels = store
+        self._level_memo.clear()
 
     @property
     def stats(self) -> EvaluationStats:
@@ -335,21 +350,30 @@ class Evaluator:
         and their settings under the config) is memoised across configs, and a layer whose plan is the
         one its resident tensors already follow is skipped without looking at its tensors; in a
         changed layer only the tensors whose setting changed are swapped (a pointer swap for a level
-        of the device tier: no copy, no host sync)."""
+        of the device tier: no copy, no host sync). Under CUDA graphs (or level_copies=True) every
+        parameter keeps its own storage and the changed tensors are copied into it in one batched
+        torch._foreach_copy_, a few launches per evaluation instead of one per tensor."""
         if not isinstance(config, CompressionConfig):
             raise EvoError(f"config must be a CompressionConfig, got {type(config).__name__}")
         config.validate_against(self.info)
         self._set_drops(config.drops)
         swapped = compressed = 0
         resident = self._resident
+        copies: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        in_place = self._copy_levels()
+        if in_place and self._pointed:
+            self._unpoint(copies)
+        resident_plans = self._resident_plans
         for part, plan in self._plan_parts(config):
-            if self._resident_plans.get(part) is plan:
+            if resident_plans.get(part) is plan:
                 continue
             for source, setting, key in plan:
                 if resident[source] != key:
-                    compressed += self._swap_in(source, setting, key)
+                    compressed += self._swap_in(source, setting, key, copies, in_place)
                     swapped += 1
-            self._resident_plans[part] = plan
+            resident_plans[part] = plan
+        if copies[0]:
+            torch._foreach_copy_(*copies)
         return swapped, compressed
 
     def _plan_parts(self, config: CompressionConfig):
@@ -387,20 +411,24 @@ class Evaluator:
         settings = [config.setting_for(name, self.info) for name in names]
         return tuple((name, setting, setting.key()) for name, setting in zip(names, settings))
 
-    def _swap_in(self, source: str, setting: TensorSetting, key: str) -> int:
+    def _swap_in(self, source: str, setting: TensorSetting, key: str, copies=None, in_place: bool | None = None) -> int:
         """Make `source`'s resident weight its level under `setting`; returns 1 when it was compressed
-        anew (neither a precomputed level nor in the weight cache), else 0."""
-        param = self._params[source]
-        levels = self.levels
-        compressed = 0
-        if levels is not None and (source, setting) in levels:
-            weight, shared = levels.weight(source, setting)
-            if shared and not self._copy_levels():
-                param.data = weight  # a pointer swap; restore() points it back at its own storage
+        anew (neither a precomputed level nor in the weight cache), else 0. copies: (destinations,
+        sources) lists the caller copies in one batch (None: copied now); in_place: _copy_levels()."""
+        level = self._level_memo.get((source, key))
+        if level is None and self._levels is not None:
+            level = self._level(source, setting, key)
+        if level is not None:
+            weight, shared = level
+            if shared and not (self._copy_levels() if in_place is None else in_place):
+                self._params[source].data = weight  # a pointer swap; restore() points it back at its own storage
+                self._pointed.add(source)
             else:
-                self._write_own(source, weight)
+                self._write_own(source, weight, copies)
             self._resident[source] = key
             return 0
+        param = self._params[source]
+        compressed = 0
         weight = self._cache.get((source, key))
         if weight is None:
             act = stats_for(self.activation_stats, source, setting)
@@ -412,21 +440,46 @@ class Evaluator:
             if (source, key) in self._seen:
                 self._recomputed += 1
             self._seen.add((source, key))
-        self._write_own(source, weight)
+        self._write_own(source, weight, copies)
         self._resident[source] = key
         return compressed
 
+    def _level(self, source: str, setting: TensorSetting, key: str) -> tuple[torch.Tensor, bool] | None:
+        """(weight, shared) of the level database's entry, or None; device-tier levels (stable tensors)
+        are memoised by (tensor, setting key), so the next swap to them is one dict lookup."""
+        levels = self._levels
+        if (source, setting) not in levels:
+            return None
+        level = levels.weight(source, setting)
+        if level[1]:
+            self._level_memo[(source, key)] = level
+        return level
+
     def _copy_levels(self) -> bool:
         """CUDA graphs replay the parameters' addresses recorded at capture: levels are copied in place."""
+        if self.level_copies is not None:
+            return self.level_copies
         return self.forward.mode == "reduce-overhead" and self.forward.compiled
 
-    def _write_own(self, name: str, weight: torch.Tensor) -> None:
-        """Copy `weight` into the parameter's own storage (pointing it back there first)."""
-        param, own = self._params[name], self._own[name]
-        if param.data_ptr() != own.data_ptr():
-            param.data = own
-        own.copy_(weight)
+    def _write_own(self, name: str, weight: torch.Tensor, copies=None) -> None:
+        """Copy `weight` into the parameter's own storage (pointing it back there first); with copies
+        ((destinations, sources) lists), queue the copy for the caller's batched copy instead."""
+        if name in self._pointed:
+            self._params[name].data = self._own[name]
+            self._pointed.discard(name)
+        own = self._own[name]
+        if copies is None:
+            own.copy_(weight)
+        else:
+            copies[0].append(own)
+            copies[1].append(weight)
         self._own_dirty.add(name)
+
+    def _unpoint(self, copies) -> None:
+        """Point every parameter that points at a level back at its own storage, queueing the level's
+        copy into it (switching to in-place copies keeps the resident model as it is)."""
+        for name in list(self._pointed):
+            self._write_own(name, self._params[name].data, copies)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -434,6 +487,7 @@ class Evaluator:
         the parameters pointed at are left as they are."""
         self._set_drops({})
         self._resident_plans.clear()
+        self._pointed.clear()
         for name, key in self._resident.items():
             if key is not None:
                 param, own = self._params[name], self._own[name]

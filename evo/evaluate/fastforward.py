@@ -16,13 +16,17 @@ not just the head applied to the body's last hidden state (softcapping, scaling)
 the first call and run the whole-batch path (`fallback` says why).
 
 CUDA graphs replay the parameters' storage addresses recorded at capture: materialise must copy
-weights into the parameters in place (as Evaluator.materialise does), not swap tensors. A genome
+weights into the parameters in place (as Evaluator.materialise does under "reduce-overhead": one
+batched torch._foreach_copy_), not swap tensors. Each replay begins a new CUDA-graph step
+(torch.compiler.cudagraph_mark_step_begin); the KL consumes the replay's logits before the next one,
+so kl_sum_of reads them in the graph's own output buffer, and only logits() returns a copy. A genome
 that drops blocks swaps modules in the model, which would recompile the graph for every new drop
 pattern: the evaluator runs those genomes eagerly (the KL stays compiled).
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 
@@ -47,11 +51,12 @@ class FastForward:
 
     model: the resident model (changed in place by the evaluator; the compiled graph reads its
     parameters at every call). mode: one of COMPILE_MODES; "off" and any mode on a non-CUDA device
-    run eagerly (`fallback` says why when a mode was asked for).
+    run eagerly (`fallback` says why when a mode was asked for). kl: the KL reduction (topk_kl_sum's
+    signature; benchmarks pass metrics.topk_kl_sum_reference).
     """
 
     def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
-                 kl_chunk: int = 0) -> None:
+                 kl_chunk: int = 0, kl: Callable = topk_kl_sum) -> None:
         self.model = model
         self.mode = check_compile_mode(mode)
         self.device = device if device is not None else next(model.parameters()).device
@@ -59,8 +64,9 @@ class FastForward:
             raise EvoError(f"kl_chunk={kl_chunk!r} must be 0 (whole batch) or a positive number of tokens")
         self.kl_chunk = kl_chunk
         self.fallback: str | None = None
+        self.kl_function = kl
         self._forward: Callable = self._eager_forward
-        self._kl: Callable = topk_kl_sum
+        self._kl: Callable = kl
         self._body: Callable = self._eager_body
         self._head_kl: Callable = self._eager_head_kl
         self._chunk_checked = False
@@ -74,14 +80,33 @@ class FastForward:
 
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
             self._forward = torch.compile(self._eager_forward, mode=self.mode, dynamic=False)
-            # the KL without CUDA graphs: its inputs are slices of the reference, new each stage
-            kl_mode = "default" if self.mode == "reduce-overhead" else self.mode
-            self._kl = torch.compile(topk_kl_sum, mode=kl_mode, dynamic=False)
             if self.kl_chunk:
                 self._body = torch.compile(self._eager_body, mode=self.mode, dynamic=False)
-                self._head_kl = torch.compile(self._eager_head_kl, mode=kl_mode, dynamic=False)
+            self._compile_kl()
         except Exception as exc:  # noqa: BLE001 — any failure to compile means: run eagerly
             self._fall_back(exc)
+
+    def _compile_kl(self) -> None:
+        # the KL without CUDA graphs: its inputs are slices of the reference, new each stage
+        kl_mode = "default" if self.mode == "reduce-overhead" else self.mode
+        self._kl = torch.compile(self.kl_function, mode=kl_mode, dynamic=False)
+        if self.kl_chunk:
+            self._head_kl = torch.compile(self._eager_head_kl, mode=kl_mode, dynamic=False)
+
+    def with_kl(self, kl: Callable) -> FastForward:
+        """This forward (its compiled graphs shared, nothing recompiled) with another KL reduction,
+        compiled as this one's is: for benchmarks that compare KL reductions on one compiled model."""
+        twin = copy.copy(self)
+        twin.kl_function = kl
+        twin._kl, twin._head_kl = kl, twin._eager_head_kl
+        if not self.compiled:
+            twin._forward, twin._body = twin._eager_forward, twin._eager_body
+            return twin
+        try:
+            twin._compile_kl()
+        except Exception as exc:  # noqa: BLE001
+            twin._fall_back(exc)
+        return twin
 
     @property
     def compiled(self) -> bool:
@@ -94,13 +119,13 @@ class FastForward:
         return self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
 
     def _eager_head_kl(self, hidden: torch.Tensor, *reference: torch.Tensor) -> torch.Tensor:
-        return topk_kl_sum(self.model.get_output_embeddings()(hidden), *reference)
+        return self.kl_function(self.model.get_output_embeddings()(hidden), *reference)
 
     def _fall_back(self, exc: BaseException) -> None:
         self.fallback = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}): eager forward"
         warnings.warn(self.fallback, RuntimeWarning, stacklevel=3)
         self._forward = self._eager_forward
-        self._kl = topk_kl_sum
+        self._kl = self.kl_function
         self._body = self._eager_body
         self._head_kl = self._eager_head_kl
 
@@ -127,8 +152,10 @@ class FastForward:
         if self.kl_chunk and not self._chunk_checked:
             self._check_chunking(ids)
         if not self.kl_chunk:
-            return self.kl_sum(self.logits(ids, eager=eager), *reference)
+            return self.kl_sum(self.logits(ids, eager=eager, copy_graph_output=False), *reference)
         body = self._eager_body if eager or self._body == self._eager_body else self._body
+        if self.mode == "reduce-overhead" and body is not self._eager_body:
+            torch.compiler.cudagraph_mark_step_begin()
         head_kl = self._eager_head_kl if eager else self._head_kl
         try:
             hidden = body(ids)
@@ -155,15 +182,19 @@ class FastForward:
         return total
 
     @torch.no_grad()
-    def logits(self, ids: torch.Tensor, *, eager: bool = False) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, *, eager: bool = False, copy_graph_output: bool = True) -> torch.Tensor:
         """The model's logits for ids [n, L] on the model's device. eager=True bypasses the
         compiled graph (a model whose modules were swapped, e.g. dropped blocks, would otherwise
-        recompile for every new pattern)."""
+        recompile for every new pattern). copy_graph_output=False returns a CUDA graph's output
+        buffer itself (overwritten by the next replay: for a caller that is done with it by then)."""
         if eager or not self.compiled:
             return self._eager_forward(ids)
         try:
+            graphs = self.mode == "reduce-overhead"
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             logits = self._forward(ids)
-            if self.mode == "reduce-overhead":
+            if graphs and copy_graph_output:
                 logits = logits.clone()  # a CUDA graph's output buffer is overwritten by its next replay
             return logits
         except Exception as exc:  # noqa: BLE001
@@ -176,7 +207,7 @@ class FastForward:
         try:
             return self._kl(logits, *reference)
         except Exception as exc:  # noqa: BLE001
-            if self._kl is topk_kl_sum:
+            if self._kl is self.kl_function:
                 raise
             self._fall_back(exc)
-            return topk_kl_sum(logits, *reference)
+            return self.kl_function(logits, *reference)

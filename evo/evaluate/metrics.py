@@ -8,6 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl on a CPU: its float32 temporaries stay ≈ 64 MB each
+KL_EAGER_CHUNK_CUDA = 1 << 28  # on a GPU (≈ 1 GB each): few chunks, few launches and syncs
+TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
+
 
 def nll_sum(logits: torch.Tensor, token_ids: torch.Tensor) -> float:
     """Summed negative log-likelihood (nats) of token_ids[1:] under logits[:-1] for one sequence:
@@ -44,13 +48,90 @@ def topk_kl(
     except where q lifts a token p finds rare far above p (terms ≈ ρ); a larger k tames that.
     q's tail mass is a log-sum-exp over the tokens outside the top k, not 1 − Σ q_i, so it stays
     accurate when the top k hold nearly all the mass.
+
+    How it reads the logits (the estimate of topk_kl_reference, with less rounding and less memory
+    traffic): no log-softmax copy is made. q's normaliser and the tail's log-sum-exp come from
+    reductions over the logits upcast to float32 (shifted by the row's peak, the tail's by its own
+    peak, as logsumexp does); the top-k and sampled logits are gathered from the logits themselves,
+    and log q = (logit − peak) − log Σ is formed in float64, so log q carries no float32 rounding (the
+    reference's did: a few 1e-5 of a KL of 1e-3 nats per position). Under torch.compile
+    (_fused_sums) a boolean mask of the top-k ids (1 byte per logit, the only vocabulary-sized
+    tensor written) lets the upcast, both sums (accumulated in float64) and the peaks fuse into one
+    pass over the logits. Eagerly (_eager_sums, every op a kernel) one float32 chunk exp(x − peak)
+    gives Σ and, with 0 scattered at the top-k ids, the tail's Σ; the rows go KL_EAGER_CHUNK(_CUDA)
+    logits at a time, so the temporaries stay bounded.
     """
-    log_q = torch.log_softmax(logits.float(), dim=-1)
-    ids = topk_ids.long()
-    log_q_top = log_q.gather(-1, ids)
-    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
-    log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
-    log_q_tail = torch.logsumexp(log_q, dim=-1)
+    vocab = logits.shape[-1]
+    lead = logits.shape[:-1]
+    flat = logits.reshape(-1, vocab)
+    ids = topk_ids.reshape(-1, topk_ids.shape[-1]).long()
+    sampled = tail_ids is not None and tail_ids.shape[-1] > 0
+    samples = tail_ids.reshape(-1, tail_ids.shape[-1]).long() if sampled else None
+    rows = flat.shape[0]
+    chunk = KL_EAGER_CHUNK_CUDA if logits.is_cuda else KL_EAGER_CHUNK
+    step = rows if torch.compiler.is_compiling() else max(1, chunk // max(vocab, 1))
+    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None)
+             for r in range(0, max(rows, 1), step)]
+    log_q_top, log_q_tail = (torch.cat([part[i] for part in parts]) for i in (0, 2))
+    log_q_sampled = torch.cat([part[1] for part in parts]).reshape(*lead, -1) if sampled else None
+    return _kl_from_parts(log_q_top.reshape(*lead, -1), log_q_tail.reshape(lead), log_q_sampled,
+                          topk_logprobs, tail_logprob, tail_logprobs)
+
+
+def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None):
+    """(log q of the top-k ids, of the sampled ids or None, of the tail), float64, for logits
+    [rows, vocab]: see topk_kl's docstring for the passes."""
+    if torch.compiler.is_compiling():
+        peak, log_sum, tail_peak, log_tail = _fused_sums(logits, ids)
+    else:
+        peak, log_sum, tail_peak, log_tail = _eager_sums(logits, ids)
+    peak, log_sum = peak.double(), log_sum.double()
+    log_q_top = (logits.gather(-1, ids).double() - peak) - log_sum
+    log_q_sampled = (logits.gather(-1, samples).double() - peak) - log_sum if samples is not None else None
+    return log_q_top, log_q_sampled, (log_tail.double() + (tail_peak.double() - peak) - log_sum).squeeze(-1)
+
+
+def _fused_sums(logits: torch.Tensor, ids: torch.Tensor):
+    """(peak, log Σ exp(x − peak), the tail's peak, log Σ_tail exp(x − tail peak)), each [rows, 1], in
+    a functional form Inductor fuses into one kernel over the logits (the upcast included): the
+    boolean mask is the only vocabulary-sized tensor written; the sums accumulate in float64."""
+    x = logits.float()
+    peak = x.amax(-1, keepdim=True)
+    log_sum = torch.log(torch.exp(x - peak).sum(-1, keepdim=True, dtype=torch.float64))
+    top = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, ids, True)
+    outside = x.masked_fill(top, float("-inf"))
+    tail_peak = _finite(outside.amax(-1, keepdim=True))
+    log_tail = torch.log(torch.exp(outside - tail_peak).sum(-1, keepdim=True, dtype=torch.float64))
+    return peak, log_sum, tail_peak, log_tail
+
+
+def _eager_sums(logits: torch.Tensor, ids: torch.Tensor):
+    """_fused_sums eagerly, where every op is a kernel of its own: one float32 chunk e = exp(x − peak)
+    gives Σ, then with 0 scattered at the top-k ids the tail's Σ under the same shift (float32 sums).
+    Rows whose tail underflows that shift (tail mass below ~1e-30 of the peak's) are redone with the
+    tail's own peak, as logsumexp would."""
+    x = logits.float()
+    peak = x.amax(-1, keepdim=True)
+    e = (x - peak).exp_()
+    log_sum = torch.log(e.sum(-1, keepdim=True).double())
+    tail = e.scatter_(-1, ids, 0.0).sum(-1, keepdim=True)
+    tail_peak = peak.clone()
+    low = (tail < TAIL_UNDERFLOW).squeeze(-1).nonzero().squeeze(-1)
+    if low.numel():
+        outside = x[low].scatter_(-1, ids[low], float("-inf"))
+        tail_peak[low] = _finite(outside.amax(-1, keepdim=True))
+        tail[low] = outside.sub_(tail_peak[low]).exp_().sum(-1, keepdim=True)
+    return peak, log_sum, tail_peak, torch.log(tail.double())
+
+
+def _finite(peak: torch.Tensor) -> torch.Tensor:
+    """An empty tail (k = vocab) has peak −inf: shift by 0 instead (Σ = 0, log = −inf, as logsumexp gives)."""
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+
+
+def _kl_from_parts(log_q_top, log_q_tail, log_q_sampled, topk_logprobs, tail_logprob, tail_logprobs):
+    """topk_kl's formula from q's log-probabilities of the top-k ids, of its tail and of the samples
+    (float32 or float64: the arithmetic follows them), float32 [...]."""
     log_p_top = topk_logprobs.float()
     log_p_tail = tail_logprob.float()
     kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(-1)
@@ -62,8 +143,28 @@ def topk_kl(
             tail_logprobs.double() - log_p_tail.double()[..., None]
         )
         inside = (torch.expm1(log_rho) - log_rho).mean(-1)
-        tail = tail + (log_p_tail.double().exp() * inside).float()
-    return kl + torch.where(empty_tail, torch.zeros_like(tail), tail)
+        tail = tail + (log_p_tail.double().exp() * inside).to(tail.dtype)
+    return (kl + torch.where(empty_tail, torch.zeros_like(tail), tail)).float()
+
+
+def topk_kl_reference(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """topk_kl as it was computed before session 24, kept as the reference its tests and the
+    search_throughput benchmark's kl_old variant compare against: a float32 log-softmax copy of the
+    logits, gathers from it, −inf scattered into it and its log-sum-exp read again for the tail."""
+    log_q = torch.log_softmax(logits.float(), dim=-1)
+    ids = topk_ids.long()
+    log_q_top = log_q.gather(-1, ids)
+    log_q_sampled = log_q.gather(-1, tail_ids.long()) if tail_ids is not None and tail_ids.shape[-1] else None
+    log_q.scatter_(-1, ids, float("-inf"))  # log_q is ours: reuse it instead of a second vocab-sized copy
+    log_q_tail = torch.logsumexp(log_q, dim=-1)
+    return _kl_from_parts(log_q_top, log_q_tail, log_q_sampled, topk_logprobs, tail_logprob, tail_logprobs)
 
 
 def topk_kl_sum(
@@ -77,5 +178,17 @@ def topk_kl_sum(
     """Σ topk_kl over every position of a batch, as a float64 0-d tensor on the logits' device:
     the evaluator's whole-batch reduction, read by the host once per evaluation. The same
     estimate as topk_kl (it is topk_kl, summed in float64), written as one function so that
-    torch.compile can fuse the float32 log-softmax, the gathers and the tail's log-sum-exp."""
+    torch.compile can fuse the upcast, the normaliser's and the tail's reductions and the gathers."""
     return topk_kl(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()
+
+
+def topk_kl_sum_reference(
+    logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    tail_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """topk_kl_sum through topk_kl_reference (the pre-session-24 passes), for tests and benchmarks."""
+    return topk_kl_reference(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()
