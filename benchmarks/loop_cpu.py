@@ -56,6 +56,22 @@ def tiny_deep_model(directory: Path) -> Path:
     return directory
 
 
+def tiny_loop_spec(out: Path, generations: int):
+    """The search both this benchmark and size_calls_replay.py run: the tiny 30-layer model (written
+    under out/tiny30 once), the default space, a budget halfway through its reach, and a forward of a
+    few tokens, so the loop's overheads are what is measured, not the tiny model's forward."""
+    from evo.modelio import load_model
+    from evo.search.budget import early_budget_range
+    from evo.search.loop import SearchSpec
+    from evo.search.space import SearchSpace
+
+    model_dir = tiny_deep_model(out / "tiny30")
+    reach = early_budget_range(SearchSpace.load("default"), load_model(str(model_dir)))
+    return SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, model=str(model_dir), space="default",
+                      generations=generations, population=16, samples=2, seq_len=8, clusters=2,
+                      screen_sequences=1, screen_tokens=4, stages=((4, 0), (8, 8), (16, 4)))
+
+
 def full_materialise(evaluator):
     """The evaluator's materialise before session 23 (the same swaps, planned over every tensor)."""
     from evo.compress.plan import plan_model
@@ -237,24 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from evo.modelio import load_model
-    from evo.search.budget import early_budget_range
-    from evo.search.loop import SearchSpec
-    from evo.search.space import SearchSpace
-
     out = Path(args.out)
-    model_dir = tiny_deep_model(out / "tiny30")
-    loaded = load_model(str(model_dir))
-    reach = early_budget_range(SearchSpace.load("default"), loaded)
-    # a forward of a few tokens: the loop's overheads are what is measured, not the tiny model's forward
-    spec = SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, model=str(model_dir), space="default",
-                      generations=args.generations, population=16, samples=2, seq_len=8, clusters=2,
-                      screen_sequences=1, screen_tokens=4, stages=((4, 0), (8, 8), (16, 4)))
+    spec = tiny_loop_spec(out, args.generations)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     session = None
     for _ in range(args.repeats):  # round robin: a load change on a shared machine hits every variant
         for name in variants:
-            row = run_variant(name, spec, model_dir, out, args.levels)
+            row = run_variant(name, spec, Path(spec.model), out, args.levels)
             session = session or row["session"]
             row.pop("session")
             runs[name].append(row)

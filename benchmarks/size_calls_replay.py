@@ -30,21 +30,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     from _experiments import seeded_run
-    from loop_cpu import tiny_deep_model
+    from loop_cpu import tiny_loop_spec
 
     from evo.constants import SIZE_CACHE_DIR
-    from evo.modelio import load_model
-    from evo.search.budget import early_budget_range
-    from evo.search.loop import SearchSpec, open_session, run_search
-    from evo.search.space import SearchSpace
+    from evo.search.loop import open_session, run_search
 
     out = Path(args.out)
-    model_dir = tiny_deep_model(out / "tiny30")
-    loaded = load_model(str(model_dir))
-    reach = early_budget_range(SearchSpace.load("default"), loaded)
-    spec = SearchSpec(budget_bytes=(reach.smallest + reach.largest) // 2, model=str(model_dir), space="default",
-                      generations=args.generations, population=16, samples=2, seq_len=8, clusters=2,
-                      screen_sequences=1, screen_tokens=4, stages=((4, 0), (8, 8), (16, 4)))
+    spec = tiny_loop_spec(out, args.generations)
     run = out / "run-replay"
     shutil.rmtree(run, ignore_errors=True)
     with seeded_run({}, out / SIZE_CACHE_DIR):
