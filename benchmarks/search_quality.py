@@ -16,6 +16,12 @@ the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal lay
         --population 16 --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
         --deadline-s 530 --reserve-s 110 --out runs/sq-llamacpp
 
+    # more seeds at sizes already run: seeds 0-2, the seed-0 results of an earlier call reused (not run again)
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 0 --size-seeds 3 --jobs 13 \
+        --generations 40 --population 16 --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
+        --budgets-bytes 74046272,79354688,88202048,91298624,93510464 \
+        --extra-results benchmarks/results/sq_llamacpp_seed0 --deadline-s 440 --reserve-s 120 --out runs/sq-llamacpp3
+
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
              artifacts; the 3-bit artifact's bytes on disk are the seeds' budget unless --budget-bytes
@@ -28,6 +34,9 @@ What it runs (every search in its own run directory under --out, so a second cal
              --budgets-bytes B1,B2: evo's DEAP search at each budget (one seed by default, --size-seeds),
              its artifact (bytes <= the budget) against the best llama.cpp file of that size or larger,
              WikiText-2 and C4 PPL (issue 18's comparison at equal file bytes; the GGUFs' PPLs from the JSON).
+             At a budget the space's largest artifact fits (evo refuses to search it: "everything fits"),
+             that artifact is the answer: exported and scored, 0 evaluations, marked in the table.
+             --extra-results DIR: size jobs an earlier call finished (b{BYTES}-s{SEED}.json) join the table.
   evop       EvoP (space `evop`: 3 whole layers removed, bf16 otherwise, budget just under the
              dense artifact) and ShortGPT's 3 layers of lowest block influence on the same
              calibration tokens.
@@ -38,7 +47,8 @@ With --jobs N the seeds and evop run in N processes sharing the GPU and one size
 --deadline-s: every search stops --reserve-s before the call's deadline and exports the best full
 evaluation under the budget in its journal ("finished: deadline" in the table); jobs still running 30 s
 after the deadline are stopped, and the table shows the seeds that finished (the same command resumes
-the rest). --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
+the rest). A job that fails is shown in the table (its log's last line); the others are still rendered,
+and the call then exits non-zero. --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
 table says per seed what the search spent its bytes on: embedding width and quantizer, bits per layer
 and per role, drops, rescale and sparsity.
 """
