@@ -186,8 +186,8 @@ def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> tuple
         raise RuntimeError(f"{name}: the largest artifact was sized {largest_bytes:,} bytes but written as "
                            f"{measured['bytes']:,}, over the budget {budget:,}")
     say(f"largest artifact: {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
-    result = {"seed": seed, "budget_bytes": budget, "space": spec.space, "generations": spec.generations,
-              "population": spec.population, "largest_bytes": largest_bytes}
+    result = {"seed": seed, "budget_bytes": budget, "space": spec.space, "model": spec.model,
+              "generations": spec.generations, "population": spec.population, "largest_bytes": largest_bytes}
     result["deap"] = {**measured, "kl": None, "recorded_bytes": largest_bytes, "finished": True, "largest": True,
                       "evaluations": 0, "seconds": time.perf_counter() - tic, "stage1": 0, "stage2": 0,
                       "choice": describe_choice(largest, loaded.info), "config": largest.to_dict()}
@@ -210,8 +210,8 @@ def search_job(args, name: str, seed: int, budget: int, *, compare: bool, share_
     say = say_as(name)
     out = Path(args.out) / name
     spec = search_spec(args, seed, budget)
-    result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space, "generations": spec.generations,
-                    "population": spec.population}
+    result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space, "model": spec.model,
+                    "generations": spec.generations, "population": spec.population}
     # keep --reserve-s for the export and perplexities of the best found (and the random search's)
     stop = args.deadline_at - args.reserve_s if args.deadline_at else None
 
@@ -457,17 +457,19 @@ def best_at_or_above(files: list[dict], budget: int, text: str) -> dict | None:
 
 def read_extra_results(args, size_names: list[str]) -> dict[str, dict]:
     """--extra-results DIR: the results (b{BYTES}-s{SEED}.json, in DIR or DIR/results) of size jobs an
-    earlier call finished with the same space, generations and population; those jobs are not run again
+    earlier call finished with the same model, space, generations and population (those a result records); those jobs are not run again
     and their results join the table (e.g. seed 0 of a size, with seeds 1 and 2 run now)."""
     if not args.extra_results:
         return {}
-    folder = Path(args.extra_results)
-    if not folder.is_dir():
-        raise SystemExit(f"--extra-results {folder}: no such folder (give the folder of earlier b*-s*.json results)")
+    folders = [Path(f) for f in args.extra_results]
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--extra-results {folder}: no such folder (give the folder of earlier b*-s*.json results)")
     space = space_spec(args)
     extra = {}
     for name in size_names:
-        path = next((p for p in (folder / f"{name}.json", folder / "results" / f"{name}.json") if p.is_file()), None)
+        path = next((p for folder in folders for p in (folder / f"{name}.json", folder / "results" / f"{name}.json")
+                     if p.is_file()), None)
         if path is None:
             continue
         try:
@@ -477,15 +479,15 @@ def read_extra_results(args, size_names: list[str]) -> dict[str, dict]:
                 raise ValueError(f"budget {result['budget_bytes']} seed {result['seed']}, not {budget} and {seed}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SystemExit(f"--extra-results {path}: not a size job's result ({exc})") from None
-        asked = {"space": space, "generations": args.generations, "population": args.population}
+        asked = {"space": space, "model": args.model, "generations": args.generations, "population": args.population}
         differ = [f"{key} {result[key]!r} there, {value!r} here" for key, value in asked.items()
                   if key in result and result[key] != value]
         if differ:
             raise SystemExit(f"--extra-results {path}: another setting ({', '.join(differ)}); "
-                             "pass the same --space, --generations and --population, or leave that file out")
+                             "pass the same --model, --space, --generations and --population, or leave that file out")
         extra[name] = {**result, "from": str(path)}
-    print(f"--extra-results {folder}: {len(extra)} finished size job(s) reused: {', '.join(extra) or 'none'}",
-          flush=True)
+    print(f"--extra-results {', '.join(map(str, folders))}: {len(extra)} finished size job(s) reused: "
+          f"{', '.join(extra) or 'none'}", flush=True)
     return extra
 
 
@@ -648,9 +650,10 @@ def main() -> None:
     parser.add_argument("--llamacpp-max-bytes", type=int, default=None,
                         help="only the llama.cpp sizes up to this many bytes (with --llamacpp-sizes)")
     parser.add_argument("--size-seeds", type=int, default=1, help="seeds per llama.cpp size (0..N-1)")
-    parser.add_argument("--extra-results", default=None, metavar="DIR",
+    parser.add_argument("--extra-results", action="append", default=None, metavar="DIR",
                         help="size jobs an earlier call finished (DIR/b{BYTES}-s{SEED}.json or DIR/results/...; the "
-                             "same space, generations and population): not run again, merged into the table")
+                             "same model, space, generations and population): not run again, merged into the table "
+                             "(repeat it for several folders; the first holding a job wins)")
     parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)  # for --jobs workers
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers
     args = parser.parse_args()
