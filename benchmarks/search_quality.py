@@ -92,6 +92,7 @@ from _searchbench import (
 from evo.baselines import block_influence, shortgpt_config, uniform_config
 from evo.compress.config import CompressionConfig
 from evo.constants import FINAL_STAGE
+from evo.errors import EvoError
 from evo.search.loop import SearchSpec
 from evo.search.space import SearchSpace
 
@@ -110,10 +111,14 @@ def job_size(args, name: str) -> dict:
     """evo's search at a llama.cpp file's bytes (name b{BYTES}-s{SEED}): only the DEAP search; at a
     budget the space's largest artifact fits, that artifact (what a search would return; evo refuses it)."""
     budget, seed = parse_size_job(name)
-    largest, prepared = largest_if_everything_fits(args, name, seed, budget)
-    if largest is not None:
+    try:
+        return search_job(args, name, seed, budget, compare=False)
+    except EvoError:
+        free_gpu()
+        largest = largest_if_everything_fits(args, name, seed, budget)
+        if largest is None:
+            raise  # refused for another reason (e.g. below the smallest artifact): the job fails
         return largest
-    return search_job(args, name, seed, budget, compare=False, share_from=prepared)
 
 
 def search_spec(args, seed: int, budget: int) -> SearchSpec:
@@ -121,45 +126,39 @@ def search_spec(args, seed: int, budget: int) -> SearchSpec:
                       generations=args.generations, population=args.population, seed=seed)
 
 
-def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> tuple[dict | None, Path | None]:
-    """evo refuses a budget at or above the space's largest artifact ("everything fits, nothing to
-    search"; make_problem, or the early check). Near or above the early estimate of that artifact, this
-    draws the run's CCDS set, statistics and Hessians as open_session would, sizes the space's largest
-    config (evo.search.budget.extreme_configs, the config of make_problem's largest genome) with the size
-    model, and when the budget holds it, exports and scores it: (result with 0 evaluations, None). Else
-    (None, the folder with the calibration set and statistics the search then starts from, or None)."""
+def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> dict | None:
+    """After evo refused a budget: when it is at or above the space's largest artifact ("everything fits,
+    nothing to search", from make_problem or the early check), that artifact is the answer. This draws
+    the seed's CCDS set, statistics and Hessians as open_session does, sizes the space's largest config
+    (evo.search.budget.extreme_configs: the config of make_problem's largest genome) with the size model
+    and, when the budget holds it, exports and scores it: a result with 0 evaluations. None otherwise."""
     from evo.compress.plan import config_needs_hessians
     from evo.compress.size import SizeCache, SizeModel
-    from evo.constants import CALIBRATION_FILE, SIZE_CACHE_DIR, STATS_FILE
+    from evo.constants import CALIBRATION_FILE, SIZE_CACHE_DIR
     from evo.data.calibset import CalibrationSet
     from evo.data.ccds import CalibrationConfig, build_calibration_set
     from evo.data.corpus import read_corpus
     from evo.evaluate.hessian import load_or_collect
-    from evo.evaluate.stats import collect_activation_stats, save_stats
+    from evo.evaluate.stats import collect_activation_stats
     from evo.modelio import auto_dtype_name, load_model
-    from evo.search.budget import STAND_IN_TOLERANCE, early_budget_range, extreme_configs
+    from evo.search.budget import extreme_configs
     from evo.search.loop import ccds_candidates
 
     say = say_as(name)
     spec = search_spec(args, seed, budget)
     space = SearchSpace.load(spec.space)
-    prepared = Path(args.out) / name / "largest"
-    if (prepared / STATS_FILE).exists():  # checked before, within reach: the search starts from it
-        return None, prepared
     # EvoP's fixed drops are searched at any budget; a GGUF space's artifacts are not written here
     if space.fixed_drops is not None or getattr(space, "format", None) == "gguf":
-        return None, None
+        return None
+    prepared = Path(args.out) / name / "largest"
     tic = time.perf_counter()
     loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device)
-    early = early_budget_range(space, loaded)
-    if budget < early.largest * (1 - STAND_IN_TOLERANCE):
-        return None, None  # clearly within the space's reach: the search checks it exactly
     largest = extreme_configs(space, loaded.info)[1]
-    say(f"budget {budget:,} bytes is near or above the space's largest artifact (about {early.largest:,}): "
-        "sizing it exactly on the run's calibration set")
+    say("evo refused the budget: sizing the space's largest artifact on the seed's calibration set")
     prepared.mkdir(parents=True, exist_ok=True)
-    if (prepared / CALIBRATION_FILE).exists():
-        calibration = CalibrationSet.load(prepared / CALIBRATION_FILE)
+    drawn = [p for p in (prepared / CALIBRATION_FILE, Path(args.out) / name / "deap" / CALIBRATION_FILE) if p.exists()]
+    if drawn:  # the refused run's own draw (a refusal by make_problem leaves it), or this function's
+        calibration = CalibrationSet.load(drawn[0])
     else:
         config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
                                    seq_len=spec.seq_len, seed=spec.seed, max_candidates=ccds_candidates(spec.samples))
@@ -173,9 +172,8 @@ def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> tuple
     size_model.hessians = hessians
     largest_bytes = size_model.artifact_bytes(largest)
     if budget < largest_bytes:
-        say(f"the space's largest artifact is {largest_bytes:,} bytes, over the budget: searching")
-        save_stats(stats, prepared / STATS_FILE)  # written last: it marks the check as done
-        return None, prepared
+        say(f"the space's largest artifact is {largest_bytes:,} bytes, over the budget: not that case")
+        return None
     say(f"budget {budget:,} bytes >= the space's largest artifact, {largest_bytes:,} bytes: everything fits, "
         "so the answer is that artifact (every gene at its maximum); exporting it")
     ids = wikitext_ids(loaded.tokenizer)
@@ -191,7 +189,7 @@ def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> tuple
     result["deap"] = {**measured, "kl": None, "recorded_bytes": largest_bytes, "finished": True, "largest": True,
                       "evaluations": 0, "seconds": time.perf_counter() - tic, "stage1": 0, "stage2": 0,
                       "choice": describe_choice(largest, loaded.info), "config": largest.to_dict()}
-    return result, None
+    return result
 
 
 def size_job_name(budget: int, seed: int) -> str:
@@ -203,10 +201,9 @@ def parse_size_job(name: str) -> tuple[int, int]:
     return int(budget), int(seed)
 
 
-def search_job(args, name: str, seed: int, budget: int, *, compare: bool, share_from: Path | None = None) -> dict:
+def search_job(args, name: str, seed: int, budget: int, *, compare: bool) -> dict:
     """DEAP search at `budget` bytes in run directory --out/NAME, its best exported and measured;
-    with `compare`, the uniform 3/4-bit calibration KLs and the random search too. `share_from`: a
-    folder whose calibration set and statistics a new run starts from (the same seed's)."""
+    with `compare`, the uniform 3/4-bit calibration KLs and the random search too."""
     say = say_as(name)
     out = Path(args.out) / name
     spec = search_spec(args, seed, budget)
@@ -215,8 +212,7 @@ def search_job(args, name: str, seed: int, budget: int, *, compare: bool, share_
     # keep --reserve-s for the export and perplexities of the best found (and the random search's)
     stop = args.deadline_at - args.reserve_s if args.deadline_at else None
 
-    session, deap, seconds = search(spec, out / "deap", args, say_as(f"{name} deap"), share_from=share_from,
-                                    deadline_at=stop)
+    session, deap, seconds = search(spec, out / "deap", args, say_as(f"{name} deap"), deadline_at=stop)
     ids = wikitext_ids(session.loaded.tokenizer)
     more = {"c4": c4_ids(session.loaded.tokenizer)} if args.c4 else None
     if compare:
