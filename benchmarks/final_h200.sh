@@ -127,7 +127,7 @@ EOF
 pack() {  # $OUT/NAME.tar.gz: a search_quality --out folder without artifacts, Hessians and size caches
     local name=$1 dir=$2 parts=()
     for p in "$dir"/table.txt "$dir"/results.json "$dir"/results "$dir"/logs "$dir"/*/deap/{journal.jsonl,best.toml,spec.json,front.json,calibration.json} \
-             "$dir"/*/deap/export/manifest.json; do
+             "$dir"/*/deap/export/manifest.json "$dir"/*/largest/export/manifest.json; do
         [ -e "$p" ] && parts+=("$p")
     done
     [ ${#parts[@]} -gt 0 ] && bash scripts/device/collect.sh "$name" "${parts[@]}"

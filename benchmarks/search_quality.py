@@ -542,8 +542,8 @@ def render_sizes(args, sizes: dict[str, dict], files: list[dict], failed: dict[s
         largest = [r for r in results if r["deap"].get("largest")]
         if largest:
             lines.append(f"{'':>12} largest artifact (everything fits): the space's largest config, "
-                         f"{largest[0]['largest_bytes']:,} bytes <= the budget, 0 evaluations "
-                         f"({len(largest)} of {n} seed(s))")
+                         + " / ".join(f"{r['largest_bytes']:,}" for r in largest)
+                         + f" bytes <= the budget, 0 evaluations ({len(largest)} of {n} seed(s))")
         if budget in failed_by_budget:
             lines.append(f"{'':>12} failed: " + "; ".join(failed_by_budget[budget]))
     lines.append("the llama.cpp files compared:")
