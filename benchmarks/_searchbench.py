@@ -291,18 +291,20 @@ def common_argv(script: str, args) -> list[str]:
 DEADLINE_GRACE_S = 30.0  # a job still running this long after the deadline is stopped
 
 
-def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: float | None = None) -> None:
+def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: float | None = None) -> dict[str, str]:
     """Each job in its own process (the script's own command line + `--only NAME`), at most --jobs at
     a time, the CPU threads split between them (or --threads each, when given: two such parents side by
     side on one machine); logs under out/logs. With deadline_at (time.time()
     seconds) no job starts after it and a job still running DEADLINE_GRACE_S later is terminated
-    (its result is missing; the caller shows what finished)."""
+    (its result is missing; the caller shows what finished). Returns the jobs that failed, each with
+    the last line of its log (the caller decides whether that ends the call)."""
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running = list(names), {}
-    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 2) // args.jobs)
+    side_by_side = max(1, min(args.jobs, len(names)))
+    threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 2) // side_by_side)
     base = [sys.executable, *script_argv, "--threads", str(threads)]
-    failed = []
+    failed: dict[str, str] = {}
     while pending or running:
         if deadline_at is not None and time.time() > deadline_at:
             for name in pending:
@@ -332,10 +334,11 @@ def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: fl
             if proc.returncode == UNFINISHED_EXIT:
                 print(f"{name} unfinished at the deadline (the same command resumes it)", flush=True)
             elif proc.returncode != 0:
-                failed.append(name)
-                print("".join((logs / f"{name}.log").read_text().splitlines(keepends=True)[-30:]), flush=True)
-    if failed:
-        raise SystemExit(f"jobs failed: {', '.join(failed)}")
+                tail = (logs / f"{name}.log").read_text().splitlines()[-30:]
+                print("\n".join(tail), flush=True)
+                last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+                failed[name] = f"exit code {proc.returncode}" + (f": {last}" if last else "")
+    return failed
 
 
 def mean_std(values) -> str:

@@ -232,8 +232,10 @@ def main() -> None:
     baselines = run_job(args, "baselines", lambda: job_baselines(args))
     names = [f"seed{s}-{e}" for s in range(args.seeds) for e in args.engines]
     if args.jobs > 1:
-        run_parallel(args, [n for n in names if not (Path(args.out) / "results" / f"{n}.json").exists()],
-                     script_argv(args))
+        failed = run_parallel(args, [n for n in names if not (Path(args.out) / "results" / f"{n}.json").exists()],
+                              script_argv(args))
+        if failed:
+            raise SystemExit(f"jobs failed: {', '.join(failed)}")
     results = {name: run_job(args, name, lambda name=name: job(args, name)) for name in names}
     runs = {e: [results[f"seed{s}-{e}"] for s in range(args.seeds)] for e in args.engines}
     table = render(baselines, runs)

@@ -9,10 +9,17 @@
 #                   the run), dense / codes / compressed 25-50-100 % / auto; the 8-bit Double Compression
 #                   artifact ($DC8, built with int8-rtn by double_compression_runtime.py) codes / compressed
 #                   50-100 % / auto; int8-rtn in every mode. Prompt 512 tokens, 128 greedy tokens.
-#   PHASE=llamacpp  issue 18 (b): search_quality.py at llama.cpp's sizes $LLAMACPP_BUDGETS, $SIZE_SEEDS seed(s)
-#                   each, side by side, against gguf_vs_llamacpp_h200.json.
+#   PHASE=llamacpp  issue 18 (b): search_quality.py at llama.cpp's sizes $LLAMACPP_BUDGETS, seeds 0..$SIZE_SEEDS-1
+#                   each, side by side, against gguf_vs_llamacpp_h200.json; the size jobs whose results are in
+#                   $SIZE_EXTRA (b{BYTES}-s{SEED}.json of an earlier call, same space/generations/population) are
+#                   not run again but join the table (mean ± std over the seeds). Default: the five sizes of
+#                   sessions 23-24 x seeds 0-2, seed 0 of 91,298,624 and 93,510,464 from
+#                   benchmarks/results/sq_llamacpp_seed0/ (when there): 13 searches side by side, 1 CPU thread
+#                   each, ending by LLAMACPP_DEADLINE_S (440 s; searches stop SIZE_RESERVE_S = 120 s before it).
+#                   A budget at or above the space's largest artifact scores that artifact (0 evaluations); a
+#                   failed job is a row of the table, the others are still rendered.
 #   PHASE=quality,llamacpp  both searches side by side in one call (each under its own deadline).
-# Each phase ends by its own deadline (DEADLINE_S, default 500 / 530 / 370 s; every step also runs under
+# Each phase ends by its own deadline (DEADLINE_S, default 500 / 530 / 440 s; every step also runs under
 # `timeout`), writes its log and small results under $OUT (a call returns at most ~8 files: run directories are
 # packed by scripts/device/collect.sh) and keeps run directories, artifacts and Hessians under $WORK
 # (default $EVO_DEV/final, in /tmp: it survives between the calls of one warm lease, and a phase run again
@@ -43,7 +50,9 @@ else
     WORK=${WORK:-${EVO_DEV:-/tmp/evo-dev}/final}
     DEVICE=cuda
     BUDGET=${BUDGET:-66397058}                 # issue 18's uniform 3-bit RTN figure
-    LLAMACPP_BUDGETS=${LLAMACPP_BUDGETS:-91298624,93510464,105454400}
+    LLAMACPP_BUDGETS=${LLAMACPP_BUDGETS:-74046272,79354688,88202048,91298624,93510464}
+    SIZE_SEEDS=${SIZE_SEEDS:-3}
+    [ -d benchmarks/results/sq_llamacpp_seed0 ] && SIZE_EXTRA=${SIZE_EXTRA-benchmarks/results/sq_llamacpp_seed0}
     GENERATIONS=${GENERATIONS:-70}             # session 23: 40 generations in ~190 s of search per seed
     SIZE_GENERATIONS=${SIZE_GENERATIONS:-40}
     POPULATION=${POPULATION:-16}
@@ -53,9 +62,11 @@ else
                      --prefetch "${PREFETCH:-4}")
 fi
 SIZE_SEEDS=${SIZE_SEEDS:-1}
+SIZE_EXTRA=${SIZE_EXTRA:-}  # a folder of earlier size jobs' results (search_quality.py --extra-results)
 LAST_MODE_S=${LAST_MODE_S:-20}  # resident_memory starts no mode later than this before its share of the time ends
 threads=()  # quality,llamacpp: two parents on one machine, their workers' CPU threads split between them
-case "$PHASE" in *,*) threads=(--threads $(( $(nproc) / (4 + 3 * SIZE_SEEDS) > 0 ? $(nproc) / (4 + 3 * SIZE_SEEDS) : 1 )));; esac
+size_jobs=$(( $(tr ',' '\n' <<< "$LLAMACPP_BUDGETS" | grep -c .) * SIZE_SEEDS ))
+case "$PHASE" in *,*) threads=(--threads $(( $(nproc) / (4 + size_jobs) > 0 ? $(nproc) / (4 + size_jobs) : 1 )));; esac
 SQ3=$WORK/sq3 SQL=$WORK/sqL
 mkdir -p "$WORK" "$OUT"
 
@@ -79,14 +90,15 @@ quality() {  # issue 18 (a): 3 seeds at the 3-bit budget, the baselines beside t
     pack quality "$SQ3"
 }
 
-llamacpp() {  # issue 18 (b): one search per llama.cpp size (x SIZE_SEEDS)
-    local deadline=${LLAMACPP_DEADLINE_S:-${DEADLINE_S:-370}}
-    local jobs=$(( $(tr ',' '\n' <<< "$LLAMACPP_BUDGETS" | grep -c .) * SIZE_SEEDS ))
-    echo "== llamacpp: budgets $LLAMACPP_BUDGETS, $SIZE_SEEDS seed(s) x $SIZE_GENERATIONS generations, deadline $deadline s ($(date -u +%T))"
+llamacpp() {  # issue 18 (b): one search per llama.cpp size (x SIZE_SEEDS), minus those in $SIZE_EXTRA
+    local deadline=${LLAMACPP_DEADLINE_S:-${DEADLINE_S:-440}}
+    local extra=(); [ -n "$SIZE_EXTRA" ] && extra=(--extra-results "$SIZE_EXTRA")
+    echo "== llamacpp: budgets $LLAMACPP_BUDGETS, seeds 0-$(( SIZE_SEEDS - 1 )) x $SIZE_GENERATIONS generations" \
+         "(${SIZE_EXTRA:-no earlier results}), deadline $deadline s ($(date -u +%T))"
     timeout $(( deadline + 45 )) "$PY" benchmarks/search_quality.py --device "$DEVICE" --model "$MODEL" --space gptq \
-        --seeds 0 --size-seeds "$SIZE_SEEDS" --jobs "$jobs" --generations "$SIZE_GENERATIONS" \
+        --seeds 0 --size-seeds "$SIZE_SEEDS" --jobs "$size_jobs" --generations "$SIZE_GENERATIONS" \
         --population "$POPULATION" --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
-        --budgets-bytes "$LLAMACPP_BUDGETS" --deadline-s "$deadline" --reserve-s "${SIZE_RESERVE_S:-90}" \
+        --budgets-bytes "$LLAMACPP_BUDGETS" "${extra[@]}" --deadline-s "$deadline" --reserve-s "${SIZE_RESERVE_S:-120}" \
         "${smoke_search[@]}" "${threads[@]}" --out "$SQL"
     echo "search_quality exit $?"
     pack llamacpp "$SQL"
@@ -115,7 +127,7 @@ EOF
 pack() {  # $OUT/NAME.tar.gz: a search_quality --out folder without artifacts, Hessians and size caches
     local name=$1 dir=$2 parts=()
     for p in "$dir"/table.txt "$dir"/results.json "$dir"/results "$dir"/logs "$dir"/*/deap/{journal.jsonl,best.toml,spec.json,front.json,calibration.json} \
-             "$dir"/*/deap/export/manifest.json; do
+             "$dir"/*/deap/export/manifest.json "$dir"/*/largest/export/manifest.json; do
         [ -e "$p" ] && parts+=("$p")
     done
     [ ${#parts[@]} -gt 0 ] && bash scripts/device/collect.sh "$name" "${parts[@]}"

@@ -16,6 +16,12 @@ the bytes of uniform 3-bit, and EvoP layer removal against ShortGPT at equal lay
         --population 16 --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
         --deadline-s 530 --reserve-s 110 --out runs/sq-llamacpp
 
+    # more seeds at sizes already run: seeds 0-2, the seed-0 results of an earlier call reused (not run again)
+    python benchmarks/search_quality.py --device cuda --space gptq --seeds 0 --size-seeds 3 --jobs 13 \
+        --generations 40 --population 16 --skip-evop --llamacpp-sizes benchmarks/results/gguf_vs_llamacpp_h200.json \
+        --budgets-bytes 74046272,79354688,88202048,91298624,93510464 \
+        --extra-results benchmarks/results/sq_llamacpp_seed0 --deadline-s 440 --reserve-s 120 --out runs/sq-llamacpp3
+
 What it runs (every search in its own run directory under --out, so a second call resumes):
   baselines  uniform 3-bit and 4-bit RTN (g128, asymmetric; embedding 8-bit g128) written as
              artifacts; the 3-bit artifact's bytes on disk are the seeds' budget unless --budget-bytes
@@ -28,6 +34,9 @@ What it runs (every search in its own run directory under --out, so a second cal
              --budgets-bytes B1,B2: evo's DEAP search at each budget (one seed by default, --size-seeds),
              its artifact (bytes <= the budget) against the best llama.cpp file of that size or larger,
              WikiText-2 and C4 PPL (issue 18's comparison at equal file bytes; the GGUFs' PPLs from the JSON).
+             At a budget the space's largest artifact fits (evo refuses to search it: "everything fits"),
+             that artifact is the answer: exported and scored, 0 evaluations, marked in the table.
+             --extra-results DIR: size jobs an earlier call finished (b{BYTES}-s{SEED}.json) join the table.
   evop       EvoP (space `evop`: 3 whole layers removed, bf16 otherwise, budget just under the
              dense artifact) and ShortGPT's 3 layers of lowest block influence on the same
              calibration tokens.
@@ -38,7 +47,8 @@ With --jobs N the seeds and evop run in N processes sharing the GPU and one size
 --deadline-s: every search stops --reserve-s before the call's deadline and exports the best full
 evaluation under the budget in its journal ("finished: deadline" in the table); jobs still running 30 s
 after the deadline are stopped, and the table shows the seeds that finished (the same command resumes
-the rest). --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
+the rest). A job that fails is shown in the table (its log's last line); the others are still rendered,
+and the call then exits non-zero. --skip-random drops the random-search comparison; --c4 adds C4 validation perplexity. The
 table says per seed what the search spent its bytes on: embedding width and quantizer, bits per layer
 and per role, drops, rescale and sparsity.
 """
@@ -49,6 +59,7 @@ import argparse
 import dataclasses
 import json
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +92,7 @@ from _searchbench import (
 from evo.baselines import block_influence, shortgpt_config, uniform_config
 from evo.compress.config import CompressionConfig
 from evo.constants import FINAL_STAGE
+from evo.errors import EvoError
 from evo.search.loop import SearchSpec
 from evo.search.space import SearchSpace
 
@@ -96,9 +108,88 @@ def seed_budget(args) -> int:
 
 
 def job_size(args, name: str) -> dict:
-    """evo's search at a llama.cpp file's bytes (name b{BYTES}-s{SEED}): only the DEAP search."""
+    """evo's search at a llama.cpp file's bytes (name b{BYTES}-s{SEED}): only the DEAP search; at a
+    budget the space's largest artifact fits, that artifact (what a search would return; evo refuses it)."""
     budget, seed = parse_size_job(name)
-    return search_job(args, name, seed, budget, compare=False)
+    try:
+        return search_job(args, name, seed, budget, compare=False)
+    except EvoError:
+        free_gpu()
+        largest = largest_if_everything_fits(args, name, seed, budget)
+        if largest is None:
+            raise  # refused for another reason (e.g. below the smallest artifact): the job fails
+        return largest
+
+
+def search_spec(args, seed: int, budget: int) -> SearchSpec:
+    return SearchSpec(budget_bytes=budget, model=args.model, space=space_spec(args), engine="deap",
+                      generations=args.generations, population=args.population, seed=seed)
+
+
+def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> dict | None:
+    """After evo refused a budget: when it is at or above the space's largest artifact ("everything fits,
+    nothing to search", from make_problem or the early check), that artifact is the answer. This draws
+    the seed's CCDS set, statistics and Hessians as open_session does, sizes the space's largest config
+    (evo.search.budget.extreme_configs: the config of make_problem's largest genome) with the size model
+    and, when the budget holds it, exports and scores it: a result with 0 evaluations. None otherwise."""
+    from evo.compress.plan import config_needs_hessians
+    from evo.compress.size import SizeCache, SizeModel
+    from evo.constants import CALIBRATION_FILE, SIZE_CACHE_DIR
+    from evo.data.calibset import CalibrationSet
+    from evo.data.ccds import CalibrationConfig, build_calibration_set
+    from evo.data.corpus import read_corpus
+    from evo.evaluate.hessian import load_or_collect
+    from evo.evaluate.stats import collect_activation_stats
+    from evo.modelio import auto_dtype_name, load_model
+    from evo.search.budget import extreme_configs
+    from evo.search.loop import ccds_candidates
+
+    say = say_as(name)
+    spec = search_spec(args, seed, budget)
+    space = SearchSpace.load(spec.space)
+    # EvoP's fixed drops are searched at any budget; a GGUF space's artifacts are not written here
+    if space.fixed_drops is not None or getattr(space, "format", None) == "gguf":
+        return None
+    prepared = Path(args.out) / name / "largest"
+    tic = time.perf_counter()
+    loaded = load_model(args.model, dtype=auto_dtype_name(args.device), device=args.device)
+    largest = extreme_configs(space, loaded.info)[1]
+    say("evo refused the budget: sizing the space's largest artifact on the seed's calibration set")
+    prepared.mkdir(parents=True, exist_ok=True)
+    drawn = [p for p in (prepared / CALIBRATION_FILE, Path(args.out) / name / "deap" / CALIBRATION_FILE) if p.exists()]
+    if drawn:  # the refused run's own draw (a refusal by make_problem leaves it), or this function's
+        calibration = CalibrationSet.load(drawn[0])
+    else:
+        config = CalibrationConfig(samples=spec.samples, clusters=spec.clusters, heldout=spec.samples,
+                                   seq_len=spec.seq_len, seed=spec.seed, max_candidates=ccds_candidates(spec.samples))
+        calibration = build_calibration_set(loaded, read_corpus(list(spec.corpus)), config)
+        calibration.save(prepared / CALIBRATION_FILE)
+    tokens = calibration.calibration.token_ids
+    stats = collect_activation_stats(loaded.model, loaded.info, tokens)
+    hessians = (load_or_collect(prepared / "hessians", loaded.model, loaded.info, tokens)
+                if config_needs_hessians(largest, loaded.info) else None)
+    size_model = SizeModel.for_model(loaded, SizeCache(Path(args.out) / SIZE_CACHE_DIR), stats=stats)
+    size_model.hessians = hessians
+    largest_bytes = size_model.artifact_bytes(largest)
+    if budget < largest_bytes:
+        say(f"the space's largest artifact is {largest_bytes:,} bytes, over the budget: not that case")
+        return None
+    say(f"budget {budget:,} bytes >= the space's largest artifact, {largest_bytes:,} bytes: everything fits, "
+        "so the answer is that artifact (every gene at its maximum); exporting it")
+    ids = wikitext_ids(loaded.tokenizer)
+    more = {"c4": c4_ids(loaded.tokenizer)} if args.c4 else None
+    measured = write_and_measure(loaded, largest, prepared / "export", ids, args, stats=stats,
+                                 size_cache=size_model.size_cache, hessians=hessians, more=more)
+    if measured["bytes"] > budget:
+        raise RuntimeError(f"{name}: the largest artifact was sized {largest_bytes:,} bytes but written as "
+                           f"{measured['bytes']:,}, over the budget {budget:,}")
+    say(f"largest artifact: {measured['bytes']:,} bytes, PPL {measured['ppl']:.3f}")
+    result = {"seed": seed, "budget_bytes": budget, "space": spec.space, "model": spec.model,
+              "generations": spec.generations, "population": spec.population, "largest_bytes": largest_bytes}
+    result["deap"] = {**measured, "kl": None, "recorded_bytes": largest_bytes, "finished": True, "largest": True,
+                      "evaluations": 0, "seconds": time.perf_counter() - tic, "stage1": 0, "stage2": 0,
+                      "choice": describe_choice(largest, loaded.info), "config": largest.to_dict()}
+    return result
 
 
 def size_job_name(budget: int, seed: int) -> str:
@@ -115,9 +206,9 @@ def search_job(args, name: str, seed: int, budget: int, *, compare: bool) -> dic
     with `compare`, the uniform 3/4-bit calibration KLs and the random search too."""
     say = say_as(name)
     out = Path(args.out) / name
-    spec = SearchSpec(budget_bytes=budget, model=args.model, space=space_spec(args), engine="deap",
-                      generations=args.generations, population=args.population, seed=seed)
-    result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space}
+    spec = search_spec(args, seed, budget)
+    result: dict = {"seed": seed, "budget_bytes": budget, "space": spec.space, "model": spec.model,
+                    "generations": spec.generations, "population": spec.population}
     # keep --reserve-s for the export and perplexities of the best found (and the random search's)
     stop = args.deadline_at - args.reserve_s if args.deadline_at else None
 
@@ -360,27 +451,72 @@ def best_at_or_above(files: list[dict], budget: int, text: str) -> dict | None:
     return min(fits, key=lambda f: f[text]) if fits else None
 
 
-def render_sizes(args, sizes: dict[str, dict], files: list[dict]) -> str:
+def read_extra_results(args, size_names: list[str]) -> dict[str, dict]:
+    """--extra-results DIR: the results (b{BYTES}-s{SEED}.json, in DIR or DIR/results) of size jobs an
+    earlier call finished with the same model, space, generations and population (those a result records); those jobs are not run again
+    and their results join the table (e.g. seed 0 of a size, with seeds 1 and 2 run now)."""
+    if not args.extra_results:
+        return {}
+    folders = [Path(f) for f in args.extra_results]
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"--extra-results {folder}: no such folder (give the folder of earlier b*-s*.json results)")
+    space = space_spec(args)
+    extra = {}
+    for name in size_names:
+        path = next((p for folder in folders for p in (folder / f"{name}.json", folder / "results" / f"{name}.json")
+                     if p.is_file()), None)
+        if path is None:
+            continue
+        try:
+            result = json.loads(path.read_text())
+            budget, seed = parse_size_job(name)
+            if (result["budget_bytes"], result["seed"]) != (budget, seed) or "deap" not in result:
+                raise ValueError(f"budget {result['budget_bytes']} seed {result['seed']}, not {budget} and {seed}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--extra-results {path}: not a size job's result ({exc})") from None
+        asked = {"space": space, "model": args.model, "generations": args.generations, "population": args.population}
+        differ = [f"{key} {result[key]!r} there, {value!r} here" for key, value in asked.items()
+                  if key in result and result[key] != value]
+        if differ:
+            raise SystemExit(f"--extra-results {path}: another setting ({', '.join(differ)}); "
+                             "pass the same --model, --space, --generations and --population, or leave that file out")
+        extra[name] = {**result, "from": str(path)}
+    print(f"--extra-results {', '.join(map(str, folders))}: {len(extra)} finished size job(s) reused: "
+          f"{', '.join(extra) or 'none'}", flush=True)
+    return extra
+
+
+def render_sizes(args, sizes: dict[str, dict], files: list[dict], failed: dict[str, str] | None = None) -> str:
     """evo's artifact at each budget against the llama.cpp files of exactly that size and against the
-    best llama.cpp file of that size or larger (issue 18's bar), on WikiText-2 and C4."""
+    best llama.cpp file of that size or larger (issue 18's bar), on WikiText-2 and C4. `failed`: size
+    jobs that failed (name -> why), shown in their budget's row."""
+    failed = failed or {}
     by_budget: dict[int, list[dict]] = {}
     for name, result in sizes.items():
         by_budget.setdefault(parse_size_job(name)[0], []).append(result)
+    failed_by_budget: dict[int, list[str]] = {}
+    for name, why in failed.items():
+        failed_by_budget.setdefault(parse_size_job(name)[0], []).append(f"{name}: {why}")
     c4 = all("ppl_c4" in r["deap"] for results in by_budget.values() for r in results)
     texts = [("wikitext2", "ppl", "WT2")] + ([("c4", "ppl_c4", "C4")] if c4 else [])
     lines = ["evo's native artifact at each llama.cpp file's size (artifact bytes <= the budget) against the llama.cpp "
              "file(s) of that size (best PPL among them) and the best llama.cpp file of that size or larger (lowest "
              "PPL among files >= the budget, issue 18's bar); evo's own perplexity for all "
              f"({args.max_tokens:,} tokens of WikiText-2 test" + (" and C4 validation" if c4 else "")
-             + f", {SEQ_LEN}-token windows); space {next(iter(sizes.values()))['space']}; evo mean ± std over seeds; "
-             "'below' counts the seeds with a lower PPL"]
+             + f", {SEQ_LEN}-token windows); space {next(iter(sizes.values()))['space'] if sizes else args.space}; "
+             "evo mean ± std over seeds; 'below' counts the seeds with a lower PPL"]
     header = f"{'budget bytes':>12} {'evo MB':>8}"
     for _, _, label in texts:
         header += f" {'evo ' + label:>14} {'same size':>9} {'>= size':>8}"
     header += f" {'below same size':>16} {'below >= size':>14} {'evals':>6}"
     lines += [header, "-" * len(header)]
     notes = []
-    for budget, results in sorted(by_budget.items()):
+    for budget in sorted(set(by_budget) | set(failed_by_budget)):
+        results = by_budget.get(budget, [])
+        if not results:
+            lines.append(f"{budget:>12,} failed: " + "; ".join(failed_by_budget[budget]))
+            continue
         n = len(results)
         row = f"{budget:>12,} {max(r['deap']['bytes'] for r in results) / MB:>8.3f}"
         below_same, below_best = [], []
@@ -403,6 +539,13 @@ def render_sizes(args, sizes: dict[str, dict], files: list[dict]) -> str:
         over = [r["deap"]["bytes"] for r in results if r["deap"]["bytes"] > budget]
         if over:
             lines.append(f"{'':>12} evo artifact over the budget: {over}")
+        largest = [r for r in results if r["deap"].get("largest")]
+        if largest:
+            lines.append(f"{'':>12} largest artifact (everything fits): the space's largest config, "
+                         + " / ".join(f"{r['largest_bytes']:,}" for r in largest)
+                         + f" bytes <= the budget, 0 evaluations ({len(largest)} of {n} seed(s))")
+        if budget in failed_by_budget:
+            lines.append(f"{'':>12} failed: " + "; ".join(failed_by_budget[budget]))
     lines.append("the llama.cpp files compared:")
     lines += notes
     lines.append("what the search spent its bytes on (attention / MLP bits per layer 0..29):")
@@ -412,7 +555,9 @@ def render_sizes(args, sizes: dict[str, dict], files: list[dict]) -> str:
                      f"{c.get('embedding_quantizer', 'rtn')}, mean linear {c['mean_linear_bits']:.2f}b, "
                      f"attn {c['attention_bits']}, mlp {c['mlp_bits']}, drops {c['drops'] or 'none'}, "
                      f"{result['deap']['evaluations']} evaluations, "
-                     f"{'finished' if result['deap']['finished'] else 'stopped by the deadline'}")
+                     + ("largest artifact (everything fits)" if result["deap"].get("largest") else
+                        "finished" if result["deap"]["finished"] else "stopped by the deadline")
+                     + (f", from {result['from']}" if "from" in result else ""))
     return "\n".join(lines)
 
 
@@ -501,6 +646,10 @@ def main() -> None:
     parser.add_argument("--llamacpp-max-bytes", type=int, default=None,
                         help="only the llama.cpp sizes up to this many bytes (with --llamacpp-sizes)")
     parser.add_argument("--size-seeds", type=int, default=1, help="seeds per llama.cpp size (0..N-1)")
+    parser.add_argument("--extra-results", action="append", default=None, metavar="DIR",
+                        help="size jobs an earlier call finished (DIR/b{BYTES}-s{SEED}.json or DIR/results/...; the "
+                             "same model, space, generations and population): not run again, merged into the table "
+                             "(repeat it for several folders; the first holding a job wins)")
     parser.add_argument("--deadline-at", type=float, default=None, help=argparse.SUPPRESS)  # for --jobs workers
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one job, for --jobs workers
     args = parser.parse_args()
@@ -524,8 +673,10 @@ def main() -> None:
     # the 3-bit seeds first (issue 18's main goal), then the llama.cpp sizes, then evop
     names = [f"seed{s}" for s in range(args.seeds)] + size_names + ([] if args.skip_evop else ["evop"])
 
+    extra = read_extra_results(args, size_names)  # finished size jobs of earlier calls (--extra-results)
+
     def finished(name: str) -> bool:
-        return (Path(args.out) / "results" / f"{name}.json").exists()
+        return name in extra or (Path(args.out) / "results" / f"{name}.json").exists()
 
     needs_baselines = args.seeds > 0 or not args.skip_evop  # the llama.cpp-size table needs none
     # with --budget-bytes (and no evop, whose budget is the dense artifact's) no search waits for the
@@ -533,17 +684,25 @@ def main() -> None:
     beside = needs_baselines and args.budget_bytes is not None and args.skip_evop and args.jobs > 1
     if needs_baselines and not beside:
         run_job(args, "baselines", lambda: job_baselines(args))
+    failed: dict[str, str] = {}  # job -> why it failed: shown in the table, the others' results still rendered
     if args.jobs > 1:
-        run_parallel(args, [n for n in (["baselines"] if beside else []) + names if not finished(n)],
-                     script_argv(args), deadline_at=args.deadline_at)
+        failed = run_parallel(args, [n for n in (["baselines"] if beside else []) + names if not finished(n)],
+                              script_argv(args), deadline_at=args.deadline_at)
     baselines = None
     if needs_baselines:
         if finished("baselines") or not beside:
             baselines = run_job(args, "baselines", lambda: job_baselines(args))
+        elif "baselines" in failed:
+            print(f"baselines: failed ({failed['baselines']})", flush=True)
         else:
             print("baselines: not finished by the deadline (the same command resumes them)", flush=True)
     results = {}
     for name in names:
+        if name in extra:
+            results[name] = extra[name]
+            continue
+        if name in failed:
+            continue
         done = Path(args.out) / "results" / f"{name}.json"
         if args.deadline_at and not done.exists() and (args.jobs > 1 or time.time() > args.deadline_at - args.reserve_s):
             print(f"{name}: not finished by the deadline", flush=True)
@@ -552,23 +711,35 @@ def main() -> None:
             results[name] = run_job(args, name, lambda name=name: job(args, name))
         except Unfinished as exc:
             print(exc, flush=True)
+        except Exception as exc:  # one job's failure is shown in the table; the others are still rendered
+            traceback.print_exc()
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     seeds = [results[f"seed{s}"] for s in range(args.seeds) if f"seed{s}" in results]
     sizes = {name: results[name] for name in size_names if name in results}
-    if not seeds and not sizes:
+    failed_sizes = {name: why for name, why in failed.items() if name in size_names}
+    if not seeds and not sizes and not failed:
         raise SystemExit("no search finished before the deadline: raise --deadline-s or lower --generations")
     tables = [render(args, baselines, seeds, results.get("evop"))] if seeds and baselines else []
-    if sizes:
+    if sizes or failed_sizes:
         files = read_llamacpp(args.llamacpp_sizes) if args.llamacpp_sizes else []
-        tables.append(render_sizes(args, sizes, files))
+        tables.append(render_sizes(args, sizes, files, failed_sizes))
+    others = {name: why for name, why in failed.items() if name not in failed_sizes}
+    if others:
+        tables.append("failed jobs (the logs under --out/logs say more):\n"
+                      + "\n".join(f"  {name}: {why}" for name, why in others.items()))
     table = "\n\n".join(tables)
     print(table)
-    device = (seeds or list(sizes.values()))[0]["device"]
+    done = seeds or list(sizes.values())
+    device = done[0].get("device", "?") if done else "-"
     print(f"\ntotal wall time {time.perf_counter() - tic:.0f} s on {device}; "
           f"job wall times: " + ", ".join(f"{k} {v.get('wall_seconds', 0):.0f} s" for k, v in
-                                          {**({"baselines": baselines} if baselines else {}), **results}.items()))
+                                          {**({"baselines": baselines} if baselines else {}), **results}.items()
+                                          if k not in extra))
     (Path(args.out) / "table.txt").write_text(table + "\n")
-    write_json(Path(args.out) / "results.json", {"baselines": baselines, **results})
-
+    write_json(Path(args.out) / "results.json", {"baselines": baselines, **results,
+                                                 **({"failed": failed} if failed else {})})
+    if failed:
+        raise SystemExit(f"jobs failed: {', '.join(failed)} (the table shows the others)")
 
 if __name__ == "__main__":
     main()
