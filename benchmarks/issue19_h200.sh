@@ -27,7 +27,7 @@
 # convergence plot, the exports' results, the journal), $OUT/ccds.tar.gz, $OUT/evop.tar.gz, $OUT/gpu.csv.
 # A phase run again resumes (evopress: the search; ccds/evop: finished jobs are read back).
 # SMOKE=1: every phase on a CPU with the tests' tiny Llama (the scripts' --smoke) in a few minutes
-# (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go).
+# (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 : "${PHASE:?set PHASE to throughput, evopress, ccds, evop or a comma list of them}"
@@ -93,10 +93,10 @@ evopress() {  # first call: search only; second call (calls.json there): resume 
     local deadline export; deadline=$(deadline_of evopress)
     echo "== evopress: $EVALUATIONS evaluations, deadline $deadline s ($(date -u +%T))"
     export=$EXPORT
-    [ "$export" = auto ] && { [ -f "$WORK/evopress/calls.json" ] && export=1 || export=0; }
-    if [ "$SMOKE" = 1 ] && [ "$export" = 0 ]; then  # both calls here: the first stops, the second resumes
-        evopress_call "$deadline" 0
-        export=1
+    if [ "$export" = auto ]; then
+        if [ -f "$WORK/evopress/calls.json" ]; then export=1
+        elif [ "$SMOKE" = 1 ]; then evopress_call "$deadline" 0; export=1  # both calls here: stop, then resume
+        else export=0; fi
     fi
     evopress_call "$deadline" "$export"
     local d=$WORK/evopress parts=() p
