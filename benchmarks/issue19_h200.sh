@@ -26,6 +26,7 @@
 # (throughput.{md,json}), $OUT/evopress.tar.gz (evopress_scale.{md,json}, calls.json, report/ with the
 # convergence plot, the exports' results, the journal), $OUT/ccds.tar.gz, $OUT/evop.tar.gz, $OUT/gpu.csv.
 # A phase run again resumes (evopress: the search; ccds/evop: finished jobs are read back).
+# The device calls and their plan (~1,500 s): scripts/device/README.md, "Session 25".
 # SMOKE=1: every phase on a CPU with the tests' tiny Llama (the scripts' --smoke) in a few minutes
 # (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
