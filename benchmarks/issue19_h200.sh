@@ -44,7 +44,7 @@ if [ "$SMOKE" = 1 ]; then
     WORK=${WORK:-/tmp/issue19-smoke}
     throughput_args=(--smoke --evaluations 16 --min-loop-s 3 --repeats 1)
     EVALUATIONS=${EVALUATIONS:-3000}  # more than fit in 2 x 60 s: the first call stops, the second resumes
-    evopress_args=(--smoke --evaluations "$EVALUATIONS")
+    evopress_args=(--smoke --evaluations "$EVALUATIONS" --compile "$COMPILE")  # CPU: the eager fallback
     ccds_args=(--smoke --jobs 2 --seeds 0)
     evop_args=(--smoke --jobs 2 --seeds 0,1)
     default_deadline=(throughput=150 evopress=60 ccds=240 evop=240)
