@@ -6,7 +6,7 @@ documents per file, which no calibration draw reads); mean ± std over seeds, an
 domain's perplexity relative to the dense model's (robustness across domains).
 
   # on one H200 beside evop_vs_shortgpt.py, all six searches at once (the call's command:
-  # benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
+  # PHASE=ccds bash benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
   python benchmarks/ccds_vs_random.py --device cuda --space bits --seeds 0,1,2 --jobs 6 --threads 2 \\
       --size-workers 8 --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100 \\
       --deadline-s 480 --out $OUT/ccds --work-dir /tmp/issue19/ccds

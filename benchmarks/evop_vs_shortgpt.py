@@ -6,7 +6,7 @@ for each seed; held-out WikiText-2 and C4 perplexity of both exported artifacts,
 (EvoPress reports 8.66 vs 43.26 on Mistral-7B at 25 %; at 3 layers both picked the same layers here.)
 
   # on one H200 beside ccds_vs_random.py, the three seeds at once (the call's command:
-  # benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
+  # PHASE=evop bash benchmarks/issue19_h200.sh; calls add up, a rerun continues what a deadline stopped):
   python benchmarks/evop_vs_shortgpt.py --device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 \\
       --drop 8 --generations 30 --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 \\
       --reserve-s 80 --deadline-s 480 --out $OUT/evop --work-dir /tmp/issue19/evop

@@ -21,7 +21,9 @@ The generations are the fewest whose planned evaluations (the engine's count: ev
 stage 1, the survivors on the later stages) reach --evaluations. EvoPress's own default: 150
 generations × ~150 candidates ≈ 22,000 evaluations, stages of 2k / 16k / 131k tokens.
 Writes OUT/evopress_scale.json and .md, OUT/report/ (evo report) and OUT/calls.json (per call: its wall
-time with setup, the search loop's time and the evaluations it added; the run's time is the sum).
+time with setup, the search loop's time, the evaluations it added, and apart from the loop the size
+table + level database's time and the warm-up's: one evaluation per stage shape, torch.compile's
+compilation and CUDA-graph capture; the run's time is the sum).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from _experiments import (
     convergence_report,
     eval_texts,
     export_and_measure,
+    open_run,
     parse_with_smoke,
     perplexities,
     say_as,
@@ -48,7 +51,7 @@ from _experiments import (
     write_outputs,
 )
 from _searchbench import write_json
-from evo.constants import FINAL_STAGE, MB
+from evo.constants import FINAL_STAGE, MB, SCREEN_STAGE
 
 SMOKE = ["--device", "cpu", "--space", "bits", "--evaluations", "30", "--population", "4", "--samples", "4",
          "--seq-len", "64", "--stages", "64,128:2,256:1", "--max-tokens", "512", "--size-workers", "1",
@@ -62,6 +65,30 @@ def generations_for(spec, evaluations: int) -> int:
     while evaluations_planned(dataclasses.replace(spec, generations=generations)) < evaluations:
         generations += 1
     return generations
+
+
+def prepare_loop(session, size_workers: int | None, say) -> tuple[float, float]:
+    """What the search loop would otherwise do inside its time, done before it and timed apart: the
+    size table and level database (fill_size_table; run_search then finds them), and one evaluation
+    at every stage shape (torch.compile's compilation and CUDA-graph capture). Returns (table seconds,
+    warm-up seconds)."""
+    import torch
+
+    tic = time.perf_counter()
+    session.fill_size_table(workers=size_workers)
+    table_seconds = time.perf_counter() - tic
+    evaluator = session.evaluator
+    warm = session.config_of([0] * len(session.genes))
+    tic = time.perf_counter()
+    for stage in sorted(set(evaluator.stage_shapes) | {SCREEN_STAGE, FINAL_STAGE}):
+        evaluator.evaluate(warm, stage)
+    if evaluator.device.type == "cuda":
+        torch.cuda.synchronize(evaluator.device)
+    warmup_seconds = time.perf_counter() - tic
+    evaluator.restore()
+    say(f"size table + level database {table_seconds:.1f} s, warm-up (compile {evaluator.fitness.compile}) "
+        f"{warmup_seconds:.1f} s: outside the search loop's time")
+    return table_seconds, warmup_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     calls = json.loads(calls_path.read_text()) if calls_path.exists() else []
     before = sum(1 for _ in (run_dir / "journal.jsonl").open()) if (run_dir / "journal.jsonl").exists() else 0
     tic = time.perf_counter()
-    session, result = search_until(spec, run_dir, args, deadline, say)
+    session = open_run(spec, run_dir, args, say)
+    table_seconds, warmup_seconds = prepare_loop(session, args.size_workers, say)
+    session, result = search_until(spec, run_dir, args, deadline, say, session=session)
     calls.append({"call_seconds": time.perf_counter() - tic, "search_seconds": session.loop_seconds,
-                  "evaluations": len(session.store) - before, "device": args.device})
+                  "table_seconds": table_seconds, "warmup_seconds": warmup_seconds,
+                  "evaluations": len(session.store) - before, "device": args.device, "compile": args.compile})
     write_json(calls_path, calls)
     if result is None:
         print(f"{len(session.store)} of {planned} evaluations done; run the same command again to continue")
@@ -137,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     session.evaluator.restore()
     report_files = convergence_report(run_dir, out / "report")
     search_seconds = sum(c["search_seconds"] for c in calls)
+    setup_seconds = sum(c.get("table_seconds", 0.0) for c in calls)
+    warmup_total = sum(c.get("warmup_seconds", 0.0) for c in calls)
     by_stage: dict[int, int] = {}
     for line in (run_dir / "journal.jsonl").read_text().splitlines():
         stage = json.loads(line)["stage"]
         by_stage[stage] = by_stage.get(stage, 0) + 1
     data = {"budget_bytes": budget, "spec": spec.to_dict(), "evaluations": len(session.store),
-            "evaluations_by_stage": by_stage, "search_seconds": search_seconds, "calls": calls,
+            "evaluations_by_stage": by_stage, "search_seconds": search_seconds, "table_seconds": setup_seconds,
+            "warmup_seconds": warmup_total, "calls": calls,
             "evals_per_second": len(session.store) / search_seconds if search_seconds else None,
             "dense": {"ppl": dense}, f"uniform{args.bits}": {**uniform, "kl": uniform_kl},
             "evo": {**evo, "kl": best.quality, "recorded_bytes": best.size_bytes},
@@ -150,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             "report_files": report_files}
     lines = [f"{loaded.info.model_id}, budget = uniform {args.bits}-bit RTN = {budget:,} bytes; space {args.space}; "
              f"{len(session.store):,} evaluations ({', '.join(f'stage {s}: {n:,}' for s, n in sorted(by_stage.items()))}) "
-             f"in {search_seconds:.0f} s of search loop over {len(calls)} call(s) ({data['evals_per_second']:.1f}/s) "
+             f"in {search_seconds:.0f} s of search loop over {len(calls)} call(s) ({data['evals_per_second']:.1f}/s; "
+             f"besides it {setup_seconds:.0f} s of size table + level database and {warmup_total:.0f} s of warm-up "
+             f"with compile {args.compile}) "
              f"on {args.device}; held-out perplexity on ≤ {args.max_tokens:,} tokens, {min(512, args.max_tokens)}-token windows",
              "", "| model | bytes | KL (calibration) | WikiText-2 PPL | C4 PPL |", "|---|---|---|---|---|",
              f"| dense | – | 0 | {dense['wikitext2']:.2f} | {dense['c4']:.2f} |",

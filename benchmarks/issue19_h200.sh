@@ -1,50 +1,156 @@
 #!/usr/bin/env bash
-# Issue 19's two experiments side by side on one H200, in one device call: the bring-up's second call
-# (scripts/device/README.md; llama.cpp is not needed), its setup time taken off the deadline so that
-# everything has ended by ~530 s of the call:
-#   T0=$(date +%s); EVO_DEV_BUILD=0 bash scripts/device/setup.sh > $OUT/setup.log 2>&1 || { cat $OUT/setup.log;
-#   exit 3; }; source scripts/device/env.sh; DEADLINE_S=$((500 - $(date +%s) + T0)) bash benchmarks/issue19_h200.sh
-# 1. ccds_vs_random.py: CCDS vs random calibration (32 x 512 tokens), seeds 0-2, 6 searches at once in
-#    the `bits` space at the uniform 3-bit budget (its sizes read no run data: one size table for all),
-#    16 generations x 16 each; held-out PPL on WikiText-2, C4 and the six domains.
-# 2. evop_vs_shortgpt.py: 8 of 30 layers removed, seeds 0-2 at once, 30 generations x 32 with stages
-#    2048,16384:16,32768:8 on 64 x 512 tokens, against ShortGPT on the same tokens; WikiText-2 and C4 PPL.
-# Both parents get --deadline-s DEADLINE_S: a search stops by --reserve-s before it and exports its best
-# so far, a worker still running 20 s after it is stopped. Tables are rewritten whenever a job ends:
-# $OUT/ccds/ccds_vs_random.md, $OUT/evop/evop_vs_shortgpt.md (+ .json, results/, logs/); $OUT/*.log the
-# parents' output, $OUT/gpu.csv utilisation and memory every 5 s. Bulky files (runs, artifacts, size
-# cache) stay in $WORK. CCDS_EXTRA / EVOP_EXTRA: options appended to each command (the last one wins).
-# SMOKE=1: both --smoke runs with two worker processes each, on a CPU (a few minutes).
+# Issue 19 on one H200, one phase per device call (PHASE), after the bring-up of scripts/device/README.md
+# (`source scripts/device/env.sh` is done here when the file is there; llama.cpp is not needed):
+#   PHASE=throughput  search_throughput.py: variants $VARIANTS (shipped, cuda_graphs = compile "reduce-overhead"
+#                     with in-place level copies, kl_old, sizer_off), each with a search loop: evaluations/s,
+#                     share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
+#                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 400.
+#   PHASE=evopress    evopress_scale.py, >= $EVALUATIONS (20,000) evaluations, population 64, stages
+#                     2048,16384:16,32768:8, torch.compile mode $COMPILE (reduce-overhead), over two consecutive
+#                     calls in $WORK/evopress (in /tmp: it survives while the lease stays warm). The first call
+#                     (no calls.json there yet) only searches (--reserve-s 20); the second resumes with
+#                     --export-partial (--reserve-s $EXPORT_RESERVE_S): the export of the best (finished or
+#                     stopped) and its WikiText-2 / C4 PPL beside uniform 3-bit RTN, `evo report`'s convergence
+#                     plot. EXPORT=1 exports in this call whatever calls.json says (EXPORT=0 never).
+#                     DEADLINE_S default 520.
+#   PHASE=ccds        ccds_vs_random.py: CCDS vs random calibration (32 x 512 tokens), seeds $CCDS_SEEDS (0,1,2),
+#                     all 6 searches at once (--jobs 6 x 2 threads) in the `bits` space at the uniform 3-bit
+#                     budget, 16 generations x 16; held-out PPL on WikiText-2, C4 and the six domains.
+#                     DEADLINE_S default 480.
+#   PHASE=evop        evop_vs_shortgpt.py: 8 of 30 layers removed, seeds 0-2 at once, 30 x 32, long stages.
+#   PHASE=evopress,ccds (any comma list) runs the phases side by side, each to its own deadline.
+# Each phase ends by its deadline (every command also runs under `timeout`, deadline + 60 s), writes its log
+# and small results under $OUT (a call returns at most ~8 files: run directories are packed by
+# scripts/device/collect.sh, files over 4 MB left out) and keeps run directories, artifacts, level databases
+# and size caches under $WORK (default $EVO_DEV/issue19). Results: $OUT/<phase>.log, $OUT/throughput.tar.gz
+# (throughput.{md,json}), $OUT/evopress.tar.gz (evopress_scale.{md,json}, calls.json, report/ with the
+# convergence plot, the exports' results, the journal), $OUT/ccds.tar.gz, $OUT/evop.tar.gz, $OUT/gpu.csv.
+# A phase run again resumes (evopress: the search; ccds/evop: finished jobs are read back).
+# The device calls and their plan (~1,500 s): scripts/device/README.md, "Session 25".
+# SMOKE=1: every phase on a CPU with the tests' tiny Llama (the scripts' --smoke) in a few minutes
+# (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
+: "${PHASE:?set PHASE to throughput, evopress, ccds, evop or a comma list of them}"
+SMOKE=${SMOKE:-0}
+[ -f scripts/device/env.sh ] && [ "$SMOKE" != 1 ] && source scripts/device/env.sh
 PY=${PY:-python3}
-WORK=${WORK:-/tmp/issue19}
-DEADLINE_S=${DEADLINE_S:-480}
+COMPILE=${COMPILE:-reduce-overhead}
+VARIANTS=${VARIANTS:-shipped,cuda_graphs,kl_old,sizer_off}
+EXPORT=${EXPORT:-auto}
+EXPORT_RESERVE_S=${EXPORT_RESERVE_S:-150}
+CCDS_SEEDS=${CCDS_SEEDS:-0,1,2}
+if [ "$SMOKE" = 1 ]; then
+    WORK=${WORK:-/tmp/issue19-smoke}
+    throughput_args=(--smoke --evaluations 16 --min-loop-s 3 --repeats 1)
+    EVALUATIONS=${EVALUATIONS:-3000}  # more than fit in 2 x 60 s: the first call stops, the second resumes
+    evopress_args=(--smoke --evaluations "$EVALUATIONS" --compile "$COMPILE")  # CPU: the eager fallback
+    ccds_args=(--smoke --jobs 2 --seeds 0)
+    evop_args=(--smoke --jobs 2 --seeds 0,1)
+    default_deadline=(throughput=150 evopress=60 ccds=240 evop=240)
+    EXPORT_RESERVE_S=${SMOKE_EXPORT_RESERVE_S:-25}
+else
+    WORK=${WORK:-${EVO_DEV:-/tmp/evo-dev}/issue19}
+    throughput_args=(--device cuda --generations 200 --population 16 --samples 64 --seq-len 512
+                     --stages 2048,16384:16,32768:8 --evaluations 3000 --min-loop-s 20 --size-workers 16)
+    EVALUATIONS=${EVALUATIONS:-20000}
+    evopress_args=(--device cuda --compile "$COMPILE" --size-workers 16 --evaluations "$EVALUATIONS"
+                   --population 64 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8)
+    ccds_args=(--device cuda --space bits --seeds "$CCDS_SEEDS" --jobs 6 --threads 2 --size-workers 8
+               --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100)
+    evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
+               --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
+    default_deadline=(throughput=400 evopress=520 ccds=480 evop=480)
+fi
 mkdir -p "$WORK" "$OUT"
-echo "issue19_h200: deadline ${DEADLINE_S} s from $(date -u +%H:%M:%S)"
+
+deadline_of() {  # DEADLINE_S, else the phase's default
+    local phase=$1 pair
+    [ -n "${DEADLINE_S:-}" ] && { echo "$DEADLINE_S"; return; }
+    for pair in "${default_deadline[@]}"; do [ "${pair%%=*}" = "$phase" ] && echo "${pair#*=}"; done
+}
+
+throughput() {  # every variant with its own search loop (--full-only none: cuda_graphs too)
+    local deadline; deadline=$(deadline_of throughput)
+    echo "== throughput: variants $VARIANTS, deadline $deadline s ($(date -u +%T))"
+    rm -rf "$WORK/throughput"
+    timeout $(( deadline + 60 )) "$PY" benchmarks/search_throughput.py "${throughput_args[@]}" --variants "$VARIANTS" \
+        --full-only none --deadline-s "$deadline" --out "$WORK/throughput"
+    echo "search_throughput exit $? at $SECONDS s"
+    bash scripts/device/collect.sh throughput "$WORK"/throughput/throughput.{md,json}
+    cat "$WORK/throughput/throughput.md" 2> /dev/null
+}
+
+evopress_call() {  # one call of evopress_scale.py: $1 = export (1) or search only (0)
+    local deadline=$1 export=$2 extra=()
+    [ "$export" = 1 ] && extra=(--export-partial --reserve-s "$EXPORT_RESERVE_S") || extra=(--reserve-s 20)
+    echo "-- evopress_scale ($([ "$export" = 1 ] && echo "search, then export" || echo "search only")), deadline $deadline s, compile $COMPILE ($(date -u +%T))"
+    timeout $(( deadline + 60 )) "$PY" benchmarks/evopress_scale.py "${evopress_args[@]}" --deadline-s "$deadline" \
+        "${extra[@]}" --out "$WORK/evopress"
+    echo "evopress_scale exit $? at $SECONDS s"
+}
+
+evopress() {  # first call: search only; second call (calls.json there): resume and export
+    local deadline export; deadline=$(deadline_of evopress)
+    echo "== evopress: $EVALUATIONS evaluations, deadline $deadline s ($(date -u +%T))"
+    export=$EXPORT
+    if [ "$export" = auto ]; then
+        if [ -f "$WORK/evopress/calls.json" ]; then export=1
+        elif [ "$SMOKE" = 1 ]; then evopress_call "$deadline" 0; export=1  # both calls here: stop, then resume
+        else export=0; fi
+    fi
+    evopress_call "$deadline" "$export"
+    local d=$WORK/evopress parts=() p
+    for p in "$d"/*.md "$d"/*.json "$d"/report "$d"/search/{spec.json,best.toml} "$d"/artifacts/*/manifest.json; do
+        [ -e "$p" ] && parts+=("$p")
+    done
+    [ ${#parts[@]} -gt 0 ] && bash scripts/device/collect.sh evopress "${parts[@]}"
+    # the journal (~1 kB an evaluation: ~20 MB at 20,000) on its own, compressed: over collect's 4 MB
+    [ -f "$d/search/journal.jsonl" ] && gzip -c "$d/search/journal.jsonl" > "$OUT/evopress_journal.jsonl.gz" && \
+        echo "$OUT/evopress_journal.jsonl.gz: $(stat -c %s "$OUT/evopress_journal.jsonl.gz") bytes"
+    cat "$d/calls.json" 2> /dev/null; cat "$d/evopress_scale.md" 2> /dev/null
+}
+
+experiment() {  # ccds or evop: tables, results and logs under $WORK/NAME (bulky files in $WORK/NAME-work)
+    local name=$1 script=$2 deadline; shift 2
+    deadline=$(deadline_of "$name")
+    echo "== $name: $script, deadline $deadline s ($(date -u +%T))"
+    timeout $(( deadline + 60 )) "$PY" "benchmarks/$script" "$@" --deadline-s "$deadline" --out "$WORK/$name" \
+        --work-dir "$WORK/$name-work"
+    echo "$script exit $? at $SECONDS s"
+    bash scripts/device/collect.sh "$name" "$WORK/$name"
+    cat "$WORK/$name/${script%.py}.md" 2> /dev/null
+}
+
+run_phase() {
+    case "$1" in
+        throughput) throughput ;;
+        evopress) evopress ;;
+        ccds) experiment ccds ccds_vs_random.py "${ccds_args[@]}" ${CCDS_EXTRA:-} ;;
+        evop) experiment evop evop_vs_shortgpt.py "${evop_args[@]}" ${EVOP_EXTRA:-} ;;
+        *) echo "PHASE: unknown phase '$1' (give throughput, evopress, ccds, evop or a comma list)"; return 2 ;;
+    esac
+}
+
 monitor=
-if command -v nvidia-smi > /dev/null; then
+if command -v nvidia-smi > /dev/null; then  # GPU utilisation and memory every 5 s
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu.csv" 2>&1 &
     monitor=$!
 fi
-if [ "${SMOKE:-0}" = 1 ]; then  # the same plumbing on a CPU: both --smoke runs, two workers each
-    ccds_args=(--smoke --jobs 2 --seeds 0 --deadline-s "$DEADLINE_S")
-    evop_args=(--smoke --jobs 2 --seeds 0,1 --deadline-s "$DEADLINE_S")
-else
-    ccds_args=(--device cuda --space bits --seeds 0,1,2 --jobs 6 --threads 2 --size-workers 8 --generations 16
-               --population 16 --samples 32 --seq-len 512 --reserve-s 100 --deadline-s "$DEADLINE_S")
-    evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
-               --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80
-               --deadline-s "$DEADLINE_S")
-fi
-"$PY" benchmarks/ccds_vs_random.py "${ccds_args[@]}" --out "$OUT/ccds" --work-dir "$WORK/ccds" ${CCDS_EXTRA:-} \
-    > "$OUT/ccds.log" 2>&1 &
-ccds=$!
-"$PY" benchmarks/evop_vs_shortgpt.py "${evop_args[@]}" --out "$OUT/evop" --work-dir "$WORK/evop" ${EVOP_EXTRA:-} \
-    > "$OUT/evop.log" 2>&1 &
-evop=$!
-wait $ccds; echo "ccds_vs_random exit $? at ${SECONDS} s"
-wait $evop; echo "evop_vs_shortgpt exit $? at ${SECONDS} s"
+IFS=',' read -r -a phases <<< "$PHASE"
+for phase in "${phases[@]}"; do  # validate before anything runs
+    case "$phase" in throughput|evopress|ccds|evop) ;; *) run_phase "$phase"; exit 2 ;; esac
+done
+pids=()
+for phase in "${phases[@]}"; do
+    run_phase "$phase" > "$OUT/$phase.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for i in "${!phases[@]}"; do
+    wait "${pids[$i]}" || status=1
+    echo "=== ${phases[$i]} ended at $SECONDS s: last lines of $OUT/${phases[$i]}.log"
+    tail -30 "$OUT/${phases[$i]}.log"
+done
 [ -n "$monitor" ] && kill "$monitor"
-cat "$OUT/ccds/ccds_vs_random.md" "$OUT/evop/evop_vs_shortgpt.md" 2>/dev/null
-exit 0
+exit $status
