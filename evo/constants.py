@@ -42,6 +42,9 @@ SPEC_FILE = "spec.json"
 LOCK_FILE = ".lock"  # flock'd by the one process that works on the run (evo.search.lifecycle)
 JOURNAL_FILE = "journal.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
+# an engine state's growing list (DEAP's archive, optuna's told trials) appended here, one item a line;
+# checkpoint.json names how many lines (and bytes) it holds (evo.search.store)
+CHECKPOINT_ITEMS_FILE = "checkpoint.{key}.jsonl"
 FRONT_FILE = "front.json"
 BEST_FILE = "best.toml"
 CALIBRATION_FILE = "calibration.json"

@@ -82,6 +82,10 @@ def _assert_same_run(run_dir: Path, straight: Path, engine: list[str]) -> None:
             assert _safetensors(run_dir / name) == _safetensors(straight / name), name
         else:
             assert (run_dir / name).read_bytes() == (straight / name).read_bytes(), name
+    appended = sorted(p.name for p in straight.glob("checkpoint.*.jsonl"))  # the engine state's growing lists
+    assert appended == sorted(p.name for p in run_dir.glob("checkpoint.*.jsonl"))
+    for name in appended:  # lines a killed process appended past its checkpoint were cut at the next one
+        assert (run_dir / name).read_bytes() == (straight / name).read_bytes(), name
     journal = _journal(run_dir)
     assert len({entry["key"] for entry in journal}) == len(journal)  # nothing evaluated twice
     assert journal == _journal(straight)  # nothing lost, same order, same scores

@@ -143,3 +143,33 @@ def test_warm_start_tries_narrower_embeddings():
     population = warm_start(problem, random.Random(0), 6)
     assert any(g[3] == 0 and min(g[:3]) >= 1 for g in population)
     assert all(size_of(g) <= 2300 for g in population)
+
+
+@pytest.mark.parametrize("name", ["default", "bits", "evop", "double_compression"])
+def test_decode_memoised_per_layer_equals_the_genes_values(name, tiny_llama):
+    """decode memoises each layer's entry by its genes: over random genomes (layers repeating and
+    changing combinations) every config equals the one built from the genes' values directly."""
+    import random
+
+    from evo.compress.config import KEPT, CompressionConfig, LayerConfig
+
+    space = SearchSpace.load(name)
+    info = describe_model(tiny_llama)
+    genes = space.genes(info)
+    rng = random.Random(7)
+    parents = [tuple(rng.randrange(len(g.choices)) for g in genes) for _ in range(4)]
+    for _ in range(200):
+        first, second = rng.sample(parents, 2)
+        genome = tuple(a if rng.random() < 0.5 else b for a, b in zip(first, second))
+        genome = tuple(rng.randrange(len(g.choices)) if rng.random() < 0.05 else v for g, v in zip(genes, genome))
+        values = {gene.name: gene.choices[v] for gene, v in zip(genes, genome)}
+        layers = {}
+        for layer in range(info.num_layers):
+            units = [f"layer{layer}"] * 2 if space.granularity == "layer" else [f"layer{layer}.attention",
+                                                                                f"layer{layer}.mlp"]
+            attention, mlp = (space.setting({n: values[f"{u}.{n}"] for n, _ in space.unit_genes}) for u in units)
+            layers[layer] = LayerConfig(attention=attention, mlp=mlp, drop=values[f"layer{layer}.drop"])
+        expected = CompressionConfig(default=KEPT, embedding=space.setting({"bits": values["embedding.bits"]},
+                                                                           key="embedding.bits"), layers=layers)
+        assert space.decode(genome, info) == expected
+        parents[rng.randrange(len(parents))] = genome

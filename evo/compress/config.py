@@ -102,7 +102,8 @@ class LayerConfig:
 
     @property
     def is_default(self) -> bool:
-        return self == LayerConfig()
+        """Equal to LayerConfig() (its three fields at their defaults; asked per layer of every config made)."""
+        return self.attention is None and self.mlp is None and self.drop == "none"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}

@@ -182,31 +182,63 @@ class SearchSpace:
         return tuple(genes)
 
     def decode(self, genome: tuple[int, ...], info: ModelInfo) -> CompressionConfig:
-        """The CompressionConfig a genome stands for."""
+        """The CompressionConfig a genome stands for. Each layer's entry is memoised by that layer's
+        genes (a search decodes one genome per evaluation and most layers repeat a combination seen
+        before); a layer first seen is made from its genes' values."""
         genes = self.genes(info)
         if len(genome) != len(genes):
             raise EvoError(f"genome has {len(genome)} genes but space {self.name!r} lays out {len(genes)} for this model")
-        values = {gene.name: gene.choices[index] for gene, index in zip(genes, genome)}
+        genome = tuple(genome)
+        by_genes = self.__dict__.setdefault("_layer_by_genes", {})  # (layer, its genes) -> LayerConfig
+        if len(by_genes) >= 1 << 16:
+            by_genes.clear()
         layers: dict[int, LayerConfig] = {}
+        spans, embedding_at, head_at = self._layout(info, genes)
+        for index, start, end in spans:
+            key = (index, genome[start:end])
+            layer_config = by_genes.get(key)
+            if layer_config is None:
+                layer_config = by_genes[key] = self._layer_config(index, genes[start:end], genome[start:end])
+            layers[index] = layer_config
+        embedding = self.setting({"bits": genes[embedding_at].choices[genome[embedding_at]]}, key="embedding.bits")
+        head = (KEPT if head_at is None
+                else self.setting({"bits": genes[head_at].choices[genome[head_at]]}, key="head.bits"))
+        return CompressionConfig(default=KEPT, embedding=embedding, head=head, layers=layers)
+
+    def _layout(self, info: ModelInfo, genes: tuple[Gene, ...]) -> tuple[tuple, int, int | None]:
+        """((layer index, first gene, end) of each layer's genes, the embedding gene's position, the head
+        gene's or None), memoised by the genes: _new_genes lays each layer's genes out contiguously."""
+        memo = self.__dict__.setdefault("_layout_memo", {})
+        found = memo.get(id(genes))
+        if found is not None and found[0] is genes:
+            return found[1]
+        spans = []
+        for layer in info.layers:
+            positions = [i for i, gene in enumerate(genes) if gene.layer == layer.index]
+            if positions != list(range(positions[0], positions[-1] + 1)):
+                raise RuntimeError(f"layer {layer.index}'s genes are not contiguous")  # a bug in _new_genes
+            spans.append((layer.index, positions[0], positions[-1] + 1))
+        names = [gene.name for gene in genes]
+        layout = (tuple(spans), names.index("embedding.bits"), names.index("head.bits") if "head.bits" in names else None)
+        memo[id(genes)] = (genes, layout)
+        return layout
+
+    def _layer_config(self, index: int, genes: tuple[Gene, ...], values: tuple[int, ...]) -> LayerConfig:
+        """A layer's entry from its genes and their choice indices; one object per combination."""
+        chosen = {gene.name: gene.choices[value] for gene, value in zip(genes, values)}
+        if self.granularity == "layer":
+            attention = mlp = self._unit_setting(chosen, f"layer{index}")
+        else:
+            attention = self._unit_setting(chosen, f"layer{index}.attention")
+            mlp = self._unit_setting(chosen, f"layer{index}.mlp")
         made = self.__dict__.setdefault("_layer_memo", {})  # LayerConfigs are immutable: one per combination
         if len(made) >= 1 << 16:
             made.clear()
-        for layer in info.layers:
-            i = layer.index
-            if self.granularity == "layer":
-                shared = self._unit_setting(values, f"layer{i}")
-                attention = mlp = shared
-            else:
-                attention = self._unit_setting(values, f"layer{i}.attention")
-                mlp = self._unit_setting(values, f"layer{i}.mlp")
-            key = (attention, mlp, values[f"layer{i}.drop"])
-            layer_config = made.get(key)
-            if layer_config is None:
-                layer_config = made[key] = LayerConfig(attention=attention, mlp=mlp, drop=key[2])
-            layers[i] = layer_config
-        embedding = self.setting({"bits": values["embedding.bits"]}, key="embedding.bits")
-        head = self.setting({"bits": values["head.bits"]}, key="head.bits") if "head.bits" in values else KEPT
-        return CompressionConfig(default=KEPT, embedding=embedding, head=head, layers=layers)
+        key = (attention, mlp, chosen[f"layer{index}.drop"])
+        layer_config = made.get(key)
+        if layer_config is None:
+            layer_config = made[key] = LayerConfig(attention=attention, mlp=mlp, drop=key[2])
+        return layer_config
 
     def encode(self, config: CompressionConfig, info: ModelInfo) -> tuple[int, ...] | None:
         """The genome of a config, or None when the space cannot express it (inverse of decode)."""

@@ -9,6 +9,14 @@ of once per line or per asked batch: at 50 evaluations/s a per-line fsync was a 
 loop, and a generation of staged selection asks several batches. A power loss can cost the lines
 after the last sync, all of them after the last checkpoint: the run resumes from that checkpoint and
 evaluates them again, deterministically, to the same values.
+
+The checkpoint stays the same size however long the run: an engine state's lists that only grow
+(APPEND_ONLY: DEAP's and random search's archive of final scores, optuna's told trials) are appended
+to their own file (`checkpoint.archive.jsonl`, one item a line) and checkpoint.json names how many
+lines and bytes of it belong to the state, so a generation writes its new items only, not the whole
+archive again (at EvoPress's 20,000 evaluations the archive holds over a thousand genomes). Lines past
+that count (a process killed between the append and the checkpoint) are ignored when read and cut
+off at the next write. A checkpoint of an older evo, with the lists inline, is read as before.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ from pathlib import Path
 from collections.abc import Iterable
 from typing import Any, Iterator, Protocol, TypeVar
 
-from evo.constants import CHECKPOINT_FILE, FRONT_FILE, JOURNAL_FILE, MB, RUN_FILE, SPEC_FILE
+from evo.constants import CHECKPOINT_FILE, CHECKPOINT_ITEMS_FILE, FRONT_FILE, JOURNAL_FILE, MB, RUN_FILE, SPEC_FILE
 from evo.errors import EvoError
 from evo.fileio import atomic_write_text
 from evo.types import FrontPoint
 
 STORE_FORMAT = 1
+APPEND_ONLY = ("archive", "told")  # engine state lists that only grow: appended, not rewritten (see above)
 
 
 def dumps(data: Any) -> str:
@@ -82,6 +91,8 @@ class RunStore:
         self.lock = None  # a RunLock when this store created the run
         self._journal: dict[str, JournalEntry] = {}
         self._unsynced = False  # journal lines appended with durable=False since the last sync()
+        # per APPEND_ONLY key: (items, bytes, last item's line) of its file that the checkpoint on disk holds
+        self._appended: dict[str, tuple[int, int, str]] = {}
 
     # --- creation and opening ------------------------------------------------------------------
 
@@ -195,7 +206,54 @@ class RunStore:
     # --- checkpoint, front, best ---------------------------------------------------------------
 
     def write_checkpoint(self, state: dict) -> None:
+        """Write the checkpoint atomically; the engine state's APPEND_ONLY lists go to their files first
+        (only the items the last checkpoint lacks), so checkpoint.json never names lines not on disk."""
+        engine = state.get("engine")
+        if isinstance(engine, dict):
+            engine = dict(engine)
+            for key in APPEND_ONLY:
+                if isinstance(engine.get(key), list):
+                    engine[key] = self._append_items(key, engine[key])
+            state = {**state, "engine": engine}
         atomic_write_text(self.directory / CHECKPOINT_FILE, dumps({"format": STORE_FORMAT, **state}) + "\n")
+
+    def _append_items(self, key: str, items: list) -> dict:
+        if key not in self._appended and (self.directory / CHECKPOINT_FILE).exists():
+            self.read_checkpoint()  # what the checkpoint on disk holds of this file (nothing if inline)
+        count, size, last = self._appended.get(key, (0, 0, ""))
+        if len(items) < count or (count and dumps(items[count - 1]) != last):
+            # a bug, never user input: the engine's list must only grow, in the same order
+            raise RuntimeError(f"engine state {key!r} is not an extension of the checkpointed one")
+        new = "".join(dumps(item) + "\n" for item in items[count:]).encode()
+        path = self.directory / CHECKPOINT_ITEMS_FILE.format(key=key)
+        with open(path, "r+b" if path.exists() else "wb") as handle:
+            handle.truncate(size)  # lines past the checkpoint's count: a process killed before its checkpoint
+            handle.seek(size)
+            handle.write(new)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if items:
+            last = dumps(items[-1])
+        self._appended[key] = (len(items), size + len(new), last)
+        return {"file": path.name, "items": len(items), "bytes": size + len(new)}
+
+    def _read_items(self, key: str, ref: dict) -> list:
+        """The first ref["items"] lines of an APPEND_ONLY key's file (see write_checkpoint)."""
+        path = self.directory / CHECKPOINT_ITEMS_FILE.format(key=key)
+        try:
+            count, size = int(ref["items"]), int(ref["bytes"])
+            with open(path, "rb") as handle:
+                data = handle.read(size)
+            items = [json.loads(line) for line in data.split(b"\n")[:-1]]
+        except FileNotFoundError:
+            raise EvoError(f"{path} is missing: this run's checkpoint cannot be resumed (restore the file)") from None
+        except (KeyError, TypeError, ValueError, RecursionError):
+            items, count, size, data = [], -1, 0, b""
+        if len(items) != count or len(data) != size or (data and not data.endswith(b"\n")):
+            raise EvoError(f"{path} is shorter than {CHECKPOINT_FILE} says or corrupt: this run cannot be resumed "
+                           "(restore the file)")
+        self._appended[key] = (count, size, dumps(items[-1]) if items else "")
+        return items
 
     def read_checkpoint(self) -> dict | None:
         path = self.directory / CHECKPOINT_FILE
@@ -211,6 +269,12 @@ class RunStore:
         if not isinstance(data.get("generation"), int) or not isinstance(data.get("engine"), dict):
             raise EvoError(f"{path} lacks its generation or engine state (or they have the wrong type): "
                            "this run cannot be resumed")
+        for key in APPEND_ONLY:
+            ref = data["engine"].get(key)
+            if isinstance(ref, dict):
+                data["engine"][key] = self._read_items(key, ref)
+            elif isinstance(ref, list):
+                self._appended.pop(key, None)  # inline (an older evo): the next checkpoint writes the file anew
         return data
 
     def write_json(self, name: str, data: Any) -> Path:

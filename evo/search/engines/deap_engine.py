@@ -207,7 +207,7 @@ class DeapEngine:
             "rng": rng_state(self.rng),
             "population": [pair(g, s) for g, s in self.population],
             "screened": [pair(g, s) for g, s in self._screened],
-            "archive": [pair(g, s) for g, s in sorted(self.archive.items())],
+            "archive": [pair(g, s) for g, s in self.archive.items()],  # in the order told: appended (store.py)
             "pending": pending_to_json(self._pending),
         }
 

@@ -63,7 +63,7 @@ class RandomEngine:
     def state_dict(self) -> dict[str, Any]:
         return {"engine": self.name, "generation": self.generation,
                 "initialised": self.initialised, "rng": rng_state(self.rng),
-                "archive": [pair(g, s) for g, s in sorted(self.archive.items())],
+                "archive": [pair(g, s) for g, s in self.archive.items()],  # in the order told: appended (store.py)
                 "pending": pending_to_json(self._pending)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
