@@ -28,7 +28,6 @@ import json
 import shutil
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo
@@ -42,25 +41,13 @@ PARTS = ("journal", "checkpoint", "ckpt_write", "state", "decode", "size", "engi
 TOP_LEVEL = ("journal", "checkpoint", "decode", "size")  # disjoint; engine = loop wall minus these
 
 
-class Clock:
-    """Cumulative seconds by part; a call inside a call of the same clock counts once (outermost)."""
+def parts_clock():
+    """Cumulative seconds by part, a call inside a call of the same clock counted once (outermost):
+    search_throughput's Timer, on the CPU (no device syncs)."""
+    import torch
+    from search_throughput import Timer
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.depth = 0
-
-    def wrap(self, part: str, function):
-        def timed(*args, **kwargs):
-            self.depth += 1
-            tic = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.depth -= 1
-                if self.depth == 0:
-                    self.seconds[part] += time.perf_counter() - tic
-
-        return timed
+    return Timer(torch.device("cpu"))
 
 
 def genome_score(genome: tuple[int, ...]) -> float:
@@ -101,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         session = open_session(spec, run, resume=False)
     session.fill_size_table(workers=None, levels=False)
 
-    clock, inner = Clock(), Clock()  # inner: the checkpoint's own parts
+    clock, inner = parts_clock(), parts_clock()  # inner: the checkpoint's own parts
     last: dict[str, tuple] = {}
     config_of = session.config_of
 
