@@ -95,6 +95,11 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
     # OpenMP/BLAS pools (k-means, numpy) sized like torch's: N workers of all cores each would oversubscribe
     env = {**os.environ, **{name: os.environ.get(name, str(threads)) for name in ("OMP_NUM_THREADS",
                                                                                     "OPENBLAS_NUM_THREADS")}}
+    # on a GPU, each worker plans its level cache and micro-batches within its share of the device: all of
+    # them start together and would each see the whole device free (evo.evaluate.resident.process_share)
+    parallel = max(1, min(args.jobs, len(labels)))
+    if parallel > 1:
+        env.setdefault("EVO_CUDA_MEMORY_SHARE", f"{0.9 / parallel:.4f}")
     waiting, running, not_done = list(labels), {}, []
     while waiting or running:
         while waiting and len(running) < args.jobs:

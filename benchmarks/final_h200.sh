@@ -10,6 +10,7 @@
 #                   artifact ($DC8, built with int8-rtn by double_compression_runtime.py) codes / compressed
 #                   50-100 % / auto; int8-rtn in every mode. Prompt 512 tokens, 128 greedy tokens.
 #   PHASE=llamacpp  issue 18 (b): search_quality.py at llama.cpp's sizes $LLAMACPP_BUDGETS, seeds 0..$SIZE_SEEDS-1
+#                   (or SIZE_SEEDS=1,2: those seeds)
 #                   each, side by side, against gguf_vs_llamacpp_h200.json; the size jobs whose results are in
 #                   $SIZE_EXTRA (b{BYTES}-s{SEED}.json of an earlier call, same space/generations/population) are
 #                   not run again but join the table (mean ± std over the seeds). Default: the five sizes of
@@ -65,7 +66,8 @@ SIZE_SEEDS=${SIZE_SEEDS:-1}
 SIZE_EXTRA=${SIZE_EXTRA:-}  # a folder of earlier size jobs' results (search_quality.py --extra-results)
 LAST_MODE_S=${LAST_MODE_S:-20}  # resident_memory starts no mode later than this before its share of the time ends
 threads=()  # quality,llamacpp: two parents on one machine, their workers' CPU threads split between them
-size_jobs=$(( $(tr ',' '\n' <<< "$LLAMACPP_BUDGETS" | grep -c .) * SIZE_SEEDS ))
+case "$SIZE_SEEDS" in *,*) size_seed_count=$(tr ',' '\n' <<< "$SIZE_SEEDS" | grep -c .);; *) size_seed_count=$SIZE_SEEDS;; esac
+size_jobs=$(( $(tr ',' '\n' <<< "$LLAMACPP_BUDGETS" | grep -c .) * size_seed_count ))
 case "$PHASE" in *,*) threads=(--threads $(( $(nproc) / (4 + size_jobs) > 0 ? $(nproc) / (4 + size_jobs) : 1 )));; esac
 SQ3=$WORK/sq3 SQL=$WORK/sqL
 mkdir -p "$WORK" "$OUT"
@@ -93,7 +95,7 @@ quality() {  # issue 18 (a): 3 seeds at the 3-bit budget, the baselines beside t
 llamacpp() {  # issue 18 (b): one search per llama.cpp size (x SIZE_SEEDS), minus those in $SIZE_EXTRA
     local deadline=${LLAMACPP_DEADLINE_S:-${DEADLINE_S:-440}}
     local extra=(); [ -n "$SIZE_EXTRA" ] && extra=(--extra-results "$SIZE_EXTRA")
-    echo "== llamacpp: budgets $LLAMACPP_BUDGETS, seeds 0-$(( SIZE_SEEDS - 1 )) x $SIZE_GENERATIONS generations" \
+    echo "== llamacpp: budgets $LLAMACPP_BUDGETS, seeds $SIZE_SEEDS (a count from 0, or a list) x $SIZE_GENERATIONS generations" \
          "(${SIZE_EXTRA:-no earlier results}), deadline $deadline s ($(date -u +%T))"
     timeout $(( deadline + 45 )) "$PY" benchmarks/search_quality.py --device "$DEVICE" --model "$MODEL" --space gptq \
         --seeds 0 --size-seeds "$SIZE_SEEDS" --jobs "$size_jobs" --generations "$SIZE_GENERATIONS" \

@@ -192,6 +192,17 @@ def largest_if_everything_fits(args, name: str, seed: int, budget: int) -> dict 
     return result
 
 
+def seed_list(text: str) -> tuple[int, ...]:
+    """--size-seeds: "3" is seeds 0, 1, 2; "1,2" is those seeds."""
+    try:
+        seeds = tuple(range(int(text))) if "," not in text else tuple(int(part) for part in text.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (3) or a comma list of seeds (1,2)") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count >= 1 or distinct seeds >= 0")
+    return seeds
+
+
 def size_job_name(budget: int, seed: int) -> str:
     return f"b{budget}-s{seed}"
 
@@ -645,7 +656,9 @@ def main() -> None:
                         help="the llama.cpp-size searches' budgets (default: every distinct size in --llamacpp-sizes)")
     parser.add_argument("--llamacpp-max-bytes", type=int, default=None,
                         help="only the llama.cpp sizes up to this many bytes (with --llamacpp-sizes)")
-    parser.add_argument("--size-seeds", type=int, default=1, help="seeds per llama.cpp size (0..N-1)")
+    parser.add_argument("--size-seeds", type=seed_list, default=(0,), metavar="N|S1,S2",
+                        help="seeds per llama.cpp size: N for 0..N-1, or a comma list (1,2: the seeds an earlier "
+                             "call's --extra-results lack)")
     parser.add_argument("--extra-results", action="append", default=None, metavar="DIR",
                         help="size jobs an earlier call finished (DIR/b{BYTES}-s{SEED}.json or DIR/results/...; the "
                              "same model, space, generations and population): not run again, merged into the table "
@@ -669,7 +682,7 @@ def main() -> None:
         args.deadline_at = time.time() + args.deadline_s
     tic = time.perf_counter()
     budgets = size_budgets(args)
-    size_names = [size_job_name(b, s) for b in budgets for s in range(args.size_seeds)]
+    size_names = [size_job_name(b, s) for b in budgets for s in args.size_seeds]
     # the 3-bit seeds first (issue 18's main goal), then the llama.cpp sizes, then evop
     names = [f"seed{s}" for s in range(args.seeds)] + size_names + ([] if args.skip_evop else ["evop"])
 

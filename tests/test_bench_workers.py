@@ -10,6 +10,8 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import _workers  # noqa: E402
@@ -20,7 +22,7 @@ from _workers import run_workers, start_deadline, unfinished  # noqa: E402
 # prepared.json like the real workers, then per label: ok writes a complete result, partial an
 # incomplete one and exits 3, hang sleeps past any deadline, fail exits 1.
 WORKER = '''
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 argv = sys.argv[1:]
 value = lambda name: argv[len(argv) - 1 - argv[::-1].index(name) + 1]
@@ -34,7 +36,8 @@ if kind == "hang":
     time.sleep(60)
 if kind == "fail":
     sys.exit(1)
-(out / "results" / f"{label}.json").write_text(json.dumps({"complete": kind == "ok", "deadline_at": deadline_at}))
+(out / "results" / f"{label}.json").write_text(json.dumps({"complete": kind == "ok", "deadline_at": deadline_at,
+    "share": os.environ.get("EVO_CUDA_MEMORY_SHARE")}))
 sys.exit(0 if kind == "ok" else 3)
 '''
 
@@ -72,6 +75,7 @@ def test_workers_share_the_deadline_and_report_what_did_not_finish(tmp_path, mon
     result = json.loads((out / "results" / "ok-s0.json").read_text())
     assert abs(result["deadline_at"] - deadline.at()) < 1.0  # the parent's deadline, not one of its own
     assert (out / "logs" / "fail-s3.log").exists()
+    assert result["share"] == "0.2250"  # four workers on one GPU: each plans within 0.9 / 4 of its memory
 
 
 def test_a_worker_past_the_deadline_is_stopped_and_no_job_starts_too_late(tmp_path, monkeypatch):
@@ -136,3 +140,17 @@ def test_the_shared_driver_runs_the_jobs_here_and_writes_the_table_with_what_is_
     assert run_experiment(tmp_path / "script.py", "demo", worker, [], ["done", "later"], prepare=prepare,
                           render=render, job=job, domains=True) == UNFINISHED_EXIT
     assert calls["jobs"][-1] == "later" and calls["tables"] == 2
+
+
+def test_a_process_share_of_the_gpu_is_read_from_the_environment(monkeypatch):
+    from evo.errors import EvoError
+    from evo.evaluate.resident import process_share
+
+    monkeypatch.delenv("EVO_CUDA_MEMORY_SHARE", raising=False)
+    assert process_share() == 1.0
+    monkeypatch.setenv("EVO_CUDA_MEMORY_SHARE", "0.25")
+    assert process_share() == 0.25
+    for bad in ("0", "1.5", "half"):
+        monkeypatch.setenv("EVO_CUDA_MEMORY_SHARE", bad)
+        with pytest.raises(EvoError, match="EVO_CUDA_MEMORY_SHARE"):
+            process_share()

@@ -12,7 +12,10 @@ import os
 
 import torch
 
+from evo.errors import EvoError
+
 CUDA_SHARE = 0.85  # of the free device memory, after the forward's reserve
+MEMORY_SHARE_ENV = "EVO_CUDA_MEMORY_SHARE"  # several processes on one GPU: each plans within this share of it
 CPU_SHARE = 0.5  # of the available RAM: the CPU is shared with everything else on the machine
 FALLBACK_BYTES = 2 << 30  # when the free memory cannot be read
 
@@ -21,7 +24,10 @@ def available_bytes(device: torch.device | str) -> int | None:
     """Free memory of the device in bytes, or None when it cannot be read."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
+        share = process_share()
+        if share < 1.0:  # this process's part of the GPU, less what it already holds
+            free = min(free, max(0, int(share * total) - torch.cuda.memory_reserved(device)))
         return int(free)
     try:
         with open("/proc/meminfo") as handle:
@@ -34,6 +40,22 @@ def available_bytes(device: torch.device | str) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def process_share() -> float:
+    """The share of the GPU's memory this process may plan for: EVO_CUDA_MEMORY_SHARE (0 < share <= 1,
+    set by the benchmarks that run several searches on one GPU, each sizing its caches and micro-batches
+    from free memory at its start, when all of them see the whole device free), else 1."""
+    text = os.environ.get(MEMORY_SHARE_ENV, "").strip()
+    if not text:
+        return 1.0
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        raise EvoError(f"{MEMORY_SHARE_ENV}={text!r}: give a fraction of the GPU's memory in (0, 1], e.g. 0.25")
+    return share
 
 
 def cache_budget(device: torch.device | str, *, reserve_bytes: int = 0) -> int:
