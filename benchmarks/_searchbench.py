@@ -25,6 +25,7 @@ from evo.compress import artifact
 from evo.baselines import uniform_config
 from evo.compress.config import CompressionConfig
 from evo.data.corpus import read_text
+from evo.evaluate.resident import worker_environment
 from evo.evaluate.perplexity import perplexity, tokenize_for_eval
 from evo.compress.model import compress_and_write
 from evo.modelio import load_model
@@ -304,6 +305,7 @@ def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: fl
     side_by_side = max(1, min(args.jobs, len(names)))
     threads = getattr(args, "threads", None) or max(1, (os.cpu_count() or 2) // side_by_side)
     base = [sys.executable, *script_argv, "--threads", str(threads)]
+    environment = worker_environment(side_by_side)  # each job's share of the GPU's memory
     failed: dict[str, str] = {}
     while pending or running:
         if deadline_at is not None and time.time() > deadline_at:
@@ -321,8 +323,8 @@ def run_parallel(args, names: list[str], script_argv: list[str], deadline_at: fl
         while pending and len(running) < args.jobs:
             name = pending.pop(0)
             log = open(logs / f"{name}.log", "a")
-            running[name] = (subprocess.Popen(base + ["--only", name], stdout=log, stderr=subprocess.STDOUT), log,
-                             time.perf_counter())
+            running[name] = (subprocess.Popen(base + ["--only", name], stdout=log, stderr=subprocess.STDOUT,
+                                              env=environment), log, time.perf_counter())
             print(f"started {name} (log {logs / (name + '.log')})", flush=True)
         time.sleep(2)
         for name, (proc, log, tic) in list(running.items()):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from _experiments import Deadline
 from _searchbench import write_json
+from evo.evaluate.resident import worker_environment
 
 
 def start_deadline(args) -> Deadline:
@@ -97,9 +98,7 @@ def run_workers(script: Path, argv: list[str], labels: list[str], args, deadline
                                                                                     "OPENBLAS_NUM_THREADS")}}
     # on a GPU, each worker plans its level cache and micro-batches within its share of the device: all of
     # them start together and would each see the whole device free (evo.evaluate.resident.process_share)
-    parallel = max(1, min(args.jobs, len(labels)))
-    if parallel > 1:
-        env.setdefault("EVO_CUDA_MEMORY_SHARE", f"{0.9 / parallel:.4f}")
+    env = worker_environment(max(1, min(args.jobs, len(labels))), env)
     waiting, running, not_done = list(labels), {}, []
     while waiting or running:
         while waiting and len(running) < args.jobs:

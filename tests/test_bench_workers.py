@@ -154,3 +154,22 @@ def test_a_process_share_of_the_gpu_is_read_from_the_environment(monkeypatch):
         monkeypatch.setenv("EVO_CUDA_MEMORY_SHARE", bad)
         with pytest.raises(EvoError, match="EVO_CUDA_MEMORY_SHARE"):
             process_share()
+
+
+def test_workers_started_together_each_get_a_share_of_the_gpu():
+    from evo.evaluate.resident import worker_environment
+
+    assert worker_environment(4, {}) == {"EVO_CUDA_MEMORY_SHARE": "0.2250"}
+    assert worker_environment(1, {}) == {}  # alone on the device: all of it
+    assert worker_environment(4, {"EVO_CUDA_MEMORY_SHARE": "0.5"})["EVO_CUDA_MEMORY_SHARE"] == "0.5"  # the caller's
+
+
+def test_search_quality_size_seeds_take_a_count_or_a_list():
+    import argparse
+
+    from search_quality import seed_list
+
+    assert seed_list("3") == (0, 1, 2) and seed_list("1,2") == (1, 2)
+    for bad in ("0", "1,1", "-1,2", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)

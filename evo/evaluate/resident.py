@@ -58,6 +58,15 @@ def process_share() -> float:
     return share
 
 
+def worker_environment(parallel: int, environ=None) -> dict[str, str]:
+    """The environment of one of `parallel` processes started together on one GPU: each plans within
+    0.9 / parallel of its memory (EVO_CUDA_MEMORY_SHARE, unless the caller's environment sets it)."""
+    environ = dict(os.environ if environ is None else environ)
+    if parallel > 1:
+        environ.setdefault(MEMORY_SHARE_ENV, f"{0.9 / parallel:.4f}")
+    return environ
+
+
 def cache_budget(device: torch.device | str, *, reserve_bytes: int = 0) -> int:
     """Bytes the cache of dequantized weights may hold on `device`, leaving reserve_bytes for the
     forward pass."""
