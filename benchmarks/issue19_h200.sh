@@ -4,7 +4,9 @@
 #   PHASE=throughput  search_throughput.py: variants $VARIANTS (shipped, cuda_graphs = compile "reduce-overhead"
 #                     with in-place level copies, kl_old, sizer_off), each with a search loop: evaluations/s,
 #                     share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
-#                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 400.
+#                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 520 (session 25: probe
+#                     103 s + a cold compile 128 s left 360 s room for one variant's loop; a variant whose new compile
+#                     would not fit is skipped).
 #   PHASE=evopress    evopress_scale.py, >= $EVALUATIONS (20,000) evaluations, population 64, stages
 #                     2048,16384:16,32768:8, torch.compile mode $COMPILE (reduce-overhead), over two consecutive
 #                     calls in $WORK/evopress (in /tmp: it survives while the lease stays warm). The first call
@@ -60,7 +62,7 @@ else
                --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100)
     evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
                --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
-    default_deadline=(throughput=400 evopress=520 ccds=480 evop=480)
+    default_deadline=(throughput=520 evopress=520 ccds=480 evop=480)
 fi
 mkdir -p "$WORK" "$OUT"
 

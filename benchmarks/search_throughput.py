@@ -172,10 +172,16 @@ def exact_vs_estimate(evaluator, config) -> dict:
 _FORWARDS: dict[tuple, FastForward] = {}  # the variants' forwards over the one shared model
 
 
+def compiled_graphs(name: str, compile_mode: str) -> tuple:
+    """What a variant compiles (mode, KL chunk, KL function): variants with the same key reuse the graphs
+    an earlier variant compiled; a new key compiles (and warms up) again."""
+    mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
+    return mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old"
+
+
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
-    chunk = KL_CHUNK if name == "kl_chunked" else 0
+    mode, chunk, _ = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
     key = (id(evaluator.model), mode, chunk)
@@ -530,12 +536,22 @@ def main(argv: list[str] | None = None) -> int:
         (out / "throughput.md").write_text(f"# search_throughput\n\n`{' '.join(sys.argv)}`\n\n{text}{state}\n")
 
     write_results(False)
+    compiled: set[tuple] = set()  # what the variants so far compiled (their graphs are reused)
     for index, name in enumerate(variants):
         left = args.deadline_s - (time.perf_counter() - started)
         share = left / (len(variants) - index)
         if share < 5:
             rows[name] = {"skipped": f"deadline: {left:.0f} s left"}
             continue
+        graphs = compiled_graphs(name, args.compile)
+        warmups = [row["warmup_s"] for row in rows.values() if "warmup_s" in row]
+        new_compile = args.device.startswith("cuda") and graphs[0] != "off" and graphs not in compiled
+        if new_compile and warmups and left < max(warmups) + 10:
+            # a new compile would run past the deadline (and the call's timeout): skip it, keep the others
+            rows[name] = {"skipped": f"deadline: a new compile (~{max(warmups):.0f} s) does not fit in {left:.0f} s"}
+            print(f"[{name}] {rows[name]['skipped']}", flush=True)
+            continue
+        compiled.add(graphs)
         print(f"[{name}] searching for at most {share:.0f} s", flush=True)
         # the share covers the search; warm-up and the timed full evaluations come on top: leave room
         opened: dict = {}
