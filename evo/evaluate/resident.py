@@ -3,7 +3,9 @@ device has free now (torch.cuda.mem_get_info on CUDA, MemAvailable on the CPU), 
 so that on a large GPU every level of the space stays resident and none is recomputed in a run.
 
 A share is left for the forward pass (activations and the batch's logits), which the caller can
-state; the rest of what is free goes to the cache.
+state; the rest of what is free goes to the cache. Several processes started together on one GPU
+each see it empty: EVO_CUDA_MEMORY_SHARE (process_share, set by worker_environment) bounds what
+each one plans for.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ FALLBACK_BYTES = 2 << 30  # when the free memory cannot be read
 
 
 def available_bytes(device: torch.device | str) -> int | None:
-    """Free memory of the device in bytes, or None when it cannot be read."""
+    """Free memory of the device in bytes (on CUDA, within this process's share of it: process_share),
+    or None when it cannot be read."""
     device = torch.device(device)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
