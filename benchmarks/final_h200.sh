@@ -10,8 +10,7 @@
 #                   artifact ($DC8, built with int8-rtn by double_compression_runtime.py) codes / compressed
 #                   50-100 % / auto; int8-rtn in every mode. Prompt 512 tokens, 128 greedy tokens.
 #   PHASE=llamacpp  issue 18 (b): search_quality.py at llama.cpp's sizes $LLAMACPP_BUDGETS, seeds 0..$SIZE_SEEDS-1
-#                   (or SIZE_SEEDS=1,2: those seeds)
-#                   each, side by side, against gguf_vs_llamacpp_h200.json; the size jobs whose results are in
+#                   each (SIZE_SEEDS=1,2: those seeds), side by side, against gguf_vs_llamacpp_h200.json; the size jobs whose results are in
 #                   $SIZE_EXTRA (b{BYTES}-s{SEED}.json of an earlier call, same space/generations/population) are
 #                   not run again but join the table (mean ± std over the seeds). Default: the five sizes of
 #                   sessions 23-24 x seeds 0-2, seed 0 of 91,298,624 and 93,510,464 from
