@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 19 on one H200, one phase per device call (PHASE), after the bring-up of scripts/device/README.md
 # (`source scripts/device/env.sh` is done here when the file is there; llama.cpp is not needed):
-#   PHASE=throughput  search_throughput.py: variants $VARIANTS (shipped, cuda_graphs = compile "reduce-overhead"
-#                     with in-place level copies, kl_old, sizer_off), each with a search loop: evaluations/s,
+#   PHASE=throughput  search_throughput.py: variants $VARIANTS (shipped = compile "auto" = "reduce-overhead"
+#                     with in-place level copies and mask-free attention; compile_default = no CUDA graphs, the
+#                     shipped path before session 26; mask_attention; kl_old; sizer_off), each with a search loop: evaluations/s,
 #                     share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
 #                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 520 (session 25: probe
 #                     103 s + a cold compile 128 s left 360 s room for one variant's loop; a variant whose new compile
@@ -28,7 +29,7 @@
 # (throughput.{md,json}), $OUT/evopress.tar.gz (evopress_scale.{md,json}, calls.json, report/ with the
 # convergence plot, the exports' results, the journal), $OUT/ccds.tar.gz, $OUT/evop.tar.gz, $OUT/gpu.csv.
 # A phase run again resumes (evopress: the search; ccds/evop: finished jobs are read back).
-# The device calls and their plan (~1,500 s): scripts/device/README.md, "Session 25".
+# The device calls and their plan: scripts/device/README.md, "Sessions 25-26".
 # SMOKE=1: every phase on a CPU with the tests' tiny Llama (the scripts' --smoke) in a few minutes
 # (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
@@ -38,7 +39,7 @@ SMOKE=${SMOKE:-0}
 [ -f scripts/device/env.sh ] && [ "$SMOKE" != 1 ] && source scripts/device/env.sh
 PY=${PY:-python3}
 COMPILE=${COMPILE:-reduce-overhead}
-VARIANTS=${VARIANTS:-shipped,cuda_graphs,kl_old,sizer_off}
+VARIANTS=${VARIANTS:-shipped,compile_default,mask_attention,kl_old,sizer_off}
 EXPORT=${EXPORT:-auto}
 EXPORT_RESERVE_S=${EXPORT_RESERVE_S:-150}
 CCDS_SEEDS=${CCDS_SEEDS:-0,1,2}

@@ -23,9 +23,13 @@ share of the deadline is spent.
   python benchmarks/search_throughput.py --smoke
 
 Variants: shipped (size table, level database, whole-batch forward, one host sync, torch.compile
-"default"), compile_off (eager forward), levels_off (no level database: levels compressed on first use
+--compile: "auto", what `evo search` runs = "reduce-overhead" on CUDA since session 26, mask-free
+attention), compile_default (compile "default", no CUDA graphs: the shipped path of sessions 23-25),
+mask_attention (transformers' attention masks under compile, as before session 26:
+evo/evaluate/causal_attention.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
-head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place),
+head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place;
+the same as shipped under "auto" on CUDA),
 one_sync_off (the old per-sequence KL with a host sync each), kl_old (the KL reduction before session 24:
 a float32 log-softmax copy of the logits, metrics.topk_kl_sum_reference), table_off (sizes through SizeModel), diff_off
 (materialise planned over every tensor per evaluation, as before session 23), exceeds_off (every budget
@@ -54,16 +58,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 
 from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
-from evo.evaluate.fastforward import FastForward  # noqa: E402
+from evo.evaluate.fastforward import AUTO_CUDA_MODE, FastForward  # noqa: E402
 from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
 from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
-            "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old")
-DEFAULT_VARIANTS = "shipped,compile_off,levels_off,whole_batch_off,kl_chunked,cuda_graphs"
-COMPILE_OF = {"cuda_graphs": "reduce-overhead"}  # the others: --compile unless "off"
+            "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention")
+DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
+COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
 SMOKE = ["--device", "cpu", "--space", "default", "--generations", "50", "--population", "8", "--samples", "4",
          "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:4,256:2",
@@ -176,17 +180,19 @@ def compiled_graphs(name: str, compile_mode: str) -> tuple:
     """What a variant compiles (mode, KL chunk, KL function): variants with the same key reuse the graphs
     an earlier variant compiled; a new key compiles (and warms up) again."""
     mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
-    return mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old"
+    if mode == "auto":  # what FastForward compiles for "auto" on CUDA (a CPU runs every mode eagerly)
+        mode = AUTO_CUDA_MODE
+    return mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention"
 
 
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode, chunk, _ = compiled_graphs(name, compile_mode)
+    mode, chunk, _, masks = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
-    key = (id(evaluator.model), mode, chunk)
-    if key not in _FORWARDS:  # one per (mode, chunk): torch.compile's wrappers and their graphs are reused
-        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk)
+    key = (id(evaluator.model), mode, chunk, masks)
+    if key not in _FORWARDS:  # one per (mode, chunk, masks): torch.compile's wrappers and their graphs are reused
+        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk, mask_free=not masks)
     evaluator.forward = _FORWARDS[key]
     if name == "kl_old":  # the same compiled forward, the old KL reduction compiled beside it
         old_key = (*key, "kl_old")
@@ -314,7 +320,7 @@ def run_variant(name: str, spec: SearchSpec, args, probe, probe_dir: Path, secon
     evaluations = sum(len(times) for times in per_stage.values())
     stats = evaluator.stats
     row = {
-        "compile": evaluator.fitness.compile,
+        "compile": evaluator.fitness.compile, "attention": evaluator.forward.attention,
         "compiled": evaluator.forward.compiled,
         "fallback": evaluator.forward.fallback,
         "kl_chunk": evaluator.forward.kl_chunk,
@@ -410,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screen-tokens", type=int, default=64)
     parser.add_argument("--stages", default=None)
     parser.add_argument("--size-workers", type=int, default=None)
-    parser.add_argument("--compile", default="default", help="the fast path's torch.compile mode (CUDA only)")
+    parser.add_argument("--compile", default="auto", help="the shipped path's torch.compile mode (CUDA only; auto: "
+                        "what evo search runs, reduce-overhead on CUDA)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated from {list(VARIANTS)} or "
                         "'all'; the first one's figures are the headline")
     parser.add_argument("--evaluations", type=int, default=300, help="new evaluations per variant's search loop "

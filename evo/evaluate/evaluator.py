@@ -61,7 +61,8 @@ class FitnessConfig:
         forward when its logits fit in a quarter of the free device memory, else the largest
         micro-batch that does.
     compile: torch.compile of the forward and the KL on CUDA ("off", "default",
-        "max-autotune-no-cudagraphs", or "reduce-overhead" = with CUDA graphs), static shapes, one
+        "max-autotune-no-cudagraphs", "reduce-overhead" = with CUDA graphs, or "auto" =
+        reduce-overhead on CUDA and off elsewhere: evo search's default), static shapes, one
         graph per stage; eager on the CPU and whenever compiling fails (evaluate/fastforward.py).
     """
 

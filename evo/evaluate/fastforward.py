@@ -22,6 +22,11 @@ batched torch._foreach_copy_), not swap tensors. Each replay begins a new CUDA-g
 so kl_sum_of reads them in the graph's own output buffer, and only logits() returns a copy. A genome
 that drops blocks swaps modules in the model, which would recompile the graph for every new drop
 pattern: the evaluator runs those genomes eagerly (the KL stays compiled).
+
+Compiled calls run the model's attention mask-free (`causal_attention`: SDPA with is_causal=True,
+grouped keys read in place) when every layer is plain causal attention: under torch.compile,
+torch before 2.14 would otherwise make transformers build a full mask each forward, which forces
+SDPA's slower kernel and copies of the keys and values. `attention` says which path runs and why.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import torch
 from torch import nn
 
 from evo.errors import EvoError
+from evo.evaluate.causal_attention import causal_attention, unsupported_reason
 from evo.evaluate.metrics import topk_kl_sum
 
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+AUTO_CUDA_MODE = "reduce-overhead"  # what "auto" compiles on CUDA: the fastest search loop measured on an H200
 RECOMPILE_LIMIT = 16  # graphs per compiled function: the stage shapes (and the drop patterns) of a run
 
 
@@ -46,24 +53,36 @@ def check_compile_mode(mode: str) -> str:
     return mode
 
 
+def resolve_compile_mode(mode: str, device: torch.device) -> str:
+    """"auto": CUDA graphs over the compiled forward on CUDA (55.7 against 45.7 evaluations/s for
+    "default" in benchmarks/search_throughput.py on an H200), eager elsewhere; other modes as given."""
+    if check_compile_mode(mode) != "auto":
+        return mode
+    return AUTO_CUDA_MODE if device.type == "cuda" else "off"
+
+
 class FastForward:
     """logits(ids) and kl_sum(ids, reference rows) for one resident model, compiled or eager.
 
     model: the resident model (changed in place by the evaluator; the compiled graph reads its
-    parameters at every call). mode: one of COMPILE_MODES; "off" and any mode on a non-CUDA device
+    parameters at every call). mode: one of COMPILE_MODES ("auto": reduce-overhead on CUDA, off
+    elsewhere); "off" and any mode on a non-CUDA device
     run eagerly (`fallback` says why when a mode was asked for). kl: the KL reduction (topk_kl_sum's
-    signature; benchmarks pass metrics.topk_kl_sum_reference).
+    signature; benchmarks pass metrics.topk_kl_sum_reference). mask_free: compiled calls run the
+    attention without a mask where the model allows it (False: transformers' own masks, as before).
     """
 
     def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
-                 kl_chunk: int = 0, kl: Callable = topk_kl_sum) -> None:
+                 kl_chunk: int = 0, kl: Callable = topk_kl_sum, mask_free: bool = True) -> None:
         self.model = model
-        self.mode = check_compile_mode(mode)
         self.device = device if device is not None else next(model.parameters()).device
+        self.mode = resolve_compile_mode(mode, self.device)
         if isinstance(kl_chunk, bool) or not isinstance(kl_chunk, int) or kl_chunk < 0:
             raise EvoError(f"kl_chunk={kl_chunk!r} must be 0 (whole batch) or a positive number of tokens")
         self.kl_chunk = kl_chunk
         self.fallback: str | None = None
+        self._mask_reason = unsupported_reason(model) if mask_free else "mask-free switched off"
+        self.mask_free = self._mask_reason is None
         self.kl_function = kl
         self._forward: Callable = self._eager_forward
         self._kl: Callable = kl
@@ -109,6 +128,13 @@ class FastForward:
         return twin
 
     @property
+    def attention(self) -> str:
+        """Which attention the forward runs, and why."""
+        if not self.compiled:
+            return "eager (transformers passes no mask for full-length sequences)"
+        return "mask-free causal SDPA" if self.mask_free else f"transformers' masks ({self._mask_reason})"
+
+    @property
     def compiled(self) -> bool:
         return self._forward != self._eager_forward  # bound methods: equal, never identical
 
@@ -145,6 +171,14 @@ class FastForward:
             self.kl_chunk = 0
             self.fallback = f"kl_chunk off ({why}): whole-batch logits"
 
+    def _compiled_call(self, function: Callable, ids: torch.Tensor) -> torch.Tensor:
+        """function(ids), mask-free when this model allows it (eager calls keep the model as it is:
+        eager transformers already skips the mask for full-length sequences)."""
+        if not self.mask_free or function in (self._eager_forward, self._eager_body):
+            return function(ids)
+        with causal_attention(self.model):
+            return function(ids)
+
     @torch.no_grad()
     def kl_sum_of(self, ids: torch.Tensor, *reference: torch.Tensor, eager: bool = False) -> torch.Tensor:
         """Σ topk_kl of the model on ids [n, L] against the reference rows [n, L, ...], a float64 0-d
@@ -158,7 +192,7 @@ class FastForward:
             torch.compiler.cudagraph_mark_step_begin()
         head_kl = self._eager_head_kl if eager else self._head_kl
         try:
-            hidden = body(ids)
+            hidden = self._compiled_call(body, ids)
         except Exception as exc:  # noqa: BLE001
             self._fall_back(exc)
             hidden = self._eager_body(ids)
@@ -193,7 +227,7 @@ class FastForward:
             graphs = self.mode == "reduce-overhead"
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = self._forward(ids)
+            logits = self._compiled_call(self._forward, ids)
             if graphs and copy_graph_output:
                 logits = logits.clone()  # a CUDA graph's output buffer is overwritten by its next replay
             return logits

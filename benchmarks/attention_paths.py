@@ -1,0 +1,163 @@
+"""What transformers' attention masks cost the evaluator's compiled forward + KL (issue 19).
+
+Under torch.compile, torch before 2.14 makes transformers build a [batch, 1, L, L] mask for every
+forward, so SDPA leaves its flash kernel and grouped keys/values are copied per head. FastForward
+runs compiled calls mask-free where the model allows it (evo/evaluate/causal_attention.py). This
+benchmark times one evaluation's forward + KL (FastForward.kl_sum_of, the evaluator's call) both
+ways, side by side in one process, on a model built from a config with random weights (the timings
+depend on shapes, not values: no checkpoint needed), and checks that both ways give the same KL.
+
+Each run is MODE:PATH:NxL (mode: default or reduce-overhead; path: masks or free), in the order
+given; a run whose compile would not fit in what --deadline-s leaves is skipped, saying so.
+
+  # on one H200 (≈ 3 min, SmolLM2-135M's shapes):
+  python benchmarks/attention_paths.py --device cuda --deadline-s 170 --out $OUT/attention_paths
+  # CPU smoke (eager only: the compiled runs say "skipped: CUDA only"):
+  python benchmarks/attention_paths.py --device cpu --layers 2 --runs off:masks:2x64,off:free:2x64 \\
+      --repeats 2 --out runs/attention-paths-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
+
+from evo.evaluate.fastforward import FastForward  # noqa: E402
+
+DEFAULT_RUNS = ("default:masks:64x512,default:free:64x512,reduce-overhead:free:4x512,reduce-overhead:masks:4x512,"
+                "default:masks:4x512,default:free:4x512,reduce-overhead:free:64x512,reduce-overhead:masks:64x512")
+TOP_K, TAIL = 256, 16
+
+
+def smollm2_config(layers: int):
+    """SmolLM2-135M's architecture (the default model's GGUF metadata), `layers` decoder layers."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                       rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+def parse_run(text: str) -> tuple[str, str, int, int]:
+    mode, path, shape = text.split(":")
+    sequences, tokens = (int(part) for part in shape.lower().split("x"))
+    if path not in ("masks", "free"):
+        raise SystemExit(f"run {text!r}: the path is masks or free")
+    return mode, path, sequences, tokens
+
+
+@torch.no_grad()
+def reference_rows(model, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The dense model's top-k log-probabilities, tail mass and tail samples (the evaluator's rows)."""
+    rows = []
+    for start in range(0, ids.shape[0], 4):
+        logp = torch.log_softmax(model(input_ids=ids[start:start + 4]).logits.float(), dim=-1)
+        top = logp.topk(TOP_K, dim=-1)
+        tail = torch.log1p(-top.values.exp().sum(-1).clamp(max=1 - 1e-6))
+        probs = logp.exp().scatter(-1, top.indices, 0.0)
+        flat = probs.reshape(-1, probs.shape[-1]) + 1e-12
+        draws = torch.multinomial(flat, TAIL, replacement=True).reshape(*probs.shape[:2], TAIL)
+        rows.append((top.indices, top.values, tail, draws, logp.gather(-1, draws)))
+    return tuple(torch.cat(parts) for parts in zip(*rows))
+
+
+def perturb(model, scale: float, seed: int) -> None:
+    """Noise on every linear weight (a stand-in for quantization): the KL to the reference is > 0."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 2 and "embed" not in name:
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
+                parameter.add_(noise * parameter.float().std().to(parameter.dtype) * scale)
+
+
+def time_run(forward: FastForward, ids: torch.Tensor, rows, repeats: int, device: torch.device) -> dict:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    start = time.perf_counter()
+    kl = float(forward.kl_sum_of(ids, *rows))  # compiles (and captures) on the first call
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        value = float(forward.kl_sum_of(ids, *rows))
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"warmup_s": warmup, "median_ms": statistics.median(times), "min_ms": min(times),
+            "kl_per_token": value / ids.numel(), "kl_first": kl / ids.numel(), "compiled": forward.compiled,
+            "fallback": forward.fallback, "attention": forward.attention}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated MODE:PATH:NxL, in order")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--deadline-s", type=float, default=170.0)
+    parser.add_argument("--compile-need-s", type=float, default=35.0, help="seconds a new compiled run needs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/attention-paths")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    device = torch.device(args.device)
+    runs = [parse_run(text) for text in args.runs.split(",") if text]
+    torch.manual_seed(args.seed)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(smollm2_config(args.layers)).to(device, dtype).eval()
+    longest = max(sequences for _, _, sequences, _ in runs), max(tokens for *_, tokens in runs)
+    ids = torch.randint(0, model.config.vocab_size, longest, device=device)
+    rows = reference_rows(model, ids)
+    perturb(model, 0.05, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    forwards: dict[tuple, FastForward] = {}
+    for mode, path, sequences, tokens in runs:
+        name = f"{mode}:{path}:{sequences}x{tokens}"
+        left = args.deadline_s - (time.perf_counter() - began)
+        if mode != "off" and device.type != "cuda":
+            results.append({"run": name, "skipped": "CUDA only"})
+            continue
+        if left < (args.compile_need_s if mode != "off" else 5.0):
+            results.append({"run": name, "skipped": f"{left:.0f} s left"})
+            continue
+        key = (mode, path)
+        if key not in forwards:
+            forwards[key] = FastForward(model, mode, device, mask_free=path == "free")
+        part = tuple(row[:sequences, :tokens].contiguous() for row in rows)
+        row = {"run": name, **time_run(forwards[key], ids[:sequences, :tokens].contiguous(), part, args.repeats, device)}
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
+    lines = [f"# attention_paths\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
+             f"weights, {dtype}, {device}; forward + top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)\n",
+             "| run | attention | warm-up s | median ms | min ms | KL/token | masks ms / free ms |", "|---|---|---|---|---|---|---|"]
+    done = {row["run"]: row for row in results if "median_ms" in row}
+    for row in results:
+        if "skipped" in row:
+            lines.append(f"| {row['run']} | skipped: {row['skipped']} | | | | | |")
+            continue
+        mode, path, shape = row["run"].split(":")
+        twin = done.get(f"{mode}:masks:{shape}") if path == "free" else None
+        ratio = f"{twin['median_ms'] / row['median_ms']:.2f}" if twin else ""
+        lines.append(f"| {row['run']} | {row['attention']} | {row['warmup_s']:.1f} | {row['median_ms']:.2f} | "
+                     f"{row['min_ms']:.2f} | {row['kl_per_token']:.6f} | {ratio} |")
+    (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
+    (out / "attention_paths.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""Mask-free causal attention (evaluate/causal_attention.py) and compile "auto": inside the block
+SDPA gets no mask, is_causal and grouped keys in place, and the logits equal the model's own with the
+full mask transformers builds under torch.compile before torch 2.14 (simulated here); models whose
+attention is not plain causal keep their masks, saying why; the model's implementation is back after
+the block, also after an error; FastForward wraps only its compiled calls; "auto" is reduce-overhead
+on CUDA and eager elsewhere, and `evo search`'s default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers.masking_utils as masking_utils
+
+from evo.evaluate.causal_attention import CAUSAL_SDPA, causal_attention, unsupported_reason
+from evo.evaluate.evaluator import FitnessConfig
+from evo.evaluate.fastforward import AUTO_CUDA_MODE, FastForward, resolve_compile_mode
+from tests.tiny import build, tiny_config
+
+IDS = torch.randint(3, 250, (3, 24), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    """(mask given, is_causal, enable_gqa) of every SDPA call; the real SDPA still runs."""
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((kwargs.get("attn_mask") is not None, kwargs.get("is_causal"), kwargs.get("enable_gqa", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.fixture
+def masks_forced(monkeypatch):
+    """transformers builds the full causal mask, as it does under torch.compile with torch < 2.14."""
+    monkeypatch.setattr(masking_utils, "_ignore_causal_mask_sdpa", lambda *args, **kwargs: False)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+@torch.no_grad()
+def test_mask_free_logits_equal_the_masked_ones(family, sdpa_calls, masks_forced):
+    model = build(tiny_config(family, tied=True))
+    assert unsupported_reason(model) is None
+    masked = model(input_ids=IDS, use_cache=False).logits
+    assert sdpa_calls and all(mask for mask, _, _ in sdpa_calls)  # the forced masks were passed
+    sdpa_calls.clear()
+    with causal_attention(model):
+        free = model(input_ids=IDS, use_cache=False).logits
+    assert sdpa_calls and all(not mask and causal for mask, causal, _ in sdpa_calls)
+    if family != "opt":  # 4 query heads over 2 key/value heads: read in place, not repeated
+        assert all(gqa for _, _, gqa in sdpa_calls)
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(free, masked, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_that_is_not_plain_causal_keeps_its_masks():
+    mistral = build(tiny_config("mistral", tied=False, sliding_window=16))
+    assert "sliding-window" in unsupported_reason(mistral)
+    hybrid = build(tiny_config("qwen2", tied=True, use_sliding_window=True, sliding_window=8, max_window_layers=2))
+    assert "layer types" in unsupported_reason(hybrid)
+    eager = build(tiny_config("llama", tied=True, attn_implementation="eager"))
+    assert "'eager', not sdpa" in unsupported_reason(eager)
+    assert unsupported_reason(torch.nn.Linear(2, 2)) == "the model has no transformers config"
+    forward = FastForward(mistral, "default", torch.device("cuda"))
+    assert not forward.mask_free and "sliding-window" in forward.attention
+
+
+def test_the_models_implementation_is_back_after_an_error():
+    model = build(tiny_config("llama", tied=True))
+    with pytest.raises(RuntimeError, match="boom"), causal_attention(model):
+        assert model.config._attn_implementation == CAUSAL_SDPA
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+
+
+@torch.no_grad()
+def test_fastforward_runs_only_its_compiled_calls_mask_free(monkeypatch, sdpa_calls, masks_forced):
+    seen = []
+
+    def passthrough(function, **_):  # torch.compile as on a GPU, without compiling
+        def run(*args, **kwargs):
+            seen.append(model.config._attn_implementation)
+            return function(*args, **kwargs)
+
+        return run
+
+    model = build(tiny_config("llama", tied=True))
+    expected = model(input_ids=IDS, use_cache=False).logits
+    monkeypatch.setattr(torch, "compile", passthrough)
+    forward = FastForward(model, "default", torch.device("cuda"))
+    assert forward.compiled and forward.mask_free and forward.attention == "mask-free causal SDPA"
+    sdpa_calls.clear()
+    torch.testing.assert_close(forward.logits(IDS), expected, rtol=1e-5, atol=1e-5)
+    assert seen == [CAUSAL_SDPA] and not any(mask for mask, _, _ in sdpa_calls)
+    sdpa_calls.clear()
+    forward.logits(IDS, eager=True)  # eager calls leave the model as it is
+    assert all(mask for mask, _, _ in sdpa_calls) and model.config._attn_implementation == "sdpa"
+    masks = FastForward(model, "default", torch.device("cuda"), mask_free=False)
+    assert not masks.mask_free and "switched off" in masks.attention
+    sdpa_calls.clear()
+    masks.logits(IDS)
+    assert all(mask for mask, _, _ in sdpa_calls)
+    assert "eager" in FastForward(model, "off").attention
+
+
+def test_auto_compiles_with_cuda_graphs_on_cuda_only():
+    assert resolve_compile_mode("auto", torch.device("cuda")) == AUTO_CUDA_MODE == "reduce-overhead"
+    assert resolve_compile_mode("auto", torch.device("cpu")) == "off"
+    assert resolve_compile_mode("default", torch.device("cuda")) == "default"
+    assert FitnessConfig(compile="auto").compile == "auto"
+    model = build(tiny_config("llama", tied=True))
+    forward = FastForward(model, "auto", torch.device("cpu"))
+    assert forward.mode == "off" and not forward.compiled and forward.fallback is None
+
+
+def test_evo_search_compiles_auto_by_default():
+    from evo.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["search", "--budget-mb", "70"]).compile == "auto"
+    assert parser.parse_args(["search", "--budget-mb", "70", "--compile", "off"]).compile == "off"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+@torch.no_grad()
+def test_compiled_mask_free_logits_equal_the_masked_ones_on_cuda(mode):
+    model = build(tiny_config("llama", tied=True)).cuda()
+    ids = IDS.cuda()
+    free = FastForward(model, mode, torch.device("cuda"))
+    masks = FastForward(model, mode, torch.device("cuda"), mask_free=False)
+    assert free.mask_free and not masks.mask_free
+    expected = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(free.logits(ids), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(masks.logits(ids), expected, rtol=1e-4, atol=1e-4)
+    assert free.compiled and masks.compiled
