@@ -173,3 +173,23 @@ def test_search_quality_size_seeds_take_a_count_or_a_list():
     for bad in ("0", "1,1", "-1,2", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             seed_list(bad)
+
+
+def test_ccds_and_random_are_compared_seed_by_seed():
+    import math
+
+    from ccds_vs_random import paired_by_seed
+
+    def run(strategy, seed, wiki, c4):
+        return {"strategy": strategy, "seed": seed, "ppl": {"wikitext2": wiki, "c4": c4}}
+
+    rows = [run("ccds", 0, 10.0, 20.0), run("random", 0, 11.0, 20.0), run("ccds", 1, 12.0, 20.0),
+            run("random", 1, 11.0, 20.0), run("ccds", 2, 9.0, 20.0), run("random", 2, 10.0, 20.0),
+            run("ccds", 3, 9.0, 20.0)]  # seed 3 has no random twin: not a pair
+    paired = paired_by_seed(rows, ["wikitext2", "c4"])
+    wiki = paired["wikitext2"]
+    assert wiki["pairs"] == 3 and wiki["lower"] == 2
+    assert wiki["ratio"] == pytest.approx(math.exp((math.log(10 / 11) + math.log(12 / 11) + math.log(9 / 10)) / 3))
+    assert 0 < wiki["t_p"] < 1 and 0 < wiki["wilcoxon_p"] <= 1
+    assert paired["c4"] == {"pairs": 3, "lower": 0, "ratio": 1.0, "t_p": 1.0, "wilcoxon_p": 1.0}
+    assert paired_by_seed(rows[:4], ["wikitext2"]) == {}  # two pairs: no test
