@@ -138,3 +138,19 @@ def test_compiled_mask_free_logits_equal_the_masked_ones_on_cuda(mode):
     torch.testing.assert_close(free.logits(ids), expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(masks.logits(ids), expected, rtol=1e-4, atol=1e-4)
     assert free.compiled and masks.compiled
+
+
+def test_attention_paths_benchmark_runs_on_a_cpu(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import attention_paths
+
+    assert attention_paths.main(["--device", "cpu", "--layers", "1", "--repeats", "1", "--out", str(tmp_path),
+                                 "--runs", "off:masks:2x16,off:free:2x16,default:free:2x16"]) == 0
+    rows = {row["run"]: row for row in json.loads((tmp_path / "attention_paths.json").read_text())["results"]}
+    assert rows["default:free:2x16"] == {"run": "default:free:2x16", "skipped": "CUDA only"}
+    assert rows["off:masks:2x16"]["kl_per_token"] == rows["off:free:2x16"]["kl_per_token"] > 0
+    assert "| off:free:2x16 |" in (tmp_path / "attention_paths.md").read_text()
