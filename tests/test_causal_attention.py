@@ -65,8 +65,23 @@ def test_attention_that_is_not_plain_causal_keeps_its_masks():
     eager = build(tiny_config("llama", tied=True, attn_implementation="eager"))
     assert "'eager', not sdpa" in unsupported_reason(eager)
     assert unsupported_reason(torch.nn.Linear(2, 2)) == "the model has no transformers config"
+    assert unsupported_reason(mistral, tokens=16) is None  # a window as long as the sequence binds nothing
+    assert "sliding-window" in unsupported_reason(mistral, tokens=17)
     forward = FastForward(mistral, "default", torch.device("cuda"))
     assert not forward.mask_free and "sliding-window" in forward.attention
+
+
+@torch.no_grad()
+def test_a_sliding_window_longer_than_the_sequence_runs_mask_free(monkeypatch, sdpa_calls, masks_forced):
+    monkeypatch.setattr(torch, "compile", lambda function, **_: lambda *a, **k: function(*a, **k))
+    model = build(tiny_config("mistral", tied=False, sliding_window=16))
+    forward = FastForward(model, "default", torch.device("cuda"))
+    for ids, masked in ((IDS[:, :16], False), (IDS, True)):  # 24 tokens > the window: its masks
+        expected = model(input_ids=ids, use_cache=False).logits
+        sdpa_calls.clear()
+        torch.testing.assert_close(forward.logits(ids), expected, rtol=1e-5, atol=1e-5)
+        assert sdpa_calls and all(mask == masked for mask, _, _ in sdpa_calls)
+    assert "mask-free at 16 tokens" in forward.attention
 
 
 def test_the_models_implementation_is_back_after_an_error():

@@ -12,8 +12,8 @@ builds no mask (a name with no mask function registered: its early exit for cust
 no mask, that function calls SDPA with `is_causal=True` and `enable_gqa`: the same arithmetic as the
 eager forward. `causal_attention(model)` switches a model to it for the length of a `with` block,
 and only for a model whose every layer is plain causal self-attention over the whole sequence
-(`unsupported_reason` says why not: sliding windows, hybrid layer types, bidirectional or non-SDPA
-attention). Callers must pass no attention mask inside the block: a mask given there would be
+(`unsupported_reason` says why not: sliding windows longer sequences than theirs, hybrid layer types,
+bidirectional or non-SDPA attention). Callers must pass no attention mask inside the block: a mask given there would be
 ignored, which is why only FastForward, which passes ids alone, uses it.
 """
 
@@ -35,8 +35,10 @@ def _register() -> None:
     AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
 
 
-def unsupported_reason(model: nn.Module) -> str | None:
-    """Why the mask-free path would change this model's attention (None: it would not)."""
+def unsupported_reason(model: nn.Module, tokens: int | None = None) -> str | None:
+    """Why the mask-free path would change this model's attention on sequences of `tokens` tokens
+    (None: any length) — None: it would not. A sliding window at least as long as the sequence
+    never binds, so it is no reason for that length."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "_attn_implementation"):
         return "the model has no transformers config"
@@ -51,7 +53,7 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if layer_types and any(kind != FULL_ATTENTION for kind in layer_types):
         return f"layer types {sorted(set(layer_types))}, not all {FULL_ATTENTION}"
     window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
+    if window is not None and getattr(config, "use_sliding_window", True) and (tokens is None or tokens > window):
         return f"sliding-window attention ({window} tokens)"
     if getattr(config, "attention_chunk_size", None):
         return "chunked attention"

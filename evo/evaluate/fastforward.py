@@ -82,7 +82,8 @@ class FastForward:
         self.kl_chunk = kl_chunk
         self.fallback: str | None = None
         self._mask_reason = unsupported_reason(model) if mask_free else "mask-free switched off"
-        self.mask_free = self._mask_reason is None
+        self.mask_free = self._mask_reason is None  # at any length; _mask_free_at(tokens) per call
+        self._mask_free_lengths: dict[int, bool] = {}
         self.kl_function = kl
         self._forward: Callable = self._eager_forward
         self._kl: Callable = kl
@@ -132,7 +133,11 @@ class FastForward:
         """Which attention the forward runs, and why."""
         if not self.compiled:
             return "eager (transformers passes no mask for full-length sequences)"
-        return "mask-free causal SDPA" if self.mask_free else f"transformers' masks ({self._mask_reason})"
+        if self.mask_free:
+            return "mask-free causal SDPA"
+        free = sorted(tokens for tokens, yes in self._mask_free_lengths.items() if yes)
+        where = f"; mask-free at {', '.join(map(str, free))} tokens" if free else ""
+        return f"transformers' masks ({self._mask_reason}{where})"
 
     @property
     def compiled(self) -> bool:
@@ -174,10 +179,20 @@ class FastForward:
     def _compiled_call(self, function: Callable, ids: torch.Tensor) -> torch.Tensor:
         """function(ids), mask-free when this model allows it (eager calls keep the model as it is:
         eager transformers already skips the mask for full-length sequences)."""
-        if not self.mask_free or function in (self._eager_forward, self._eager_body):
+        if function in (self._eager_forward, self._eager_body) or not self._mask_free_at(ids.shape[-1]):
             return function(ids)
         with causal_attention(self.model):
             return function(ids)
+
+    def _mask_free_at(self, tokens: int) -> bool:
+        """Mask-free for sequences of `tokens` tokens (a sliding window as long binds nothing)."""
+        if self.mask_free:
+            return True
+        if self._mask_reason == "mask-free switched off":
+            return False
+        if tokens not in self._mask_free_lengths:
+            self._mask_free_lengths[tokens] = unsupported_reason(self.model, tokens) is None
+        return self._mask_free_lengths[tokens]
 
     @torch.no_grad()
     def kl_sum_of(self, ids: torch.Tensor, *reference: torch.Tensor, eager: bool = False) -> torch.Tensor:
