@@ -14,7 +14,7 @@ import transformers.masking_utils as masking_utils
 
 from evo.evaluate.causal_attention import CAUSAL_SDPA, causal_attention, unsupported_reason
 from evo.evaluate.evaluator import FitnessConfig
-from evo.evaluate.fastforward import AUTO_CUDA_MODE, FastForward, resolve_compile_mode
+from evo.evaluate.fastforward import AUTO_CUDA_MODE, COMPILE_MODES, FastForward, resolve_compile_mode
 from tests.tiny import build, tiny_config
 
 IDS = torch.randint(3, 250, (3, 24), generator=torch.Generator().manual_seed(2))
@@ -138,6 +138,9 @@ def test_evo_search_compiles_auto_by_default():
     parser = build_parser()
     assert parser.parse_args(["search", "--budget-mb", "70"]).compile == "auto"
     assert parser.parse_args(["search", "--budget-mb", "70", "--compile", "off"]).compile == "off"
+    search = next(action for action in parser._subparsers._group_actions[0].choices["search"]._actions
+                  if action.dest == "compile")
+    assert tuple(search.choices) == COMPILE_MODES
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

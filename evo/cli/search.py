@@ -63,10 +63,11 @@ def add_parser(sub) -> None:
                          "size table; the journal stays here (default: none, this process scores)")
     se.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="with --workers: join this Ray cluster (host:port) instead of starting a local one")
-    se.add_argument("--compile", default="auto", choices=["auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+    se.add_argument("--compile", default="auto",
+                    choices=["auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"],
                     help="torch.compile the evaluator's forward and KL (CUDA only; eager on the CPU or if compiling "
-                         "fails); reduce-overhead adds CUDA graphs; auto (default) is reduce-overhead on CUDA and off "
-                         "elsewhere; off avoids the first run's compile (1-2 min) and the graphs' memory on a small GPU. "
+                         "fails); reduce-overhead and max-autotune add CUDA graphs; auto (default) is reduce-overhead "
+                         "on CUDA and off elsewhere; off avoids the first run's compile (1-2 min) and the graphs' memory on a small GPU. "
                          "Speed only: the same KL up to the fused kernels' rounding")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
                          "them; a larger --generations extends it)")

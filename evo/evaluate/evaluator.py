@@ -61,7 +61,7 @@ class FitnessConfig:
         forward when its logits fit in a quarter of the free device memory, else the largest
         micro-batch that does.
     compile: torch.compile of the forward and the KL on CUDA ("off", "default",
-        "max-autotune-no-cudagraphs", "reduce-overhead" = with CUDA graphs, or "auto" =
+        "max-autotune-no-cudagraphs", "reduce-overhead" / "max-autotune" = with CUDA graphs, or "auto" =
         reduce-overhead on CUDA and off elsewhere: evo search's default), static shapes, one
         graph per stage; eager on the CPU and whenever compiling fails (evaluate/fastforward.py).
     """
@@ -460,7 +460,7 @@ class Evaluator:
         """CUDA graphs replay the parameters' addresses recorded at capture: levels are copied in place."""
         if self.level_copies is not None:
             return self.level_copies
-        return self.forward.mode == "reduce-overhead" and self.forward.compiled
+        return self.forward.uses_cuda_graphs
 
     def _write_own(self, name: str, weight: torch.Tensor, copies=None) -> None:
         """Copy `weight` into the parameter's own storage (pointing it back there first); with copies

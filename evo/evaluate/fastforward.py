@@ -1,8 +1,9 @@
 """The evaluator's forward and KL at GPU speed: a stage's whole batch in one forward, the KL of the
 whole batch reduced on the device (one host sync per evaluation, in the caller's float()), and
 optionally both through torch.compile with static shapes (one graph per stage shape) — "default"
-(Inductor's fused kernels), "max-autotune-no-cudagraphs", or "reduce-overhead" (the same plus
-CUDA graphs, which replay the whole forward as one launch).
+(Inductor's fused kernels), "max-autotune-no-cudagraphs" (Inductor's tuned GEMM templates), or
+"reduce-overhead" / "max-autotune" (the same plus CUDA graphs, which replay the whole forward as one
+launch).
 
 Compilation is an optimisation, never a requirement: on the CPU it is not attempted (Inductor's
 CPU compile costs minutes of a 2-core machine for little), and when it fails on the GPU (no
@@ -42,7 +43,10 @@ from evo.errors import EvoError
 from evo.evaluate.causal_attention import causal_attention, unsupported_reason
 from evo.evaluate.metrics import topk_kl_sum
 
-COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
+# The KL's mode under each (its inputs are slices of the reference, new each stage: no graphs).
+KL_MODE_OF = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 AUTO_CUDA_MODE = "reduce-overhead"  # what "auto" compiles on CUDA: the fastest search loop measured on an H200
 RECOMPILE_LIMIT = 16  # graphs per compiled function: the stage shapes (and the drop patterns) of a run
 
@@ -108,7 +112,7 @@ class FastForward:
 
     def _compile_kl(self) -> None:
         # the KL without CUDA graphs: its inputs are slices of the reference, new each stage
-        kl_mode = "default" if self.mode == "reduce-overhead" else self.mode
+        kl_mode = KL_MODE_OF.get(self.mode, self.mode)
         self._kl = torch.compile(self.kl_function, mode=kl_mode, dynamic=False)
         if self.kl_chunk:
             self._head_kl = torch.compile(self._eager_head_kl, mode=kl_mode, dynamic=False)
@@ -138,6 +142,11 @@ class FastForward:
         free = sorted(tokens for tokens, yes in self._mask_free_lengths.items() if yes)
         where = f"; mask-free at {', '.join(map(str, free))} tokens" if free else ""
         return f"transformers' masks ({self._mask_reason}{where})"
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """The compiled forward replays CUDA graphs: parameters must be written in place."""
+        return self.mode in GRAPH_MODES and self.compiled
 
     @property
     def compiled(self) -> bool:
@@ -203,7 +212,7 @@ class FastForward:
         if not self.kl_chunk:
             return self.kl_sum(self.logits(ids, eager=eager, copy_graph_output=False), *reference)
         body = self._eager_body if eager or self._body == self._eager_body else self._body
-        if self.mode == "reduce-overhead" and body is not self._eager_body:
+        if self.uses_cuda_graphs and body is not self._eager_body:
             torch.compiler.cudagraph_mark_step_begin()
         head_kl = self._eager_head_kl if eager else self._head_kl
         try:
@@ -211,7 +220,7 @@ class FastForward:
         except Exception as exc:  # noqa: BLE001
             self._fall_back(exc)
             hidden = self._eager_body(ids)
-        if self.mode == "reduce-overhead" and body is not self._eager_body:
+        if self.uses_cuda_graphs and body is not self._eager_body:
             hidden = hidden.clone()  # a CUDA graph's output buffer
         tokens = ids.shape[0] * ids.shape[1]
         flat = hidden.reshape(tokens, hidden.shape[-1])
@@ -239,7 +248,7 @@ class FastForward:
         if eager or not self.compiled:
             return self._eager_forward(ids)
         try:
-            graphs = self.mode == "reduce-overhead"
+            graphs = self.mode in GRAPH_MODES
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self._compiled_call(self._forward, ids)
