@@ -7,7 +7,8 @@ benchmark times one evaluation's forward + KL (FastForward.kl_sum_of, the evalua
 ways, side by side in one process, on a model built from a config with random weights (the timings
 depend on shapes, not values: no checkpoint needed), and checks that both ways give the same KL.
 
-Each run is MODE:PATH:NxL (mode: default or reduce-overhead; path: masks or free), in the order
+Each run is MODE:PATH:NxL (mode: a compile mode of evo.evaluate.fastforward.COMPILE_MODES, e.g. default,
+reduce-overhead, max-autotune; path: masks or free), in the order
 given; a run whose compile would not fit in what --deadline-s leaves is skipped, saying so.
 
   # on one H200 (≈ 3 min, SmolLM2-135M's shapes):
