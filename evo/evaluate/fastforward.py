@@ -85,6 +85,7 @@ class FastForward:
             raise EvoError(f"kl_chunk={kl_chunk!r} must be 0 (whole batch) or a positive number of tokens")
         self.kl_chunk = kl_chunk
         self.fallback: str | None = None
+        self._mask_free_allowed = mask_free
         self._mask_reason = unsupported_reason(model) if mask_free else "mask-free switched off"
         self.mask_free = self._mask_reason is None  # at any length; _mask_free_at(tokens) per call
         self._mask_free_lengths: dict[int, bool] = {}
@@ -197,7 +198,7 @@ class FastForward:
         """Mask-free for sequences of `tokens` tokens (a sliding window as long binds nothing)."""
         if self.mask_free:
             return True
-        if self._mask_reason == "mask-free switched off":
+        if not self._mask_free_allowed:
             return False
         if tokens not in self._mask_free_lengths:
             self._mask_free_lengths[tokens] = unsupported_reason(self.model, tokens) is None
