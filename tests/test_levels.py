@@ -249,3 +249,18 @@ def test_in_place_level_copies_keep_every_parameter_address_and_score_the_same(g
     evaluator.level_copies = False
     assert [evaluator.evaluate(c) for c in reversed(configs)] == swapped[::-1]
     session.lock.release()
+
+
+def test_a_compiled_search_says_it_compiles_before_the_first_evaluation(gptq_setup, tmp_path, monkeypatch):
+    """On CUDA the first evaluation of each stage shape compiles (minutes on a cold cache): the search
+    says so before it starts, with the way out. (Compiling is simulated: this machine may have no GPU.)"""
+    from evo.evaluate.fastforward import FastForward
+    from evo.search.loop import open_session
+
+    said = []
+    monkeypatch.setattr(FastForward, "compiled", property(lambda self: True))
+    session = open_session(_spec(gptq_setup, _budget(gptq_setup)), tmp_path / "compiled", resume=False,
+                           status=said.append, compile="default")
+    line = next(line for line in said if "torch.compile" in line)
+    assert "default" in line and "--compile off" in line and "1-2 minutes" in line
+    session.lock.release()

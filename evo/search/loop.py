@@ -542,6 +542,9 @@ def _build_evaluator(store: RunStore, spec: SearchSpec, loaded, calibration, say
 
         schedule = build_schedule(spec.stages, samples=spec.samples, seq_len=spec.seq_len)
         evaluator.stage_shapes = {stage.number: stage_shape(stage, spec.seq_len) for stage in schedule}
+    if evaluator.forward.compiled:
+        say(f"torch.compile {evaluator.forward.mode} ({evaluator.forward.attention}): the first evaluation of each "
+            "stage shape compiles it, 1-2 minutes on a cold cache (--compile off skips this)")
     return evaluator, size_model, stats
 
 
