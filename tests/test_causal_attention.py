@@ -172,3 +172,25 @@ def test_attention_paths_benchmark_runs_on_a_cpu(tmp_path):
     assert rows["default:free:2x16"] == {"run": "default:free:2x16", "skipped": "CUDA only"}
     assert rows["off:masks:2x16"]["kl_per_token"] == rows["off:free:2x16"]["kl_per_token"] > 0
     assert "| off:free:2x16 |" in (tmp_path / "attention_paths.md").read_text()
+
+
+@torch.no_grad()
+def test_the_forward_floor_yardstick_computes_the_models_logits(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import forward_floor
+
+    model = build(tiny_config("llama", tied=False))  # 4 query heads over 2 key/value heads, untied head
+    torch.testing.assert_close(forward_floor.MinimalLlama(model)(IDS), model(input_ids=IDS).logits,
+                               rtol=1e-5, atol=1e-5)
+    assert forward_floor.main(["--device", "cpu", "--layers", "1", "--repeats", "1", "--out", str(tmp_path),
+                               "--runs", "transformers:off:2x16,minimal:off:2x16,minimal:max-autotune:2x16"]) == 0
+    report = json.loads((tmp_path / "forward_floor.json").read_text())
+    rows = {row["run"]: row for row in report["results"]}
+    assert report["agreement"] < 1e-3
+    assert rows["minimal:off:2x16"]["kl_per_token"] == pytest.approx(rows["transformers:off:2x16"]["kl_per_token"],
+                                                                     rel=1e-4)
+    assert rows["minimal:max-autotune:2x16"]["skipped"] == "CUDA only"
