@@ -21,6 +21,11 @@
 #                     budget, 16 generations x 16; held-out PPL on WikiText-2, C4 and the six domains.
 #                     DEADLINE_S default 480.
 #   PHASE=evop        evop_vs_shortgpt.py: 8 of 30 layers removed, seeds 0-2 at once, 30 x 32, long stages.
+#   PHASE=floor       shape-only timings of one evaluation's forward + KL, one after the other (models built from
+#                     SmolLM2-135M's config with random weights: a fresh lease needs no bring-up, no carry):
+#                     attention_paths.py with Inductor's tuned GEMMs (max-autotune modes, mask-free), then
+#                     forward_floor.py (transformers' compiled forward vs a minimal one with fused projections).
+#                     DEADLINE_S default 480, half each (the second gets what the first left).
 #   PHASE=evopress,ccds (any comma list) runs the phases side by side, each to its own deadline.
 # Each phase ends by its deadline (every command also runs under `timeout`, deadline + 60 s), writes its log
 # and small results under $OUT (a call returns at most ~8 files: run directories are packed by
@@ -34,7 +39,7 @@
 # (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
-: "${PHASE:?set PHASE to throughput, evopress, ccds, evop or a comma list of them}"
+: "${PHASE:?set PHASE to throughput, evopress, ccds, evop, floor or a comma list of them}"
 SMOKE=${SMOKE:-0}
 [ -f scripts/device/env.sh ] && [ "$SMOKE" != 1 ] && source scripts/device/env.sh
 PY=${PY:-python3}
@@ -50,7 +55,9 @@ if [ "$SMOKE" = 1 ]; then
     evopress_args=(--smoke --evaluations "$EVALUATIONS" --compile "$COMPILE")  # CPU: the eager fallback
     ccds_args=(--smoke --jobs 2 --seeds 0)
     evop_args=(--smoke --jobs 2 --seeds 0,1)
-    default_deadline=(throughput=150 evopress=60 ccds=240 evop=240)
+    paths_args=(--device cpu --layers 1 --runs off:masks:2x32,off:free:2x32 --repeats 1)
+    floor_args=(--device cpu --layers 1 --runs transformers:off:2x32,minimal:off:2x32 --repeats 1)
+    default_deadline=(throughput=150 evopress=60 ccds=240 evop=240 floor=60)
     EXPORT_RESERVE_S=${SMOKE_EXPORT_RESERVE_S:-25}
 else
     WORK=${WORK:-${EVO_DEV:-/tmp/evo-dev}/issue19}
@@ -63,7 +70,10 @@ else
                --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100)
     evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
                --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
-    default_deadline=(throughput=520 evopress=520 ccds=480 evop=480)
+    paths_args=(--device cuda --compile-need-s 120
+                --runs max-autotune-no-cudagraphs:free:64x512,max-autotune:free:4x512,max-autotune:free:64x512)
+    floor_args=(--device cuda --compile-need-s 90)
+    default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480)
 fi
 mkdir -p "$WORK" "$OUT"
 
@@ -125,13 +135,29 @@ experiment() {  # ccds or evop: tables, results and logs under $WORK/NAME (bulky
     cat "$WORK/$name/${script%.py}.md" 2> /dev/null
 }
 
+floor() {  # attention_paths.py then forward_floor.py, one after the other (timings want the GPU alone)
+    local deadline first second; deadline=$(deadline_of floor); first=$(( deadline / 2 ))
+    echo "== floor: deadline $deadline s ($(date -u +%T))"
+    rm -rf "$WORK/floor"
+    timeout $(( first + 60 )) "$PY" benchmarks/attention_paths.py "${paths_args[@]}" --deadline-s "$first" \
+        --out "$WORK/floor/attention_paths"
+    echo "attention_paths exit $? at $SECONDS s"
+    second=$(( deadline - SECONDS ))
+    timeout $(( second + 60 )) "$PY" benchmarks/forward_floor.py "${floor_args[@]}" --deadline-s "$second" \
+        --out "$WORK/floor/forward_floor"
+    echo "forward_floor exit $? at $SECONDS s"
+    bash scripts/device/collect.sh floor "$WORK/floor"
+    cat "$WORK/floor/attention_paths/attention_paths.md" "$WORK/floor/forward_floor/forward_floor.md" 2> /dev/null
+}
+
 run_phase() {
     case "$1" in
         throughput) throughput ;;
         evopress) evopress ;;
         ccds) experiment ccds ccds_vs_random.py "${ccds_args[@]}" ${CCDS_EXTRA:-} ;;
         evop) experiment evop evop_vs_shortgpt.py "${evop_args[@]}" ${EVOP_EXTRA:-} ;;
-        *) echo "PHASE: unknown phase '$1' (give throughput, evopress, ccds, evop or a comma list)"; return 2 ;;
+        floor) floor ;;
+        *) echo "PHASE: unknown phase '$1' (give throughput, evopress, ccds, evop, floor or a comma list)"; return 2 ;;
     esac
 }
 
@@ -142,7 +168,7 @@ if command -v nvidia-smi > /dev/null; then  # GPU utilisation and memory every 5
 fi
 IFS=',' read -r -a phases <<< "$PHASE"
 for phase in "${phases[@]}"; do  # validate before anything runs
-    case "$phase" in throughput|evopress|ccds|evop) ;; *) run_phase "$phase"; exit 2 ;; esac
+    case "$phase" in throughput|evopress|ccds|evop|floor) ;; *) run_phase "$phase"; exit 2 ;; esac
 done
 pids=()
 for phase in "${phases[@]}"; do
