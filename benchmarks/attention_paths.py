@@ -47,12 +47,13 @@ def smollm2_config(layers: int):
                        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
 
 
-def parse_run(text: str) -> tuple[str, str, int, int]:
+def parse_run(text: str) -> tuple[str, tuple[str, str], str, int, int]:
+    """MODE:PATH:NxL → (name, key (mode, path), mode, sequences, tokens)."""
     mode, path, shape = text.split(":")
     sequences, tokens = (int(part) for part in shape.lower().split("x"))
     if path not in ("masks", "free"):
         raise SystemExit(f"run {text!r}: the path is masks or free")
-    return mode, path, sequences, tokens
+    return text, (mode, path), mode, sequences, tokens
 
 
 @torch.no_grad()
@@ -97,35 +98,28 @@ def time_run(forward: FastForward, ids: torch.Tensor, rows, repeats: int, device
             "fallback": forward.fallback, "attention": forward.attention}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated MODE:PATH:NxL, in order")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--deadline-s", type=float, default=170.0)
-    parser.add_argument("--compile-need-s", type=float, default=35.0, help="seconds a new compiled run needs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/attention-paths")
-    args = parser.parse_args(argv)
-    began = time.perf_counter()
-    device = torch.device(args.device)
-    runs = [parse_run(text) for text in args.runs.split(",") if text]
-    torch.manual_seed(args.seed)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def model_and_rows(layers: int, device: torch.device, seed: int, runs: list[tuple]):
+    """(model, dtype, ids, reference rows) for the runs' largest shape: the model built from
+    SmolLM2-135M's config with `layers` layers, the rows from its logits, then its weights perturbed
+    (the KL of every run is > 0). runs: (name, key, mode, sequences, tokens) tuples."""
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM(smollm2_config(args.layers)).to(device, dtype).eval()
-    longest = max(sequences for _, _, sequences, _ in runs), max(tokens for *_, tokens in runs)
+    torch.manual_seed(seed)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = LlamaForCausalLM(smollm2_config(layers)).to(device, dtype).eval()
+    longest = max(run[3] for run in runs), max(run[4] for run in runs)
     ids = torch.randint(0, model.config.vocab_size, longest, device=device)
     rows = reference_rows(model, ids)
-    perturb(model, 0.05, args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    forwards: dict[tuple, FastForward] = {}
-    for mode, path, sequences, tokens in runs:
-        name = f"{mode}:{path}:{sequences}x{tokens}"
+    perturb(model, 0.05, seed)
+    return model, dtype, ids, rows
+
+
+def measure(runs: list[tuple], forward_of, ids, rows, args, device: torch.device, began: float, save) -> list[dict]:
+    """Each run (name, key, mode, sequences, tokens) in order, through forward_of(key) (made once per
+    key: its compiled graphs are reused); a compiled run on a CPU, or one whose compile would not fit
+    in what --deadline-s leaves, is skipped, saying so. save(results) after each run."""
+    results, forwards = [], {}
+    for name, key, mode, sequences, tokens in runs:
         left = args.deadline_s - (time.perf_counter() - began)
         if mode != "off" and device.type != "cuda":
             results.append({"run": name, "skipped": "CUDA only"})
@@ -133,28 +127,70 @@ def main(argv: list[str] | None = None) -> int:
         if left < (args.compile_need_s if mode != "off" else 5.0):
             results.append({"run": name, "skipped": f"{left:.0f} s left"})
             continue
-        key = (mode, path)
         if key not in forwards:
-            forwards[key] = FastForward(model, mode, device, mask_free=path == "free")
+            forwards[key] = forward_of(key)
         part = tuple(row[:sequences, :tokens].contiguous() for row in rows)
         row = {"run": name, **time_run(forwards[key], ids[:sequences, :tokens].contiguous(), part, args.repeats, device)}
         results.append(row)
         print(json.dumps(row), flush=True)
-        (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
-    lines = [f"# attention_paths\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
-             f"weights, {dtype}, {device}; forward + top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)\n",
-             "| run | attention | warm-up s | median ms | min ms | KL/token | masks ms / free ms |", "|---|---|---|---|---|---|---|"]
+        save(results)
+    return results
+
+
+def table(results: list[dict], column: str, ratio: str, twin_of) -> list[str]:
+    """The markdown table of the runs: twin_of(name) names the run this one's time is compared with."""
+    lines = [f"| run | {column} | warm-up s | median ms | min ms | KL/token | {ratio} |", "|---|---|---|---|---|---|---|"]
     done = {row["run"]: row for row in results if "median_ms" in row}
     for row in results:
         if "skipped" in row:
             lines.append(f"| {row['run']} | skipped: {row['skipped']} | | | | | |")
             continue
-        mode, path, shape = row["run"].split(":")
-        twin = done.get(f"{mode}:masks:{shape}") if path == "free" else None
-        ratio = f"{twin['median_ms'] / row['median_ms']:.2f}" if twin else ""
+        twin = done.get(twin_of(row["run"]) or "")
+        share = f"{twin['median_ms'] / row['median_ms']:.2f}" if twin else ""
         lines.append(f"| {row['run']} | {row['attention']} | {row['warmup_s']:.1f} | {row['median_ms']:.2f} | "
-                     f"{row['min_ms']:.2f} | {row['kl_per_token']:.6f} | {ratio} |")
-    (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
+                     f"{row['min_ms']:.2f} | {row['kl_per_token']:.6f} | {share} |")
+    return lines
+
+
+def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: float, compile_need_s: float,
+                    out: str) -> argparse.ArgumentParser:
+    """The options of a shape-only benchmark (this one and forward_floor.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--runs", default=runs, help=f"comma-separated {run_form}, in order")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--deadline-s", type=float, default=deadline_s)
+    parser.add_argument("--compile-need-s", type=float, default=compile_need_s,
+                        help="seconds a new compiled run needs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = shape_arguments(__doc__.splitlines()[0], runs=DEFAULT_RUNS, run_form="MODE:PATH:NxL", deadline_s=170.0,
+                           compile_need_s=35.0, out="runs/attention-paths").parse_args(argv)
+    began = time.perf_counter()
+    device = torch.device(args.device)
+    runs = [parse_run(text) for text in args.runs.split(",") if text]
+    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save(results: list[dict]) -> None:
+        (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
+
+    def twin_of(name: str) -> str | None:  # a mask-free run against the same mode and shape with masks
+        mode, path, shape = name.split(":")
+        return f"{mode}:masks:{shape}" if path == "free" else None
+
+    results = measure(runs, lambda key: FastForward(model, key[0], device, mask_free=key[1] == "free"),
+                      ids, rows, args, device, began, save)
+    save(results)
+    lines = [f"# attention_paths\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
+             f"weights, {dtype}, {device}; forward + top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)\n",
+             *table(results, "attention", "masks ms / free ms", twin_of)]
     (out / "attention_paths.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -21,9 +21,7 @@ Each run is PATH:MODE:NxL (path: transformers or minimal; mode: a compile mode),
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_paths import perturb, reference_rows, smollm2_config  # noqa: E402
+from attention_paths import measure, model_and_rows, shape_arguments, table  # noqa: E402
 from evo.evaluate.fastforward import GRAPH_MODES, FastForward, check_compile_mode  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 
@@ -112,100 +110,49 @@ class MinimalForward:
         return self.kl(self.forward(ids), *rows)
 
 
-def parse_run(text: str) -> tuple[str, str, int, int]:
+def parse_run(text: str) -> tuple[str, tuple[str, str], str, int, int]:
+    """PATH:MODE:NxL → (name, key (path, mode), mode, sequences, tokens)."""
     path, mode, shape = text.split(":")
     if path not in ("transformers", "minimal"):
         raise SystemExit(f"run {text!r}: the path is transformers or minimal")
     sequences, tokens = (int(part) for part in shape.lower().split("x"))
-    return path, check_compile_mode(mode), sequences, tokens
-
-
-def time_call(forward, ids: torch.Tensor, rows, repeats: int, device: torch.device) -> dict:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    start = time.perf_counter()
-    float(forward.kl_sum_of(ids, *rows))  # compiles (and captures) on the first call
-    warmup = time.perf_counter() - start
-    times, value = [], 0.0
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        value = float(forward.kl_sum_of(ids, *rows))
-        sync()
-        times.append((time.perf_counter() - start) * 1000)
-    return {"warmup_s": warmup, "median_ms": statistics.median(times), "min_ms": min(times),
-            "kl_per_token": value / ids.numel(), "attention": forward.attention}
+    return text, (path, check_compile_mode(mode)), mode, sequences, tokens
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated PATH:MODE:NxL, in order")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--deadline-s", type=float, default=230.0)
-    parser.add_argument("--compile-need-s", type=float, default=60.0, help="seconds a new compiled run needs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/forward-floor")
-    args = parser.parse_args(argv)
+    args = shape_arguments(__doc__.splitlines()[0], runs=DEFAULT_RUNS, run_form="PATH:MODE:NxL", deadline_s=230.0,
+                           compile_need_s=60.0, out="runs/forward-floor").parse_args(argv)
     began = time.perf_counter()
     device = torch.device(args.device)
     runs = [parse_run(text) for text in args.runs.split(",") if text]
-    torch.manual_seed(args.seed)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM(smollm2_config(args.layers)).to(device, dtype).eval()
-    longest = max(n for _, _, n, _ in runs), max(tokens for *_, tokens in runs)
-    ids = torch.randint(0, model.config.vocab_size, longest, device=device)
-    rows = reference_rows(model, ids)
-    perturb(model, 0.05, args.seed)
+    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs)
     minimal = MinimalLlama(model)
     with torch.no_grad():  # the yardstick computes the model's logits, or its times mean nothing
         probe = ids[:2, :64]
         agreement = float((minimal(probe).float() - model(input_ids=probe).logits.float()).abs().max())
-    tolerance = 0.5 if dtype == torch.bfloat16 else 1e-3
-    if agreement > tolerance:
+    if agreement > (0.5 if dtype == torch.bfloat16 else 1e-3):
         raise SystemExit(f"the minimal forward's logits differ from the model's by {agreement:.3g}: not timed")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, forwards = [], {}
-    for path, mode, sequences, tokens in runs:
-        name = f"{path}:{mode}:{sequences}x{tokens}"
-        left = args.deadline_s - (time.perf_counter() - began)
-        compiled = mode != "off" and device.type == "cuda"
-        if mode != "off" and device.type != "cuda":
-            results.append({"run": name, "skipped": "CUDA only"})
-            continue
-        if left < (args.compile_need_s if compiled else 5.0):
-            results.append({"run": name, "skipped": f"{left:.0f} s left"})
-            continue
-        if (path, mode) not in forwards:
-            forwards[path, mode] = (FastForward(model, mode, device) if path == "transformers"
-                                    else MinimalForward(minimal, mode, device))
-        part = tuple(row[:sequences, :tokens].contiguous() for row in rows)
-        row = {"run": name, **time_call(forwards[path, mode], ids[:sequences, :tokens].contiguous(), part,
-                                        args.repeats, device)}
-        results.append(row)
-        print(json.dumps(row), flush=True)
+
+    def save(results: list[dict]) -> None:
         (out / "forward_floor.json").write_text(json.dumps({"argv": sys.argv, "agreement": agreement,
                                                             "results": results}, indent=1))
+
+    def forward_of(key: tuple[str, str]):
+        path, mode = key
+        return FastForward(model, mode, device) if path == "transformers" else MinimalForward(minimal, mode, device)
+
+    def twin_of(name: str) -> str | None:  # the minimal forward against transformers' in the same mode and shape
+        path, mode, shape = name.split(":")
+        return f"transformers:{mode}:{shape}" if path == "minimal" else None
+
+    results = measure(runs, forward_of, ids, rows, args, device, began, save)
+    save(results)
     lines = [f"# forward_floor\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
              f"weights, {dtype}, {device}; forward + KL of one evaluation; the minimal forward's logits are within "
              f"{agreement:.3g} of the model's (max abs, 2 × 64 tokens)\n",
-             "| run | forward | warm-up s | median ms | min ms | KL/token | transformers ms / minimal ms |",
-             "|---|---|---|---|---|---|---|"]
-    done = {row["run"]: row for row in results if "median_ms" in row}
-    for row in results:
-        if "skipped" in row:
-            lines.append(f"| {row['run']} | skipped: {row['skipped']} | | | | | |")
-            continue
-        path, mode, shape = row["run"].split(":")
-        twin = done.get(f"transformers:{mode}:{shape}") if path == "minimal" else None
-        ratio = f"{twin['median_ms'] / row['median_ms']:.2f}" if twin else ""
-        lines.append(f"| {row['run']} | {row['attention']} | {row['warmup_s']:.1f} | {row['median_ms']:.2f} | "
-                     f"{row['min_ms']:.2f} | {row['kl_per_token']:.6f} | {ratio} |")
-    (out / "forward_floor.json").write_text(json.dumps({"argv": sys.argv, "agreement": agreement,
-                                                        "results": results}, indent=1))
+             *table(results, "forward", "transformers ms / minimal ms", twin_of)]
     (out / "forward_floor.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
