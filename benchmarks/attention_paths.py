@@ -152,6 +152,18 @@ def table(results: list[dict], column: str, ratio: str, twin_of) -> list[str]:
     return lines
 
 
+def write_report(out: Path, stem: str, results: list[dict], summary: str | None = None, table_lines=(),
+                 **extra) -> None:
+    """OUT/STEM.json (argv, extra, results so far); with a summary also OUT/STEM.md (the command, the
+    summary, the table), printed."""
+    (out / f"{stem}.json").write_text(json.dumps({"argv": sys.argv, **extra, "results": results}, indent=1))
+    if summary is None:
+        return
+    lines = [f"# {stem}\n\n`{' '.join(sys.argv)}`\n\n{summary}\n", *table_lines]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: float, compile_need_s: float,
                     out: str) -> argparse.ArgumentParser:
     """The options of a shape-only benchmark (this one and forward_floor.py)."""
@@ -178,21 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def save(results: list[dict]) -> None:
-        (out / "attention_paths.json").write_text(json.dumps({"argv": sys.argv, "results": results}, indent=1))
-
     def twin_of(name: str) -> str | None:  # a mask-free run against the same mode and shape with masks
         mode, path, shape = name.split(":")
         return f"{mode}:masks:{shape}" if path == "free" else None
 
     results = measure(runs, lambda key: FastForward(model, key[0], device, mask_free=key[1] == "free"),
-                      ids, rows, args, device, began, save)
-    save(results)
-    lines = [f"# attention_paths\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
-             f"weights, {dtype}, {device}; forward + top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)\n",
-             *table(results, "attention", "masks ms / free ms", twin_of)]
-    (out / "attention_paths.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                      ids, rows, args, device, began, lambda done: write_report(out, "attention_paths", done))
+    write_report(out, "attention_paths", results,
+                 f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + "
+                 f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)",
+                 table(results, "attention", "masks ms / free ms", twin_of))
     return 0
 
 

@@ -21,7 +21,6 @@ Each run is PATH:MODE:NxL (path: transformers or minimal; mode: a compile mode),
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_paths import measure, model_and_rows, shape_arguments, table  # noqa: E402
-from evo.evaluate.fastforward import GRAPH_MODES, FastForward, check_compile_mode  # noqa: E402
+from attention_paths import measure, model_and_rows, shape_arguments, table, write_report  # noqa: E402
+from evo.evaluate.fastforward import (  # noqa: E402
+    GRAPH_MODES, KL_MODE_OF, FastForward, check_compile_mode, resolve_compile_mode)
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 
 DEFAULT_RUNS = ("transformers:reduce-overhead:64x512,minimal:reduce-overhead:64x512,"
@@ -95,10 +95,10 @@ class MinimalForward:
     """FastForward's kl_sum_of for MinimalLlama: the forward and the KL compiled as FastForward does."""
 
     def __init__(self, minimal: MinimalLlama, mode: str, device: torch.device) -> None:
-        self.mode = check_compile_mode(mode)
-        self.compiled = mode != "off" and device.type == "cuda"
-        self.forward = torch.compile(minimal.__call__, mode=mode, dynamic=False) if self.compiled else minimal
-        kl_mode = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode)
+        self.mode = resolve_compile_mode(mode, device)
+        self.compiled = self.mode != "off" and device.type == "cuda"
+        self.forward = torch.compile(minimal.__call__, mode=self.mode, dynamic=False) if self.compiled else minimal
+        kl_mode = KL_MODE_OF.get(self.mode, self.mode)
         self.kl = torch.compile(topk_kl_sum, mode=kl_mode, dynamic=False) if self.compiled else topk_kl_sum
         self.attention = "minimal: fused q/k/v and gate/up GEMMs, causal SDPA"
         self.fallback = None
@@ -135,10 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def save(results: list[dict]) -> None:
-        (out / "forward_floor.json").write_text(json.dumps({"argv": sys.argv, "agreement": agreement,
-                                                            "results": results}, indent=1))
-
     def forward_of(key: tuple[str, str]):
         path, mode = key
         return FastForward(model, mode, device) if path == "transformers" else MinimalForward(minimal, mode, device)
@@ -147,14 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         path, mode, shape = name.split(":")
         return f"transformers:{mode}:{shape}" if path == "minimal" else None
 
-    results = measure(runs, forward_of, ids, rows, args, device, began, save)
-    save(results)
-    lines = [f"# forward_floor\n\n`{' '.join(sys.argv)}`\n\n{args.layers} layers of SmolLM2-135M's shapes, random "
-             f"weights, {dtype}, {device}; forward + KL of one evaluation; the minimal forward's logits are within "
-             f"{agreement:.3g} of the model's (max abs, 2 × 64 tokens)\n",
-             *table(results, "forward", "transformers ms / minimal ms", twin_of)]
-    (out / "forward_floor.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    results = measure(runs, forward_of, ids, rows, args, device, began,
+                      lambda done: write_report(out, "forward_floor", done, agreement=agreement))
+    write_report(out, "forward_floor", results,
+                 f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + KL of "
+                 f"one evaluation; the minimal forward's logits are within {agreement:.3g} of the model's (max abs, "
+                 "2 × 64 tokens)", table(results, "forward", "transformers ms / minimal ms", twin_of),
+                 agreement=agreement)
     return 0
 
 

@@ -58,7 +58,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 
 from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
-from evo.evaluate.fastforward import AUTO_CUDA_MODE, FastForward  # noqa: E402
+from evo.evaluate.fastforward import FastForward, resolve_compile_mode  # noqa: E402
 from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
 from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
@@ -179,9 +179,9 @@ _FORWARDS: dict[tuple, FastForward] = {}  # the variants' forwards over the one 
 def compiled_graphs(name: str, compile_mode: str) -> tuple:
     """What a variant compiles (mode, KL chunk, KL function): variants with the same key reuse the graphs
     an earlier variant compiled; a new key compiles (and warms up) again."""
-    mode = "off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode)
-    if mode == "auto":  # what FastForward compiles for "auto" on CUDA (a CPU runs every mode eagerly)
-        mode = AUTO_CUDA_MODE
+    # "auto" as FastForward resolves it on CUDA (a CPU runs every mode eagerly)
+    mode = resolve_compile_mode("off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode),
+                                torch.device("cuda"))
     return mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention"
 
 

@@ -12,13 +12,14 @@ builds no mask (a name with no mask function registered: its early exit for cust
 no mask, that function calls SDPA with `is_causal=True` and `enable_gqa`: the same arithmetic as the
 eager forward. `causal_attention(model)` switches a model to it for the length of a `with` block,
 and only for a model whose every layer is plain causal self-attention over the whole sequence
-(`unsupported_reason` says why not: sliding windows longer sequences than theirs, hybrid layer types,
-bidirectional or non-SDPA attention). Callers must pass no attention mask inside the block: a mask given there would be
-ignored, which is why only FastForward, which passes ids alone, uses it.
+(`unsupported_reason` says why not: a sliding window shorter than the sequence, hybrid layer types,
+bidirectional or non-SDPA attention). Callers must pass no attention mask inside the block: a mask
+given there would be ignored, which is why only FastForward, which passes ids alone, uses it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -28,7 +29,9 @@ CAUSAL_SDPA = "evo_causal_sdpa"
 FULL_ATTENTION = "full_attention"
 
 
+@functools.cache
 def _register() -> None:
+    """Once per process: the name in transformers' attention registry (causal_attention runs per forward)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.modeling_utils import AttentionInterface
 

@@ -249,7 +249,7 @@ class FastForward:
         if eager or not self.compiled:
             return self._eager_forward(ids)
         try:
-            graphs = self.mode in GRAPH_MODES
+            graphs = self.uses_cuda_graphs
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self._compiled_call(self._forward, ids)
