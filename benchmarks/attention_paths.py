@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 
-from evo.evaluate.fastforward import FastForward  # noqa: E402
+from evo.evaluate.fastforward import COMPILE_MODES, FastForward  # noqa: E402
 
 DEFAULT_RUNS = ("default:masks:64x512,default:free:64x512,reduce-overhead:free:4x512,reduce-overhead:masks:4x512,"
                 "default:masks:4x512,default:free:4x512,reduce-overhead:free:64x512,reduce-overhead:masks:64x512")
@@ -47,13 +47,30 @@ def smollm2_config(layers: int):
                        rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
 
 
+def run_parts(text: str, form: str, paths: tuple[str, ...]) -> dict:
+    """A run written as `form` (MODE, PATH and NxL joined by ':' in its order) as {"MODE", "PATH",
+    "sequences", "tokens"}; anything else ends the benchmark with one line saying how to write it."""
+    names = form.split(":")[:2]
+    try:
+        *given, shape = text.split(":")
+        sequences, tokens = (int(part) for part in shape.lower().split("x"))
+        parts = dict(zip(names, given, strict=True))
+    except ValueError:
+        example = {"MODE": "reduce-overhead", "PATH": paths[-1]}
+        raise SystemExit(f"run {text!r}: write it as {form}, e.g. {':'.join(example[n] for n in names)}:64x512") from None
+    if sequences < 1 or tokens < 1:
+        raise SystemExit(f"run {text!r}: NxL needs at least 1 sequence of 1 token")
+    if parts["PATH"] not in paths:
+        raise SystemExit(f"run {text!r}: the path is one of {', '.join(paths)}")
+    if parts["MODE"] not in COMPILE_MODES:
+        raise SystemExit(f"run {text!r}: compile mode {parts['MODE']!r} is unknown: use one of {', '.join(COMPILE_MODES)}")
+    return {**parts, "sequences": sequences, "tokens": tokens}
+
+
 def parse_run(text: str) -> tuple[str, tuple[str, str], str, int, int]:
     """MODE:PATH:NxL → (name, key (mode, path), mode, sequences, tokens)."""
-    mode, path, shape = text.split(":")
-    sequences, tokens = (int(part) for part in shape.lower().split("x"))
-    if path not in ("masks", "free"):
-        raise SystemExit(f"run {text!r}: the path is masks or free")
-    return text, (mode, path), mode, sequences, tokens
+    run = run_parts(text, "MODE:PATH:NxL", ("masks", "free"))
+    return text, (run["MODE"], run["PATH"]), run["MODE"], run["sequences"], run["tokens"]
 
 
 @torch.no_grad()

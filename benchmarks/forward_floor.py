@@ -31,9 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_paths import measure, model_and_rows, shape_arguments, table, write_report  # noqa: E402
+from attention_paths import measure, model_and_rows, run_parts, shape_arguments, table, write_report  # noqa: E402
 from evo.evaluate.fastforward import (  # noqa: E402
-    GRAPH_MODES, KL_MODE_OF, FastForward, check_compile_mode, resolve_compile_mode)
+    GRAPH_MODES, KL_MODE_OF, FastForward, resolve_compile_mode)
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 
 DEFAULT_RUNS = ("transformers:reduce-overhead:64x512,minimal:reduce-overhead:64x512,"
@@ -112,11 +112,8 @@ class MinimalForward:
 
 def parse_run(text: str) -> tuple[str, tuple[str, str], str, int, int]:
     """PATH:MODE:NxL → (name, key (path, mode), mode, sequences, tokens)."""
-    path, mode, shape = text.split(":")
-    if path not in ("transformers", "minimal"):
-        raise SystemExit(f"run {text!r}: the path is transformers or minimal")
-    sequences, tokens = (int(part) for part in shape.lower().split("x"))
-    return text, (path, check_compile_mode(mode)), mode, sequences, tokens
+    run = run_parts(text, "PATH:MODE:NxL", ("transformers", "minimal"))
+    return text, (run["PATH"], run["MODE"]), run["MODE"], run["sequences"], run["tokens"]
 
 
 def main(argv: list[str] | None = None) -> int:

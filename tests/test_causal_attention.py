@@ -194,3 +194,25 @@ def test_the_forward_floor_yardstick_computes_the_models_logits(tmp_path):
     assert rows["minimal:off:2x16"]["kl_per_token"] == pytest.approx(rows["transformers:off:2x16"]["kl_per_token"],
                                                                      rel=1e-4)
     assert rows["minimal:max-autotune:2x16"]["skipped"] == "CUDA only"
+
+
+@pytest.mark.parametrize("run, says", [
+    ("bogus", "write it as MODE:PATH:NxL, e.g. reduce-overhead:free:64x512"),
+    ("default:free:64", "write it as MODE:PATH:NxL"),
+    ("default:maybe:4x512", "the path is one of masks, free"),
+    ("turbo:free:4x512", "compile mode 'turbo' is unknown"),
+    ("default:free:0x512", "at least 1 sequence"),
+])
+def test_a_shape_benchmark_refuses_a_bad_run_in_one_line_before_building_its_model(run, says, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import attention_paths
+    import forward_floor
+
+    with pytest.raises(SystemExit, match=says.replace("(", r"\(")) as refused:
+        attention_paths.main(["--device", "cpu", "--runs", run, "--out", str(tmp_path)])
+    assert "\n" not in str(refused.value) and not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit, match="write it as PATH:MODE:NxL, e.g. minimal:reduce-overhead"):
+        forward_floor.main(["--device", "cpu", "--runs", "minimal", "--out", str(tmp_path)])
