@@ -30,8 +30,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evo.evaluate.fastforward import COMPILE_MODES, FastForward  # noqa: E402
+from kernel_profile import kernel_lines, profile_table  # noqa: E402
 
 DEFAULT_RUNS = ("default:masks:64x512,default:free:64x512,reduce-overhead:free:4x512,reduce-overhead:masks:4x512,"
                 "default:masks:4x512,default:free:4x512,reduce-overhead:free:64x512,reduce-overhead:masks:64x512")
@@ -147,7 +149,10 @@ def measure(runs: list[tuple], forward_of, ids, rows, args, device: torch.device
         if key not in forwards:
             forwards[key] = forward_of(key)
         part = tuple(row[:sequences, :tokens].contiguous() for row in rows)
-        row = {"run": name, **time_run(forwards[key], ids[:sequences, :tokens].contiguous(), part, args.repeats, device)}
+        run_ids = ids[:sequences, :tokens].contiguous()
+        row = {"run": name, **time_run(forwards[key], run_ids, part, args.repeats, device)}
+        if args.profile:  # one more call, traced: its kernels by kind
+            row["profile"] = profile_table(lambda: float(forwards[key].kl_sum_of(run_ids, *part)), device)
         results.append(row)
         print(json.dumps(row), flush=True)
         save(results)
@@ -166,6 +171,15 @@ def table(results: list[dict], column: str, ratio: str, twin_of) -> list[str]:
         share = f"{twin['median_ms'] / row['median_ms']:.2f}" if twin else ""
         lines.append(f"| {row['run']} | {row['attention']} | {row['warmup_s']:.1f} | {row['median_ms']:.2f} | "
                      f"{row['min_ms']:.2f} | {row['kl_per_token']:.6f} | {share} |")
+    return lines
+
+
+def profile_lines(results: list[dict]) -> list[str]:
+    """The kernel profile of each profiled run (--profile), as markdown."""
+    lines = []
+    for row in results:
+        if "profile" in row:
+            lines += [""] + kernel_lines(row["run"], row["profile"])
     return lines
 
 
@@ -193,6 +207,8 @@ def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: f
     parser.add_argument("--compile-need-s", type=float, default=compile_need_s,
                         help="seconds a new compiled run needs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing each run, trace one more call: its kernels' time by kind, the top kernels")
     parser.add_argument("--out", default=out)
     return parser
 
@@ -216,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, "attention_paths", results,
                  f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + "
                  f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)",
-                 table(results, "attention", "masks ms / free ms", twin_of))
+                 table(results, "attention", "masks ms / free ms", twin_of) + profile_lines(results))
     return 0
 
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_paths import measure, model_and_rows, run_parts, shape_arguments, table, write_report  # noqa: E402
+from attention_paths import (  # noqa: E402
+    measure, model_and_rows, profile_lines, run_parts, shape_arguments, table, write_report)
 from evo.evaluate.fastforward import (  # noqa: E402
     GRAPH_MODES, KL_MODE_OF, FastForward, resolve_compile_mode)
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, "forward_floor", results,
                  f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + KL of "
                  f"one evaluation; the minimal forward's logits are within {agreement:.3g} of the model's (max abs, "
-                 "2 × 64 tokens)", table(results, "forward", "transformers ms / minimal ms", twin_of),
+                 "2 × 64 tokens)", table(results, "forward", "transformers ms / minimal ms", twin_of) + profile_lines(results),
                  agreement=agreement)
     return 0
 

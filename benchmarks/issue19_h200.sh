@@ -70,9 +70,9 @@ else
                --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100)
     evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
                --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
-    paths_args=(--device cuda --compile-need-s 120
+    paths_args=(--device cuda --compile-need-s 120 --profile
                 --runs max-autotune-no-cudagraphs:free:64x512,max-autotune:free:4x512,max-autotune:free:64x512)
-    floor_args=(--device cuda --compile-need-s 90)
+    floor_args=(--device cuda --compile-need-s 90 --profile)
     default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480)
 fi
 mkdir -p "$WORK" "$OUT"

@@ -56,6 +56,7 @@ from evo.constants import FINAL_STAGE, SCREEN_STAGE  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session  # noqa: E402
+from kernel_profile import kernel_lines, profile_table  # noqa: E402
 from search_throughput import H200_BF16_TFLOPS, KL_CHUNK, flops_per_evaluation  # noqa: E402
 
 
@@ -76,30 +77,6 @@ VARIANTS = {
     "kl_chunked": Variant("default", kl_chunk=KL_CHUNK),
 }
 DEFAULT_VARIANTS = "default,default_kl_old,eager,cuda_graphs,kl_chunked,cuda_graphs_kl_old,eager_kl_old"
-KINDS = ("gemm", "attention", "elementwise", "reductions-softmax-KL", "copies", "other")
-TOP = 12
-
-
-def kind_of(name: str) -> str:
-    """The kind of a CUDA kernel or a CPU op, from its name (cuBLAS/CUTLASS, flash/efficient attention,
-    Inductor's triton_poi/red/per/tem kernels, ATen's own)."""
-    n = name.lower()
-    if any(t in n for t in ("flash", "attention", "fmha", "sdpa", "scaled_dot_product")):
-        return "attention"
-    if any(t in n for t in ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "triton_tem", "aten::mm",
-                            "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "splitk")):
-        return "gemm"
-    if any(t in n for t in ("triton_red", "triton_per", "softmax", "logsumexp", "reduce", "amax", "aten::sum",
-                            "aten::max", "gather", "scatter", "aten::kl", "topk", "aten::log", "aten::exp")):
-        return "reductions-softmax-KL"
-    if any(t in n for t in ("memcpy", "memset", "copy", "aten::to", "aten::clone", "aten::cat", "fill",
-                            "aten::contiguous", "aten::zeros", "aten::empty")):
-        return "copies"
-    if any(t in n for t in ("triton_poi", "elementwise", "vectorized", "pointwise", "aten::")):
-        return "elementwise"
-    return "other"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -114,64 +91,6 @@ def _median_ms(function, device: torch.device, repeats: int) -> float:
         _sync(device)
         times.append(time.perf_counter() - tic)
     return 1000 * statistics.median(times)
-
-
-def _union_us(intervals: list[tuple[float, float]]) -> float:
-    """Microseconds covered by at least one interval (kernels of several streams may overlap)."""
-    busy, end = 0.0, float("-inf")
-    for start, stop in sorted(intervals):
-        if stop <= end:
-            continue
-        busy += stop - max(start, end)
-        end = stop
-    return busy
-
-
-def profile_table(run, device: torch.device) -> dict:
-    """torch.profiler of run(): kernel (or CPU op) time against the wall, top kernels, time by kind."""
-    from torch.profiler import ProfilerActivity, profile
-
-    cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    _sync(device)
-    with profile(activities=activities) as prof:
-        tic = time.perf_counter()
-        run()
-        _sync(device)
-        wall_us = 1e6 * (time.perf_counter() - tic)
-    by_name: dict[str, list[float]] = {}
-    if cuda:
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        intervals = [(e.time_range.start, e.time_range.end) for e in kernels]
-        for e in kernels:
-            entry = by_name.setdefault(e.name, [0.0, 0])
-            entry[0] += e.time_range.elapsed_us()
-            entry[1] += 1
-        busy_us = _union_us(intervals)
-        what = "GPU kernels"
-    else:
-        for e in prof.key_averages():
-            if e.self_cpu_time_total > 0:
-                by_name[e.key] = [float(e.self_cpu_time_total), e.count]
-        busy_us = sum(v[0] for v in by_name.values())
-        what = "CPU ops (self time)"
-    total = sum(v[0] for v in by_name.values()) or 1.0
-    top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP]
-    kinds = dict.fromkeys(KINDS, 0.0)
-    for name, (us, _) in by_name.items():
-        kinds[kind_of(name)] += us
-    return {
-        "what": what,
-        "profiled_wall_ms": wall_us / 1000,
-        "busy_ms": busy_us / 1000,
-        "kernel_ms": total / 1000,
-        "launches": int(sum(v[1] for v in by_name.values())),
-        "busy_share_of_wall": busy_us / wall_us if wall_us else None,
-        "top": [{"name": name[:120], "ms": us / 1000, "share": us / total, "calls": calls, "kind": kind_of(name)}
-                for name, (us, calls) in top],
-        "by_kind_ms": {k: v / 1000 for k, v in kinds.items()},
-        "by_kind_share": {k: v / total for k, v in kinds.items()},
-    }
 
 
 _FORWARDS: dict[tuple, FastForward] = {}  # (mode, chunk, old KL): compiled graphs shared between variants
@@ -288,12 +207,7 @@ def render(report: dict) -> str:
     for name, row in report["variants"].items():
         if "skipped" in row:
             continue
-        p = row["profile"]
-        lines += ["", f"{name}: {p['what']} {p['kernel_ms']:.2f} ms in {p['launches']} launches; by kind: " + ", ".join(
-            f"{k} {v:.2f} ms ({100 * p['by_kind_share'][k]:.0f} %)" for k, v in p["by_kind_ms"].items() if v),
-            "| kernel | kind | calls | ms | share |", "|---|---|---|---|---|"]
-        lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
-                  for t in p["top"]]
+        lines += [""] + kernel_lines(name, row["profile"])
     lines += [""] + render_kl(report.get("kl_alone") or {"skipped": "not run"})
     lines += [f"", f"wall {report['seconds']:.0f} s (setup {report['setup_s']:.0f} s)"]
     return "\n".join(lines)
