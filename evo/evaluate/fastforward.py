@@ -28,6 +28,8 @@ Compiled calls run the model's attention mask-free (`causal_attention`: SDPA wit
 grouped keys read in place) when every layer is plain causal attention: under torch.compile,
 torch before 2.14 would otherwise make transformers build a full mask each forward, which forces
 SDPA's slower kernel and copies of the keys and values. `attention` says which path runs and why.
+They also read the rotary (cos, sin) from a table computed once (`rotary_tables`) where the model's
+rotary does not depend on the length: compiled, each layer would otherwise recompute them per element.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import torch
 from torch import nn
@@ -42,6 +45,7 @@ from torch import nn
 from evo.errors import EvoError
 from evo.evaluate.causal_attention import causal_attention, unsupported_reason
 from evo.evaluate.metrics import topk_kl_sum
+from evo.evaluate.rotary_tables import RotaryTables
 
 COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
@@ -74,10 +78,12 @@ class FastForward:
     run eagerly (`fallback` says why when a mode was asked for). kl: the KL reduction (topk_kl_sum's
     signature; benchmarks pass metrics.topk_kl_sum_reference). mask_free: compiled calls run the
     attention without a mask where the model allows it (False: transformers' own masks, as before).
+    rotary_tables: compiled calls read the rotary cos/sin from tables (False: computed in the graph).
     """
 
     def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
-                 kl_chunk: int = 0, kl: Callable = topk_kl_sum, mask_free: bool = True) -> None:
+                 kl_chunk: int = 0, kl: Callable = topk_kl_sum, mask_free: bool = True,
+                 rotary_tables: bool = True) -> None:
         self.model = model
         self.device = device if device is not None else next(model.parameters()).device
         self.mode = resolve_compile_mode(mode, self.device)
@@ -89,6 +95,7 @@ class FastForward:
         self._mask_reason = unsupported_reason(model) if mask_free else "mask-free switched off"
         self.mask_free = self._mask_reason is None  # at any length; _mask_free_at(tokens) per call
         self._mask_free_lengths: dict[int, bool] = {}
+        self.rotary_tables = RotaryTables(model) if rotary_tables else None
         self.kl_function = kl
         self._forward: Callable = self._eager_forward
         self._kl: Callable = kl
@@ -145,6 +152,13 @@ class FastForward:
         return f"transformers' masks ({self._mask_reason}{where})"
 
     @property
+    def rotary(self) -> str:
+        """Where the compiled forward's rotary cos/sin come from."""
+        if self.compiled and self.rotary_tables:
+            return "tables computed once"
+        return "computed in each forward"
+
+    @property
     def uses_cuda_graphs(self) -> bool:
         """The compiled forward replays CUDA graphs: parameters must be written in place."""
         return self.mode in GRAPH_MODES and self.compiled
@@ -187,11 +201,16 @@ class FastForward:
             self.fallback = f"kl_chunk off ({why}): whole-batch logits"
 
     def _compiled_call(self, function: Callable, ids: torch.Tensor) -> torch.Tensor:
-        """function(ids), mask-free when this model allows it (eager calls keep the model as it is:
-        eager transformers already skips the mask for full-length sequences)."""
-        if function in (self._eager_forward, self._eager_body) or not self._mask_free_at(ids.shape[-1]):
+        """function(ids), mask-free when this model allows it and with its rotary tables served (eager
+        calls keep the model as it is: eager transformers already skips the mask for full-length
+        sequences and computes the rotary once per forward)."""
+        if function in (self._eager_forward, self._eager_body):
             return function(ids)
-        with causal_attention(self.model):
+        with ExitStack() as stack:
+            if self._mask_free_at(ids.shape[-1]):
+                stack.enter_context(causal_attention(self.model))
+            if self.rotary_tables:
+                stack.enter_context(self.rotary_tables.served(ids.shape[-1]))
             return function(ids)
 
     def _mask_free_at(self, tokens: int) -> bool:
