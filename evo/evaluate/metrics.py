@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evo.evaluate import kl_sums
+
+ROW_SUMS = ("auto", "torch")  # topk_kl's row sums: the one-pass kernel where it runs, or torch ops always
 KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl on a CPU: its float32 temporaries stay ≈ 64 MB each
 KL_EAGER_CHUNK_CUDA = 1 << 28  # on a GPU (≈ 1 GB each): few chunks, few launches and syncs
 TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
@@ -34,6 +37,8 @@ def topk_kl(
     tail_logprob: torch.Tensor,
     tail_ids: torch.Tensor | None = None,
     tail_logprobs: torch.Tensor | None = None,
+    *,
+    row_sums: str = "auto",
 ) -> torch.Tensor:
     """KL(p ‖ q) at every position from p's top-k tokens, its tail mass and (optionally) tokens
     sampled from its tail; q = softmax(logits). float32 [...] for logits [..., vocab], top-k
@@ -59,8 +64,12 @@ def topk_kl(
     tensor written) lets the upcast, both sums (accumulated in float64) and the peaks fuse into one
     pass over the logits. Eagerly (_eager_sums, every op a kernel) one float32 chunk exp(x − peak)
     gives Σ and, with 0 scattered at the top-k ids, the tail's Σ; the rows go KL_EAGER_CHUNK(_CUDA)
-    logits at a time, so the temporaries stay bounded.
+    logits at a time, so the temporaries stay bounded. On CUDA with Triton (row_sums "auto"), both
+    ways use instead kl_sums.topk_row_sums: one pass over the logits with the top k as a bitmask, the
+    same four sums (row_sums "torch" keeps the torch passes: benchmarks compare the two).
     """
+    if row_sums not in ROW_SUMS:
+        raise ValueError(f"row_sums={row_sums!r}: use one of {ROW_SUMS}")
     vocab = logits.shape[-1]
     lead = logits.shape[:-1]
     flat = logits.reshape(-1, vocab)
@@ -70,7 +79,10 @@ def topk_kl(
     rows = flat.shape[0]
     chunk = KL_EAGER_CHUNK_CUDA if logits.is_cuda else KL_EAGER_CHUNK
     step = rows if torch.compiler.is_compiling() else max(1, chunk // max(vocab, 1))
-    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None)
+    kernel = row_sums == "auto" and kl_sums.available(flat)
+    if kernel:
+        step = max(rows, 1)  # one pass over the rows: no float32 copies to bound
+    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None, kernel)
              for r in range(0, max(rows, 1), step)]
     log_q_top, log_q_tail = (torch.cat([part[i] for part in parts]) for i in (0, 2))
     log_q_sampled = torch.cat([part[1] for part in parts]).reshape(*lead, -1) if sampled else None
@@ -78,10 +90,13 @@ def topk_kl(
                           topk_logprobs, tail_logprob, tail_logprobs)
 
 
-def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None):
+def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None, kernel: bool = False):
     """(log q of the top-k ids, of the sampled ids or None, of the tail), float64, for logits
     [rows, vocab]: see topk_kl's docstring for the passes."""
-    if torch.compiler.is_compiling():
+    if kernel:
+        sums = kl_sums.topk_row_sums(logits, ids)
+        peak, log_sum, tail_peak, log_tail = (sums[:, i:i + 1] for i in range(4))
+    elif torch.compiler.is_compiling():
         peak, log_sum, tail_peak, log_tail = _fused_sums(logits, ids)
     else:
         peak, log_sum, tail_peak, log_tail = _eager_sums(logits, ids)
@@ -174,12 +189,15 @@ def topk_kl_sum(
     tail_logprob: torch.Tensor,
     tail_ids: torch.Tensor | None = None,
     tail_logprobs: torch.Tensor | None = None,
+    *,
+    row_sums: str = "auto",
 ) -> torch.Tensor:
     """Σ topk_kl over every position of a batch, as a float64 0-d tensor on the logits' device:
     the evaluator's whole-batch reduction, read by the host once per evaluation. The same
     estimate as topk_kl (it is topk_kl, summed in float64), written as one function so that
     torch.compile can fuse the upcast, the normaliser's and the tail's reductions and the gathers."""
-    return topk_kl(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs).double().sum()
+    return topk_kl(logits, topk_ids, topk_logprobs, tail_logprob, tail_ids, tail_logprobs,
+                   row_sums=row_sums).double().sum()
 
 
 def topk_kl_sum_reference(

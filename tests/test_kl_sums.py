@@ -1,0 +1,134 @@
+"""The top-k KL's row sums in one pass (evaluate/kl_sums.py, evaluate/_kl_triton.py): the bitmask
+flags exactly the ids; the four sums equal float64 log-sum-exps (whole row and tail, each with its own
+peak, empty tails included); the Triton kernel gives them too (run by Triton's interpreter on a CPU
+where Triton is installed, in a process of its own; natively on CUDA); topk_kl through the kernel equals topk_kl through torch
+ops; a failing kernel falls back to torch ops once, saying so."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evo.evaluate import kl_sums
+from evo.evaluate.metrics import topk_kl, topk_kl_sum
+
+VOCAB = 1000
+
+
+def _logits_and_ids(rows: int = 6, vocab: int = VOCAB, k: int = 16, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.randn(rows, vocab, generator=generator)
+    ids = torch.stack([torch.randperm(vocab, generator=generator)[:k] for _ in range(rows)])
+    return logits, ids
+
+
+def _exact(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    x = logits.double()
+    outside = x.scatter(-1, ids.long(), float("-inf"))
+    tail_peak = outside.amax(-1)
+    tail_peak = torch.where(torch.isfinite(tail_peak), tail_peak, torch.zeros_like(tail_peak))
+    return torch.stack([x.amax(-1), torch.logsumexp(x, -1) - x.amax(-1), tail_peak,
+                        torch.logsumexp(outside, -1) - tail_peak], -1)
+
+
+def test_the_bitmask_flags_exactly_the_ids():
+    ids = torch.tensor([[0, 31, 32, 63, 999, 31], [5, 6, 7, 8, 9, 10]])  # a repeated id counts once
+    bits = kl_sums.topk_bits(ids, VOCAB)
+    assert bits.shape == (2, -(-VOCAB // 32)) and bits.dtype == torch.int32
+    columns = torch.arange(VOCAB)
+    flags = (bits[:, columns // 32] >> (columns % 32)) & 1
+    expected = torch.zeros(2, VOCAB, dtype=torch.long).scatter_(1, ids, 1)
+    assert torch.equal(flags.long(), expected)
+    assert bits[0, 0] == (1 | -(1 << 31))  # bit 31 is the int32 sign bit
+
+
+def test_torch_row_sums_are_the_log_sum_exps():
+    logits, ids = _logits_and_ids()
+    torch.testing.assert_close(kl_sums.torch_row_sums(logits, ids), _exact(logits, ids), rtol=1e-6, atol=1e-6)
+    everything = torch.arange(VOCAB).expand(2, VOCAB)  # k = vocab: an empty tail, log Σ = −inf, peak 0
+    sums = kl_sums.torch_row_sums(logits[:2], everything)
+    assert torch.all(sums[:, 2] == 0) and torch.all(torch.isneginf(sums[:, 3]))
+
+
+def _check_the_kernel(device: str) -> None:
+    """_kl_triton.row_sums against float64 log-sum-exps on `device` (raises AssertionError)."""
+    from evo.evaluate._kl_triton import row_sums
+
+    logits, ids = _logits_and_ids(rows=5, vocab=5000, k=40)  # 5,000: a last step of 904 logits
+    logits[1, :] = -30.0
+    logits[1, ids[1]] = 60.0  # the tail 90 nats below the peak: float32 exp(x − peak) would underflow
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        got = row_sums(x.to(device), kl_sums.topk_bits(ids, 5000).to(device)).cpu()
+        torch.testing.assert_close(got, _exact(x.float(), ids), rtol=2e-6, atol=2e-6)
+    everything = torch.arange(64).expand(2, 64)
+    empty = row_sums(logits[:2, :64].to(device), kl_sums.topk_bits(everything, 64).to(device)).cpu()
+    assert torch.all(empty[:, 2] == 0) and torch.all(torch.isneginf(empty[:, 3]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on a CPU)")
+def test_the_kernels_sums_equal_the_log_sum_exps_in_tritons_interpreter():
+    # its own process: TRITON_INTERPRET must be set before Triton is first imported
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = "from tests.test_kl_sums import _check_the_kernel; _check_the_kernel('cpu'); print('kernel ok')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_kernels_sums_equal_the_log_sum_exps_on_cuda():
+    _check_the_kernel("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("compiled", [False, True])
+def test_topk_kl_through_the_kernel_equals_torch_ops_on_cuda(compiled):
+    logits, ids = _logits_and_ids(rows=64, vocab=49152, k=256)
+    logits, ids = logits.cuda().bfloat16(), ids.cuda()
+    log_p = torch.log_softmax(logits.float() + 0.3 * torch.randn_like(logits.float()), -1)
+    top = log_p.gather(-1, ids)
+    tail = torch.log1p(-top.exp().sum(-1).clamp(max=1 - 1e-6))
+    samples = torch.randint(0, 49152, (64, 16), device="cuda")
+    rows = (ids, top, tail, samples, log_p.gather(-1, samples))
+    assert kl_sums.available(logits)
+    kl = torch.compile(topk_kl_sum, dynamic=False) if compiled else topk_kl_sum
+    torch.testing.assert_close(kl(logits, *rows), topk_kl_sum(logits, *rows, row_sums="torch"), rtol=1e-6, atol=1e-9)
+
+
+def test_a_failing_kernel_falls_back_to_torch_ops_once(monkeypatch):
+    logits, ids = _logits_and_ids()
+    monkeypatch.setattr(kl_sums, "_FAILED", [])
+    monkeypatch.setattr(kl_sums, "available", lambda tensor: not kl_sums._FAILED)  # as if on CUDA with Triton
+    monkeypatch.setitem(sys.modules, "evo.evaluate._kl_triton", None)  # importing it raises
+    with pytest.warns(RuntimeWarning, match="Triton top-k KL kernel failed"):
+        sums = kl_sums.topk_row_sums(logits, ids)
+    torch.testing.assert_close(sums, kl_sums.torch_row_sums(logits, ids))
+    assert len(kl_sums._FAILED) == 1 and not kl_sums.available(logits)
+
+
+def test_topk_kl_names_an_unknown_row_sums_choice():
+    logits, ids = _logits_and_ids()
+    with pytest.raises(ValueError, match="row_sums='triton'"):
+        topk_kl(logits, ids, torch.zeros(6, 16), torch.zeros(6), row_sums="triton")
+
+
+def test_topk_kl_reads_the_four_sums_as_the_torch_passes_do(monkeypatch):
+    logits, ids = _logits_and_ids(rows=8, k=16)
+    generator = torch.Generator().manual_seed(5)
+    log_p = torch.log_softmax(logits + torch.randn(logits.shape, generator=generator), -1)
+    top = log_p.gather(-1, ids)
+    samples = torch.randint(0, VOCAB, (8, 4), generator=generator)
+    rows = (ids, top, torch.log1p(-top.exp().sum(-1)), samples, log_p.gather(-1, samples))
+    expected = topk_kl(logits, *rows, row_sums="torch")
+    monkeypatch.setattr(kl_sums, "_FAILED", [])
+    monkeypatch.setattr(kl_sums, "available", lambda tensor: True)  # the op's path, its sums from torch ops
+    monkeypatch.setitem(sys.modules, "evo.evaluate._kl_triton", None)
+    with pytest.warns(RuntimeWarning, match="kernel failed"):
+        torch.testing.assert_close(topk_kl(logits, *rows), expected, rtol=1e-6, atol=1e-7)
