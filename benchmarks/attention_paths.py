@@ -1,4 +1,5 @@
-"""What transformers' attention masks cost the evaluator's compiled forward + KL (issue 19).
+"""What transformers' attention masks, in-graph rotary and the KL's torch passes cost the evaluator's
+compiled forward + KL (issue 19).
 
 Under torch.compile, torch before 2.14 makes transformers build a [batch, 1, L, L] mask for every
 forward, so SDPA leaves its flash kernel and grouped keys/values are copied per head. FastForward
@@ -8,8 +9,14 @@ ways, side by side in one process, on a model built from a config with random we
 depend on shapes, not values: no checkpoint needed), and checks that both ways give the same KL.
 
 Each run is MODE:PATH:NxL (mode: a compile mode of evo.evaluate.fastforward.COMPILE_MODES, e.g. default,
-reduce-overhead, max-autotune; path: masks or free), in the order
-given; a run whose compile would not fit in what --deadline-s leaves is skipped, saying so.
+reduce-overhead, max-autotune), in the order given; a run whose compile would not fit in what
+--deadline-s leaves is skipped, saying so. PATH is what FastForward runs:
+  free      what the search runs: mask-free attention, rotary tables, the one-pass KL kernel (CUDA)
+  masks     transformers' masks (mask_free=False)
+  rotary    cos/sin computed in the graph (rotary_tables=False)
+  torch_kl  the KL's row sums by torch ops (topk_kl_sum(row_sums="torch"))
+  before    both of the last two: the path of session 26
+Each run other than free is compared with the free run of its mode and shape (free ms / its ms).
 
   # on one H200 (≈ 3 min, SmolLM2-135M's shapes):
   python benchmarks/attention_paths.py --device cuda --deadline-s 170 --out $OUT/attention_paths
@@ -21,6 +28,7 @@ given; a run whose compile would not fit in what --deadline-s leaves is skipped,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -33,11 +41,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evo.evaluate.fastforward import COMPILE_MODES, FastForward  # noqa: E402
+from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import kernel_lines, profile_table  # noqa: E402
 
-DEFAULT_RUNS = ("default:masks:64x512,default:free:64x512,reduce-overhead:free:4x512,reduce-overhead:masks:4x512,"
-                "default:masks:4x512,default:free:4x512,reduce-overhead:free:64x512,reduce-overhead:masks:64x512")
+DEFAULT_RUNS = ("reduce-overhead:free:64x512,reduce-overhead:before:64x512,reduce-overhead:rotary:64x512,"
+                "reduce-overhead:torch_kl:64x512,reduce-overhead:free:4x512,reduce-overhead:before:4x512")
 TOP_K, TAIL = 256, 16
+TORCH_KL = functools.partial(topk_kl_sum, row_sums="torch")
+PATHS = {  # FastForward's options of each path (the last is the shipped one: the parse errors' example)
+    "masks": {"mask_free": False},
+    "rotary": {"rotary_tables": False},
+    "torch_kl": {"kl": TORCH_KL},
+    "before": {"rotary_tables": False, "kl": TORCH_KL},
+    "free": {},
+}
 
 
 def smollm2_config(layers: int):
@@ -71,7 +88,7 @@ def run_parts(text: str, form: str, paths: tuple[str, ...]) -> dict:
 
 def parse_run(text: str) -> tuple[str, tuple[str, str], str, int, int]:
     """MODE:PATH:NxL → (name, key (mode, path), mode, sequences, tokens)."""
-    run = run_parts(text, "MODE:PATH:NxL", ("masks", "free"))
+    run = run_parts(text, "MODE:PATH:NxL", tuple(PATHS))
     return text, (run["MODE"], run["PATH"]), run["MODE"], run["sequences"], run["tokens"]
 
 
@@ -114,7 +131,19 @@ def time_run(forward: FastForward, ids: torch.Tensor, rows, repeats: int, device
         times.append((time.perf_counter() - start) * 1000)
     return {"warmup_s": warmup, "median_ms": statistics.median(times), "min_ms": min(times),
             "kl_per_token": value / ids.numel(), "kl_first": kl / ids.numel(), "compiled": forward.compiled,
-            "fallback": forward.fallback, "attention": forward.attention}
+            "fallback": forward.fallback, "attention": describe(forward)}
+
+
+def describe(forward) -> str:
+    """What a forward runs: its attention, where its rotary comes from, how its KL sums the rows."""
+    parts = [forward.attention]
+    if hasattr(forward, "rotary"):
+        parts.append(f"rotary {forward.rotary}")
+    kl = getattr(forward, "kl_function", None)
+    if kl is not None:
+        torch_sums = getattr(kl, "keywords", {}).get("row_sums") == "torch"
+        parts.append("KL sums by torch ops" if torch_sums else "KL sums by the one-pass kernel where it runs")
+    return "; ".join(parts)
 
 
 def model_and_rows(layers: int, device: torch.device, seed: int, runs: list[tuple]):
@@ -223,16 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def twin_of(name: str) -> str | None:  # a mask-free run against the same mode and shape with masks
+    def twin_of(name: str) -> str | None:  # a run with something switched off against the shipped path's
         mode, path, shape = name.split(":")
-        return f"{mode}:masks:{shape}" if path == "free" else None
+        return f"{mode}:free:{shape}" if path != "free" else None
 
-    results = measure(runs, lambda key: FastForward(model, key[0], device, mask_free=key[1] == "free"),
+    results = measure(runs, lambda key: FastForward(model, key[0], device, **PATHS[key[1]]),
                       ids, rows, args, device, began, lambda done: write_report(out, "attention_paths", done))
     write_report(out, "attention_paths", results,
                  f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + "
                  f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)",
-                 table(results, "attention", "masks ms / free ms", twin_of) + profile_lines(results))
+                 table(results, "forward", "free ms / its ms", twin_of) + profile_lines(results))
     return 0
 
 

@@ -75,7 +75,10 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
             entry[1] += 1
         busy_us = union_us(intervals)
         what = "GPU kernels"
+        host = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+        idle = idle_spans(kernels, min(e.time_range.start for e in host) if host else None)
     else:
+        idle = {}
         for e in prof.key_averages():
             if e.self_cpu_time_total > 0:
                 by_name[e.key] = [float(e.self_cpu_time_total), e.count]
@@ -97,7 +100,28 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
                 for name, (us, calls) in top],
         "by_kind_ms": {k: v / 1000 for k, v in kinds.items()},
         "by_kind_share": {k: v / total for k, v in kinds.items()},
+        **idle,
     }
+
+
+def idle_spans(kernels: list, host_start: float | None) -> dict:
+    """Where the GPU waited: from the first host event to the first kernel (launch overhead before
+    any work), and the widest gaps between one kernel's end and the next one's start, with the
+    kernels around them (a gap inside a CUDA graph is ~1 µs; a wide one is the host catching up)."""
+    ordered = sorted(kernels, key=lambda e: e.time_range.start)
+    if not ordered:
+        return {}
+    gaps, end, before = [], ordered[0].time_range.end, ordered[0].name
+    for e in ordered[1:]:
+        if e.time_range.start > end:
+            gaps.append((e.time_range.start - end, before, e.name))
+        if e.time_range.end >= end:
+            end, before = e.time_range.end, e.name
+    gaps.sort(key=lambda gap: -gap[0])
+    lead = ordered[0].time_range.start - host_start if host_start is not None else None
+    return {"lead_ms": lead / 1000 if lead is not None else None,
+            "gaps_ms": sum(gap[0] for gap in gaps) / 1000, "gap_count": len(gaps),
+            "widest_gaps": [{"ms": us / 1000, "after": a[:80], "before": b[:80]} for us, a, b in gaps[:5]]}
 
 
 def kernel_lines(name: str, profile: dict) -> list[str]:
@@ -109,4 +133,9 @@ def kernel_lines(name: str, profile: dict) -> list[str]:
              "", "| kernel | kind | calls | ms | share |", "|---|---|---|---|---|"]
     lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
               for t in p["top"]]
+    if p.get("widest_gaps") is not None:
+        lead = f"{p['lead_ms']:.2f} ms" if p.get("lead_ms") is not None else "?"
+        lines += ["", f"idle GPU: {lead} from the first host event to the first kernel; {p['gaps_ms']:.2f} ms in "
+                  f"{p['gap_count']} gaps between kernels, the widest:"]
+        lines += [f"- {g['ms']:.3f} ms after `{g['after'][:60]}`, before `{g['before'][:60]}`" for g in p["widest_gaps"]]
     return lines

@@ -132,3 +132,8 @@ def test_topk_kl_reads_the_four_sums_as_the_torch_passes_do(monkeypatch):
     monkeypatch.setitem(sys.modules, "evo.evaluate._kl_triton", None)
     with pytest.warns(RuntimeWarning, match="kernel failed"):
         torch.testing.assert_close(topk_kl(logits, *rows), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_row_sums_in_chunks_equal_the_whole():
+    logits, ids = _logits_and_ids(rows=7)
+    torch.testing.assert_close(kl_sums.torch_row_sums(logits, ids, chunk=2 * VOCAB), kl_sums.torch_row_sums(logits, ids))

@@ -47,8 +47,15 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return words.scatter_add_(1, ordered // BITS, flags)
 
 
-def torch_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """topk_row_sums with torch ops (the kernel's fallback, and its tests' reference): [rows, 4] float64."""
+def torch_row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 1 << 26) -> torch.Tensor:
+    """topk_row_sums with torch ops (the kernel's fallback, and its tests' reference): [rows, 4] float64,
+    `chunk` logits at a time (its float32 copies stay ≈ 256 MB each)."""
+    step = max(1, chunk // max(logits.shape[-1], 1))
+    return torch.cat([_torch_row_sums(logits[r:r + step], ids[r:r + step])
+                      for r in range(0, max(logits.shape[0], 1), step)])
+
+
+def _torch_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     x = logits.float()
     peak = x.amax(-1)
     log_sum = torch.log(torch.exp(x - peak[:, None]).sum(-1, dtype=torch.float64))
