@@ -37,17 +37,6 @@ def _exact(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
                         torch.logsumexp(outside, -1) - tail_peak], -1)
 
 
-def test_the_bitmask_flags_exactly_the_ids():
-    ids = torch.tensor([[0, 31, 32, 63, 999, 31], [5, 6, 7, 8, 9, 10]])  # a repeated id counts once
-    bits = kl_sums.topk_bits(ids, VOCAB)
-    assert bits.shape == (2, -(-VOCAB // 32)) and bits.dtype == torch.int32
-    columns = torch.arange(VOCAB)
-    flags = (bits[:, columns // 32] >> (columns % 32)) & 1
-    expected = torch.zeros(2, VOCAB, dtype=torch.long).scatter_(1, ids, 1)
-    assert torch.equal(flags.long(), expected)
-    assert bits[0, 0] == (1 | -(1 << 31))  # bit 31 is the int32 sign bit
-
-
 def test_torch_row_sums_are_the_log_sum_exps():
     logits, ids = _logits_and_ids()
     torch.testing.assert_close(kl_sums.torch_row_sums(logits, ids), _exact(logits, ids), rtol=1e-6, atol=1e-6)
@@ -56,19 +45,35 @@ def test_torch_row_sums_are_the_log_sum_exps():
     assert torch.all(sums[:, 2] == 0) and torch.all(torch.isneginf(sums[:, 3]))
 
 
-def _check_the_kernel(device: str) -> None:
-    """_kl_triton.row_sums against float64 log-sum-exps on `device` (raises AssertionError)."""
-    from evo.evaluate._kl_triton import row_sums
+def _tail_lse(sums: torch.Tensor) -> torch.Tensor:
+    """(peak, log Σ, the tail's log-sum-exp) of [rows, 4] row sums: what the KL reads (t + log Σ_tail)."""
+    return torch.stack([sums[:, 0], sums[:, 1], sums[:, 2] + sums[:, 3]], -1)
 
-    logits, ids = _logits_and_ids(rows=5, vocab=5000, k=40)  # 5,000: a last step of 904 logits
-    logits[1, :] = -30.0
-    logits[1, ids[1]] = 60.0  # the tail 90 nats below the peak: float32 exp(x − peak) would underflow
+
+def _check_the_kernel(device: str) -> None:
+    """_kl_triton's bitmask and row sums against torch and float64 log-sum-exps on `device`."""
+    from evo.evaluate._kl_triton import CHUNK, row_sums, topk_bits
+
+    ids = torch.tensor([[0, 31, 32, 63, 999, 31], [5, 6, 7, 8, 9, 10]])  # a repeated id counts once
+    bits = topk_bits(ids.to(device), VOCAB).cpu()
+    assert bits.shape == (2, -(-VOCAB // 32)) and bits.dtype == torch.int32
+    columns = torch.arange(VOCAB)
+    flags = (bits[:, columns // 32] >> (columns % 32)) & 1
+    assert torch.equal(flags.long(), torch.zeros(2, VOCAB, dtype=torch.long).scatter_(1, ids, 1))
+    assert bits[0, 0] == (1 | -(1 << 31))  # bit 31 is the int32 sign bit
+
+    vocab = 2 * CHUNK + 904  # three chunks, the last one short
+    logits, ids = _logits_and_ids(rows=5, vocab=vocab, k=40)
+    logits[1, :] = -100.0
+    logits[1, ids[1]] = 50.0  # the tail 150 nats below the peak: float32 exp(x − peak) underflows to 0
+    logits[2, :CHUNK] = -200.0
+    logits[2, ids[2]] = 50.0  # the first chunk's tail far below, the other chunks' near their peaks
     for dtype in (torch.float32, torch.bfloat16):
         x = logits.to(dtype)
-        got = row_sums(x.to(device), kl_sums.topk_bits(ids, 5000).to(device)).cpu()
-        torch.testing.assert_close(got, _exact(x.float(), ids), rtol=2e-6, atol=2e-6)
+        got = row_sums(x.to(device), ids.to(device)).cpu()
+        torch.testing.assert_close(_tail_lse(got), _tail_lse(_exact(x.float(), ids)), rtol=2e-6, atol=2e-6)
     everything = torch.arange(64).expand(2, 64)
-    empty = row_sums(logits[:2, :64].to(device), kl_sums.topk_bits(everything, 64).to(device)).cpu()
+    empty = row_sums(logits[:2, :64].to(device), everything.to(device)).cpu()
     assert torch.all(empty[:, 2] == 0) and torch.all(torch.isneginf(empty[:, 3]))
 
 

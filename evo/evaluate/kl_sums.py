@@ -5,16 +5,20 @@ For each row of logits x the KL needs the peak, log Σ exp(x − peak), and the 
 of a 64 × 512 evaluation's bfloat16 logits three times (one online pass for the whole row, then the
 tail's peak, then the tail's sum, each also reading a 1.6 GB boolean mask of the top-k ids that a
 scatter wrote first): 4.4 ms of a 30 ms evaluation on an H200 (benchmarks/attention_paths.py
---profile). Triton's kernel here reads each logit once, with the top k as a bitmask (1 bit a logit,
-built from the ids by one scatter): two online log-sum-exps side by side. Inductor does not write this
-kernel itself (it turns one amax + sum-exp pair into an online pass, not a masked second one).
+--profile). The Triton kernels here (_kl_triton.py) read each logit once, with the top k as a bitmask
+(1 bit a logit, set by atomic OR): one program per 8,192-logit chunk of a row, one exp a logit for
+both sums, the chunks combined in float64. Inductor does not write this itself (it turns one amax +
+sum-exp pair into an online pass, not a masked second one).
 
 `topk_row_sums(logits, ids)` is a torch custom op (opaque to torch.compile) returning [rows, 4]
-float64: peak, log Σ, the tail's peak (0 for an empty tail) and log Σ_tail (−inf for an empty tail),
-each sum shifted by its own peak as logsumexp does; exp in float32 and the sums in float64, as the
-torch path. `available(tensor)` says whether it runs for that tensor (CUDA and Triton importable). If
-the kernel ever fails (a Triton that cannot compile it), the op computes the same sums with torch
-ops and says so once; the KL never depends on the kernel being there.
+float64: peak, log Σ exp(x − peak), a shift t of the tail and log Σ_tail exp(x − t) (t = 0 and −inf
+for an empty tail). The torch path's t is the tail's peak; the kernel's is its chunks' peak, or the
+tail's own peak where that lies 50 nats below (so no exp underflows that matters); every use is
+t + log Σ_tail, which does not depend on t. The kernel sums in float32 within a chunk (relative
+error ~1e-7) and in float64 across chunks; the torch path in float64. `available(tensor)` says
+whether the kernel runs for that tensor (CUDA and Triton importable). If it ever fails (a Triton
+that cannot compile it), the op computes the sums with torch ops and says so once; the KL never
+depends on the kernel being there.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import warnings
 
 import torch
 
-BITS = 32  # top-k flags per int32 word
 TRITON = importlib.util.find_spec("triton") is not None  # a constant, so torch.compile traces `available`
 _FAILED: list[str] = []  # the reason the kernel failed, once: later calls go to torch directly
 
@@ -32,19 +35,6 @@ _FAILED: list[str] = []  # the reason the kernel failed, once: later calls go to
 def available(tensor: torch.Tensor) -> bool:
     """The kernel runs for this tensor: it is on CUDA, Triton imports, and the kernel has not failed."""
     return tensor.is_cuda and TRITON and not _FAILED
-
-
-def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, ceil(vocab / 32)] int32: bit c % 32 of word c // 32 set for every id c of the row (ids
-    [rows, k]; a repeated id counts once)."""
-    rows = ids.shape[0]
-    ordered = ids.long().sort(-1).values
-    repeated = torch.zeros_like(ordered, dtype=torch.bool)
-    repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-    flags = torch.bitwise_left_shift(torch.ones_like(ordered, dtype=torch.int32), (ordered % BITS).int())
-    flags = flags.masked_fill(repeated, 0)  # distinct bits of a word add as they OR
-    words = torch.zeros(rows, -(-vocab // BITS), dtype=torch.int32, device=ids.device)
-    return words.scatter_add_(1, ordered // BITS, flags)
 
 
 def torch_row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = 1 << 26) -> torch.Tensor:
@@ -68,12 +58,12 @@ def _torch_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("evo::topk_row_sums", mutates_args=())
 def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """[rows, 4] float64 (peak, log Σ, tail peak, log Σ_tail) for logits [rows, vocab], ids [rows, k]."""
+    """[rows, 4] float64 (peak, log Σ, tail shift, log Σ_tail) for logits [rows, vocab], ids [rows, k]."""
     if available(logits):
         try:
             from evo.evaluate._kl_triton import row_sums
 
-            return row_sums(logits.contiguous(), topk_bits(ids, logits.shape[-1]))
+            return row_sums(logits.contiguous(), ids)
         except Exception as exc:  # noqa: BLE001 — any failure of the kernel: the same sums with torch ops
             _FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
             warnings.warn(f"the Triton top-k KL kernel failed ({_FAILED[0]}): torch ops instead", RuntimeWarning,
