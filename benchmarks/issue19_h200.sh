@@ -2,9 +2,10 @@
 # Issue 19 on one H200, one phase per device call (PHASE), after the bring-up of scripts/device/README.md
 # (`source scripts/device/env.sh` is done here when the file is there; llama.cpp is not needed):
 #   PHASE=throughput  search_throughput.py: variants $VARIANTS (shipped = compile "auto" = "reduce-overhead"
-#                     with in-place level copies and mask-free attention; compile_default = no CUDA graphs, the
-#                     shipped path before session 26; mask_attention; kl_old; sizer_off), each with a search loop: evaluations/s,
-#                     share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
+#                     with in-place level copies, mask-free attention, rotary tables and the one-pass KL kernel;
+#                     kl_torch_sums, rotary_computed, mask_attention: each with one of those switched off), each
+#                     with a search loop of >= $MIN_LOOP_S s (20; session 27: 20 s loops differ ~10 % between
+#                     leases, give 60 for a comparison): evaluations/s, share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
 #                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 520 (session 25: probe
 #                     103 s + a cold compile 128 s left 360 s room for one variant's loop; a variant whose new compile
 #                     would not fit is skipped).
@@ -23,8 +24,9 @@
 #   PHASE=evop        evop_vs_shortgpt.py: 8 of 30 layers removed, seeds 0-2 at once, 30 x 32, long stages.
 #   PHASE=floor       shape-only timings of one evaluation's forward + KL, one after the other (models built from
 #                     SmolLM2-135M's config with random weights: a fresh lease needs no bring-up, no carry):
-#                     attention_paths.py with Inductor's tuned GEMMs (max-autotune modes, mask-free), then
-#                     forward_floor.py (transformers' compiled forward vs a minimal one with fused projections).
+#                     attention_paths.py --profile (the shipped path against session 26's, 64 x 512 and 4 x 512,
+#                     kernel times by kind), then forward_floor.py (transformers' compiled forward vs a minimal
+#                     one with fused projections; session 27: no faster, nor were the max-autotune modes).
 #                     DEADLINE_S default 480, half each (the second gets what the first left).
 #   PHASE=evopress,ccds (any comma list) runs the phases side by side, each to its own deadline.
 # Each phase ends by its deadline (every command also runs under `timeout`, deadline + 60 s), writes its log
@@ -44,7 +46,8 @@ SMOKE=${SMOKE:-0}
 [ -f scripts/device/env.sh ] && [ "$SMOKE" != 1 ] && source scripts/device/env.sh
 PY=${PY:-python3}
 COMPILE=${COMPILE:-reduce-overhead}
-VARIANTS=${VARIANTS:-shipped,compile_default,mask_attention,kl_old,sizer_off}
+VARIANTS=${VARIANTS:-shipped,kl_torch_sums,rotary_computed,mask_attention}
+MIN_LOOP_S=${MIN_LOOP_S:-20}
 EXPORT=${EXPORT:-auto}
 EXPORT_RESERVE_S=${EXPORT_RESERVE_S:-150}
 CCDS_SEEDS=${CCDS_SEEDS:-0,1,2}
@@ -62,7 +65,7 @@ if [ "$SMOKE" = 1 ]; then
 else
     WORK=${WORK:-${EVO_DEV:-/tmp/evo-dev}/issue19}
     throughput_args=(--device cuda --generations 200 --population 16 --samples 64 --seq-len 512
-                     --stages 2048,16384:16,32768:8 --evaluations 3000 --min-loop-s 20 --size-workers 16)
+                     --stages 2048,16384:16,32768:8 --evaluations 3000 --min-loop-s "$MIN_LOOP_S" --size-workers 16)
     EVALUATIONS=${EVALUATIONS:-20000}
     evopress_args=(--device cuda --compile "$COMPILE" --size-workers 16 --evaluations "$EVALUATIONS"
                    --population 64 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8)
@@ -70,8 +73,8 @@ else
                --generations 16 --population 16 --samples 32 --seq-len 512 --reserve-s 100)
     evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
                --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
-    paths_args=(--device cuda --compile-need-s 120 --profile
-                --runs max-autotune-no-cudagraphs:free:64x512,max-autotune:free:4x512,max-autotune:free:64x512)
+    paths_args=(--device cuda --compile-need-s 40 --profile
+                --runs reduce-overhead:free:64x512,reduce-overhead:before:64x512,reduce-overhead:free:4x512,reduce-overhead:before:4x512)
     floor_args=(--device cuda --compile-need-s 90 --profile)
     default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480)
 fi

@@ -26,7 +26,9 @@ Variants: shipped (size table, level database, whole-batch forward, one host syn
 --compile: "auto", what `evo search` runs = "reduce-overhead" on CUDA since session 26, mask-free
 attention), compile_default (compile "default", no CUDA graphs: the shipped path of sessions 23-25),
 mask_attention (transformers' attention masks under compile, as before session 26:
-evo/evaluate/causal_attention.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
+evo/evaluate/causal_attention.py), rotary_computed (the rotary cos/sin computed inside the compiled graph, as
+before session 27: evo/evaluate/rotary_tables.py), kl_torch_sums (the KL's row sums by torch ops instead of
+the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place;
 the same as shipped under "auto" on CUDA),
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import shutil
@@ -60,14 +63,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from evo.constants import CALIBRATION_FILE, FINAL_STAGE, MB, REFERENCE_FILE, SIZE_CACHE_DIR, STATS_FILE  # noqa: E402
 from evo.evaluate.fastforward import FastForward, resolve_compile_mode  # noqa: E402
 from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # noqa: E402
-from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum_reference  # noqa: E402
+from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
-            "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention")
+            "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
+            "rotary_computed", "kl_torch_sums")
 DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
+KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch")}
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
 SMOKE = ["--device", "cpu", "--space", "default", "--generations", "50", "--population", "8", "--samples", "4",
          "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:4,256:2",
@@ -182,23 +187,25 @@ def compiled_graphs(name: str, compile_mode: str) -> tuple:
     # "auto" as FastForward resolves it on CUDA (a CPU runs every mode eagerly)
     mode = resolve_compile_mode("off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode),
                                 torch.device("cuda"))
-    return mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention"
+    return (mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention",
+            name == "rotary_computed", name == "kl_torch_sums")
 
 
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode, chunk, _, masks = compiled_graphs(name, compile_mode)
+    mode, chunk, _, masks, rotary_computed, _ = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
-    key = (id(evaluator.model), mode, chunk, masks)
-    if key not in _FORWARDS:  # one per (mode, chunk, masks): torch.compile's wrappers and their graphs are reused
-        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk, mask_free=not masks)
+    key = (id(evaluator.model), mode, chunk, masks, rotary_computed)
+    if key not in _FORWARDS:  # one per key: torch.compile's wrappers and their graphs are reused
+        _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk, mask_free=not masks,
+                                     rotary_tables=not rotary_computed)
     evaluator.forward = _FORWARDS[key]
-    if name == "kl_old":  # the same compiled forward, the old KL reduction compiled beside it
-        old_key = (*key, "kl_old")
-        if old_key not in _FORWARDS:
-            _FORWARDS[old_key] = _FORWARDS[key].with_kl(topk_kl_sum_reference)
-        evaluator.forward = _FORWARDS[old_key]
+    if name in KL_OF:  # the same compiled forward, another KL reduction compiled beside it
+        kl_key = (*key, name)
+        if kl_key not in _FORWARDS:
+            _FORWARDS[kl_key] = _FORWARDS[key].with_kl(KL_OF[name])
+        evaluator.forward = _FORWARDS[kl_key]
     if name == "levels_off":
         evaluator.levels = None
     if name == "one_sync_off":
