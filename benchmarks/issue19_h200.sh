@@ -24,6 +24,7 @@
 #   PHASE=evop        evop_vs_shortgpt.py: 8 of 30 layers removed, seeds 0-2 at once, 30 x 32, long stages.
 #   PHASE=floor       shape-only timings of one evaluation's forward + KL, one after the other (models built from
 #                     SmolLM2-135M's config with random weights: a fresh lease needs no bring-up, no carry):
+#                     kl_kernel.py (the KL alone: torch ops vs the Triton kernel's program shapes, ~1 min), then
 #                     attention_paths.py --profile (the shipped path against session 26's, 64 x 512 and 4 x 512,
 #                     kernel times by kind), then forward_floor.py (transformers' compiled forward vs a minimal
 #                     one with fused projections; session 27: no faster, nor were the max-autotune modes).
@@ -59,6 +60,7 @@ if [ "$SMOKE" = 1 ]; then
     ccds_args=(--smoke --jobs 2 --seeds 0)
     evop_args=(--smoke --jobs 2 --seeds 0,1)
     paths_args=(--device cpu --layers 1 --runs off:masks:2x32,off:free:2x32 --repeats 1)
+    kl_args=(--device cpu --rows 64 --vocab 4096 --repeats 2)
     floor_args=(--device cpu --layers 1 --runs transformers:off:2x32,minimal:off:2x32 --repeats 1)
     default_deadline=(throughput=150 evopress=60 ccds=240 evop=240 floor=60)
     EXPORT_RESERVE_S=${SMOKE_EXPORT_RESERVE_S:-25}
@@ -76,6 +78,7 @@ else
     paths_args=(--device cuda --compile-need-s 40 --profile
                 --runs reduce-overhead:free:64x512,reduce-overhead:before:64x512,reduce-overhead:free:4x512,reduce-overhead:before:4x512)
     floor_args=(--device cuda --compile-need-s 90 --profile)
+    kl_args=(--device cuda)
     default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480)
 fi
 mkdir -p "$WORK" "$OUT"
@@ -138,10 +141,13 @@ experiment() {  # ccds or evop: tables, results and logs under $WORK/NAME (bulky
     cat "$WORK/$name/${script%.py}.md" 2> /dev/null
 }
 
-floor() {  # attention_paths.py then forward_floor.py, one after the other (timings want the GPU alone)
-    local deadline first second; deadline=$(deadline_of floor); first=$(( deadline / 2 ))
+floor() {  # kl_kernel.py, attention_paths.py, forward_floor.py, one after the other (timings want the GPU alone)
+    local deadline first second; deadline=$(deadline_of floor)
     echo "== floor: deadline $deadline s ($(date -u +%T))"
     rm -rf "$WORK/floor"
+    timeout 150 "$PY" benchmarks/kl_kernel.py "${kl_args[@]}" --out "$WORK/floor/kl_kernel"
+    echo "kl_kernel exit $? at $SECONDS s"
+    first=$(( (deadline - SECONDS) / 2 ))
     timeout $(( first + 60 )) "$PY" benchmarks/attention_paths.py "${paths_args[@]}" --deadline-s "$first" \
         --out "$WORK/floor/attention_paths"
     echo "attention_paths exit $? at $SECONDS s"
@@ -150,7 +156,8 @@ floor() {  # attention_paths.py then forward_floor.py, one after the other (timi
         --out "$WORK/floor/forward_floor"
     echo "forward_floor exit $? at $SECONDS s"
     bash scripts/device/collect.sh floor "$WORK/floor"
-    cat "$WORK/floor/attention_paths/attention_paths.md" "$WORK/floor/forward_floor/forward_floor.md" 2> /dev/null
+    cat "$WORK/floor/kl_kernel/kl_kernel.md" "$WORK/floor/attention_paths/attention_paths.md" \
+        "$WORK/floor/forward_floor/forward_floor.md" 2> /dev/null
 }
 
 run_phase() {

@@ -52,6 +52,7 @@ def _tail_lse(sums: torch.Tensor) -> torch.Tensor:
 
 def _check_the_kernel(device: str) -> None:
     """_kl_triton's bitmask and row sums against torch and float64 log-sum-exps on `device`."""
+    from evo.evaluate import _kl_triton
     from evo.evaluate._kl_triton import CHUNK, row_sums, topk_bits
 
     ids = torch.tensor([[0, 31, 32, 63, 999, 31], [5, 6, 7, 8, 9, 10]])  # a repeated id counts once
@@ -72,6 +73,17 @@ def _check_the_kernel(device: str) -> None:
         x = logits.to(dtype)
         got = row_sums(x.to(device), ids.to(device)).cpu()
         torch.testing.assert_close(_tail_lse(got), _tail_lse(_exact(x.float(), ids)), rtol=2e-6, atol=2e-6)
+    smaller = row_sums(logits.to(device), ids.to(device), chunk=2048, warps=4).cpu()  # another shape of program
+    torch.testing.assert_close(_tail_lse(smaller), _tail_lse(_exact(logits, ids)), rtol=2e-6, atol=2e-6)
+
+    kept = ids.to(device)  # the bitmask is kept for the same ids, rebuilt when they change in place
+    x = logits.to(device)
+    first = row_sums(x, kept)
+    assert any(held is kept for held, _, _ in _kl_triton._BITS)
+    assert torch.equal(row_sums(x, kept), first) and len(_kl_triton._BITS) <= _kl_triton.KEEP_BITS
+    kept[0, 0] = logits[0].scatter(0, ids[0], float("-inf")).argmax()  # the tail's largest logit joins the top k
+    torch.testing.assert_close(_tail_lse(row_sums(x, kept).cpu()), _tail_lse(_exact(logits, kept.cpu())),
+                               rtol=2e-6, atol=2e-6)
     everything = torch.arange(64).expand(2, 64)
     empty = row_sums(logits[:2, :64].to(device), everything.to(device)).cpu()
     assert torch.all(empty[:, 2] == 0) and torch.all(torch.isneginf(empty[:, 3]))
@@ -142,3 +154,18 @@ def test_topk_kl_reads_the_four_sums_as_the_torch_passes_do(monkeypatch):
 def test_torch_row_sums_in_chunks_equal_the_whole():
     logits, ids = _logits_and_ids(rows=7)
     torch.testing.assert_close(kl_sums.torch_row_sums(logits, ids, chunk=2 * VOCAB), kl_sums.torch_row_sums(logits, ids))
+
+
+def test_the_kl_kernel_benchmark_runs_on_a_cpu(tmp_path):
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import kl_kernel
+
+    assert kl_kernel.main(["--device", "cpu", "--rows", "16", "--vocab", "512", "--k", "8", "--repeats", "1",
+                           "--configs", "1024x2", "--out", str(tmp_path)]) == 0
+    rows = {row["run"]: row for row in json.loads((tmp_path / "kl_kernel.json").read_text())["results"]}
+    assert rows["kl torch ops"]["kl_per_token"] > 0
+    assert rows["sums 1024x2"]["skipped"] == "needs CUDA and Triton"  # no CUDA here
+    with pytest.raises(SystemExit, match="CHUNK is a power of 2"):
+        kl_kernel.main(["--device", "cpu", "--configs", "3000x8", "--out", str(tmp_path)])

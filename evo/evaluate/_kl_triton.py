@@ -6,7 +6,10 @@ Measured on an H200 (64 × 512 tokens, SmolLM2's 49,152 logits a row, benchmarks
 in float64 took 3.5 ms, no faster than Inductor's three passes, and sorting the ids to build the
 bitmask took 1.3 ms more. This version gives each (row, 8,192-logit chunk) its own program: the chunk
 sits in registers, one exp a logit serves both sums, float32 within the chunk, and the chunks are
-combined in float64 by the caller; the bitmask is set by atomic OR (repeated ids need no sort).
+combined in float64 by a second kernel; the bitmask is set by atomic OR (repeated ids need no sort)
+and kept for the reference rows it was built from (bits_for). Since that measurement (25.92 ms), the
+float64 combine moved from ~10 torch ops into `_combine` and the bitmask is kept: fewer launches, the
+same arithmetic; not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import triton.language as tl
 CHUNK = 8192  # logits a program reads: 32 a thread at 8 warps, all in registers
 WARPS = 8
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
+KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
+_BITS: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []  # (ids held, their key, bitmask), oldest first
 
 
 @triton.jit
@@ -66,6 +71,32 @@ def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constex
     tl.store(base + 3, tail)
 
 
+@triton.jit
+def _combine(parts, out, chunks, C_BLOCK: tl.constexpr):
+    """Row r's chunk sums parts[r, c] = (m, Σ, t, Σ_tail) → out[r] = (peak, log Σ exp(x − peak), tail
+    shift, log Σ_tail exp(x − shift)) in float64; the shift is the largest t of the chunks that have a
+    tail (0 and log 0 = −inf where none has)."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, C_BLOCK)
+    present = c < chunks
+    neg_inf = float("-inf")
+    base = parts + (row * chunks + c) * 4
+    peak_c = tl.load(base, mask=present, other=neg_inf).to(tl.float64)
+    total_c = tl.load(base + 1, mask=present, other=0.0).to(tl.float64)
+    shift_c = tl.load(base + 2, mask=present, other=0.0).to(tl.float64)
+    tail_c = tl.load(base + 3, mask=present, other=0.0).to(tl.float64)
+    peak = tl.max(peak_c, 0)
+    total = tl.sum(tl.where(present, total_c * tl.exp(peak_c - peak), 0.0), 0)
+    has_tail = tail_c > 0
+    shift = tl.max(tl.where(has_tail, shift_c, neg_inf), 0)
+    shift = tl.where(shift == neg_inf, 0.0, shift)
+    tail = tl.sum(tl.where(has_tail, tail_c * tl.exp(shift_c - shift), 0.0), 0)
+    tl.store(out + row * 4, peak)
+    tl.store(out + row * 4 + 1, tl.log(total))
+    tl.store(out + row * 4 + 2, shift)
+    tl.store(out + row * 4 + 3, tl.log(tail))
+
+
 def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     """[rows, ceil(vocab / 32)] int32 bitmask of the ids [rows, k] (the kernel's own, by atomic OR)."""
     rows, k = ids.shape
@@ -76,28 +107,43 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return bits
 
 
-def chunk_sums(logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS) -> torch.Tensor:
     """[rows, chunks, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
-    and bits [rows, ceil(vocab / 32)] int32."""
+    and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a program (a power of 2), `warps` a program."""
     rows, vocab = logits.shape
-    chunks = -(-vocab // CHUNK)
+    chunks = -(-vocab // chunk)
     out = torch.empty(rows, chunks, 4, dtype=torch.float32, device=logits.device)
     if rows:
-        _chunk_sums[(rows, chunks)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=CHUNK,
-                                    RESCUE=TAIL_RESCUE, num_warps=WARPS)
+        _chunk_sums[(rows, chunks)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
+                                    RESCUE=TAIL_RESCUE, num_warps=warps)
     return out
 
 
-def row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def combine(parts: torch.Tensor) -> torch.Tensor:
+    """[rows, 4] float64 of _combine for chunk sums [rows, chunks, 4] float32 (contiguous)."""
+    rows, chunks, _ = parts.shape
+    out = torch.empty(rows, 4, dtype=torch.float64, device=parts.device)
+    if rows:
+        _combine[(rows,)](parts, out, chunks, C_BLOCK=max(2, triton.next_power_of_2(chunks)))
+    return out
+
+
+def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
+    """topk_bits(ids, vocab), kept for the last KEEP_BITS id tensors: the search scores every candidate
+    of a stage against the same reference rows. An entry holds its ids, so their memory cannot be
+    reused while it is kept: the same address, shape, strides and version mean the same ids (an
+    in-place write bumps the version)."""
+    key = (ids.device, ids.data_ptr(), tuple(ids.shape), tuple(ids.stride()), ids._version, vocab)
+    for _, known, bits in _BITS:
+        if known == key:
+            return bits
+    bits = topk_bits(ids, vocab)
+    _BITS.append((ids, key, bits))
+    del _BITS[:-KEEP_BITS]
+    return bits
+
+
+def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
     logits [rows, vocab] and top-k ids [rows, k]: the chunks' sums combined in float64."""
-    parts = chunk_sums(logits, topk_bits(ids, logits.shape[-1])).double()
-    peak_c, total_c, shift_c, tail_c = parts.unbind(-1)
-    peak = peak_c.amax(-1, keepdim=True)
-    log_sum = torch.log((total_c * torch.exp(peak_c - peak)).sum(-1, keepdim=True))
-    # the tail's shift: the largest of the chunks that have a tail (0 where none has: Σ = 0, log = −inf)
-    shift = torch.where(tail_c > 0, shift_c, torch.full_like(shift_c, float("-inf"))).amax(-1, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    scaled = torch.where(tail_c > 0, tail_c * torch.exp(shift_c - shift), torch.zeros_like(tail_c))
-    log_tail = torch.log(scaled.sum(-1, keepdim=True))
-    return torch.cat([peak, log_sum, shift, log_tail], dim=-1)
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps))

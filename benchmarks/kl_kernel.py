@@ -1,0 +1,157 @@
+"""The top-k KL of one evaluation alone (issue 19): the KL's row sums by torch ops (compiled, Inductor's
+passes) against the one-pass Triton kernel (evo/evaluate/_kl_triton.py) at several program shapes,
+on random logits of an evaluation's size, side by side in one process. Picks the kernel's CHUNK and
+WARPS: the H200 profile of session 27 put the kernel at 2.44 ms for 3.2 GB of logits, ~3× its memory
+time, and its 8,192-logit programs (32 logits a thread) may leave too few programs resident per SM.
+
+Rows of the table:
+  kl torch ops      topk_kl_sum(row_sums="torch") compiled ("default"), the whole KL
+  kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS, the whole KL
+  sums CxW          _kl_triton.row_sums(chunk=C, warps=W) alone (the bitmask kept from the first call, as
+                    in a search), with the largest difference of the tail's log-sum-exp from torch's
+                    float64 sums on the first 256 rows
+Each is the median of --repeats synchronized calls after one warm-up call.
+
+  # on one H200 (≈ 1 min; shapes only, no bring-up; needs Triton, which the device's torch has):
+  python benchmarks/kl_kernel.py --device cuda --out $OUT/kl_kernel
+  # CPU smoke (torch ops only; the kernel rows say why they are skipped):
+  python benchmarks/kl_kernel.py --device cpu --rows 64 --vocab 4096 --repeats 2 --out runs/kl-kernel-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from attention_paths import write_report  # noqa: E402
+from evo.evaluate import kl_sums  # noqa: E402
+from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
+
+DEFAULT_CONFIGS = "8192x8,8192x16,4096x8,4096x4,2048x4,2048x2,1024x2"
+CHECK_ROWS = 256
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    """CxW,... → [(chunk, warps)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4, 8, 16, 32; anything
+    else ends the benchmark with one line."""
+    configs = []
+    for part in filter(None, text.split(",")):
+        try:
+            chunk, warps = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS, e.g. 4096x8") from None
+        if chunk < 128 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16, 32):
+            raise SystemExit(f"config {part!r}: CHUNK is a power of 2 ≥ 128 and WARPS one of 1, 2, 4, 8, 16, 32")
+        configs.append((chunk, warps))
+    return configs
+
+
+def median_ms(function, device: torch.device, repeats: int) -> tuple[float, float]:
+    """(median, min) ms of `repeats` synchronized calls after one warm-up call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    function()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        function()
+        sync()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times), min(times)
+
+
+def inputs(rows: int, vocab: int, k: int, samples: int, device: torch.device, seed: int):
+    """bf16 logits [rows, vocab] (float32 on a CPU) and the reference rows of a nearby distribution."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    logits = (3 * torch.randn(rows, vocab, generator=generator)).to(device, dtype)
+    reference = logits.float() + 0.5 * torch.randn(rows, vocab, generator=generator).to(device)
+    log_p = torch.log_softmax(reference, -1)
+    del reference
+    top = log_p.topk(k, dim=-1)
+    tail = torch.log1p(-top.values.exp().sum(-1).clamp(max=1 - 1e-6))
+    draws = torch.randint(0, vocab, (rows, samples), generator=generator).to(device)
+    rows_ = (top.indices, top.values, tail, draws, log_p.gather(-1, draws))
+    del log_p
+    return logits, rows_
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=64 * 512, help="tokens of the evaluation (64 × 512)")
+    parser.add_argument("--vocab", type=int, default=49152)
+    parser.add_argument("--k", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="the kernel's CHUNKxWARPS, comma-separated")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/kl-kernel")
+    args = parser.parse_args(argv)
+    configs = parse_configs(args.configs)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logits, rows = inputs(args.rows, args.vocab, args.k, args.samples, device, args.seed)
+    compiled = device.type == "cuda"
+    torch_kl = functools.partial(topk_kl_sum, row_sums="torch")
+    runs = {"kl torch ops": torch.compile(torch_kl, dynamic=False) if compiled else torch_kl}
+    kernel = kl_sums.available(logits)
+    results = []
+    for name, function in runs.items():
+        value = float(function(logits, *rows))
+        ms, least = median_ms(lambda: float(function(logits, *rows)), device, args.repeats)
+        results.append({"run": name, "median_ms": ms, "min_ms": least, "kl_per_token": value / args.rows})
+    if not kernel:
+        why = "needs CUDA and Triton" if not kl_sums._FAILED else f"the kernel failed: {kl_sums._FAILED[0]}"
+        results += [{"run": "kl kernel", "skipped": why}] + [{"run": f"sums {c}x{w}", "skipped": why} for c, w in configs]
+    else:
+        from evo.evaluate import _kl_triton
+
+        function = torch.compile(topk_kl_sum, dynamic=False) if compiled else topk_kl_sum
+        value = float(function(logits, *rows))
+        ms, least = median_ms(lambda: float(function(logits, *rows)), device, args.repeats)
+        results.append({"run": "kl kernel", "median_ms": ms, "min_ms": least, "kl_per_token": value / args.rows,
+                        "shipped": f"{_kl_triton.CHUNK}x{_kl_triton.WARPS}"})
+        ids = rows[0].reshape(-1, args.k)
+        check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
+        exact_tail = check[:, 2] + check[:, 3]
+        for chunk, warps in configs:
+            try:
+                sums = _kl_triton.row_sums(logits, ids, chunk, warps)
+                ms, least = median_ms(lambda: _kl_triton.row_sums(logits, ids, chunk, warps), device, args.repeats)
+            except Exception as exc:  # noqa: BLE001 — a shape Triton cannot build (registers, shared memory)
+                results.append({"run": f"sums {chunk}x{warps}", "skipped": f"{type(exc).__name__}: {str(exc)[:120]}"})
+                continue
+            tail = sums[:CHECK_ROWS, 2] + sums[:CHECK_ROWS, 3]
+            results.append({"run": f"sums {chunk}x{warps}", "median_ms": ms, "min_ms": least,
+                            "tail_lse_max_diff": float((tail - exact_tail).abs().max()),
+                            "peak_lse_max_diff": float((sums[:CHECK_ROWS, 1] - check[:CHECK_ROWS, 1]).abs().max())})
+        print("\n".join(f"{row}" for row in results), flush=True)
+    lines = ["| run | median ms | min ms | KL/token | max Δ log Σ (row, tail) |", "|---|---|---|---|---|"]
+    for row in results:
+        if "skipped" in row:
+            lines.append(f"| {row['run']} | skipped: {row['skipped']} | | | |")
+            continue
+        kl = f"{row['kl_per_token']:.6f}" if "kl_per_token" in row else ""
+        diff = (f"{row['peak_lse_max_diff']:.1e}, {row['tail_lse_max_diff']:.1e}"
+                if "tail_lse_max_diff" in row else "")
+        lines.append(f"| {row['run']}{' (' + row['shipped'] + ')' if 'shipped' in row else ''} | {row['median_ms']:.3f} | "
+                     f"{row['min_ms']:.3f} | {kl} | {diff} |")
+    write_report(out, "kl_kernel", results,
+                 f"{args.rows} rows × {args.vocab} logits ({logits.dtype}, {device}), top-{args.k} + {args.samples} "
+                 f"tail samples; {args.repeats} calls each", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
