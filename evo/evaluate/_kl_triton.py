@@ -22,6 +22,7 @@ CHUNK = 8192  # logits a program reads: 32 a thread at 8 warps, all in registers
 WARPS = 8
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
+KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
 _BITS: list[tuple[torch.Tensor, tuple, torch.Tensor]] = []  # (ids held, their key, bitmask), oldest first
 
 
@@ -129,17 +130,20 @@ def combine(parts: torch.Tensor) -> torch.Tensor:
 
 
 def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
-    """topk_bits(ids, vocab), kept for the last KEEP_BITS id tensors: the search scores every candidate
-    of a stage against the same reference rows. An entry holds its ids, so their memory cannot be
-    reused while it is kept: the same address, shape, strides and version mean the same ids (an
-    in-place write bumps the version)."""
+    """topk_bits(ids, vocab), kept for the last KEEP_BITS id tensors whose bitmask is at most
+    KEEP_BITS_BYTES: the search scores every candidate of a stage against the same reference rows, and
+    on small stages (screens) the two launches that build the bitmask are a share of the host's time; a
+    large stage builds its bitmask each time (~0.1 ms of GPU time at 64 × 512), so what stays held after
+    a search is bounded. An entry holds its ids, so their memory cannot be reused while it is kept: the
+    same address, shape, strides and version mean the same ids (an in-place write bumps the version)."""
     key = (ids.device, ids.data_ptr(), tuple(ids.shape), tuple(ids.stride()), ids._version, vocab)
     for _, known, bits in _BITS:
         if known == key:
             return bits
     bits = topk_bits(ids, vocab)
-    _BITS.append((ids, key, bits))
-    del _BITS[:-KEEP_BITS]
+    if bits.numel() * bits.element_size() <= KEEP_BITS_BYTES:
+        _BITS.append((ids, key, bits))
+        del _BITS[:-KEEP_BITS]
     return bits
 
 
