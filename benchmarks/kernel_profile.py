@@ -77,6 +77,7 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
         what = "GPU kernels"
         host = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
         idle = idle_spans(kernels, min(e.time_range.start for e in host) if host else None)
+        idle["host_top"] = host_ops(prof)
     else:
         idle = {}
         for e in prof.key_averages():
@@ -102,6 +103,13 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
         "by_kind_share": {k: v / total for k, v in kinds.items()},
         **idle,
     }
+
+
+def host_ops(prof, top: int = 8) -> list[dict]:
+    """The host's busiest ops during the profiled call (self CPU time): what the GPU waits on when
+    the lead before its first kernel is long (guards, CUDA-graph bookkeeping, launches)."""
+    ops = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
+    return [{"name": e.key[:100], "self_ms": e.self_cpu_time_total / 1000, "calls": e.count} for e in ops[:top]]
 
 
 def idle_spans(kernels: list, host_start: float | None) -> dict:
@@ -138,4 +146,7 @@ def kernel_lines(name: str, profile: dict) -> list[str]:
         lines += ["", f"idle GPU: {lead} from the first host event to the first kernel; {p['gaps_ms']:.2f} ms in "
                   f"{p['gap_count']} gaps between kernels, the widest:"]
         lines += [f"- {g['ms']:.3f} ms after `{g['after'][:60]}`, before `{g['before'][:60]}`" for g in p["widest_gaps"]]
+    if p.get("host_top"):
+        lines += ["", "host ops by self time: " + ", ".join(
+            f"`{h['name'][:60]}` {h['self_ms']:.2f} ms ×{h['calls']}" for h in p["host_top"])]
     return lines

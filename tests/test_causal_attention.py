@@ -167,11 +167,31 @@ def test_attention_paths_benchmark_runs_on_a_cpu(tmp_path):
     import attention_paths
 
     assert attention_paths.main(["--device", "cpu", "--layers", "1", "--repeats", "1", "--out", str(tmp_path),
-                                 "--runs", "off:masks:2x16,off:free:2x16,default:free:2x16"]) == 0
+                                 "--runs", "off:masks:2x16,off:free:2x16,default:free:2x16", "--profile"]) == 0
     rows = {row["run"]: row for row in json.loads((tmp_path / "attention_paths.json").read_text())["results"]}
     assert rows["default:free:2x16"] == {"run": "default:free:2x16", "skipped": "CUDA only"}
     assert rows["off:masks:2x16"]["kl_per_token"] == rows["off:free:2x16"]["kl_per_token"] > 0
-    assert "| off:free:2x16 |" in (tmp_path / "attention_paths.md").read_text()
+    assert rows["off:free:2x16"]["profile"]["what"] == "CPU ops (self time)"  # --profile: one more call, traced
+    report = (tmp_path / "attention_paths.md").read_text()
+    assert "| off:free:2x16 |" in report and "off:free:2x16: CPU ops (self time)" in report
+
+
+def test_the_kernel_profile_finds_the_lead_and_the_widest_gaps():
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from kernel_profile import idle_spans
+
+    def kernel(name, start, end):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end))
+
+    # b overlaps c (two streams): the gap before d is counted from b's end, the later one
+    spans = idle_spans([kernel("b", 25, 30), kernel("a", 10, 20), kernel("c", 28, 29), kernel("d", 100, 110)], 0)
+    assert spans["lead_ms"] == 0.01 and spans["gap_count"] == 2
+    assert spans["gaps_ms"] == pytest.approx(0.075)
+    assert spans["widest_gaps"][0] == {"ms": 0.07, "after": "b", "before": "d"}
 
 
 @torch.no_grad()
