@@ -109,3 +109,22 @@ def test_fastforward_serves_tables_only_around_compiled_calls(monkeypatch):
     assert computed.rotary == "computed in each forward"
     computed.logits(IDS)
     assert seen == [True, False]
+
+
+@torch.no_grad()
+def test_a_rotary_that_cannot_fill_its_table_computes_its_own(monkeypatch):
+    model = build(tiny_config("llama", tied=True))
+    expected = model(input_ids=IDS, use_cache=False).logits
+    rotary_class = type(model.model.rotary_emb)
+    real = rotary_class.forward
+
+    def wants_3d_positions(self, x, position_ids=None):
+        if position_ids.shape[0] == 1 and not torch.compiler.is_compiling() and x.shape[-1] == 1:
+            raise ValueError("positions must be [3, batch, L]")  # as a multimodal rotary would
+        return real(self, x, position_ids)
+
+    monkeypatch.setattr(rotary_class, "forward", wants_3d_positions)
+    tables = RotaryTables(model)
+    with tables.served(IDS.shape[1]):
+        torch.testing.assert_close(model(input_ids=IDS, use_cache=False).logits, expected)
+    assert not tables and "forward" not in vars(model.model.rotary_emb)

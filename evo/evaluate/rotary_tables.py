@@ -57,7 +57,10 @@ class _ServedRotary:
             return
         positions = torch.arange(length, device=device)[None]
         probe = torch.zeros(1, length, 1, dtype=dtype, device=device)  # the rotary reads its dtype and device
-        out = type(self.module).forward(self.module, probe, position_ids=positions)
+        try:
+            out = type(self.module).forward(self.module, probe, position_ids=positions)
+        except Exception:  # noqa: BLE001 — a rotary that wants other positions (e.g. multimodal): its own
+            out = None
         if (not isinstance(out, tuple) or len(out) != 2 or not all(isinstance(t, torch.Tensor) for t in out)
                 or out[0].shape[:2] != (1, length) or out[0].dtype != dtype):
             self.usable = False  # not the (cos, sin) [1, L, dim] this class serves: the module computes its own
