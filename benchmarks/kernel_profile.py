@@ -48,9 +48,21 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_ms(function: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+    """The wall ms of `repeats` calls of function(), each synchronized with the device before and after."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        tic = time.perf_counter()
+        function()
+        sync(device)
+        times.append(1000 * (time.perf_counter() - tic))
+    return times
 
 
 def profile_table(run: Callable[[], object], device: torch.device) -> dict:
@@ -59,11 +71,11 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
 
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    _sync(device)
+    sync(device)
     with profile(activities=activities) as prof:
         tic = time.perf_counter()
         run()
-        _sync(device)
+        sync(device)
         wall_us = 1e6 * (time.perf_counter() - tic)
     by_name: dict[str, list[float]] = {}
     if cuda:

@@ -24,7 +24,6 @@ import argparse
 import functools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attention_paths import write_report  # noqa: E402
 from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
+from kernel_profile import timed_ms  # noqa: E402
 
 DEFAULT_CONFIGS = "8192x8,8192x16,4096x8,4096x4,2048x4,2048x2,1024x2"
 CHECK_ROWS = 256
@@ -57,15 +57,8 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 def median_ms(function, device: torch.device, repeats: int) -> tuple[float, float]:
     """(median, min) ms of `repeats` synchronized calls after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     function()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        function()
-        sync()
-        times.append(1000 * (time.perf_counter() - start))
+    times = timed_ms(function, device, repeats)
     return statistics.median(times), min(times)
 
 
@@ -103,25 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logits, rows = inputs(args.rows, args.vocab, args.k, args.samples, device, args.seed)
     compiled = device.type == "cuda"
-    torch_kl = functools.partial(topk_kl_sum, row_sums="torch")
-    runs = {"kl torch ops": torch.compile(torch_kl, dynamic=False) if compiled else torch_kl}
-    kernel = kl_sums.available(logits)
-    results = []
-    for name, function in runs.items():
+
+    def whole_kl(name: str, kl, **extra) -> dict:  # the whole KL, compiled as the search compiles it
+        function = torch.compile(kl, dynamic=False) if compiled else kl
         value = float(function(logits, *rows))
         ms, least = median_ms(lambda: float(function(logits, *rows)), device, args.repeats)
-        results.append({"run": name, "median_ms": ms, "min_ms": least, "kl_per_token": value / args.rows})
-    if not kernel:
+        return {"run": name, "median_ms": ms, "min_ms": least, "kl_per_token": value / args.rows, **extra}
+
+    results = [whole_kl("kl torch ops", functools.partial(topk_kl_sum, row_sums="torch"))]
+    if not kl_sums.available(logits):
         why = "needs CUDA and Triton" if not kl_sums._FAILED else f"the kernel failed: {kl_sums._FAILED[0]}"
         results += [{"run": "kl kernel", "skipped": why}] + [{"run": f"sums {c}x{w}", "skipped": why} for c, w in configs]
     else:
         from evo.evaluate import _kl_triton
 
-        function = torch.compile(topk_kl_sum, dynamic=False) if compiled else topk_kl_sum
-        value = float(function(logits, *rows))
-        ms, least = median_ms(lambda: float(function(logits, *rows)), device, args.repeats)
-        results.append({"run": "kl kernel", "median_ms": ms, "min_ms": least, "kl_per_token": value / args.rows,
-                        "shipped": f"{_kl_triton.CHUNK}x{_kl_triton.WARPS}"})
+        results.append(whole_kl("kl kernel", topk_kl_sum, shipped=f"{_kl_triton.CHUNK}x{_kl_triton.WARPS}"))
         ids = rows[0].reshape(-1, args.k)
         check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
         exact_tail = check[:, 2] + check[:, 3]

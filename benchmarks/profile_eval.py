@@ -56,7 +56,7 @@ from evo.constants import FINAL_STAGE, SCREEN_STAGE  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session  # noqa: E402
-from kernel_profile import kernel_lines, profile_table  # noqa: E402
+from kernel_profile import kernel_lines, profile_table, sync, timed_ms  # noqa: E402
 from search_throughput import H200_BF16_TFLOPS, KL_CHUNK, flops_per_evaluation  # noqa: E402
 
 
@@ -77,20 +77,10 @@ VARIANTS = {
     "kl_chunked": Variant("default", kl_chunk=KL_CHUNK),
 }
 DEFAULT_VARIANTS = "default,default_kl_old,eager,cuda_graphs,kl_chunked,cuda_graphs_kl_old,eager_kl_old"
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _median_ms(function, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        tic = time.perf_counter()
-        function()
-        _sync(device)
-        times.append(time.perf_counter() - tic)
-    return 1000 * statistics.median(times)
+    return statistics.median(timed_ms(function, device, repeats))
 
 
 _FORWARDS: dict[tuple, FastForward] = {}  # (mode, chunk, old KL): compiled graphs shared between variants
@@ -114,7 +104,7 @@ def run_variant(name: str, variant: Variant, evaluator, config, args) -> dict:
     tic = time.perf_counter()
     for stage in (FINAL_STAGE, SCREEN_STAGE):  # compilation / CUDA-graph capture of both shapes
         evaluator.evaluate(config, stage)
-    _sync(device)
+    sync(device)
     row: dict = {"compile": variant.compile, "compiled": forward.compiled, "fallback": forward.fallback,
                  "kl_chunk": forward.kl_chunk, "kl": "old" if variant.old_kl else "new",
                  "level_copies": evaluator._copy_levels(), "warmup_s": time.perf_counter() - tic}

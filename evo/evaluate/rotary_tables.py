@@ -83,19 +83,19 @@ class RotaryTables:
     def __init__(self, model: nn.Module) -> None:
         self.served_modules = [_ServedRotary(module) for module in model.modules() if _static_rotary(module)]
         parameter = next(model.parameters(), None)
-        self._dtype = parameter.dtype if parameter is not None else torch.float32
+        self._dtype = parameter.dtype if parameter is not None else torch.float32  # the activations'
 
     def __bool__(self) -> bool:
         return any(served.usable for served in self.served_modules)
 
     @contextmanager
-    def served(self, length: int, dtype: torch.dtype | None = None) -> Iterator[None]:
+    def served(self, length: int) -> Iterator[None]:
         """Inside the block each static rotary module returns its table's rows 0..length-1 for
-        positions 0..length-1 (dtype: the activations', default the model's first parameter's)."""
+        positions 0..length-1, in the dtype of the model's first parameter (its activations')."""
         active = []
         try:
             for served in self.served_modules:
-                served.fill(length, dtype or self._dtype, served.module.inv_freq.device)
+                served.fill(length, self._dtype, served.module.inv_freq.device)
                 if served.usable:
                     served.module.forward = served  # an instance attribute over the class's forward
                     active.append(served)
