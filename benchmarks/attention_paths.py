@@ -224,11 +224,22 @@ def write_report(out: Path, stem: str, results: list[dict], summary: str | None 
     print("\n".join(lines))
 
 
+def device_option(text: str) -> str:
+    """--device: a torch device this machine has (argparse prints the error in one line, exit 2)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: use cuda or cpu") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available here: use --device cpu")
+    return text
+
+
 def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: float, compile_need_s: float,
                     out: str) -> argparse.ArgumentParser:
     """The options of a shape-only benchmark (this one and forward_floor.py)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--layers", type=int, default=30)
     parser.add_argument("--runs", default=runs, help=f"comma-separated {run_form}, in order")
     parser.add_argument("--repeats", type=int, default=10)

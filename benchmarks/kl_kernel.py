@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's evo, not an installed one
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_paths import write_report  # noqa: E402
+from attention_paths import device_option, write_report  # noqa: E402
 from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import timed_ms  # noqa: E402
@@ -80,7 +80,7 @@ def inputs(rows: int, vocab: int, k: int, samples: int, device: torch.device, se
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_option, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rows", type=int, default=64 * 512, help="tokens of the evaluation (64 × 512)")
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--k", type=int, default=256)
@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/kl-kernel")
     args = parser.parse_args(argv)
     configs = parse_configs(args.configs)
+    if args.rows < 1 or args.samples < 0 or not 1 <= args.k < args.vocab:
+        raise SystemExit(f"--rows {args.rows}, --k {args.k}, --vocab {args.vocab}, --samples {args.samples}: "
+                         "give at least 1 row, 1 <= k < vocab and samples >= 0")
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

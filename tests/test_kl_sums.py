@@ -169,3 +169,19 @@ def test_the_kl_kernel_benchmark_runs_on_a_cpu(tmp_path):
     assert rows["sums 1024x2"]["skipped"] == "needs CUDA and Triton"  # no CUDA here
     with pytest.raises(SystemExit, match="CHUNK is a power of 2"):
         kl_kernel.main(["--device", "cpu", "--configs", "3000x8", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="1 <= k < vocab"):
+        kl_kernel.main(["--device", "cpu", "--k", "600", "--vocab", "512", "--out", str(tmp_path)])
+
+
+def test_the_shape_benchmarks_refuse_a_device_in_one_line(capsys):
+    import argparse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from attention_paths import device_option
+
+    assert device_option("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="not a torch device"):
+        device_option("gpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(argparse.ArgumentTypeError, match="use --device cpu"):
+            device_option("cuda")
