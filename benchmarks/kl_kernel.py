@@ -1,14 +1,15 @@
 """The top-k KL of one evaluation alone (issue 19): the KL's row sums by torch ops (compiled, Inductor's
 passes) against the one-pass Triton kernel (evo/evaluate/_kl_triton.py) at several program shapes,
-on random logits of an evaluation's size, side by side in one process. Picks the kernel's CHUNK and
-WARPS: the H200 profile of session 27 put the kernel at 2.44 ms for 3.2 GB of logits, ~3× its memory
-time, and its 8,192-logit programs (32 logits a thread) may leave too few programs resident per SM.
+on random logits of an evaluation's size, side by side in one process. Picks the kernel's CHUNK,
+WARPS and STEPS: the H200 profile of session 27 put the kernel at 2.44 ms for 3.2 GB of logits, ~3× its
+memory time; its 8,192-logit programs (32 logits a thread) may leave too few programs resident per SM,
+and a program that reduces one chunk has nothing to load meanwhile (STEPS > 1: several chunks a program).
 
 Rows of the table:
   kl torch ops      topk_kl_sum(row_sums="torch") compiled ("default"), the whole KL
-  kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS, the whole KL
-  sums CxW          _kl_triton.row_sums(chunk=C, warps=W) alone (the bitmask kept from the first call, as
-                    in a search), with the largest difference of the tail's log-sum-exp from torch's
+  kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS (× STEPS), the whole KL
+  sums CxW[xS]      _kl_triton.row_sums(chunk=C, warps=W, steps=S) alone (S chunks a program, 1 if left
+                    out; the bitmask kept from the first call, as in a search), with the largest difference of the tail's log-sum-exp from torch's
                     float64 sums on the first 256 rows
 Each is the median of --repeats synchronized calls after one warm-up call.
 
@@ -36,23 +37,33 @@ from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import timed_ms  # noqa: E402
 
-DEFAULT_CONFIGS = "8192x8,8192x16,4096x8,4096x4,2048x4,2048x2,1024x2"
+DEFAULT_CONFIGS = ("8192x8,8192x16,4096x8,4096x4,2048x4,2048x2,1024x2,"
+                   "8192x8x2,8192x8x3,4096x8x2,4096x8x4,4096x4x3,2048x4x4,2048x4x8,2048x2x6,1024x2x8")
 CHECK_ROWS = 256
 
 
-def parse_configs(text: str) -> list[tuple[int, int]]:
-    """CxW,... → [(chunk, warps)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4, 8, 16, 32; anything
-    else ends the benchmark with one line."""
+def parse_configs(text: str) -> list[tuple[int, int, int]]:
+    """CxW[xS],... → [(chunk, warps, steps)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4, 8, 16, 32,
+    steps (chunks a program walks, 1 if left out) 1 … 64; anything else ends the benchmark with one line."""
     configs = []
     for part in filter(None, text.split(",")):
         try:
-            chunk, warps = (int(v) for v in part.lower().split("x"))
+            chunk, warps, *steps = (int(v) for v in part.lower().split("x"))
+            steps = steps or [1]
+            (steps,) = steps
         except ValueError:
-            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS, e.g. 4096x8") from None
-        if chunk < 128 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16, 32):
-            raise SystemExit(f"config {part!r}: CHUNK is a power of 2 ≥ 128 and WARPS one of 1, 2, 4, 8, 16, 32")
-        configs.append((chunk, warps))
+            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS or CHUNKxWARPSxSTEPS, e.g. 4096x8x2") from None
+        if chunk < 128 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16, 32) or not 1 <= steps <= 64:
+            raise SystemExit(f"config {part!r}: CHUNK is a power of 2 ≥ 128, WARPS one of 1, 2, 4, 8, 16, 32 and "
+                             "STEPS 1 … 64")
+        configs.append((chunk, warps, steps))
     return configs
+
+
+def name(config: tuple[int, int, int]) -> str:
+    """CxW, or CxWxS for programs that walk S chunks."""
+    chunk, warps, steps = config
+    return f"{chunk}x{warps}" + (f"x{steps}" if steps > 1 else "")
 
 
 def median_ms(function, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -85,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--k", type=int, default=256)
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="the kernel's CHUNKxWARPS, comma-separated")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="the kernel's CHUNKxWARPS[xSTEPS], comma-separated")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/kl-kernel")
@@ -109,23 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     results = [whole_kl("kl torch ops", functools.partial(topk_kl_sum, row_sums="torch"))]
     if not kl_sums.available(logits):
         why = "needs CUDA and Triton" if not kl_sums._FAILED else f"the kernel failed: {kl_sums._FAILED[0]}"
-        results += [{"run": "kl kernel", "skipped": why}] + [{"run": f"sums {c}x{w}", "skipped": why} for c, w in configs]
+        results += [{"run": "kl kernel", "skipped": why}] + [{"run": f"sums {name(c)}", "skipped": why} for c in configs]
     else:
         from evo.evaluate import _kl_triton
 
-        results.append(whole_kl("kl kernel", topk_kl_sum, shipped=f"{_kl_triton.CHUNK}x{_kl_triton.WARPS}"))
+        results.append(whole_kl("kl kernel", topk_kl_sum,
+                                shipped=name((_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS))))
         ids = rows[0].reshape(-1, args.k)
         check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
         exact_tail = check[:, 2] + check[:, 3]
-        for chunk, warps in configs:
+        for config in configs:
             try:
-                sums = _kl_triton.row_sums(logits, ids, chunk, warps)
-                ms, least = median_ms(lambda: _kl_triton.row_sums(logits, ids, chunk, warps), device, args.repeats)
+                sums = _kl_triton.row_sums(logits, ids, *config)
+                ms, least = median_ms(lambda: _kl_triton.row_sums(logits, ids, *config), device, args.repeats)
             except Exception as exc:  # noqa: BLE001 — a shape Triton cannot build (registers, shared memory)
-                results.append({"run": f"sums {chunk}x{warps}", "skipped": f"{type(exc).__name__}: {str(exc)[:120]}"})
+                results.append({"run": f"sums {name(config)}", "skipped": f"{type(exc).__name__}: {str(exc)[:120]}"})
                 continue
             tail = sums[:CHECK_ROWS, 2] + sums[:CHECK_ROWS, 3]
-            results.append({"run": f"sums {chunk}x{warps}", "median_ms": ms, "min_ms": least,
+            results.append({"run": f"sums {name(config)}", "median_ms": ms, "min_ms": least,
                             "tail_lse_max_diff": float((tail - exact_tail).abs().max()),
                             "peak_lse_max_diff": float((sums[:CHECK_ROWS, 1] - check[:CHECK_ROWS, 1]).abs().max())})
         print("\n".join(f"{row}" for row in results), flush=True)

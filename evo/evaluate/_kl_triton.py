@@ -20,6 +20,7 @@ import triton.language as tl
 
 CHUNK = 8192  # logits a program reads: 32 a thread at 8 warps, all in registers
 WARPS = 8
+STEPS = 1  # chunks a program walks
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
@@ -39,37 +40,54 @@ def _set_bits(ids, bits, k, ids_stride, bits_stride, K_BLOCK: tl.constexpr):
 
 @triton.jit
 def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constexpr, CHUNK: tl.constexpr,
-                RESCUE: tl.constexpr):
-    """Program (r, c): chunk c of row r of logits [rows, vocab] with its top-k bitmask →
-    out[r, c] = (m, Σ exp(x − m), t, Σ_tail exp(x − t)) in float32, m the chunk's peak and t the shift of
-    its tail sum: m itself, or the tail's own peak where that lies more than RESCUE nats below m (the
-    tail's exps would underflow on m's shift); t = 0 and the tail Σ = 0 where the chunk has no tail.
+                STEPS: tl.constexpr, RESCUE: tl.constexpr):
+    """Program (r, g): chunks g·STEPS … g·STEPS + STEPS − 1 of CHUNK logits of row r of logits [rows, vocab]
+    with its top-k bitmask → out[r, g] = (m, Σ exp(x − m), t, Σ_tail exp(x − t)) in float32, m the peak and
+    t the shift of the tail sum (0, with Σ_tail = 0, where the chunks hold no tail). Each chunk's tail is
+    summed on the chunk's peak, or on the tail's own peak where that lies more than RESCUE nats below it
+    (the tail's exps would underflow on the peak's shift); the chunks of a program are merged online.
+    STEPS > 1 gives each program several chunks (fewer programs, each chunk's loads issued while the
+    previous one reduces); STEPS = 1 is one chunk a program.
 
     vocab is a compile-time constant (one kernel per vocabulary size)."""
     row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    cols = chunk * CHUNK + tl.arange(0, CHUNK)
-    inside = cols < vocab
+    group = tl.program_id(1)
     neg_inf = float("-inf")
-    x = tl.load(logits + row * logits_stride + cols, mask=inside, other=neg_inf).to(tl.float32)
-    word = tl.load(bits + row * bits_stride + cols // 32, mask=inside, other=0)
-    top = ((word >> (cols % 32)) & 1) != 0
-    peak = tl.max(x, 0)  # finite: every chunk holds at least one logit
-    e = tl.exp(x - peak)
-    total = tl.sum(e, 0)
-    x_tail = tl.where(top, neg_inf, x)
-    tail_peak = tl.max(x_tail, 0)
-    if tail_peak - peak >= RESCUE:
-        tail_shift = peak
-        tail = tl.sum(tl.where(top, 0.0, e), 0)
-    else:  # the tail far below the peak (or empty): its own shift (rare: a second exp over the chunk)
-        tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
-        tail = tl.sum(tl.exp(x_tail - tail_shift), 0)
-    base = out + (row * tl.num_programs(1) + chunk) * 4
-    tl.store(base, peak)
-    tl.store(base + 1, total)
-    tl.store(base + 2, tail_shift)
-    tl.store(base + 3, tail)
+    m = tl.full((), neg_inf, tl.float32)  # the running peak, sum, tail shift and tail sum
+    s = tl.zeros((), tl.float32)
+    t = tl.full((), neg_inf, tl.float32)
+    u = tl.zeros((), tl.float32)
+    for step in tl.static_range(STEPS):
+        cols = (group * STEPS + step) * CHUNK + tl.arange(0, CHUNK)
+        inside = cols < vocab
+        x = tl.load(logits + row * logits_stride + cols, mask=inside, other=neg_inf).to(tl.float32)
+        word = tl.load(bits + row * bits_stride + cols // 32, mask=inside, other=0)
+        top = ((word >> (cols % 32)) & 1) != 0
+        peak = tl.max(x, 0)  # −inf only for a chunk wholly past the vocabulary (the last program's)
+        shift = tl.where(peak == neg_inf, 0.0, peak)
+        e = tl.exp(x - shift)
+        total = tl.sum(e, 0)
+        x_tail = tl.where(top, neg_inf, x)
+        tail_peak = tl.max(x_tail, 0)
+        if tail_peak - shift >= RESCUE:
+            tail_shift = shift
+            tail = tl.sum(tl.where(top, 0.0, e), 0)
+        else:  # the tail far below the peak (or empty): its own shift (rare: a second exp over the chunk)
+            tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
+            tail = tl.sum(tl.exp(x_tail - tail_shift), 0)
+        peak_now = tl.maximum(m, peak)
+        base = tl.where(peak_now == neg_inf, 0.0, peak_now)
+        s = s * tl.exp(m - base) + total * tl.exp(peak - base)
+        m = peak_now
+        has_tail = tail > 0
+        shift_now = tl.where(has_tail, tl.maximum(t, tail_shift), t)
+        u = tl.where(has_tail, u * tl.exp(t - shift_now) + tail * tl.exp(tail_shift - shift_now), u)
+        t = shift_now
+    at = out + (row * tl.num_programs(1) + group) * 4
+    tl.store(at, m)
+    tl.store(at + 1, s)
+    tl.store(at + 2, tl.where(t == neg_inf, 0.0, t))
+    tl.store(at + 3, u)
 
 
 @triton.jit
@@ -108,15 +126,17 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return bits
 
 
-def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS) -> torch.Tensor:
-    """[rows, chunks, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
-    and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a program (a power of 2), `warps` a program."""
+def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
+               steps: int = STEPS) -> torch.Tensor:
+    """[rows, programs, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
+    and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a step (a power of 2), `steps` chunks and
+    `warps` warps a program."""
     rows, vocab = logits.shape
-    chunks = -(-vocab // chunk)
-    out = torch.empty(rows, chunks, 4, dtype=torch.float32, device=logits.device)
+    programs = -(-vocab // (chunk * steps))
+    out = torch.empty(rows, programs, 4, dtype=torch.float32, device=logits.device)
     if rows:
-        _chunk_sums[(rows, chunks)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
-                                    RESCUE=TAIL_RESCUE, num_warps=warps)
+        _chunk_sums[(rows, programs)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
+                                      STEPS=steps, RESCUE=TAIL_RESCUE, num_warps=warps)
     return out
 
 
@@ -147,7 +167,8 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return bits
 
 
-def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS) -> torch.Tensor:
+def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
+             steps: int = STEPS) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
-    logits [rows, vocab] and top-k ids [rows, k]: the chunks' sums combined in float64."""
-    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps))
+    logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64."""
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps))
