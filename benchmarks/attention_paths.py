@@ -16,6 +16,8 @@ reduce-overhead, max-autotune), in the order given; a run whose compile would no
   rotary    cos/sin computed in the graph (rotary_tables=False)
   torch_kl  the KL's row sums by torch ops (topk_kl_sum(row_sums="torch"))
   before    both of the last two: the path of session 26
+  trees     torch.compile's CUDA graphs of the forward alone, the KL launched after (stage_graphs=False): the
+            path of session 27 (under "reduce-overhead"; free replays one graph of forward + KL per stage)
 Each run other than free is compared with the free run of its mode and shape (free ms / its ms).
 
   # on one H200 (≈ 3 min, SmolLM2-135M's shapes):
@@ -44,8 +46,8 @@ from evo.evaluate.fastforward import COMPILE_MODES, FastForward  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import kernel_lines, profile_table  # noqa: E402
 
-DEFAULT_RUNS = ("reduce-overhead:free:64x512,reduce-overhead:before:64x512,reduce-overhead:rotary:64x512,"
-                "reduce-overhead:torch_kl:64x512,reduce-overhead:free:4x512,reduce-overhead:before:4x512")
+DEFAULT_RUNS = ("reduce-overhead:free:64x512,reduce-overhead:trees:64x512,reduce-overhead:before:64x512,"
+                "reduce-overhead:free:4x512,reduce-overhead:trees:4x512")
 TOP_K, TAIL = 256, 16
 TORCH_KL = functools.partial(topk_kl_sum, row_sums="torch")
 PATHS = {  # FastForward's options of each path (the last is the shipped one: the parse errors' example)
@@ -53,6 +55,7 @@ PATHS = {  # FastForward's options of each path (the last is the shipped one: th
     "rotary": {"rotary_tables": False},
     "torch_kl": {"kl": TORCH_KL},
     "before": {"rotary_tables": False, "kl": TORCH_KL},
+    "trees": {"stage_graphs": False},
     "free": {},
 }
 
@@ -139,6 +142,8 @@ def describe(forward) -> str:
     parts = [forward.attention]
     if hasattr(forward, "rotary"):
         parts.append(f"rotary {forward.rotary}")
+    if hasattr(forward, "graphs"):
+        parts.append(f"CUDA graphs: {forward.graphs}")
     kl = getattr(forward, "kl_function", None)
     if kl is not None:
         torch_sums = getattr(kl, "keywords", {}).get("row_sums") == "torch"

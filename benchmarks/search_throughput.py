@@ -28,7 +28,9 @@ attention), compile_default (compile "default", no CUDA graphs: the shipped path
 mask_attention (transformers' attention masks under compile, as before session 26:
 evo/evaluate/causal_attention.py), rotary_computed (the rotary cos/sin computed inside the compiled graph, as
 before session 27: evo/evaluate/rotary_tables.py), kl_torch_sums (the KL's row sums by torch ops instead of
-the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
+the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), graph_trees (torch.compile's
+CUDA graphs of the forward alone, the KL launched after them, as before session 28; shipped replays one graph
+of forward + KL per stage: evo/evaluate/stage_graphs.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place;
 the same as shipped under "auto" on CUDA),
@@ -69,7 +71,7 @@ from evo.search.schedule import parse_stages  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
-            "rotary_computed", "kl_torch_sums")
+            "rotary_computed", "kl_torch_sums", "graph_trees")
 DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
 KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch")}
@@ -188,18 +190,18 @@ def compiled_graphs(name: str, compile_mode: str) -> tuple:
     mode = resolve_compile_mode("off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode),
                                 torch.device("cuda"))
     return (mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention",
-            name == "rotary_computed", name == "kl_torch_sums")
+            name == "rotary_computed", name == "kl_torch_sums", name == "graph_trees")
 
 
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode, chunk, _, masks, rotary_computed, _ = compiled_graphs(name, compile_mode)
+    mode, chunk, _, masks, rotary_computed, _, trees = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
-    key = (id(evaluator.model), mode, chunk, masks, rotary_computed)
+    key = (id(evaluator.model), mode, chunk, masks, rotary_computed, trees)
     if key not in _FORWARDS:  # one per key: torch.compile's wrappers and their graphs are reused
         _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk, mask_free=not masks,
-                                     rotary_tables=not rotary_computed)
+                                     rotary_tables=not rotary_computed, stage_graphs=not trees)
     evaluator.forward = _FORWARDS[key]
     if name in KL_OF:  # the same compiled forward, another KL reduction compiled beside it
         kl_key = (*key, name)

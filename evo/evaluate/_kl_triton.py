@@ -156,6 +156,8 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     large stage builds its bitmask each time (~0.1 ms of GPU time at 64 × 512), so what stays held after
     a search is bounded. An entry holds its ids, so their memory cannot be reused while it is kept: the
     same address, shape, strides and version mean the same ids (an in-place write bumps the version)."""
+    if torch.cuda.is_current_stream_capturing():  # a CUDA graph builds its own (a kept one may be dropped
+        return topk_bits(ids, vocab)               # while the graph still reads it)
     key = (ids.device, ids.data_ptr(), tuple(ids.shape), tuple(ids.stride()), ids._version, vocab)
     for _, known, bits in _BITS:
         if known == key:

@@ -16,13 +16,17 @@ the KL) never exist for the whole batch at once, only for a chunk. Architectures
 not just the head applied to the body's last hidden state (softcapping, scaling) are detected on
 the first call and run the whole-batch path (`fallback` says why).
 
-CUDA graphs replay the parameters' storage addresses recorded at capture: materialise must copy
-weights into the parameters in place (as Evaluator.materialise does under "reduce-overhead": one
-batched torch._foreach_copy_), not swap tensors. Each replay begins a new CUDA-graph step
-(torch.compiler.cudagraph_mark_step_begin); the KL consumes the replay's logits before the next one,
-so kl_sum_of reads them in the graph's own output buffer, and only logits() returns a copy. A genome
+Under the graph modes ("reduce-overhead", "max-autotune") kl_sum_of replays one CUDA graph per stage
+(`stage_graphs`): the forward and the KL, compiled without torch's own graphs, captured together once
+for the stage's ids and reference rows, one launch a call. stage_graphs=False graphs the forward alone
+through torch.compile's CUDA graph trees, as before session 28 (each replay begins a new step,
+torch.compiler.cudagraph_mark_step_begin; the KL consumes the replay's logits in the graph's own
+buffer, and only logits() returns a copy); logits() never replays a stage graph. Either way graphs read
+the parameters' storage at the addresses recorded at capture: materialise must copy weights into the
+parameters in place (as Evaluator.materialise does under these modes: one batched torch._foreach_copy_),
+not swap tensors (a stage graph checks the addresses and captures again if they moved). A genome
 that drops blocks swaps modules in the model, which would recompile the graph for every new drop
-pattern: the evaluator runs those genomes eagerly (the KL stays compiled).
+pattern: the evaluator runs those genomes eagerly (the KL stays compiled, without graphs).
 
 Compiled calls run the model's attention mask-free (`causal_attention`: SDPA with is_causal=True,
 grouped keys read in place) when every layer is plain causal attention: under torch.compile,
@@ -35,6 +39,7 @@ rotary does not depend on the length: compiled, each layer would otherwise recom
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -46,6 +51,7 @@ from evo.errors import EvoError
 from evo.evaluate.causal_attention import causal_attention, unsupported_reason
 from evo.evaluate.metrics import topk_kl_sum
 from evo.evaluate.rotary_tables import RotaryTables
+from evo.evaluate.stage_graphs import StageGraphs
 
 COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
@@ -79,11 +85,13 @@ class FastForward:
     signature; benchmarks pass metrics.topk_kl_sum_reference). mask_free: compiled calls run the
     attention without a mask where the model allows it (False: transformers' own masks, as before).
     rotary_tables: compiled calls read the rotary cos/sin from tables (False: computed in the graph).
+    stage_graphs: under a graph mode, kl_sum_of replays one CUDA graph of forward + KL per stage (False:
+    torch.compile's graphs of the forward alone).
     """
 
     def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
                  kl_chunk: int = 0, kl: Callable = topk_kl_sum, mask_free: bool = True,
-                 rotary_tables: bool = True) -> None:
+                 rotary_tables: bool = True, stage_graphs: bool = True) -> None:
         self.model = model
         self.device = device if device is not None else next(model.parameters()).device
         self.mode = resolve_compile_mode(mode, self.device)
@@ -102,6 +110,8 @@ class FastForward:
         self._body: Callable = self._eager_body
         self._head_kl: Callable = self._eager_head_kl
         self._chunk_checked = False
+        self._graphs: StageGraphs | None = None
+        self._trees = False  # torch.compile's CUDA graph trees replay the forward
         if self.mode == "off":
             return
         if self.device.type != "cuda":
@@ -111,9 +121,14 @@ class FastForward:
             import torch._dynamo as dynamo
 
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
-            self._forward = torch.compile(self._eager_forward, mode=self.mode, dynamic=False)
+            forward_mode = self.mode
+            if stage_graphs and self.mode in GRAPH_MODES:  # graphs of our own: the compiled code without torch's
+                forward_mode = KL_MODE_OF[self.mode]
+                self._graphs = StageGraphs(model)
+            self._trees = forward_mode in GRAPH_MODES
+            self._forward = torch.compile(self._eager_forward, mode=forward_mode, dynamic=False)
             if self.kl_chunk:
-                self._body = torch.compile(self._eager_body, mode=self.mode, dynamic=False)
+                self._body = torch.compile(self._eager_body, mode=forward_mode, dynamic=False)
             self._compile_kl()
         except Exception as exc:  # noqa: BLE001 — any failure to compile means: run eagerly
             self._fall_back(exc)
@@ -131,6 +146,7 @@ class FastForward:
         twin = copy.copy(self)
         twin.kl_function = kl
         twin._kl, twin._head_kl = kl, twin._eager_head_kl
+        twin._graphs = StageGraphs(self.model) if self._graphs is not None else None  # its own KL's captures
         if not self.compiled:
             twin._forward, twin._body = twin._eager_forward, twin._eager_body
             return twin
@@ -160,8 +176,22 @@ class FastForward:
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """The compiled forward replays CUDA graphs: parameters must be written in place."""
+        """The compiled calls replay CUDA graphs: parameters must be written in place."""
         return self.mode in GRAPH_MODES and self.compiled
+
+    @property
+    def _graph_trees(self) -> bool:
+        """torch.compile's own CUDA graphs replay the forward (stage graphs off)."""
+        return self._trees and self.compiled
+
+    @property
+    def graphs(self) -> str:
+        """Which CUDA graphs kl_sum_of replays."""
+        if self._graphs is not None and self.compiled:
+            return "one graph of forward + KL per stage"
+        if self._graph_trees:
+            return "torch.compile's graphs of the forward"
+        return "none"
 
     @property
     def compiled(self) -> bool:
@@ -177,8 +207,9 @@ class FastForward:
         return self.kl_function(self.model.get_output_embeddings()(hidden), *reference)
 
     def _fall_back(self, exc: BaseException) -> None:
-        self.fallback = f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}): eager forward"
+        self.fallback = f"torch.compile failed ({_first_line(exc)}): eager forward"
         warnings.warn(self.fallback, RuntimeWarning, stacklevel=3)
+        self._graphs = None
         self._forward = self._eager_forward
         self._kl = self.kl_function
         self._body = self._eager_body
@@ -226,13 +257,21 @@ class FastForward:
     @torch.no_grad()
     def kl_sum_of(self, ids: torch.Tensor, *reference: torch.Tensor, eager: bool = False) -> torch.Tensor:
         """Σ topk_kl of the model on ids [n, L] against the reference rows [n, L, ...], a float64 0-d
-        tensor on the device: whole-batch logits, or with kl_chunk the head and KL chunk by chunk."""
+        tensor on the device: whole-batch logits, or with kl_chunk the head and KL chunk by chunk;
+        under stage graphs, the stage's graph replayed (captured on the stage's first call)."""
         if self.kl_chunk and not self._chunk_checked:
             self._check_chunking(ids)
+        if self._graphs is not None and self.compiled and not eager:
+            try:
+                return self._graphs.run((ids, *reference), functools.partial(self._compiled_kl_sum, ids, reference))
+            except Exception as exc:  # noqa: BLE001 — no graph: the same compiled calls, launched one by one
+                self._graphs = None
+                self.fallback = f"CUDA graphs per stage off ({_first_line(exc)}): compiled calls without graphs"
+                warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
         if not self.kl_chunk:
             return self.kl_sum(self.logits(ids, eager=eager, copy_graph_output=False), *reference)
         body = self._eager_body if eager or self._body == self._eager_body else self._body
-        if self.uses_cuda_graphs and body is not self._eager_body:
+        if self._graph_trees and body is not self._eager_body:
             torch.compiler.cudagraph_mark_step_begin()
         head_kl = self._eager_head_kl if eager else self._head_kl
         try:
@@ -240,7 +279,7 @@ class FastForward:
         except Exception as exc:  # noqa: BLE001
             self._fall_back(exc)
             hidden = self._eager_body(ids)
-        if self.uses_cuda_graphs and body is not self._eager_body:
+        if self._graph_trees and body is not self._eager_body:
             hidden = hidden.clone()  # a CUDA graph's output buffer
         tokens = ids.shape[0] * ids.shape[1]
         flat = hidden.reshape(tokens, hidden.shape[-1])
@@ -259,6 +298,18 @@ class FastForward:
             total = part if total is None else total + part
         return total
 
+    def _compiled_kl_sum(self, ids: torch.Tensor, reference: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """kl_sum_of through the compiled calls alone (what a stage graph captures: a failure raises)."""
+        if not self.kl_chunk:
+            return self._kl(self._compiled_call(self._forward, ids), *reference)
+        hidden = self._compiled_call(self._body, ids)
+        tokens = ids.shape[0] * ids.shape[1]
+        flat = hidden.reshape(tokens, hidden.shape[-1])
+        rows = [part.reshape(tokens, *part.shape[2:]) for part in reference]
+        parts = [self._head_kl(flat[start:start + self.kl_chunk], *(row[start:start + self.kl_chunk] for row in rows))
+                 for start in range(0, tokens, self.kl_chunk)]
+        return functools.reduce(torch.add, parts)
+
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, *, eager: bool = False, copy_graph_output: bool = True) -> torch.Tensor:
         """The model's logits for ids [n, L] on the model's device. eager=True bypasses the
@@ -268,7 +319,7 @@ class FastForward:
         if eager or not self.compiled:
             return self._eager_forward(ids)
         try:
-            graphs = self.uses_cuda_graphs
+            graphs = self._graph_trees
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
             logits = self._compiled_call(self._forward, ids)
@@ -289,3 +340,8 @@ class FastForward:
                 raise
             self._fall_back(exc)
             return self.kl_function(logits, *reference)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
