@@ -100,6 +100,7 @@ def test_weights_written_in_place_show_and_swapped_ones_are_captured_again(on_cu
 
 
 @cuda
+@torch.no_grad()
 def test_at_most_limit_stages_are_kept(on_cuda):
     model, ids, rows = on_cuda
     graphs = StageGraphs(model, limit=2)

@@ -16,7 +16,9 @@ Only for callers that pass no positions of their own (FastForward passes ids alo
 uses 0..L-1), and only for rotary types whose frequencies do not depend on the sequence length
 ("default", "linear", "llama3", "yarn": a prefix of a longer table is the shorter one); dynamic and
 LongRoPE types, per-layer-type rotaries and multi-dimensional positions keep computing their own.
-The table grows to the longest length served (one new table, so the compiled graphs re-trace once).
+The table grows to the longest length served (one new table, so the compiled graphs re-trace once);
+a table it replaces stays allocated, since a CUDA graph captured over it (stage_graphs.py) reads it at
+its address (its rows are the new table's first rows: the graph's values do not change).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _ServedRotary:
         self.module = module
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
+        self.retired: list[tuple[torch.Tensor, torch.Tensor]] = []  # tables replaced by a longer one
         self.usable = True
 
     @torch.no_grad()
@@ -66,6 +69,8 @@ class _ServedRotary:
             self.usable = False  # not the (cos, sin) [1, L, dim] this class serves: the module computes its own
             self.cos = self.sin = None
             return
+        if self.cos is not None:  # a graph captured over the old table still reads it: keep it alive
+            self.retired.append((self.cos, self.sin))
         self.cos, self.sin = out
 
     def __call__(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, *args, **kwargs):
