@@ -21,6 +21,7 @@ import triton.language as tl
 CHUNK = 4096  # logits a step: 32 a thread at 4 warps, in registers
 WARPS = 4
 STEPS = 3  # chunks a program walks (H200, kl_kernel.py: 2.38 ms against 2.84 for 8192 x 8 x 1)
+WORDS = False  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
@@ -40,14 +41,15 @@ def _set_bits(ids, bits, k, ids_stride, bits_stride, K_BLOCK: tl.constexpr):
 
 @triton.jit
 def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constexpr, CHUNK: tl.constexpr,
-                STEPS: tl.constexpr, RESCUE: tl.constexpr):
+                STEPS: tl.constexpr, RESCUE: tl.constexpr, WORDS: tl.constexpr):
     """Program (r, g): chunks g·STEPS … g·STEPS + STEPS − 1 of CHUNK logits of row r of logits [rows, vocab]
     with its top-k bitmask → out[r, g] = (m, Σ exp(x − m), t, Σ_tail exp(x − t)) in float32, m the peak and
     t the shift of the tail sum (0, with Σ_tail = 0, where the chunks hold no tail). Each chunk's tail is
     summed on the chunk's peak, or on the tail's own peak where that lies more than RESCUE nats below it
     (the tail's exps would underflow on the peak's shift); the chunks of a program are merged online.
     STEPS > 1 gives each program several chunks (fewer programs, each chunk's loads issued while the
-    previous one reduces); STEPS = 1 is one chunk a program.
+    previous one reduces); STEPS = 1 is one chunk a program. WORDS lays a chunk out as [CHUNK / 32, 32]:
+    each bitmask word is loaded once for its 32 logits (the flat layout loads it once a logit).
 
     vocab is a compile-time constant (one kernel per vocabulary size)."""
     row = tl.program_id(0).to(tl.int64)
@@ -58,23 +60,32 @@ def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constex
     t = tl.full((), neg_inf, tl.float32)
     u = tl.zeros((), tl.float32)
     for step in tl.static_range(STEPS):
-        cols = (group * STEPS + step) * CHUNK + tl.arange(0, CHUNK)
-        inside = cols < vocab
-        x = tl.load(logits + row * logits_stride + cols, mask=inside, other=neg_inf).to(tl.float32)
-        word = tl.load(bits + row * bits_stride + cols // 32, mask=inside, other=0)
-        top = ((word >> (cols % 32)) & 1) != 0
-        peak = tl.max(x, 0)  # −inf only for a chunk wholly past the vocabulary (the last program's)
+        if WORDS:
+            lanes = tl.arange(0, 32)
+            words = (group * STEPS + step) * (CHUNK // 32) + tl.arange(0, CHUNK // 32)
+            cols = words[:, None] * 32 + lanes[None, :]
+            inside = cols < vocab
+            x = tl.load(logits + row * logits_stride + cols, mask=inside, other=neg_inf).to(tl.float32)
+            word = tl.load(bits + row * bits_stride + words, mask=words * 32 < vocab, other=0)
+            top = ((word[:, None] >> lanes[None, :]) & 1) != 0
+        else:
+            cols = (group * STEPS + step) * CHUNK + tl.arange(0, CHUNK)
+            inside = cols < vocab
+            x = tl.load(logits + row * logits_stride + cols, mask=inside, other=neg_inf).to(tl.float32)
+            word = tl.load(bits + row * bits_stride + cols // 32, mask=inside, other=0)
+            top = ((word >> (cols % 32)) & 1) != 0
+        peak = tl.max(x)  # −inf only for a chunk wholly past the vocabulary (the last program's)
         shift = tl.where(peak == neg_inf, 0.0, peak)
         e = tl.exp(x - shift)
-        total = tl.sum(e, 0)
+        total = tl.sum(e)
         x_tail = tl.where(top, neg_inf, x)
-        tail_peak = tl.max(x_tail, 0)
+        tail_peak = tl.max(x_tail)
         if tail_peak - shift >= RESCUE:
             tail_shift = shift
-            tail = tl.sum(tl.where(top, 0.0, e), 0)
+            tail = tl.sum(tl.where(top, 0.0, e))
         else:  # the tail far below the peak (or empty): its own shift (rare: a second exp over the chunk)
             tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
-            tail = tl.sum(tl.exp(x_tail - tail_shift), 0)
+            tail = tl.sum(tl.exp(x_tail - tail_shift))
         peak_now = tl.maximum(m, peak)
         base = tl.where(peak_now == neg_inf, 0.0, peak_now)
         s = s * tl.exp(m - base) + total * tl.exp(peak - base)
@@ -127,7 +138,7 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-               steps: int = STEPS) -> torch.Tensor:
+               steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
     """[rows, programs, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
     and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a step (a power of 2), `steps` chunks and
     `warps` warps a program."""
@@ -136,7 +147,7 @@ def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, war
     out = torch.empty(rows, programs, 4, dtype=torch.float32, device=logits.device)
     if rows:
         _chunk_sums[(rows, programs)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
-                                      STEPS=steps, RESCUE=TAIL_RESCUE, num_warps=warps)
+                                      STEPS=steps, RESCUE=TAIL_RESCUE, WORDS=words, num_warps=warps)
     return out
 
 
@@ -156,8 +167,8 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     large stage builds its bitmask each time (~0.1 ms of GPU time at 64 × 512), so what stays held after
     a search is bounded. An entry holds its ids, so their memory cannot be reused while it is kept: the
     same address, shape, strides and version mean the same ids (an in-place write bumps the version)."""
-    if torch.cuda.is_current_stream_capturing():  # a CUDA graph builds its own (a kept one may be dropped
-        return topk_bits(ids, vocab)               # while the graph still reads it)
+    if ids.is_cuda and torch.cuda.is_current_stream_capturing():  # a CUDA graph builds its own (a kept one
+        return topk_bits(ids, vocab)  # may be dropped while the graph still reads it)
     key = (ids.device, ids.data_ptr(), tuple(ids.shape), tuple(ids.stride()), ids._version, vocab)
     for _, known, bits in _BITS:
         if known == key:
@@ -170,7 +181,7 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-             steps: int = STEPS) -> torch.Tensor:
+             steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
     logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64."""
-    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps))
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, words))
