@@ -9,8 +9,9 @@ Rows of the table:
   kl torch ops      topk_kl_sum(row_sums="torch") compiled ("default"), the whole KL
   kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS (× STEPS), the whole KL
   sums CxW[xS][w]   _kl_triton.row_sums(chunk=C, warps=W, steps=S, words=w) alone (S chunks a program, 1 if
-                    left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; the bitmask kept from the first call, as in a search), with the largest
-                    difference of the tail's log-sum-exp from torch's float64 sums on the first 256 rows
+                    left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; the bitmask
+                    kept from the first call, as in a search), with the largest difference of the
+                    tail's log-sum-exp from torch's float64 sums on the first 256 rows
 Each is the median of --repeats synchronized calls after one warm-up call.
 
   # on one H200 (≈ 1 min; shapes only, no bring-up; needs Triton, which the device's torch has):
