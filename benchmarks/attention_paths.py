@@ -15,7 +15,7 @@ reduce-overhead, max-autotune), in the order given; a run whose compile would no
   masks     transformers' masks (mask_free=False)
   rotary    cos/sin computed in the graph (rotary_tables=False)
   torch_kl  the KL's row sums by torch ops (topk_kl_sum(row_sums="torch"))
-  before    both of the last two: the path of session 26
+  before    both of the last two and trees below: the path of session 26
   trees     torch.compile's CUDA graphs of the forward alone, the KL launched after (stage_graphs=False): the
             path of session 27 (under "reduce-overhead"; free replays one graph of forward + KL per stage)
 Each run other than free is compared with the free run of its mode and shape (free ms / its ms).
@@ -54,7 +54,7 @@ PATHS = {  # FastForward's options of each path (the last is the shipped one: th
     "masks": {"mask_free": False},
     "rotary": {"rotary_tables": False},
     "torch_kl": {"kl": TORCH_KL},
-    "before": {"rotary_tables": False, "kl": TORCH_KL},
+    "before": {"rotary_tables": False, "kl": TORCH_KL, "stage_graphs": False},
     "trees": {"stage_graphs": False},
     "free": {},
 }
@@ -151,10 +151,11 @@ def describe(forward) -> str:
     return "; ".join(parts)
 
 
-def model_and_rows(layers: int, device: torch.device, seed: int, runs: list[tuple]):
+def model_and_rows(layers: int, device: torch.device, seed: int, runs: list[tuple], noise: float = 0.05):
     """(model, dtype, ids, reference rows) for the runs' largest shape: the model built from
     SmolLM2-135M's config with `layers` layers, the rows from its logits, then its weights perturbed
-    (the KL of every run is > 0). runs: (name, key, mode, sequences, tokens) tuples."""
+    (the KL of every run is > 0; noise: the perturbation's scale, relative to each weight's std). runs:
+    (name, key, mode, sequences, tokens) tuples."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -163,7 +164,7 @@ def model_and_rows(layers: int, device: torch.device, seed: int, runs: list[tupl
     longest = max(run[3] for run in runs), max(run[4] for run in runs)
     ids = torch.randint(0, model.config.vocab_size, longest, device=device)
     rows = reference_rows(model, ids)
-    perturb(model, 0.05, seed)
+    perturb(model, noise, seed)
     return model, dtype, ids, rows
 
 
@@ -252,6 +253,8 @@ def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: f
     parser.add_argument("--compile-need-s", type=float, default=compile_need_s,
                         help="seconds a new compiled run needs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.05,
+                        help="the weights' perturbation after the reference (× each weight's std): the KL's size")
     parser.add_argument("--profile", action="store_true",
                         help="after timing each run, trace one more call: its kernels' time by kind, the top kernels")
     parser.add_argument("--out", default=out)
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     device = torch.device(args.device)
     runs = [parse_run(text) for text in args.runs.split(",") if text]
-    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs)
+    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs, args.noise)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

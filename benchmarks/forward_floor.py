@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     device = torch.device(args.device)
     runs = [parse_run(text) for text in args.runs.split(",") if text]
-    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs)
+    model, dtype, ids, rows = model_and_rows(args.layers, device, args.seed, runs, args.noise)
     minimal = MinimalLlama(model)
     with torch.no_grad():  # the yardstick computes the model's logits, or its times mean nothing
         probe = ids[:2, :64]
