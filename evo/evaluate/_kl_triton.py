@@ -7,9 +7,10 @@ in float64 took 3.5 ms, no faster than Inductor's three passes, and sorting the 
 bitmask took 1.3 ms more. This version gives each (row, 8,192-logit chunk) its own program: the chunk
 sits in registers, one exp a logit serves both sums, float32 within the chunk, and the chunks are
 combined in float64 by a second kernel; the bitmask is set by atomic OR (repeated ids need no sort)
-and kept for the reference rows it was built from (bits_for). Since that measurement (25.92 ms), the
-float64 combine moved from ~10 torch ops into `_combine` and the bitmask is kept: fewer launches, the
-same arithmetic; not yet timed on a GPU.
+and kept for the reference rows it was built from (bits_for); the float64 combine is one kernel.
+Session 28: programs walk STEPS chunks each (merged online in float32) and lay a chunk out as
+[CHUNK / 32, 32] so each bitmask word is loaded once (WORDS): 2.04 ms against 2.87 for the session-27
+shape, the sums alone (constants below).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import torch
 import triton
 import triton.language as tl
 
+# The program's shape, from benchmarks/kl_kernel.py on an H200 (32,768 rows × 49,152 bf16 logits, the sums alone):
+# 4096 × 4 × 3 with WORDS 2.04 ms; without WORDS 2.34; session 27's 8192 × 8 × 1 2.87 (side by side, one run).
 CHUNK = 4096  # logits a step: 32 a thread at 4 warps, in registers
 WARPS = 4
-STEPS = 3  # chunks a program walks (H200, kl_kernel.py: 2.38 ms against 2.84 for 8192 x 8 x 1)
-WORDS = False  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
+STEPS = 3  # chunks a program walks
+WORDS = True  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
