@@ -29,6 +29,11 @@
 #                     kernel times by kind), then forward_floor.py (transformers' compiled forward vs a minimal
 #                     one with fused projections; session 27: no faster, nor were the max-autotune modes).
 #                     DEADLINE_S default 480, half each (the second gets what the first left).
+#   PHASE=klcheck     kl_paths_real.py: one heavily compressed configuration of the real model (uniform 2-bit RTN) on
+#                     64 x 512 tokens of WikiText-2, its top-k + tail KL estimate through each path (eager with torch
+#                     sums, eager with the kernel at two shapes, stage graphs, graph trees) against the exact KL, all on
+#                     the same weights (session 28: the search's warm-up genome moved from +0.143 % to +0.323 %).
+#                     DEADLINE_S default 300 (two compiles).
 #   PHASE=evopress,ccds (any comma list) runs the phases side by side, each to its own deadline.
 # Each phase ends by its deadline (every command also runs under `timeout`, deadline + 60 s), writes its log
 # and small results under $OUT (a call returns at most ~8 files: run directories are packed by
@@ -42,7 +47,7 @@
 # (WORK defaults to /tmp/issue19-smoke; evopress runs both of its calls in one go unless EXPORT is set).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
-: "${PHASE:?set PHASE to throughput, evopress, ccds, evop, floor or a comma list of them}"
+: "${PHASE:?set PHASE to throughput, evopress, ccds, evop, floor, klcheck or a comma list of them}"
 SMOKE=${SMOKE:-0}
 [ -f scripts/device/env.sh ] && [ "$SMOKE" != 1 ] && source scripts/device/env.sh
 PY=${PY:-python3}
@@ -62,7 +67,8 @@ if [ "$SMOKE" = 1 ]; then
     paths_args=(--device cpu --layers 1 --runs off:masks:2x32,off:free:2x32 --repeats 1)
     kl_args=(--device cpu --rows 64 --vocab 4096 --repeats 2)
     floor_args=(--device cpu --layers 1 --runs transformers:off:2x32,minimal:off:2x32 --repeats 1)
-    default_deadline=(throughput=150 evopress=60 ccds=240 evop=240 floor=60)
+    klcheck_args=(--device cpu --sequences 4 --tokens 64)
+    default_deadline=(throughput=150 evopress=60 ccds=240 evop=240 floor=60 klcheck=120)
     EXPORT_RESERVE_S=${SMOKE_EXPORT_RESERVE_S:-25}
 else
     WORK=${WORK:-${EVO_DEV:-/tmp/evo-dev}/issue19}
@@ -76,10 +82,11 @@ else
     evop_args=(--device cuda --seeds 0,1,2 --jobs 3 --threads 2 --size-workers 8 --drop 8 --generations 30
                --population 32 --samples 64 --seq-len 512 --stages 2048,16384:16,32768:8 --reserve-s 80)
     paths_args=(--device cuda --compile-need-s 40 --profile
-                --runs reduce-overhead:free:64x512,reduce-overhead:before:64x512,reduce-overhead:free:4x512,reduce-overhead:before:4x512)
+                --runs reduce-overhead:free:64x512,reduce-overhead:trees:64x512,reduce-overhead:free:4x512,reduce-overhead:trees:4x512)
     floor_args=(--device cuda --compile-need-s 90 --profile)
     kl_args=(--device cuda)
-    default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480)
+    klcheck_args=(--device cuda)
+    default_deadline=(throughput=520 evopress=520 ccds=480 evop=480 floor=480 klcheck=300)
 fi
 mkdir -p "$WORK" "$OUT"
 
@@ -160,6 +167,15 @@ floor() {  # kl_kernel.py, attention_paths.py, forward_floor.py, one after the o
         "$WORK/floor/forward_floor/forward_floor.md" 2> /dev/null
 }
 
+klcheck() {  # the KL estimate through each path on the same weights, against the exact KL
+    local deadline; deadline=$(deadline_of klcheck)
+    echo "== klcheck: deadline $deadline s ($(date -u +%T))"
+    rm -rf "$WORK/klcheck"
+    timeout "$deadline" "$PY" benchmarks/kl_paths_real.py "${klcheck_args[@]}" --out "$WORK/klcheck"
+    echo "kl_paths_real exit $? at $SECONDS s"
+    bash scripts/device/collect.sh klcheck "$WORK/klcheck"
+}
+
 run_phase() {
     case "$1" in
         throughput) throughput ;;
@@ -167,7 +183,8 @@ run_phase() {
         ccds) experiment ccds ccds_vs_random.py "${ccds_args[@]}" ${CCDS_EXTRA:-} ;;
         evop) experiment evop evop_vs_shortgpt.py "${evop_args[@]}" ${EVOP_EXTRA:-} ;;
         floor) floor ;;
-        *) echo "PHASE: unknown phase '$1' (give throughput, evopress, ccds, evop, floor or a comma list)"; return 2 ;;
+        klcheck) klcheck ;;
+        *) echo "PHASE: unknown phase '$1' (give throughput, evopress, ccds, evop, floor, klcheck or a comma list)"; return 2 ;;
     esac
 }
 
@@ -178,7 +195,7 @@ if command -v nvidia-smi > /dev/null; then  # GPU utilisation and memory every 5
 fi
 IFS=',' read -r -a phases <<< "$PHASE"
 for phase in "${phases[@]}"; do  # validate before anything runs
-    case "$phase" in throughput|evopress|ccds|evop|floor) ;; *) run_phase "$phase"; exit 2 ;; esac
+    case "$phase" in throughput|evopress|ccds|evop|floor|klcheck) ;; *) run_phase "$phase"; exit 2 ;; esac
 done
 pids=()
 for phase in "${phases[@]}"; do

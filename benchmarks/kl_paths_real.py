@@ -8,7 +8,7 @@ weights, and prints the estimate per token of each with the exact KL from full l
 
   eager torch     Evaluator, compile "off", KL row sums by torch ops (the sessions 26-27 arithmetic)
   eager kernel    compile "off", the Triton kernel at its shipped shape
-  eager kernel S  compile "off", the kernel at CHUNKxWARPSxSTEPS S (--shapes)
+  eager kernel S  compile "off", the kernel at CHUNKxWARPSxSTEPS[w] S (--shapes; where Triton is)
   stage graphs    compile "reduce-overhead": one CUDA graph of forward + KL per stage
   graph trees     compile "reduce-overhead", stage_graphs=False (torch.compile's graphs of the forward)
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evo.compress import TensorSetting  # noqa: E402
 from evo.compress.config import CompressionConfig  # noqa: E402
 from evo.constants import FINAL_STAGE  # noqa: E402
-from evo.evaluate import _kl_triton  # noqa: E402
+from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.evaluator import Evaluator, FitnessConfig  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
 from evo.evaluate.metrics import exact_kl, topk_kl_sum  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--shapes", default="8192x8x1,4096x4x3")
+    parser.add_argument("--shapes", default="8192x8x1,4096x4x3")  # the shipped one is 4096x4x3w
     parser.add_argument("--graphs", default="stage,trees")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
@@ -77,11 +77,16 @@ def main() -> int:
     estimate("eager torch")
     evaluator.forward = FastForward(model, "off", evaluator.device)
     estimate("eager kernel")
-    shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS)
-    for shape in filter(None, args.shapes.split(",")):
-        _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS = (int(v) for v in shape.split("x"))
-        estimate(f"eager kernel {shape}")
-    _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS = shipped
+    if kl_sums.TRITON:  # the kernel at other program shapes (CHUNKxWARPSxSTEPS[w])
+        from evo.evaluate import _kl_triton
+
+        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS)
+        for shape in filter(None, args.shapes.split(",")):
+            chunk, warps, steps = (int(v) for v in shape.removesuffix("w").split("x"))
+            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS = chunk, warps, steps
+            _kl_triton.WORDS = shape.endswith("w")
+            estimate(f"eager kernel {shape}")
+        _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shipped
     with torch.no_grad():
         evaluator.materialise(config)
         total = 0.0
