@@ -100,8 +100,10 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
     total = sum(v[0] for v in by_name.values()) or 1.0
     top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP]
     kinds = dict.fromkeys(KINDS, 0.0)
-    for name, (us, _) in by_name.items():
+    kind_calls = dict.fromkeys(KINDS, 0)
+    for name, (us, calls) in by_name.items():
         kinds[kind_of(name)] += us
+        kind_calls[kind_of(name)] += calls
     return {
         "what": what,
         "profiled_wall_ms": wall_us / 1000,
@@ -113,6 +115,7 @@ def profile_table(run: Callable[[], object], device: torch.device) -> dict:
                 for name, (us, calls) in top],
         "by_kind_ms": {k: v / 1000 for k, v in kinds.items()},
         "by_kind_share": {k: v / total for k, v in kinds.items()},
+        "by_kind_calls": kind_calls,
         **idle,
     }
 
@@ -149,7 +152,9 @@ def kernel_lines(name: str, profile: dict) -> list[str]:
     p = profile
     lines = [f"{name}: {p['what']} {p['kernel_ms']:.2f} ms in {p['launches']} launches "
              f"(busy {p['busy_ms']:.2f} of {p['profiled_wall_ms']:.2f} ms wall); by kind: " + ", ".join(
-                 f"{k} {v:.2f} ms ({100 * p['by_kind_share'][k]:.0f} %)" for k, v in p["by_kind_ms"].items() if v),
+                 f"{k} {v:.2f} ms ({100 * p['by_kind_share'][k]:.0f} %"
+                 + (f", {p['by_kind_calls'][k]} launches)" if "by_kind_calls" in p else ")")
+                 for k, v in p["by_kind_ms"].items() if v),
              "", "| kernel | kind | calls | ms | share |", "|---|---|---|---|---|"]
     lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
               for t in p["top"]]
