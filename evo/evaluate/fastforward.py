@@ -281,34 +281,34 @@ class FastForward:
             hidden = self._eager_body(ids)
         if self._graph_trees and body is not self._eager_body:
             hidden = hidden.clone()  # a CUDA graph's output buffer
-        tokens = ids.shape[0] * ids.shape[1]
-        flat = hidden.reshape(tokens, hidden.shape[-1])
-        rows = [part.reshape(tokens, *part.shape[2:]) for part in reference]
         total = None
-        for start in range(0, tokens, self.kl_chunk):
-            chunk = slice(start, min(start + self.kl_chunk, tokens))
+        for chunk in self._token_chunks(hidden, reference):
             try:
-                part = head_kl(flat[chunk], *(row[chunk] for row in rows))
+                part = head_kl(*chunk)
             except Exception as exc:  # noqa: BLE001
                 if head_kl == self._eager_head_kl:
                     raise
                 self._fall_back(exc)
                 head_kl = self._eager_head_kl
-                part = head_kl(flat[chunk], *(row[chunk] for row in rows))
+                part = head_kl(*chunk)
             total = part if total is None else total + part
         return total
+
+    def _token_chunks(self, hidden: torch.Tensor, reference: tuple[torch.Tensor, ...]):
+        """(hidden rows, *reference rows) of each kl_chunk tokens: the batch [n, L, ...] flattened to tokens."""
+        tokens = hidden.shape[0] * hidden.shape[1]
+        flat = hidden.reshape(tokens, hidden.shape[-1])
+        rows = [part.reshape(tokens, *part.shape[2:]) for part in reference]
+        for start in range(0, tokens, self.kl_chunk):
+            chunk = slice(start, min(start + self.kl_chunk, tokens))
+            yield (flat[chunk], *(row[chunk] for row in rows))
 
     def _compiled_kl_sum(self, ids: torch.Tensor, reference: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """kl_sum_of through the compiled calls alone (what a stage graph captures: a failure raises)."""
         if not self.kl_chunk:
             return self._kl(self._compiled_call(self._forward, ids), *reference)
         hidden = self._compiled_call(self._body, ids)
-        tokens = ids.shape[0] * ids.shape[1]
-        flat = hidden.reshape(tokens, hidden.shape[-1])
-        rows = [part.reshape(tokens, *part.shape[2:]) for part in reference]
-        parts = [self._head_kl(flat[start:start + self.kl_chunk], *(row[start:start + self.kl_chunk] for row in rows))
-                 for start in range(0, tokens, self.kl_chunk)]
-        return functools.reduce(torch.add, parts)
+        return functools.reduce(torch.add, (self._head_kl(*chunk) for chunk in self._token_chunks(hidden, reference)))
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, *, eager: bool = False, copy_graph_output: bool = True) -> torch.Tensor:
