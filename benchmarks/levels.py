@@ -41,6 +41,7 @@ from evo.evaluate.stats import collect_activation_stats  # noqa: E402
 from evo.search.levels import LevelStore  # noqa: E402
 from evo.search.size_table import SizeTable  # noqa: E402
 from evo.search.space import SearchSpace  # noqa: E402
+from kernel_profile import sync as _sync  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -49,10 +50,6 @@ def _cpu_seconds() -> float:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def load(model: str, device: str, workdir: Path):

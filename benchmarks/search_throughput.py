@@ -68,6 +68,7 @@ from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # no
 from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
+from kernel_profile import sync as _sync  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
@@ -135,10 +136,6 @@ def _row_sync_kl(evaluator):
 
     return kl
 
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
