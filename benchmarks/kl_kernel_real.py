@@ -1,0 +1,66 @@
+"""The one-pass KL kernel's four row sums on the default model's real logits against torch's float64 sums
+(issue 19, session 28): uniform RTN at --bits, a few rows of WikiText-2, each kernel shape of --shapes.
+kl_kernel.py checks the sums on random logits; a compressed model's logits (bf16, peaks of ~60) are what
+the search feeds the kernel. Runs on CUDA, or on a CPU through Triton's interpreter:
+
+  TRITON_INTERPRET=1 PYTHONPATH=.:<a directory with triton> python benchmarks/kl_kernel_real.py --device cpu
+  python benchmarks/kl_kernel_real.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evo.compress import TensorSetting  # noqa: E402
+from evo.compress.config import CompressionConfig  # noqa: E402
+from evo.evaluate import kl_sums  # noqa: E402
+from evo.evaluate.evaluator import Evaluator, FitnessConfig  # noqa: E402
+from evo.evaluate.reference import DenseReference  # noqa: E402
+from evo.modelio import load_model  # noqa: E402
+from kl_paths_real import text_ids  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bits", type=int, default=2)
+    parser.add_argument("--sequences", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--shapes", default="8192x8x1,4096x4x3,4096x4x3w")
+    args = parser.parse_args()
+    if not kl_sums.TRITON:
+        raise SystemExit("needs Triton (pip install triton; on a CPU run with TRITON_INTERPRET=1)")
+    from evo.evaluate import _kl_triton
+
+    loaded = load_model("smollm2-135m", device=args.device, dtype="bfloat16")
+    ids = text_ids(loaded.tokenizer, args.sequences, args.tokens)
+    reference = DenseReference.compute(loaded.model, ids.to(args.device), top_k=256, tail_samples=16)
+    fitness = FitnessConfig(screen_sequences=args.sequences, screen_tokens=args.tokens, top_k=256, tail_samples=16)
+    evaluator = Evaluator(loaded.model, loaded.info, ids.numpy(), fitness, reference)
+    evaluator.materialise(CompressionConfig(default=TensorSetting(bits=args.bits, group_size=64)))
+    with torch.no_grad():
+        logits = loaded.model(input_ids=ids.to(args.device), use_cache=False).logits
+    flat = logits.reshape(-1, logits.shape[-1])
+    top_ids = reference.topk_ids.reshape(-1, reference.topk_ids.shape[-1]).to(flat.device).long()
+    exact = kl_sums.torch_row_sums(flat, top_ids)
+    print(f"{flat.shape[0]} rows × {flat.shape[1]} logits ({flat.dtype}), uniform {args.bits}-bit RTN g64, "
+          f"largest |logit| {float(flat.float().abs().max()):.1f}")
+    for shape in filter(None, args.shapes.split(",")):
+        chunk, warps, steps = (int(v) for v in shape.removesuffix("w").split("x"))
+        got = _kl_triton.row_sums(flat, top_ids, chunk, warps, steps, shape.endswith("w"))
+        peak = float((got[:, 0] - exact[:, 0]).abs().max())
+        log_sum = float((got[:, 1] - exact[:, 1]).abs().max())
+        tail = float(((got[:, 2] + got[:, 3]) - (exact[:, 2] + exact[:, 3])).abs().max())
+        print(f"{shape}: largest difference from float64: peak {peak:.1e}, log Σ {log_sum:.1e}, tail log-sum-exp {tail:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
