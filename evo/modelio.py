@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from evo.constants import DEFAULT_MODEL, DTYPES, TOKENIZER_CONFIG_FILE
-from evo.errors import EvoError
+from evo.errors import EvoError, first_line
 from evo.types import (
     ATTENTION_ROLES,
     MLP_ROLES,
@@ -213,10 +213,10 @@ def load_model(
                 "download it first and pass the local directory, or use an alias "
                 f"({', '.join(ALIASES)})"
             ) from exc
-        raise EvoError(f"cannot read the model config of {spec}: {_first_line(exc)}") from exc
+        raise EvoError(f"cannot read the model config of {spec}: {first_line(exc)}") from exc
     except (ValueError, KeyError) as exc:
         _raise_if_remote_code(exc, spec, hint)
-        raise EvoError(f"unsupported model {spec!r}: {_first_line(exc)}") from exc
+        raise EvoError(f"unsupported model {spec!r}: {first_line(exc)}") from exc
     weights: dict = {}
     if source.kind == "dir" and any(Path(source.location).glob("*.safetensors")):
         weights["use_safetensors"] = True  # never the pickled .bin beside it
@@ -228,7 +228,7 @@ def load_model(
         try:
             model = load_streamed(source.location, config, dtype=torch_dtype, device=torch_device)
         except OSError as exc:
-            raise EvoError(f"cannot load the weights of {spec!r}: {_first_line(exc)}") from exc
+            raise EvoError(f"cannot load the weights of {spec!r}: {first_line(exc)}") from exc
         loader = "transformers" if model is None else "streamed"
     try:
         if model is None:
@@ -237,18 +237,18 @@ def load_model(
         _raise_if_remote_code(exc, spec, hint)
         raise EvoError(
             f"unsupported architecture {getattr(config, 'model_type', '?')!r} for {spec!r}: "
-            f"evo needs a transformers causal LM ({_first_line(exc)})"
+            f"evo needs a transformers causal LM ({first_line(exc)})"
         ) from exc
     except OSError as exc:
-        raise EvoError(f"cannot load the weights of {spec!r}: {_first_line(exc)}") from exc
+        raise EvoError(f"cannot load the weights of {spec!r}: {first_line(exc)}") from exc
     except SafetensorError as exc:  # not an OSError: a corrupt or truncated shard
-        raise EvoError(f"cannot load the weights of {spec!r}: a .safetensors file is damaged ({_first_line(exc)}); "
+        raise EvoError(f"cannot load the weights of {spec!r}: a .safetensors file is damaged ({first_line(exc)}); "
                        "save or download the model again") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError) as exc:
         _raise_if_remote_code(exc, spec, hint)
-        raise EvoError(f"cannot load the tokenizer of {spec!r}: {_first_line(exc)}") from exc
+        raise EvoError(f"cannot load the tokenizer of {spec!r}: {first_line(exc)}") from exc
     model.to(torch_device)
     model.eval()
     info = describe_model(model, model_id=source.model_id)
@@ -266,11 +266,6 @@ def _raise_if_remote_code(exc: BaseException, spec: str, hint: str) -> None:
 
     if is_remote_code_error(exc):
         raise EvoError(f"model {spec!r} needs its own Python code to load and evo does not run it: {hint}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evo.errors import EvoError
+from evo.errors import EvoError, first_line
 from evo.types import Document
 
 TEXT_SUFFIXES = (".txt", ".utf8", ".raw", ".md", ".text")
@@ -309,22 +309,17 @@ def _parquet_texts(path: str, text_field: str) -> list[str]:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
-        raise EvoError(f"{path}: not a readable parquet file ({_first_line(exc)})") from exc
+        raise EvoError(f"{path}: not a readable parquet file ({first_line(exc)})") from exc
     if text_field not in schema.names:
         raise EvoError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)}); pass --text-field")
     try:
         column = pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise EvoError(f"{path}: cannot read column {text_field!r} ({_first_line(exc)})") from exc
+        raise EvoError(f"{path}: cannot read column {text_field!r} ({first_line(exc)})") from exc
     for row, value in enumerate(column):
         if value is not None and not isinstance(value, str):
             raise EvoError(f"{path}: row {row} of column {text_field!r} is not a string")
     return [v for v in column if v]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def wikitext_hf_text(raw: str) -> str:

@@ -47,7 +47,7 @@ from contextlib import ExitStack
 import torch
 from torch import nn
 
-from evo.errors import EvoError
+from evo.errors import EvoError, failure_reason
 from evo.evaluate.causal_attention import causal_attention, unsupported_reason
 from evo.evaluate.metrics import topk_kl_sum
 from evo.evaluate.rotary_tables import RotaryTables
@@ -207,7 +207,7 @@ class FastForward:
         return self.kl_function(self.model.get_output_embeddings()(hidden), *reference)
 
     def _fall_back(self, exc: BaseException) -> None:
-        self.fallback = f"torch.compile failed ({_first_line(exc)}): eager forward"
+        self.fallback = f"torch.compile failed ({failure_reason(exc)}): eager forward"
         warnings.warn(self.fallback, RuntimeWarning, stacklevel=3)
         self._graphs = None
         self._forward = self._eager_forward
@@ -224,7 +224,7 @@ class FastForward:
             parts = self.model.get_output_embeddings()(self._eager_body(probe))
             same = whole.shape == parts.shape and torch.allclose(whole.float(), parts.float(), rtol=1e-3, atol=1e-3)
         except Exception as exc:  # noqa: BLE001 — no decoder/head split: the whole-batch path
-            same, why = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            same, why = False, failure_reason(exc, 120)
         else:
             why = "the model's logits are not its head applied to the last hidden state"
         if not same:
@@ -266,7 +266,7 @@ class FastForward:
                 return self._graphs.run((ids, *reference), functools.partial(self._compiled_kl_sum, ids, reference))
             except Exception as exc:  # noqa: BLE001 — no graph: the same compiled calls, launched one by one
                 self._graphs = None
-                self.fallback = f"CUDA graphs per stage off ({_first_line(exc)}): compiled calls without graphs"
+                self.fallback = f"CUDA graphs per stage off ({failure_reason(exc)}): compiled calls without graphs"
                 warnings.warn(self.fallback, RuntimeWarning, stacklevel=2)
         if not self.kl_chunk:
             return self.kl_sum(self.logits(ids, eager=eager, copy_graph_output=False), *reference)
@@ -340,8 +340,3 @@ class FastForward:
                 raise
             self._fall_back(exc)
             return self.kl_function(logits, *reference)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"

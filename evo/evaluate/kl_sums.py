@@ -28,6 +28,8 @@ import warnings
 
 import torch
 
+from evo.errors import failure_reason
+
 TRITON = importlib.util.find_spec("triton") is not None  # a constant, so torch.compile traces `available`
 _FAILED: list[str] = []  # the reason the kernel failed, once: later calls go to torch directly
 
@@ -65,7 +67,7 @@ def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
             return row_sums(logits.contiguous(), ids)
         except Exception as exc:  # noqa: BLE001 — any failure of the kernel: the same sums with torch ops
-            _FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            _FAILED.append(failure_reason(exc))
             warnings.warn(f"the Triton top-k KL kernel failed ({_FAILED[0]}): torch ops instead", RuntimeWarning,
                           stacklevel=2)
     return torch_row_sums(logits, ids)
