@@ -18,13 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evo.compress import TensorSetting  # noqa: E402
-from evo.compress.config import CompressionConfig  # noqa: E402
 from evo.evaluate import kl_sums  # noqa: E402
-from evo.evaluate.evaluator import Evaluator, FitnessConfig  # noqa: E402
-from evo.evaluate.reference import DenseReference  # noqa: E402
-from evo.modelio import load_model  # noqa: E402
-from kl_paths_real import text_ids  # noqa: E402
+from kl_paths_real import compressed_model  # noqa: E402
 
 
 def main() -> int:
@@ -39,16 +34,12 @@ def main() -> int:
         raise SystemExit("needs Triton (pip install triton; on a CPU run with TRITON_INTERPRET=1)")
     from evo.evaluate import _kl_triton
 
-    loaded = load_model("smollm2-135m", device=args.device, dtype="bfloat16")
-    ids = text_ids(loaded.tokenizer, args.sequences, args.tokens)
-    reference = DenseReference.compute(loaded.model, ids.to(args.device), top_k=256, tail_samples=16)
-    fitness = FitnessConfig(screen_sequences=args.sequences, screen_tokens=args.tokens, top_k=256, tail_samples=16)
-    evaluator = Evaluator(loaded.model, loaded.info, ids.numpy(), fitness, reference)
-    evaluator.materialise(CompressionConfig(default=TensorSetting(bits=args.bits, group_size=64)))
+    loaded, evaluator, config = compressed_model(args.device, args.sequences, args.tokens, args.bits)
+    evaluator.materialise(config)
     with torch.no_grad():
-        logits = loaded.model(input_ids=ids.to(args.device), use_cache=False).logits
+        logits = loaded.model(input_ids=evaluator._device_ids, use_cache=False).logits
     flat = logits.reshape(-1, logits.shape[-1])
-    top_ids = reference.topk_ids.reshape(-1, reference.topk_ids.shape[-1]).to(flat.device).long()
+    top_ids = evaluator.reference.topk_ids.reshape(-1, evaluator.reference.topk_ids.shape[-1]).to(flat.device).long()
     exact = kl_sums.torch_row_sums(flat, top_ids)
     print(f"{flat.shape[0]} rows × {flat.shape[1]} logits ({flat.dtype}), uniform {args.bits}-bit RTN g64, "
           f"largest |logit| {float(flat.float().abs().max()):.1f}")

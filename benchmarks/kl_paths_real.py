@@ -23,27 +23,37 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evo.compress import TensorSetting  # noqa: E402
 from evo.compress.config import CompressionConfig  # noqa: E402
 from evo.constants import FINAL_STAGE  # noqa: E402
+from evo.data.corpus import read_text  # noqa: E402
 from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.evaluator import Evaluator, FitnessConfig  # noqa: E402
 from evo.evaluate.fastforward import FastForward  # noqa: E402
-from evo.evaluate.metrics import exact_kl, topk_kl_sum  # noqa: E402
+from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
+from evo.evaluate.perplexity import tokenize_for_eval  # noqa: E402
 from evo.evaluate.reference import DenseReference  # noqa: E402
 from evo.modelio import load_model  # noqa: E402
+from search_throughput import exact_kl_of  # noqa: E402
 
 
-def text_ids(tokenizer, sequences: int, tokens: int) -> torch.Tensor:
-    import os
-
-    path = Path(os.environ.get("EVO_DATA_DIR", "../shared/data")) / "wikitext-2-raw" / "wiki.test.raw"
-    ids = tokenizer(path.read_text()[: 4_000_000], return_tensors="pt").input_ids[0]
-    return ids[: sequences * tokens].reshape(sequences, tokens)
+def compressed_model(device: str, sequences: int, tokens: int, bits: int):
+    """(loaded model, its Evaluator, the config): the default model in bf16 with its top-256 + 16-sample
+    reference on the first sequences × tokens of WikiText-2's test text, and uniform `bits`-bit RTN
+    (group 64), not yet materialised. Too few tokens in the text ends the benchmark with one line."""
+    loaded = load_model("smollm2-135m", device=device, dtype="bfloat16")
+    ids = tokenize_for_eval(loaded.tokenizer, read_text("wikitext2"))
+    if ids.size < sequences * tokens:
+        raise SystemExit(f"--sequences {sequences} × --tokens {tokens} asks for {sequences * tokens} tokens; "
+                         f"WikiText-2's test text has {ids.size}: ask for fewer")
+    ids = ids[: sequences * tokens].reshape(sequences, tokens)
+    reference = DenseReference.compute(loaded.model, ids, top_k=256, tail_samples=16)
+    fitness = FitnessConfig(screen_sequences=min(4, sequences), screen_tokens=tokens, top_k=256, tail_samples=16)
+    evaluator = Evaluator(loaded.model, loaded.info, ids, fitness, reference)
+    return loaded, evaluator, CompressionConfig(default=TensorSetting(bits=bits, group_size=64))
 
 
 def main() -> int:
@@ -58,14 +68,8 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_model("smollm2-135m", device=args.device, dtype="bfloat16")
-    model, info = loaded.model, loaded.info
-    sequences, tokens = args.sequences, args.tokens
-    ids = text_ids(loaded.tokenizer, sequences, tokens).to(args.device)
-    reference = DenseReference.compute(model, ids, top_k=256, tail_samples=16)
-    config = CompressionConfig(default=TensorSetting(bits=args.bits, group_size=64))
-    fitness = FitnessConfig(screen_sequences=min(4, sequences), screen_tokens=tokens, top_k=256, tail_samples=16, compile="off")
-    evaluator = Evaluator(model, info, ids.cpu().numpy(), fitness, reference)
+    loaded, evaluator, config = compressed_model(args.device, args.sequences, args.tokens, args.bits)
+    model = loaded.model
     results = {}
 
     def estimate(name: str) -> None:
@@ -87,17 +91,7 @@ def main() -> int:
             _kl_triton.WORDS = shape.endswith("w")
             estimate(f"eager kernel {shape}")
         _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shipped
-    with torch.no_grad():
-        evaluator.materialise(config)
-        total = 0.0
-        for start in range(0, sequences, 4):
-            with torch.no_grad():
-                evaluator.restore()
-                dense = model(input_ids=ids[start:start + 4], use_cache=False).logits
-                evaluator.materialise(config)
-                total += float(exact_kl(dense, model(input_ids=ids[start:start + 4], use_cache=False).logits)
-                               .double().sum())
-    results["exact"] = total / (sequences * tokens)
+    results["exact"] = exact_kl_of(evaluator, config)
     print(f"exact: {results['exact']:.9f}", flush=True)
     for kind in filter(None, args.graphs.split(",")):
         evaluator.forward = FastForward(model, "reduce-overhead", evaluator.device, stage_graphs=kind == "stage")

@@ -137,7 +137,6 @@ def _row_sync_kl(evaluator):
     return kl
 
 
-
 def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
     """Median wall ms of evaluate(config, FINAL_STAGE) (materialise is a no-op after the first),
     and of its forward + KL alone."""
@@ -159,16 +158,30 @@ def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def exact_vs_estimate(evaluator, config) -> dict:
-    """The exact KL(dense ‖ candidate) from full logits against the top-k + tail estimate, on the
-    full stage, 4 sequences at a time (the dense logits of every sequence stay on the device); the
-    estimate both as the search computes it and through the eager forward (same weights, same KL
-    reduction): their difference is the compiled forward's rounding."""
+def exact_kl_of(evaluator, config) -> float:
+    """The exact KL(dense ‖ candidate) per token from full logits on the full stage, 4 sequences at a
+    time (the dense logits of every sequence stay on the device); the config is left materialised."""
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     ids = evaluator._device_ids[:sequences, :tokens]
     evaluator.restore()
     dense = [evaluator.model(input_ids=ids[s:s + 4], use_cache=False).logits.to(torch.bfloat16)
              for s in range(0, sequences, 4)]
+    evaluator.materialise(config)
+    total = 0.0
+    for index, start in enumerate(range(0, sequences, 4)):
+        logits = evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits
+        total += float(exact_kl(dense[index], logits).double().sum())
+    return total / (sequences * tokens)
+
+
+@torch.no_grad()
+def exact_vs_estimate(evaluator, config) -> dict:
+    """The exact KL(dense ‖ candidate) (exact_kl_of) against the top-k + tail estimate on the full
+    stage, the estimate both as the search computes it and through the eager forward (same weights,
+    same KL reduction): their difference is the compiled forward's rounding."""
+    sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
+    ids = evaluator._device_ids[:sequences, :tokens]
+    exact = exact_kl_of(evaluator, config)
     estimate = evaluator.evaluate(config, FINAL_STAGE)
     eager = 0.0
     for start in range(0, sequences, 4):
@@ -176,11 +189,6 @@ def exact_vs_estimate(evaluator, config) -> dict:
         eager += float(evaluator.forward.kl_sum_of(ids[rows], *(ref[rows, :tokens] for ref in evaluator._reference_rows),
                                                    eager=True))
     eager /= sequences * tokens
-    total = 0.0
-    for index, start in enumerate(range(0, sequences, 4)):
-        logits = evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits
-        total += float(exact_kl(dense[index], logits).double().sum())
-    exact = total / (sequences * tokens)
     return {"exact": exact, "estimate": estimate, "relative_error": (estimate - exact) / exact if exact else None,
             "estimate_eager": eager, "relative_error_eager": (eager - exact) / exact if exact else None,
             "top_k": evaluator.reference.top_k, "tail_samples": int(evaluator._reference_rows[3].shape[-1])}
