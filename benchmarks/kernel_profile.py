@@ -152,8 +152,7 @@ def kernel_lines(name: str, profile: dict) -> list[str]:
     p = profile
     lines = [f"{name}: {p['what']} {p['kernel_ms']:.2f} ms in {p['launches']} launches "
              f"(busy {p['busy_ms']:.2f} of {p['profiled_wall_ms']:.2f} ms wall); by kind: " + ", ".join(
-                 f"{k} {v:.2f} ms ({100 * p['by_kind_share'][k]:.0f} %"
-                 + (f", {p['by_kind_calls'][k]} launches)" if "by_kind_calls" in p else ")")
+                 f"{k} {v:.2f} ms ({100 * p['by_kind_share'][k]:.0f} %, {p['by_kind_calls'][k]} launches)"
                  for k, v in p["by_kind_ms"].items() if v),
              "", "| kernel | kind | calls | ms | share |", "|---|---|---|---|---|"]
     lines += [f"| `{t['name'][:90]}` | {t['kind']} | {t['calls']} | {t['ms']:.3f} | {100 * t['share']:.1f} % |"
