@@ -19,16 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evo.evaluate import kl_sums  # noqa: E402
+from attention_paths import device_option  # noqa: E402
+from kl_kernel import name, parse_configs  # noqa: E402
 from kl_paths_real import compressed_model  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_option, default="cpu")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--sequences", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--shapes", default="8192x8x1,4096x4x3,4096x4x3w")
+    parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3,4096x4x3w",
+                        help="the kernel's CHUNKxWARPS[xSTEPS][w], comma-separated")
     args = parser.parse_args()
     if not kl_sums.TRITON:
         raise SystemExit("needs Triton (pip install triton; on a CPU run with TRITON_INTERPRET=1)")
@@ -43,13 +46,12 @@ def main() -> int:
     exact = kl_sums.torch_row_sums(flat, top_ids)
     print(f"{flat.shape[0]} rows × {flat.shape[1]} logits ({flat.dtype}), uniform {args.bits}-bit RTN g64, "
           f"largest |logit| {float(flat.float().abs().max()):.1f}")
-    for shape in filter(None, args.shapes.split(",")):
-        chunk, warps, steps = (int(v) for v in shape.removesuffix("w").split("x"))
-        got = _kl_triton.row_sums(flat, top_ids, chunk, warps, steps, shape.endswith("w"))
+    for shape in args.shapes:
+        got = _kl_triton.row_sums(flat, top_ids, *shape)
         peak = float((got[:, 0] - exact[:, 0]).abs().max())
         log_sum = float((got[:, 1] - exact[:, 1]).abs().max())
         tail = float(((got[:, 2] + got[:, 3]) - (exact[:, 2] + exact[:, 3])).abs().max())
-        print(f"{shape}: largest difference from float64: peak {peak:.1e}, log Σ {log_sum:.1e}, tail log-sum-exp {tail:.1e}")
+        print(f"{name(shape)}: largest difference from float64: peak {peak:.1e}, log Σ {log_sum:.1e}, tail log-sum-exp {tail:.1e}")
     return 0
 
 

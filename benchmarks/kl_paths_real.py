@@ -37,7 +37,20 @@ from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from evo.evaluate.perplexity import tokenize_for_eval  # noqa: E402
 from evo.evaluate.reference import DenseReference  # noqa: E402
 from evo.modelio import load_model  # noqa: E402
+from attention_paths import device_option  # noqa: E402
+from kl_kernel import name, parse_configs  # noqa: E402
 from search_throughput import exact_kl_of  # noqa: E402
+
+GRAPHS = ("stage", "trees")  # stage graphs, or torch.compile's graph trees over the forward
+
+
+def graph_kinds(text: str) -> list[str]:
+    """--graphs: a comma list of GRAPHS (argparse prints anything else in one line, exit 2)."""
+    kinds = [kind for kind in text.split(",") if kind]
+    unknown = [kind for kind in kinds if kind not in GRAPHS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: give a comma list of {', '.join(GRAPHS)}")
+    return kinds
 
 
 def compressed_model(device: str, sequences: int, tokens: int, bits: int):
@@ -58,10 +71,11 @@ def compressed_model(device: str, sequences: int, tokens: int, bits: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", type=device_option, default="cuda")
     parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--shapes", default="8192x8x1,4096x4x3")  # the shipped one is 4096x4x3w
-    parser.add_argument("--graphs", default="stage,trees")
+    parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3",
+                        help="the kernel's CHUNKxWARPS[xSTEPS][w] besides the shipped one (4096x4x3w)")
+    parser.add_argument("--graphs", type=graph_kinds, default="stage,trees")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--out", default="runs/kl-paths-real")
@@ -85,15 +99,13 @@ def main() -> int:
         from evo.evaluate import _kl_triton
 
         shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS)
-        for shape in filter(None, args.shapes.split(",")):
-            chunk, warps, steps = (int(v) for v in shape.removesuffix("w").split("x"))
-            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS = chunk, warps, steps
-            _kl_triton.WORDS = shape.endswith("w")
-            estimate(f"eager kernel {shape}")
+        for shape in args.shapes:
+            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shape
+            estimate(f"eager kernel {name(shape)}")
         _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shipped
     results["exact"] = exact_kl_of(evaluator, config)
     print(f"exact: {results['exact']:.9f}", flush=True)
-    for kind in filter(None, args.graphs.split(",")):
+    for kind in args.graphs:
         evaluator.forward = FastForward(model, "reduce-overhead", evaluator.device, stage_graphs=kind == "stage")
         estimate(f"{kind} graphs (first)")
         estimate(f"{kind} graphs")
