@@ -56,6 +56,7 @@ PATHS = {  # FastForward's options of each path (the last is the shipped one: th
     "torch_kl": {"kl": TORCH_KL},
     "before": {"rotary_tables": False, "kl": TORCH_KL, "stage_graphs": False},
     "trees": {"stage_graphs": False},
+    "tuned": {"tune_kernels": True},
     "free": {},
 }
 
@@ -257,8 +258,32 @@ def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: f
                         help="the weights' perturbation after the reference (× each weight's std): the KL's size")
     parser.add_argument("--profile", action="store_true",
                         help="after timing each run, trace one more call: its kernels' time by kind, the top kernels")
+    parser.add_argument("--inductor", type=inductor_settings, default={},
+                        help="KEY=VALUE,...: torch._inductor.config settings for every compile of this process "
+                             "(e.g. coordinate_descent_tuning=True)")
     parser.add_argument("--out", default=out)
     return parser
+
+
+def inductor_settings(text: str) -> dict:
+    """KEY=VALUE,... → {key: value} of torch._inductor.config (values as Python literals, else strings),
+    applied at once; an unknown key or a part without = is one line (argparse, exit 2)."""
+    import ast
+
+    import torch._inductor.config as inductor
+
+    settings = {}
+    for part in filter(None, text.split(",")):
+        key, equals, value = part.partition("=")
+        if not equals or not hasattr(inductor, key.strip()):
+            raise argparse.ArgumentTypeError(f"{part!r}: give KEY=VALUE with KEY a torch._inductor.config setting")
+        try:
+            settings[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            settings[key.strip()] = value.strip()
+    for key, value in settings.items():
+        setattr(inductor, key, value)
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                       ids, rows, args, device, began, lambda done: write_report(out, "attention_paths", done))
     write_report(out, "attention_paths", results,
                  f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + "
-                 f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)",
+                 f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)"
+                 + (f"; torch._inductor.config {args.inductor}" if args.inductor else ""),
                  table(results, "forward", "free ms / its ms", twin_of) + profile_lines(results))
     return 0
 

@@ -30,7 +30,8 @@ evo/evaluate/causal_attention.py), rotary_computed (the rotary cos/sin computed 
 before session 27: evo/evaluate/rotary_tables.py), kl_torch_sums (the KL's row sums by torch ops instead of
 the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), graph_trees (torch.compile's
 CUDA graphs of the forward alone, the KL launched after them, as before session 28; shipped replays one graph
-of forward + KL per stage: evo/evaluate/stage_graphs.py), compile_off (eager forward), levels_off (no level database: levels compressed on first use
+of forward + KL per stage: evo/evaluate/stage_graphs.py), tuned_kernels (shipped with Inductor's coordinate
+descent tuning of its kernels' block sizes: FastForward's tune_kernels), compile_off (eager forward), levels_off (no level database: levels compressed on first use
 into the evaluator's cache), whole_batch_off (4 sequences per forward), kl_chunked (the body once, then
 head + KL 4,096 tokens at a time), cuda_graphs (compile "reduce-overhead", levels copied in place;
 the same as shipped under "auto" on CUDA),
@@ -72,7 +73,7 @@ from kernel_profile import sync as _sync  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
-            "rotary_computed", "kl_torch_sums", "graph_trees")
+            "rotary_computed", "kl_torch_sums", "graph_trees", "tuned_kernels")
 DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
 KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch")}
@@ -158,18 +159,22 @@ def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def exact_kl_of(evaluator, config) -> float:
+def exact_kl_of(evaluator, config, compiled: bool = False) -> float:
     """The exact KL(dense ‖ candidate) per token from full logits on the full stage, 4 sequences at a
-    time (the dense logits of every sequence stay on the device); the config is left materialised."""
+    time (the dense logits of every sequence stay on the device); the config is left materialised.
+    compiled: the candidate's logits from the search's compiled forward (the whole stage in one call,
+    the shape the search compiled), not the eager one."""
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     ids = evaluator._device_ids[:sequences, :tokens]
     evaluator.restore()
     dense = [evaluator.model(input_ids=ids[s:s + 4], use_cache=False).logits.to(torch.bfloat16)
              for s in range(0, sequences, 4)]
     evaluator.materialise(config)
+    candidate = evaluator.forward.logits(ids) if compiled else None
     total = 0.0
     for index, start in enumerate(range(0, sequences, 4)):
-        logits = evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits
+        logits = (candidate[start:start + 4] if compiled else
+                  evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits)
         total += float(exact_kl(dense[index], logits).double().sum())
     return total / (sequences * tokens)
 
@@ -178,10 +183,12 @@ def exact_kl_of(evaluator, config) -> float:
 def exact_vs_estimate(evaluator, config) -> dict:
     """The exact KL(dense ‖ candidate) (exact_kl_of) against the top-k + tail estimate on the full
     stage, the estimate both as the search computes it and through the eager forward (same weights,
-    same KL reduction): their difference is the compiled forward's rounding."""
+    same KL reduction): their difference is the compiled forward's rounding; and the exact KL of the
+    compiled forward's own logits, against which the search's estimate is the estimator's error alone."""
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     ids = evaluator._device_ids[:sequences, :tokens]
     exact = exact_kl_of(evaluator, config)
+    exact_compiled = exact_kl_of(evaluator, config, compiled=True)
     estimate = evaluator.evaluate(config, FINAL_STAGE)
     eager = 0.0
     for start in range(0, sequences, 4):
@@ -191,6 +198,8 @@ def exact_vs_estimate(evaluator, config) -> dict:
     eager /= sequences * tokens
     return {"exact": exact, "estimate": estimate, "relative_error": (estimate - exact) / exact if exact else None,
             "estimate_eager": eager, "relative_error_eager": (eager - exact) / exact if exact else None,
+            "exact_compiled": exact_compiled,
+            "relative_error_compiled": (estimate - exact_compiled) / exact_compiled if exact_compiled else None,
             "top_k": evaluator.reference.top_k, "tail_samples": int(evaluator._reference_rows[3].shape[-1])}
 
 
@@ -204,18 +213,19 @@ def compiled_graphs(name: str, compile_mode: str) -> tuple:
     mode = resolve_compile_mode("off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode),
                                 torch.device("cuda"))
     return (mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention",
-            name == "rotary_computed", name == "kl_torch_sums", name == "graph_trees")
+            name == "rotary_computed", name == "kl_torch_sums", name == "graph_trees", name == "tuned_kernels")
 
 
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode, chunk, _, masks, rotary_computed, _, trees = compiled_graphs(name, compile_mode)
+    mode, chunk, _, masks, rotary_computed, _, trees, tuned = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
-    key = (id(evaluator.model), mode, chunk, masks, rotary_computed, trees)
+    key = (id(evaluator.model), mode, chunk, masks, rotary_computed, trees, tuned)
     if key not in _FORWARDS:  # one per key: torch.compile's wrappers and their graphs are reused
         _FORWARDS[key] = FastForward(evaluator.model, mode, evaluator.device, kl_chunk=chunk, mask_free=not masks,
-                                     rotary_tables=not rotary_computed, stage_graphs=not trees)
+                                     rotary_tables=not rotary_computed, stage_graphs=not trees,
+                                     tune_kernels=tuned)
     evaluator.forward = _FORWARDS[key]
     if name in KL_OF:  # the same compiled forward, another KL reduction compiled beside it
         kl_key = (*key, name)
@@ -421,7 +431,8 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
         lines.append(f"KL of the warm-up genome on the full stage: exact {check['exact']:.6f} nats/token, "
                      f"top-{check['top_k']} + {check['tail_samples']} tail samples {check['estimate']:.6f} "
                      f"({check['relative_error']:+.3%}); the same through the eager forward {check['estimate_eager']:.6f} "
-                     f"({check['relative_error_eager']:+.3%})")
+                     f"({check['relative_error_eager']:+.3%}); exact KL of the compiled forward's own logits "
+                     f"{check['exact_compiled']:.6f}, the search's estimate {check['relative_error_compiled']:+.3%} of it")
     return "\n".join(lines)
 
 

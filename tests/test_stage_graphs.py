@@ -127,3 +127,8 @@ def test_a_function_that_cannot_be_captured_runs_without_graphs(on_cuda):
                                rtol=1e-5, atol=1e-6)
     assert graphed.graphs == "none" and "CUDA graphs per stage off" in graphed.fallback
     assert graphed.uses_cuda_graphs  # weights still go in place: nothing else changed
+    # nothing of the failed capture is left: the thread's stream is its own again, capturing nothing, and
+    # CUDA randomness (which checks the stream's capture state) works
+    assert not torch.cuda.is_current_stream_capturing()
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert torch.randn(8, device="cuda").isfinite().all()

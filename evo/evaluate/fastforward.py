@@ -87,11 +87,14 @@ class FastForward:
     rotary_tables: compiled calls read the rotary cos/sin from tables (False: computed in the graph).
     stage_graphs: under a graph mode, kl_sum_of replays one CUDA graph of forward + KL per stage (False:
     torch.compile's graphs of the forward alone).
+    tune_kernels: Inductor tunes its generated kernels' block sizes by coordinate descent
+    (torch._inductor.config.coordinate_descent_tuning) on the first compile of each shape: a longer first
+    compile, cached on disk by Inductor.
     """
 
     def __init__(self, model: nn.Module, mode: str = "off", device: torch.device | None = None, *,
                  kl_chunk: int = 0, kl: Callable = topk_kl_sum, mask_free: bool = True,
-                 rotary_tables: bool = True, stage_graphs: bool = True) -> None:
+                 rotary_tables: bool = True, stage_graphs: bool = True, tune_kernels: bool = False) -> None:
         self.model = model
         self.device = device if device is not None else next(model.parameters()).device
         self.mode = resolve_compile_mode(mode, self.device)
@@ -112,6 +115,7 @@ class FastForward:
         self._chunk_checked = False
         self._graphs: StageGraphs | None = None
         self._trees = False  # torch.compile's CUDA graph trees replay the forward
+        self.tune_kernels = tune_kernels
         if self.mode == "off":
             return
         if self.device.type != "cuda":
@@ -126,9 +130,9 @@ class FastForward:
                 forward_mode = KL_MODE_OF[self.mode]
                 self._graphs = StageGraphs(model)
             self._trees = forward_mode in GRAPH_MODES
-            self._forward = torch.compile(self._eager_forward, mode=forward_mode, dynamic=False)
+            self._forward = self._compiled(self._eager_forward, forward_mode)
             if self.kl_chunk:
-                self._body = torch.compile(self._eager_body, mode=forward_mode, dynamic=False)
+                self._body = self._compiled(self._eager_body, forward_mode)
             self._compile_kl()
         except Exception as exc:  # noqa: BLE001 — any failure to compile means: run eagerly
             self._fall_back(exc)
@@ -136,9 +140,19 @@ class FastForward:
     def _compile_kl(self) -> None:
         # the KL without CUDA graphs: its inputs are slices of the reference, new each stage
         kl_mode = KL_MODE_OF.get(self.mode, self.mode)
-        self._kl = torch.compile(self.kl_function, mode=kl_mode, dynamic=False)
+        self._kl = self._compiled(self.kl_function, kl_mode)
         if self.kl_chunk:
-            self._head_kl = torch.compile(self._eager_head_kl, mode=kl_mode, dynamic=False)
+            self._head_kl = self._compiled(self._eager_head_kl, kl_mode)
+
+    def _compiled(self, function: Callable, mode: str) -> Callable:
+        """torch.compile(function) in `mode`, static shapes; with tune_kernels, the mode's own Inductor
+        options plus coordinate descent tuning (torch.compile takes a mode or options, not both)."""
+        if not self.tune_kernels:
+            return torch.compile(function, mode=mode, dynamic=False)
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(mode), "coordinate_descent_tuning": True}
+        return torch.compile(function, options=options, dynamic=False)
 
     def with_kl(self, kl: Callable) -> FastForward:
         """This forward (its compiled graphs shared, nothing recompiled) with another KL reduction,

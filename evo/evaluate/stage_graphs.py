@@ -97,7 +97,27 @@ class StageGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            output = function()
+        capture = torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local")
+        try:
+            with capture:
+                output = function()
+        except BaseException:
+            close_failed_capture(capture)
+            raise
         self.captures += 1
         return graph, output
+
+
+def close_failed_capture(capture: torch.cuda.graph) -> None:
+    """Leave nothing of a capture that raised. When the captured work fails (a host sync invalidates the
+    capture), torch.cuda.graph's exit raises from capture_end and skips restoring the stream: the
+    thread's current stream stays the capture stream, still reported as capturing, and later work on
+    it fails ("Offset increment outside graph capture" at the next CUDA random draw, seen on an H200).
+    This ends the capture where it is still open and gives the thread back the stream it had."""
+    if torch.cuda.is_current_stream_capturing():
+        try:
+            capture.cuda_graph.capture_end()
+        except Exception:  # noqa: BLE001 — an invalidated capture ends with an error: it has ended
+            pass
+    if torch.cuda.current_stream() == capture.capture_stream:
+        capture.stream_ctx.__exit__(None, None, None)
