@@ -261,8 +261,25 @@ def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: f
     parser.add_argument("--inductor", type=inductor_settings, default={},
                         help="KEY=VALUE,...: torch._inductor.config settings for every compile of this process "
                              "(e.g. coordinate_descent_tuning=True)")
+    parser.add_argument("--sdpa", type=sdpa_backend, default="any",
+                        help="the only SDPA backend enabled in this process: flash, efficient, cudnn or math "
+                             "(any: torch's own choice)")
     parser.add_argument("--out", default=out)
     return parser
+
+
+SDPA_SWITCHES = {"flash": "enable_flash_sdp", "efficient": "enable_mem_efficient_sdp", "cudnn": "enable_cudnn_sdp",
+                 "math": "enable_math_sdp"}
+
+
+def sdpa_backend(text: str) -> str:
+    """--sdpa: any, or one of SDPA_SWITCHES, which becomes the only backend enabled (applied at once)."""
+    if text != "any" and text not in SDPA_SWITCHES:
+        raise argparse.ArgumentTypeError(f"{text!r}: give any or one of {', '.join(SDPA_SWITCHES)}")
+    if text != "any":
+        for name, switch in SDPA_SWITCHES.items():
+            getattr(torch.backends.cuda, switch)(name == text)
+    return text
 
 
 def inductor_settings(text: str) -> dict:
@@ -305,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     write_report(out, "attention_paths", results,
                  f"{args.layers} layers of SmolLM2-135M's shapes, random weights, {dtype}, {device}; forward + "
                  f"top-{TOP_K} + {TAIL}-sample KL of one evaluation (FastForward.kl_sum_of)"
-                 + (f"; torch._inductor.config {args.inductor}" if args.inductor else ""),
+                 + (f"; torch._inductor.config {args.inductor}" if args.inductor else "")
+                 + (f"; SDPA backend {args.sdpa} only" if args.sdpa != "any" else ""),
                  table(results, "forward", "free ms / its ms", twin_of) + profile_lines(results))
     return 0
 

@@ -111,9 +111,12 @@ class StageGraphs:
 def close_failed_capture(capture: torch.cuda.graph) -> None:
     """Leave nothing of a capture that raised. When the captured work fails (a host sync invalidates the
     capture), torch.cuda.graph's exit raises from capture_end and skips restoring the stream: the
-    thread's current stream stays the capture stream, still reported as capturing, and later work on
-    it fails ("Offset increment outside graph capture" at the next CUDA random draw, seen on an H200).
-    This ends the capture where it is still open and gives the thread back the stream it had."""
+    thread's current stream stays the capture stream, possibly still capturing.
+    capture_end also raised before the CUDA generators' capture epilogue, so the default generator still
+    believes it is capturing and refuses every draw outside a capture ("Offset increment outside graph
+    capture", seen on an H200 at the next torch.randn on CUDA). This ends the capture where it is still
+    open, gives the thread back the stream it had, and captures one tiny graph that ends cleanly: its
+    capture_end runs the generators' epilogue, which resets them."""
     if torch.cuda.is_current_stream_capturing():
         try:
             capture.cuda_graph.capture_end()
@@ -121,3 +124,6 @@ def close_failed_capture(capture: torch.cuda.graph) -> None:
             pass
     if torch.cuda.current_stream() == capture.capture_stream:
         capture.stream_ctx.__exit__(None, None, None)
+    reset = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(reset, capture_error_mode="thread_local"):
+        torch.zeros(1, device="cuda")
