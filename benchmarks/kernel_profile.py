@@ -48,6 +48,24 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
+CUBLAS_WORKSPACES = ("none", "torch")  # what `evo search` asks for (gemm_workspace), or torch's default
+
+
+def cublas_workspace_option(text: str) -> str:
+    """--cublas-workspace: "none" sets evo.evaluate.gemm_workspace's variables for this process, as `evo
+    search` does (at once: torch reads them at its first cuBLAS call); "torch" leaves torch's default
+    (the comparison needs a process of its own). Anything else is one line (argparse, exit 2)."""
+    import argparse
+
+    if text not in CUBLAS_WORKSPACES:
+        raise argparse.ArgumentTypeError(f"{text!r}: give none (as evo search runs) or torch (torch's default)")
+    if text == "none":
+        from evo.evaluate.gemm_workspace import gemms_without_workspace
+
+        print(gemms_without_workspace(), flush=True)
+    return text
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

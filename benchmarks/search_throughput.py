@@ -69,7 +69,7 @@ from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # no
 from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
-from kernel_profile import sync as _sync  # noqa: E402
+from kernel_profile import cublas_workspace_option, sync as _sync  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
+                        help="none: cuBLAS without a workspace, as `evo search` runs (evo/evaluate/gemm_workspace.py); "
+                             "torch: torch's default (a process of its own)")
     parser.add_argument("--space", default="default")
     parser.add_argument("--budget-mb", type=float, default=None, help="default: 40 %% of the way from the "
                         "smallest to the largest artifact of the space")

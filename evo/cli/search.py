@@ -92,8 +92,11 @@ def _search_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from evo.evaluate.gemm_workspace import gemms_without_workspace
     from evo.search.lifecycle import check_budget_mb, is_complete_run, normalize_run_dir
     from evo.search.loop import open_session, run_search
+
+    gemms_without_workspace()  # before the first CUDA matmul: the evaluations' large GEMMs need no workspace
 
     check_budget_mb(args.budget_mb)
     if args.resume and args.run_dir and normalize_run_dir(args.resume) != normalize_run_dir(args.run_dir):
