@@ -8,10 +8,9 @@ and a program that reduces one chunk has nothing to load meanwhile (STEPS > 1: s
 Rows of the table:
   kl torch ops      topk_kl_sum(row_sums="torch") compiled ("default"), the whole KL
   kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS (× STEPS), the whole KL
-  sums CxW[xS][w|ws]  _kl_triton.row_sums(chunk=C, warps=W, steps=S, layout=...) alone (S chunks a program, 1
-                    if left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; ws: that
-                    layout with the sums kept a word at a time, combined once a program (no barrier
-                    across warps a step); the bitmask kept from the first call, as in a search), with the largest difference of the
+  sums CxW[xS][w]   _kl_triton.row_sums(chunk=C, warps=W, steps=S, words=w) alone (S chunks a program, 1 if
+                    left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; the bitmask
+                    kept from the first call, as in a search), with the largest difference of the
                     tail's log-sum-exp from torch's float64 sums on the first 256 rows
 Each is the median of --repeats synchronized calls after one warm-up call.
 
@@ -39,39 +38,35 @@ from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import timed_ms  # noqa: E402
 
-DEFAULT_CONFIGS = ("4096x4x3,4096x4x3w,2048x2x6w,2048x4x6w,8192x8w,4096x4x3ws,4096x4x6ws,2048x2x6ws,2048x4x6ws,"
-                   "2048x2x12ws,1024x1x12ws,4096x8x3ws,8192x8x2ws,8192x4x2ws,1024x2x24ws")
+DEFAULT_CONFIGS = ("8192x8,4096x4x3,2048x2x6,1024x2,2048x4,4096x4x3w,2048x2x6w,1024x2w,2048x4w,8192x8w,4096x8x3w,"
+                   "2048x4x6w,1024x1x4w,2048x2x3w")
 CHECK_ROWS = 256
 
 
-SUFFIXES = {"ws": "word-sums", "w": "words", "": "flat"}  # a config's suffix → _kl_triton's layout
-
-
-def parse_configs(text: str) -> list[tuple[int, int, int, str]]:
-    """CxW[xS][w|ws],... → [(chunk, warps, steps, layout)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4,
-    8, 16, 32, steps (chunks a program walks, 1 if left out) 1 … 64, a trailing w for chunks laid out
-    [C / 32, 32] (one bitmask load a word), ws for that layout with the sums kept a word at a time;
-    anything else ends the benchmark with one line."""
+def parse_configs(text: str) -> list[tuple[int, int, int, bool]]:
+    """CxW[xS][w],... → [(chunk, warps, steps, words)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4, 8,
+    16, 32, steps (chunks a program walks, 1 if left out) 1 … 64, a trailing w for chunks laid out
+    [C / 32, 32] (one bitmask load a word); anything else ends the benchmark with one line."""
     configs = []
     for part in filter(None, text.split(",")):
-        suffix = next(end for end in SUFFIXES if part.lower().endswith(end))
+        words = part.lower().endswith("w")
         try:
-            chunk, warps, *steps = (int(v) for v in part.lower().removesuffix(suffix).split("x"))
+            chunk, warps, *steps = (int(v) for v in part.lower().removesuffix("w").split("x"))
             steps = steps or [1]
             (steps,) = steps
         except ValueError:
-            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS[xSTEPS][w|ws], e.g. 4096x4x3w") from None
+            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS[xSTEPS][w], e.g. 4096x4x3w") from None
         if chunk < 128 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16, 32) or not 1 <= steps <= 64:
             raise SystemExit(f"config {part!r}: CHUNK is a power of 2 ≥ 128, WARPS one of 1, 2, 4, 8, 16, 32 and "
                              "STEPS 1 … 64")
-        configs.append((chunk, warps, steps, SUFFIXES[suffix]))
+        configs.append((chunk, warps, steps, words))
     return configs
 
 
-def name(config: tuple[int, int, int, str]) -> str:
-    """CxW, CxWxS for programs that walk S chunks, then the layout's suffix (w, ws; none for flat)."""
-    chunk, warps, steps, layout = config
-    return f"{chunk}x{warps}" + (f"x{steps}" if steps > 1 else "") + {v: k for k, v in SUFFIXES.items()}[layout]
+def name(config: tuple[int, int, int, bool]) -> str:
+    """CxW, CxWxS for programs that walk S chunks, a trailing w for the [C / 32, 32] layout."""
+    chunk, warps, steps, words = config
+    return f"{chunk}x{warps}" + (f"x{steps}" if steps > 1 else "") + ("w" if words else "")
 
 
 def median_ms(function, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -133,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         from evo.evaluate import _kl_triton
 
         results.append(whole_kl("kl kernel", topk_kl_sum,
-                                shipped=name((_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.LAYOUT))))
+                                shipped=name((_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS))))
         ids = rows[0].reshape(-1, args.k)
         check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
         exact_tail = check[:, 2] + check[:, 3]

@@ -73,8 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", type=device_option, default="cuda")
     parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3ws",
-                        help="the kernel's CHUNKxWARPS[xSTEPS][w|ws] besides the shipped one (4096x4x3w)")
+    parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3",
+                        help="the kernel's CHUNKxWARPS[xSTEPS][w] besides the shipped one (4096x4x3w)")
     parser.add_argument("--graphs", type=graph_kinds, default="stage,trees")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
@@ -98,11 +98,11 @@ def main() -> int:
     if kl_sums.TRITON:  # the kernel at other program shapes (CHUNKxWARPSxSTEPS[w])
         from evo.evaluate import _kl_triton
 
-        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.LAYOUT)
+        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS)
         for shape in args.shapes:
-            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.LAYOUT = shape
+            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shape
             estimate(f"eager kernel {name(shape)}")
-        _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.LAYOUT = shipped
+        _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shipped
     results["exact"] = exact_kl_of(evaluator, config)
     print(f"exact: {results['exact']:.9f}", flush=True)
     for kind in args.graphs:

@@ -24,8 +24,7 @@ import triton.language as tl
 CHUNK = 4096  # logits a step: 32 a thread at 4 warps, in registers
 WARPS = 4
 STEPS = 3  # chunks a program walks
-LAYOUT = "words"  # "flat"; "words": chunks laid out [CHUNK / 32, 32], one bitmask load a word; "word-sums":
-LAYOUTS = ("flat", "words", "word-sums")  # that layout with the sums kept a word at a time (_word_sums)
+WORDS = True  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
@@ -106,59 +105,6 @@ def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constex
 
 
 @triton.jit
-def _word_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constexpr, CHUNK: tl.constexpr,
-               STEPS: tl.constexpr, RESCUE: tl.constexpr):
-    """_chunk_sums with the sums kept a bitmask word at a time: chunks laid out [CHUNK / 32, 32], each word's
-    (m, Σ, t, Σ_tail) merged online over the program's STEPS chunks, and the words combined once at the
-    end. A word's 32 logits sit in one warp, so the per-step reductions need no barrier across warps
-    (_chunk_sums makes four a chunk). A word's tail is summed on the word's peak, or, where the tail's
-    peak lies more than RESCUE nats below it in some word of the chunk, on its own peak (a second exp
-    over the chunk, rare). Same output as _chunk_sums."""
-    row = tl.program_id(0).to(tl.int64)
-    group = tl.program_id(1)
-    neg_inf = float("-inf")
-    lanes = tl.arange(0, 32)
-    m = tl.full((CHUNK // 32,), neg_inf, tl.float32)  # each word's running peak, sum, tail shift, tail sum
-    s = tl.zeros((CHUNK // 32,), tl.float32)
-    t = tl.full((CHUNK // 32,), neg_inf, tl.float32)
-    u = tl.zeros((CHUNK // 32,), tl.float32)
-    for step in tl.static_range(STEPS):
-        words = (group * STEPS + step) * (CHUNK // 32) + tl.arange(0, CHUNK // 32)
-        cols = words[:, None] * 32 + lanes[None, :]
-        x = tl.load(logits + row * logits_stride + cols, mask=cols < vocab, other=neg_inf).to(tl.float32)
-        word = tl.load(bits + row * bits_stride + words, mask=words * 32 < vocab, other=0)
-        top = ((word[:, None] >> lanes[None, :]) & 1) != 0
-        x_tail = tl.where(top, neg_inf, x)
-        peak = tl.maximum(m, tl.max(x, 1))
-        base = tl.where(peak == neg_inf, 0.0, peak)  # −inf only for words wholly past the vocabulary
-        tail_peak = tl.maximum(t, tl.max(x_tail, 1))
-        tail_base = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
-        e = tl.exp(x - base[:, None])
-        s = s * tl.exp(m - base) + tl.sum(e, 1)
-        far = (tail_peak != neg_inf) & (tail_peak - base < RESCUE)
-        if tl.max(far.to(tl.int32), 0) == 0:  # every word's tail near its peak: the peak's exps serve it
-            tail = tl.sum(tl.where(top, 0.0, e), 1)
-            tail = tl.where(tail > 0, tail * tl.exp(base - tail_base), 0.0)
-        else:
-            tail = tl.sum(tl.exp(x_tail - tail_base[:, None]), 1)
-        u = u * tl.exp(t - tail_base) + tail
-        m = peak
-        t = tail_peak
-    peak = tl.max(m, 0)
-    base = tl.where(peak == neg_inf, 0.0, peak)
-    total = tl.sum(s * tl.exp(m - base), 0)
-    has_tail = u > 0
-    shift = tl.max(tl.where(has_tail, t, neg_inf), 0)
-    shift = tl.where(shift == neg_inf, 0.0, shift)
-    tail = tl.sum(tl.where(has_tail, u * tl.exp(t - shift), 0.0), 0)
-    at = out + (row * tl.num_programs(1) + group) * 4
-    tl.store(at, peak)
-    tl.store(at + 1, total)
-    tl.store(at + 2, shift)
-    tl.store(at + 3, tail)
-
-
-@triton.jit
 def _combine(parts, out, chunks, C_BLOCK: tl.constexpr):
     """Row r's chunk sums parts[r, c] = (m, Σ, t, Σ_tail) → out[r] = (peak, log Σ exp(x − peak), tail
     shift, log Σ_tail exp(x − shift)) in float64; the shift is the largest t of the chunks that have a
@@ -195,21 +141,16 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-               steps: int = STEPS, layout: str = LAYOUT) -> torch.Tensor:
-    """[rows, programs, 4] float32 of _chunk_sums (_word_sums for the "word-sums" layout) for logits
-    [rows, vocab] (last dimension contiguous) and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a
-    step (a power of 2), `steps` chunks and `warps` warps a program, `layout` one of LAYOUTS."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: one of {', '.join(LAYOUTS)}")
+               steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
+    """[rows, programs, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
+    and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a step (a power of 2), `steps` chunks and
+    `warps` warps a program."""
     rows, vocab = logits.shape
     programs = -(-vocab // (chunk * steps))
     out = torch.empty(rows, programs, 4, dtype=torch.float32, device=logits.device)
-    if rows and layout == "word-sums":
-        _word_sums[(rows, programs)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
-                                     STEPS=steps, RESCUE=TAIL_RESCUE, num_warps=warps)
-    elif rows:
+    if rows:
         _chunk_sums[(rows, programs)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
-                                      STEPS=steps, RESCUE=TAIL_RESCUE, WORDS=layout == "words", num_warps=warps)
+                                      STEPS=steps, RESCUE=TAIL_RESCUE, WORDS=words, num_warps=warps)
     return out
 
 
@@ -243,7 +184,7 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-             steps: int = STEPS, layout: str = LAYOUT) -> torch.Tensor:
+             steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
     logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64."""
-    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, layout))
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, words))
