@@ -10,7 +10,9 @@ combined in float64 by a second kernel; the bitmask is set by atomic OR (repeate
 and kept for the reference rows it was built from (bits_for); the float64 combine is one kernel.
 Session 28: programs walk STEPS chunks each (merged online in float32) and lay a chunk out as
 [CHUNK / 32, 32] so each bitmask word is loaded once (WORDS): 2.04 ms against 2.87 for the session-27
-shape, the sums alone (constants below).
+shape, the sums alone (constants below). Session 29 tried keeping the four sums a bitmask word at a
+time (reductions within a warp each step, one reduction across warps a program): slower at every
+shape tried, 2.45 ms at best against 2.05 for this one in the same run (kl_kernel_s29_h200.json).
 """
 
 from __future__ import annotations
