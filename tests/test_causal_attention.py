@@ -219,7 +219,7 @@ def test_the_forward_floor_yardstick_computes_the_models_logits(tmp_path):
 @pytest.mark.parametrize("run, says", [
     ("bogus", "write it as MODE:PATH:NxL, e.g. reduce-overhead:free:64x512"),
     ("default:free:64", "write it as MODE:PATH:NxL"),
-    ("default:maybe:4x512", "the path is one of masks, rotary, torch_kl, before, trees, free"),
+    ("default:maybe:4x512", "the path is one of masks, rotary, torch_kl, before, trees, tuned, free"),
     ("turbo:free:4x512", "compile mode 'turbo' is unknown"),
     ("default:free:0x512", "at least 1 sequence"),
 ])
