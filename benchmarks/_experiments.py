@@ -56,11 +56,10 @@ class Deadline:
 
 
 def add_common_options(parser, *, deadline: float = 450.0) -> None:
-    from kernel_profile import cublas_workspace_option
+    from kernel_profile import add_cublas_workspace_option
 
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
-                        help="none: cuBLAS without a workspace, as `evo search` runs; torch: torch's default")
+    add_cublas_workspace_option(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=False)
     parser.add_argument("--deadline-s", type=float, default=deadline,

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evo.evaluate.fastforward import COMPILE_MODES, FastForward  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
-from kernel_profile import cublas_workspace_option, kernel_lines, profile_table  # noqa: E402
+from kernel_profile import add_cublas_workspace_option, kernel_lines, profile_table  # noqa: E402
 
 DEFAULT_RUNS = ("reduce-overhead:free:64x512,reduce-overhead:trees:64x512,reduce-overhead:before:64x512,"
                 "reduce-overhead:free:4x512,reduce-overhead:trees:4x512")
@@ -261,9 +261,7 @@ def shape_arguments(description: str, *, runs: str, run_form: str, deadline_s: f
     parser.add_argument("--inductor", type=inductor_settings, default={},
                         help="KEY=VALUE,...: torch._inductor.config settings for every compile of this process "
                              "(e.g. coordinate_descent_tuning=True)")
-    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
-                        help="none: cuBLAS without a workspace, as `evo search` runs (evo/evaluate/gemm_workspace.py); "
-                             "torch: torch's default workspace")
+    add_cublas_workspace_option(parser)
     parser.add_argument("--sdpa", type=sdpa_backend, default="any",
                         help="the only SDPA backend enabled in this process: flash, efficient, cudnn or math "
                              "(any: torch's own choice)")

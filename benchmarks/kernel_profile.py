@@ -66,6 +66,13 @@ def cublas_workspace_option(text: str) -> str:
     return text
 
 
+def add_cublas_workspace_option(parser) -> None:
+    """--cublas-workspace on a benchmark's parser (cublas_workspace_option; default none, as `evo search` runs)."""
+    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
+                        help="none: cuBLAS without a workspace, as `evo search` runs (evo/evaluate/gemm_workspace.py); "
+                             "torch: torch's default workspace (a comparison needs a process of its own)")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

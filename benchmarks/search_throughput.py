@@ -69,7 +69,7 @@ from _experiments import parse_with_smoke, seeded_run, share_loaded_models  # no
 from evo.evaluate.metrics import exact_kl, topk_kl, topk_kl_sum, topk_kl_sum_reference  # noqa: E402
 from evo.search.loop import SearchSpec, open_session, run_search  # noqa: E402
 from evo.search.schedule import parse_stages  # noqa: E402
-from kernel_profile import cublas_workspace_option, sync as _sync  # noqa: E402
+from kernel_profile import add_cublas_workspace_option, sync as _sync  # noqa: E402
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
@@ -159,24 +159,27 @@ def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
 
 
 @torch.no_grad()
-def exact_kl_of(evaluator, config, compiled: bool = False) -> float:
-    """The exact KL(dense ‖ candidate) per token from full logits on the full stage, 4 sequences at a
-    time (the dense logits of every sequence stay on the device); the config is left materialised.
-    compiled: the candidate's logits from the search's compiled forward (the whole stage in one call,
-    the shape the search compiled), not the eager one."""
+def exact_kl_of(evaluator, config, forwards: tuple[str, ...] = ("eager",)) -> dict[str, float]:
+    """The exact KL(dense ‖ candidate) per token from full logits on the full stage, for each forward
+    named: "eager" (the model's own, 4 sequences at a time) and "compiled" (the search's compiled
+    forward, the whole stage in one call, the shape the search compiled). The dense logits are computed
+    once and stay on the device; the config is left materialised."""
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     ids = evaluator._device_ids[:sequences, :tokens]
     evaluator.restore()
     dense = [evaluator.model(input_ids=ids[s:s + 4], use_cache=False).logits.to(torch.bfloat16)
              for s in range(0, sequences, 4)]
     evaluator.materialise(config)
-    candidate = evaluator.forward.logits(ids) if compiled else None
-    total = 0.0
-    for index, start in enumerate(range(0, sequences, 4)):
-        logits = (candidate[start:start + 4] if compiled else
-                  evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits)
-        total += float(exact_kl(dense[index], logits).double().sum())
-    return total / (sequences * tokens)
+    exact = {}
+    for forward in forwards:
+        candidate = evaluator.forward.logits(ids) if forward == "compiled" else None
+        total = 0.0
+        for index, start in enumerate(range(0, sequences, 4)):
+            logits = (candidate[start:start + 4] if candidate is not None else
+                      evaluator.model(input_ids=ids[start:start + 4], use_cache=False).logits)
+            total += float(exact_kl(dense[index], logits).double().sum())
+        exact[forward] = total / (sequences * tokens)
+    return exact
 
 
 @torch.no_grad()
@@ -187,8 +190,7 @@ def exact_vs_estimate(evaluator, config) -> dict:
     compiled forward's own logits, against which the search's estimate is the estimator's error alone."""
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     ids = evaluator._device_ids[:sequences, :tokens]
-    exact = exact_kl_of(evaluator, config)
-    exact_compiled = exact_kl_of(evaluator, config, compiled=True)
+    exact, exact_compiled = exact_kl_of(evaluator, config, ("eager", "compiled")).values()
     estimate = evaluator.evaluate(config, FINAL_STAGE)
     eager = 0.0
     for start in range(0, sequences, 4):
@@ -440,9 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
-                        help="none: cuBLAS without a workspace, as `evo search` runs (evo/evaluate/gemm_workspace.py); "
-                             "torch: torch's default (a process of its own)")
+    add_cublas_workspace_option(parser)
     parser.add_argument("--space", default="default")
     parser.add_argument("--budget-mb", type=float, default=None, help="default: 40 %% of the way from the "
                         "smallest to the largest artifact of the space")

@@ -16,5 +16,5 @@ def first_line(exc: BaseException) -> str:
 
 def failure_reason(exc: BaseException, limit: int = 200) -> str:
     """'Type: first line of the message' (the line cut at `limit`): why a fast path fell back."""
-    text = str(exc).splitlines()[0][:limit] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:limit] if text else ''}"
