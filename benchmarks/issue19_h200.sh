@@ -6,7 +6,9 @@
 #                     kl_torch_sums, rotary_computed, mask_attention: each with one of those switched off), each
 #                     with a search loop of >= $MIN_LOOP_S s (20; session 27: 20 s loops differ ~10 % between
 #                     leases, give 60 for a comparison): evaluations/s, share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
-#                     counts inside --deadline-s but is not stopped by it. DEADLINE_S default 520 (session 25: probe
+#                     counts inside --deadline-s but is not stopped by it. THROUGHPUT_EXTRA: more options for
+#                     search_throughput.py (e.g. --cublas-workspace torch, the other side of session 29's comparison,
+#                     in a call of its own: torch reads it once per process). DEADLINE_S default 520 (session 25: probe
 #                     103 s + a cold compile 128 s left 360 s room for one variant's loop; a variant whose new compile
 #                     would not fit is skipped).
 #   PHASE=evopress    evopress_scale.py, >= $EVALUATIONS (20,000) evaluations, population 64, stages
@@ -101,7 +103,7 @@ throughput() {  # every variant with its own search loop (--full-only none: cuda
     echo "== throughput: variants $VARIANTS, deadline $deadline s ($(date -u +%T))"
     rm -rf "$WORK/throughput"
     timeout $(( deadline + 60 )) "$PY" benchmarks/search_throughput.py "${throughput_args[@]}" --variants "$VARIANTS" \
-        --full-only none --deadline-s "$deadline" --out "$WORK/throughput"
+        --full-only none --deadline-s "$deadline" --out "$WORK/throughput" ${THROUGHPUT_EXTRA:-}
     echo "search_throughput exit $? at $SECONDS s"
     bash scripts/device/collect.sh throughput "$WORK"/throughput/throughput.{md,json}
     cat "$WORK/throughput/throughput.md" 2> /dev/null
