@@ -140,10 +140,10 @@ def _row_sync_kl(evaluator):
 
 def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
     """Median wall ms of evaluate(config, FINAL_STAGE) (materialise is a no-op after the first),
-    and of its forward + KL alone."""
+    of its forward + KL alone, and of that no-op materialise alone (host time: what evaluate adds)."""
     device = evaluator.device
     evaluator.evaluate(config, FINAL_STAGE)
-    whole, forward_kl = [], []
+    whole, forward_kl, materialise = [], [], []
     sequences, tokens = evaluator.stage_shape(FINAL_STAGE)
     for _ in range(repeats):
         _sync(device)
@@ -155,7 +155,12 @@ def full_evaluation_ms(evaluator, config, repeats: int) -> dict:
         evaluator._kl(evaluator.token_ids[:sequences, :tokens], None)
         _sync(device)
         forward_kl.append(time.perf_counter() - tic)
-    return {"evaluate_ms": 1000 * statistics.median(whole), "forward_kl_ms": 1000 * statistics.median(forward_kl)}
+        tic = time.perf_counter()
+        evaluator.materialise(config)
+        _sync(device)
+        materialise.append(time.perf_counter() - tic)
+    return {"evaluate_ms": 1000 * statistics.median(whole), "forward_kl_ms": 1000 * statistics.median(forward_kl),
+            "materialise_noop_ms": 1000 * statistics.median(materialise)}
 
 
 @torch.no_grad()
@@ -414,7 +419,7 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
         stages = "; ".join(f"{s}: {v['evals_per_second']:.1f} ({v['evaluations']}, {v['median_ms']:.1f})"
                            for s, v in row["per_stage"].items())
         compiled = row["compile"] + ("" if row["compiled"] or row["compile"] == "off" else " (eager)")
-        full_text = (f"{full['evaluate_ms']:.1f} | {full['forward_kl_ms']:.1f} | {full['forward_kl_ms'] / limit_ms:.1f}"
+        full_text = (f"{full['evaluate_ms']:.2f} | {full['forward_kl_ms']:.2f} | {full['forward_kl_ms'] / limit_ms:.1f}"
                      if full else "– | – | –")
         loop = (f"{row['evals_per_second'] or 0:.2f} ({row['evaluations']}, {row['stopped']}) | "
                 + " | ".join(f"{share.get(p, 0):.1%}" for p in parts)
@@ -427,6 +432,12 @@ def render(report: dict, rows: dict, budget: int, limit_ms: float, args) -> str:
     if fallbacks:
         lines.append("")
         lines.extend(f"fallback — {text}" for text in fallbacks)
+    for name, row in rows.items():
+        full = row.get("full_evaluation")
+        if full and "materialise_noop_ms" in full:
+            lines.append(f"{name}: the full evaluation's {full['evaluate_ms']:.2f} ms = forward + KL "
+                         f"{full['forward_kl_ms']:.2f} ms + the rest; materialise of the resident config alone "
+                         f"{full['materialise_noop_ms']:.3f} ms")
     check = rows.get("shipped", {}).get("kl_check")
     if check:
         lines.append("")
