@@ -8,8 +8,9 @@ and a program that reduces one chunk has nothing to load meanwhile (STEPS > 1: s
 Rows of the table:
   kl torch ops      topk_kl_sum(row_sums="torch") compiled ("default"), the whole KL
   kl kernel         topk_kl_sum compiled, the kernel at its shipped CHUNK × WARPS (× STEPS), the whole KL
-  sums CxW[xS][w]   _kl_triton.row_sums(chunk=C, warps=W, steps=S, words=w) alone (S chunks a program, 1 if
-                    left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; the bitmask
+  sums CxW[xS][w][l] _kl_triton.row_sums(chunk=C, warps=W, steps=S, words=w, lean=l) alone (S chunks a program,
+                    1 if left out; w: each chunk laid out [C / 32, 32], one bitmask load a word; l: three block
+                    reductions a chunk, not four, the tail's peak only where its sum underflows; the bitmask
                     kept from the first call, as in a search), with the largest difference of the
                     tail's log-sum-exp from torch's float64 sums on the first 256 rows
 Each is the median of --repeats synchronized calls after one warm-up call.
@@ -38,35 +39,38 @@ from evo.evaluate import kl_sums  # noqa: E402
 from evo.evaluate.metrics import topk_kl_sum  # noqa: E402
 from kernel_profile import timed_ms  # noqa: E402
 
-DEFAULT_CONFIGS = ("8192x8,4096x4x3,2048x2x6,1024x2,2048x4,4096x4x3w,2048x2x6w,1024x2w,2048x4w,8192x8w,4096x8x3w,"
-                   "2048x4x6w,1024x1x4w,2048x2x3w")
+DEFAULT_CONFIGS = "4096x4x3w,4096x4x3wl,2048x2x6wl,2048x4x6wl,8192x8x2wl,4096x8x3wl,1024x2x4wl,2048x4x3wl,8192x8wl"
 CHECK_ROWS = 256
 
 
-def parse_configs(text: str) -> list[tuple[int, int, int, bool]]:
-    """CxW[xS][w],... → [(chunk, warps, steps, words)]: chunk a power of 2 ≥ 128, warps one of 1, 2, 4, 8,
-    16, 32, steps (chunks a program walks, 1 if left out) 1 … 64, a trailing w for chunks laid out
-    [C / 32, 32] (one bitmask load a word); anything else ends the benchmark with one line."""
+def parse_configs(text: str) -> list[tuple[int, int, int, bool, bool]]:
+    """CxW[xS][w][l],... → [(chunk, warps, steps, words, lean)]: chunk a power of 2 ≥ 128, warps one of 1, 2,
+    4, 8, 16, 32, steps (chunks a program walks, 1 if left out) 1 … 64, then w for chunks laid out
+    [C / 32, 32] (one bitmask load a word) and l for the lean reductions; anything else ends the benchmark
+    with one line."""
     configs = []
     for part in filter(None, text.split(",")):
-        words = part.lower().endswith("w")
+        text_part = part.lower()
+        lean = text_part.endswith("l")
+        text_part = text_part.removesuffix("l")
+        words = text_part.endswith("w")
         try:
-            chunk, warps, *steps = (int(v) for v in part.lower().removesuffix("w").split("x"))
+            chunk, warps, *steps = (int(v) for v in text_part.removesuffix("w").split("x"))
             steps = steps or [1]
             (steps,) = steps
         except ValueError:
-            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS[xSTEPS][w], e.g. 4096x4x3w") from None
+            raise SystemExit(f"config {part!r}: write it as CHUNKxWARPS[xSTEPS][w][l], e.g. 4096x4x3wl") from None
         if chunk < 128 or chunk & (chunk - 1) or warps not in (1, 2, 4, 8, 16, 32) or not 1 <= steps <= 64:
             raise SystemExit(f"config {part!r}: CHUNK is a power of 2 ≥ 128, WARPS one of 1, 2, 4, 8, 16, 32 and "
                              "STEPS 1 … 64")
-        configs.append((chunk, warps, steps, words))
+        configs.append((chunk, warps, steps, words, lean))
     return configs
 
 
-def name(config: tuple[int, int, int, bool]) -> str:
-    """CxW, CxWxS for programs that walk S chunks, a trailing w for the [C / 32, 32] layout."""
-    chunk, warps, steps, words = config
-    return f"{chunk}x{warps}" + (f"x{steps}" if steps > 1 else "") + ("w" if words else "")
+def name(config: tuple[int, int, int, bool, bool]) -> str:
+    """CxW, CxWxS for programs that walk S chunks, then w for the [C / 32, 32] layout, l for lean reductions."""
+    chunk, warps, steps, words, lean = config
+    return f"{chunk}x{warps}" + (f"x{steps}" if steps > 1 else "") + ("w" if words else "") + ("l" if lean else "")
 
 
 def median_ms(function, device: torch.device, repeats: int) -> tuple[float, float]:
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--k", type=int, default=256)
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="the kernel's CHUNKxWARPS[xSTEPS], comma-separated")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="the kernel's CHUNKxWARPS[xSTEPS][w][l], "
+                        "comma-separated")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/kl-kernel")

@@ -17,6 +17,8 @@ shape tried, 2.45 ms at best against 2.05 for this one in the same run (kl_kerne
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +29,7 @@ CHUNK = 4096  # logits a step: 32 a thread at 4 warps, in registers
 WARPS = 4
 STEPS = 3  # chunks a program walks
 WORDS = True  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
+LEAN = False  # three block reductions a chunk instead of four: the tail's peak only where its sum underflows
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)
@@ -46,7 +49,8 @@ def _set_bits(ids, bits, k, ids_stride, bits_stride, K_BLOCK: tl.constexpr):
 
 @triton.jit
 def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constexpr, CHUNK: tl.constexpr,
-                STEPS: tl.constexpr, RESCUE: tl.constexpr, WORDS: tl.constexpr):
+                STEPS: tl.constexpr, RESCUE: tl.constexpr, WORDS: tl.constexpr, LEAN: tl.constexpr,
+                RESCUE_SUM: tl.constexpr):
     """Program (r, g): chunks g·STEPS … g·STEPS + STEPS − 1 of CHUNK logits of row r of logits [rows, vocab]
     with its top-k bitmask → out[r, g] = (m, Σ exp(x − m), t, Σ_tail exp(x − t)) in float32, m the peak and
     t the shift of the tail sum (0, with Σ_tail = 0, where the chunks hold no tail). Each chunk's tail is
@@ -55,6 +59,11 @@ def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constex
     STEPS > 1 gives each program several chunks (fewer programs, each chunk's loads issued while the
     previous one reduces); STEPS = 1 is one chunk a program. WORDS lays a chunk out as [CHUNK / 32, 32]:
     each bitmask word is loaded once for its 32 logits (the flat layout loads it once a logit).
+    LEAN: the tail summed on the peak's shift unless that sum is below RESCUE_SUM = exp(RESCUE) (then on its
+    own peak, as above): three block reductions a chunk, not four, and no masked copy of the chunk. The same
+    sums to float32 rounding: a tail sum ≥ exp(RESCUE) on the peak's shift is one whose terms that underflow
+    (below e^-87) are under e^-37 of it. (A tuple tl.reduce of both sums would make it two; Triton 3.5's
+    interpreter cannot reduce a tuple of 2-D blocks, so the CPU tests could not check it.)
 
     vocab is a compile-time constant (one kernel per vocabulary size)."""
     row = tl.program_id(0).to(tl.int64)
@@ -82,15 +91,25 @@ def _chunk_sums(logits, bits, out, logits_stride, bits_stride, vocab: tl.constex
         peak = tl.max(x)  # −inf only for a chunk wholly past the vocabulary (the last program's)
         shift = tl.where(peak == neg_inf, 0.0, peak)
         e = tl.exp(x - shift)
-        total = tl.sum(e)
-        x_tail = tl.where(top, neg_inf, x)
-        tail_peak = tl.max(x_tail)
-        if tail_peak - shift >= RESCUE:
-            tail_shift = shift
+        if LEAN:
+            total = tl.sum(e)
             tail = tl.sum(tl.where(top, 0.0, e))
-        else:  # the tail far below the peak (or empty): its own shift (rare: a second exp over the chunk)
-            tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
-            tail = tl.sum(tl.exp(x_tail - tail_shift))
+            tail_shift = shift
+            if tail < RESCUE_SUM:  # the tail far below the peak (or empty): its own shift (rare)
+                x_tail = tl.where(top, neg_inf, x)
+                tail_peak = tl.max(x_tail)
+                tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
+                tail = tl.sum(tl.exp(x_tail - tail_shift))
+        else:
+            total = tl.sum(e)
+            x_tail = tl.where(top, neg_inf, x)
+            tail_peak = tl.max(x_tail)
+            if tail_peak - shift >= RESCUE:
+                tail_shift = shift
+                tail = tl.sum(tl.where(top, 0.0, e))
+            else:  # the tail far below the peak (or empty): its own shift (rare: a second exp over the chunk)
+                tail_shift = tl.where(tail_peak == neg_inf, 0.0, tail_peak)
+                tail = tl.sum(tl.exp(x_tail - tail_shift))
         peak_now = tl.maximum(m, peak)
         base = tl.where(peak_now == neg_inf, 0.0, peak_now)
         s = s * tl.exp(m - base) + total * tl.exp(peak - base)
@@ -143,16 +162,17 @@ def topk_bits(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def chunk_sums(logits: torch.Tensor, bits: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-               steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
+               steps: int = STEPS, words: bool = WORDS, lean: bool = LEAN) -> torch.Tensor:
     """[rows, programs, 4] float32 of _chunk_sums for logits [rows, vocab] (last dimension contiguous)
     and bits [rows, ceil(vocab / 32)] int32; `chunk` logits a step (a power of 2), `steps` chunks and
-    `warps` warps a program."""
+    `warps` warps a program, `words` and `lean` as _chunk_sums's WORDS and LEAN."""
     rows, vocab = logits.shape
     programs = -(-vocab // (chunk * steps))
     out = torch.empty(rows, programs, 4, dtype=torch.float32, device=logits.device)
     if rows:
         _chunk_sums[(rows, programs)](logits, bits, out, logits.stride(0), bits.stride(0), vocab=vocab, CHUNK=chunk,
-                                      STEPS=steps, RESCUE=TAIL_RESCUE, WORDS=words, num_warps=warps)
+                                      STEPS=steps, RESCUE=TAIL_RESCUE, WORDS=words, LEAN=lean,
+                                      RESCUE_SUM=math.exp(TAIL_RESCUE), num_warps=warps)
     return out
 
 
@@ -186,7 +206,7 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-             steps: int = STEPS, words: bool = WORDS) -> torch.Tensor:
+             steps: int = STEPS, words: bool = WORDS, lean: bool = LEAN) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
     logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64."""
-    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, words))
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, words, lean))
