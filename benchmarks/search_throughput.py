@@ -28,7 +28,8 @@ attention), compile_default (compile "default", no CUDA graphs: the shipped path
 mask_attention (transformers' attention masks under compile, as before session 26:
 evo/evaluate/causal_attention.py), rotary_computed (the rotary cos/sin computed inside the compiled graph, as
 before session 27: evo/evaluate/rotary_tables.py), kl_torch_sums (the KL's row sums by torch ops instead of
-the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), graph_trees (torch.compile's
+the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), kl_lean (the kernel with its
+LEAN reductions: three block reductions a chunk, not four; _kl_triton.LEAN), graph_trees (torch.compile's
 CUDA graphs of the forward alone, the KL launched after them, as before session 28; shipped replays one graph
 of forward + KL per stage: evo/evaluate/stage_graphs.py), tuned_kernels (shipped with Inductor's coordinate
 descent tuning of its kernels' block sizes: FastForward's tune_kernels), compile_off (eager forward), levels_off (no level database: levels compressed on first use
@@ -73,10 +74,11 @@ from kernel_profile import add_cublas_workspace_option, sync as _sync  # noqa: E
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
-            "rotary_computed", "kl_torch_sums", "graph_trees", "tuned_kernels")
+            "rotary_computed", "kl_torch_sums", "graph_trees", "tuned_kernels", "kl_lean")
 DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
-KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch")}
+KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch"),
+         "kl_lean": functools.partial(topk_kl_sum, row_sums="lean")}
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
 SMOKE = ["--device", "cpu", "--space", "default", "--generations", "50", "--population", "8", "--samples", "4",
          "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:4,256:2",
@@ -219,13 +221,13 @@ def compiled_graphs(name: str, compile_mode: str) -> tuple:
     # "auto" as FastForward resolves it on CUDA (a CPU runs every mode eagerly)
     mode = resolve_compile_mode("off" if name == "compile_off" else COMPILE_OF.get(name, compile_mode),
                                 torch.device("cuda"))
-    return (mode, KL_CHUNK if name == "kl_chunked" else 0, name == "kl_old", name == "mask_attention",
-            name == "rotary_computed", name == "kl_torch_sums", name == "graph_trees", name == "tuned_kernels")
+    return (mode, KL_CHUNK if name == "kl_chunked" else 0, name if name in KL_OF else "", name == "mask_attention",
+            name == "rotary_computed", name == "graph_trees", name == "tuned_kernels")
 
 
 def configure(name: str, evaluator, compile_mode: str) -> None:
     """Switch the variant's optimisation off (or its compile mode / chunked KL on)."""
-    mode, chunk, _, masks, rotary_computed, _, trees, tuned = compiled_graphs(name, compile_mode)
+    mode, chunk, _, masks, rotary_computed, trees, tuned = compiled_graphs(name, compile_mode)
     batch = 4 if name == "whole_batch_off" else None
     evaluator.fitness = dataclasses.replace(evaluator.fitness, compile=mode, kl_chunk=chunk, batch_size=batch)
     key = (id(evaluator.model), mode, chunk, masks, rotary_computed, trees, tuned)

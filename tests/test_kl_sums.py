@@ -119,7 +119,8 @@ def test_the_kernels_sums_equal_the_log_sum_exps_on_cuda():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("compiled", [False, True])
-def test_topk_kl_through_the_kernel_equals_torch_ops_on_cuda(compiled):
+@pytest.mark.parametrize("row_sums", ["auto", "lean"])
+def test_topk_kl_through_the_kernel_equals_torch_ops_on_cuda(compiled, row_sums):
     logits, ids = _logits_and_ids(rows=64, vocab=49152, k=256)
     logits, ids = logits.cuda().bfloat16(), ids.cuda()
     log_p = torch.log_softmax(logits.float() + 0.3 * torch.randn_like(logits.float()), -1)
@@ -129,7 +130,8 @@ def test_topk_kl_through_the_kernel_equals_torch_ops_on_cuda(compiled):
     rows = (ids, top, tail, samples, log_p.gather(-1, samples))
     assert kl_sums.available(logits)
     kl = torch.compile(topk_kl_sum, dynamic=False) if compiled else topk_kl_sum
-    torch.testing.assert_close(kl(logits, *rows), topk_kl_sum(logits, *rows, row_sums="torch"), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(kl(logits, *rows, row_sums=row_sums), topk_kl_sum(logits, *rows, row_sums="torch"),
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_a_failing_kernel_falls_back_to_torch_ops_once(monkeypatch):

@@ -59,13 +59,14 @@ def _torch_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("evo::topk_row_sums", mutates_args=())
-def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """[rows, 4] float64 (peak, log Σ, tail shift, log Σ_tail) for logits [rows, vocab], ids [rows, k]."""
+def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor, lean: bool | None = None) -> torch.Tensor:
+    """[rows, 4] float64 (peak, log Σ, tail shift, log Σ_tail) for logits [rows, vocab], ids [rows, k];
+    lean: the kernel's LEAN reductions (None: its default; benchmarks compare the two)."""
     if available(logits):
         try:
-            from evo.evaluate._kl_triton import row_sums
+            from evo.evaluate._kl_triton import LEAN, row_sums
 
-            return row_sums(logits.contiguous(), ids)
+            return row_sums(logits.contiguous(), ids, lean=LEAN if lean is None else lean)
         except Exception as exc:  # noqa: BLE001 — any failure of the kernel: the same sums with torch ops
             _FAILED.append(failure_reason(exc))
             warnings.warn(f"the Triton top-k KL kernel failed ({_FAILED[0]}): torch ops instead", RuntimeWarning,
@@ -74,5 +75,5 @@ def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 @topk_row_sums.register_fake
-def _(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def _(logits: torch.Tensor, ids: torch.Tensor, lean: bool | None = None) -> torch.Tensor:
     return logits.new_empty((logits.shape[0], 4), dtype=torch.float64)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from evo.evaluate import kl_sums
 
-ROW_SUMS = ("auto", "torch")  # topk_kl's row sums: the one-pass kernel where it runs, or torch ops always
+ROW_SUMS = ("auto", "torch", "lean")  # topk_kl's row sums: the one-pass kernel where it runs, or torch ops always,
+# or the kernel with its LEAN reductions where it runs (benchmarks compare them)
 KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl on a CPU: its float32 temporaries stay ≈ 64 MB each
 KL_EAGER_CHUNK_CUDA = 1 << 28  # on a GPU (≈ 1 GB each): few chunks, few launches and syncs
 TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
@@ -66,7 +67,8 @@ def topk_kl(
     gives Σ and, with 0 scattered at the top-k ids, the tail's Σ; the rows go KL_EAGER_CHUNK(_CUDA)
     logits at a time, so the temporaries stay bounded. On CUDA with Triton (row_sums "auto"), both
     ways use instead kl_sums.topk_row_sums: one pass over the logits with the top k as a bitmask, the
-    same four sums (row_sums "torch" keeps the torch passes: benchmarks compare the two).
+    same four sums (row_sums "torch" keeps the torch passes, "lean" the kernel's LEAN reductions:
+    benchmarks compare them).
     """
     if row_sums not in ROW_SUMS:
         raise ValueError(f"row_sums={row_sums!r}: use one of {ROW_SUMS}")
@@ -79,10 +81,11 @@ def topk_kl(
     rows = flat.shape[0]
     chunk = KL_EAGER_CHUNK_CUDA if logits.is_cuda else KL_EAGER_CHUNK
     step = rows if torch.compiler.is_compiling() else max(1, chunk // max(vocab, 1))
-    kernel = row_sums == "auto" and kl_sums.available(flat)
+    kernel = row_sums != "torch" and kl_sums.available(flat)
+    lean = True if row_sums == "lean" else None
     if kernel:
         step = max(rows, 1)  # one pass over the rows: no float32 copies to bound
-    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None, kernel)
+    parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None, kernel, lean)
              for r in range(0, max(rows, 1), step)]
     log_q_top, log_q_tail = (torch.cat([part[i] for part in parts]) for i in (0, 2))
     log_q_sampled = torch.cat([part[1] for part in parts]).reshape(*lead, -1) if sampled else None
@@ -90,11 +93,12 @@ def topk_kl(
                           topk_logprobs, tail_logprob, tail_logprobs)
 
 
-def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None, kernel: bool = False):
+def _log_q_parts(logits: torch.Tensor, ids: torch.Tensor, samples: torch.Tensor | None, kernel: bool = False,
+                 lean: bool | None = None):
     """(log q of the top-k ids, of the sampled ids or None, of the tail), float64, for logits
-    [rows, vocab]: see topk_kl's docstring for the passes."""
+    [rows, vocab]: see topk_kl's docstring for the passes (lean: kl_sums.topk_row_sums's)."""
     if kernel:
-        sums = kl_sums.topk_row_sums(logits, ids)
+        sums = kl_sums.topk_row_sums(logits, ids, lean)
         peak, log_sum, tail_peak, log_tail = (sums[:, i:i + 1] for i in range(4))
     elif torch.compiler.is_compiling():
         peak, log_sum, tail_peak, log_tail = _fused_sums(logits, ids)
