@@ -28,8 +28,8 @@ attention), compile_default (compile "default", no CUDA graphs: the shipped path
 mask_attention (transformers' attention masks under compile, as before session 26:
 evo/evaluate/causal_attention.py), rotary_computed (the rotary cos/sin computed inside the compiled graph, as
 before session 27: evo/evaluate/rotary_tables.py), kl_torch_sums (the KL's row sums by torch ops instead of
-the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), kl_lean (the kernel with its
-LEAN reductions: three block reductions a chunk, not four; _kl_triton.LEAN), graph_trees (torch.compile's
+the one-pass Triton kernel, as before session 27: evo/evaluate/kl_sums.py), kl_four_reductions (the
+kernel with LEAN off, four block reductions a chunk, as before session 30: _kl_triton.LEAN), graph_trees (torch.compile's
 CUDA graphs of the forward alone, the KL launched after them, as before session 28; shipped replays one graph
 of forward + KL per stage: evo/evaluate/stage_graphs.py), tuned_kernels (shipped with Inductor's coordinate
 descent tuning of its kernels' block sizes: FastForward's tune_kernels), compile_off (eager forward), levels_off (no level database: levels compressed on first use
@@ -74,11 +74,11 @@ from kernel_profile import add_cublas_workspace_option, sync as _sync  # noqa: E
 
 VARIANTS = ("shipped", "compile_off", "levels_off", "whole_batch_off", "kl_chunked", "cuda_graphs", "one_sync_off",
             "table_off", "diff_off", "exceeds_off", "sizer_off", "kl_old", "compile_default", "mask_attention",
-            "rotary_computed", "kl_torch_sums", "graph_trees", "tuned_kernels", "kl_lean")
+            "rotary_computed", "kl_torch_sums", "graph_trees", "tuned_kernels", "kl_four_reductions")
 DEFAULT_VARIANTS = "shipped,compile_default,mask_attention,compile_off,levels_off,whole_batch_off,kl_chunked"
 COMPILE_OF = {"cuda_graphs": "reduce-overhead", "compile_default": "default"}  # the others: --compile unless "off"
 KL_OF = {"kl_old": topk_kl_sum_reference, "kl_torch_sums": functools.partial(topk_kl_sum, row_sums="torch"),
-         "kl_lean": functools.partial(topk_kl_sum, row_sums="lean")}
+         "kl_four_reductions": functools.partial(topk_kl_sum, row_sums="full")}
 KL_CHUNK = 4096  # tokens per head + KL chunk of the kl_chunked variant
 SMOKE = ["--device", "cpu", "--space", "default", "--generations", "50", "--population", "8", "--samples", "4",
          "--seq-len", "64", "--screen-sequences", "1", "--screen-tokens", "32", "--stages", "32,128:4,256:2",

@@ -13,6 +13,10 @@ Session 28: programs walk STEPS chunks each (merged online in float32) and lay a
 shape, the sums alone (constants below). Session 29 tried keeping the four sums a bitmask word at a
 time (reductions within a warp each step, one reduction across warps a program): slower at every
 shape tried, 2.45 ms at best against 2.05 for this one in the same run (kl_kernel_s29_h200.json).
+Session 30: LEAN drops the tail's peak (a block reduction and a masked copy of the chunk a step) except
+where the tail's sum on the chunk's peak underflows: 4096 × 4 × 3 went from 2.15 to 1.77 ms, and at
+2048 × 4 × 3 it is 1.64 ms (kl_kernel_s30_h200.json, one run); in the search the 64 × 512 full
+evaluation went from 24.94 to 24.30 ms (search_throughput_s30_*_h200.json, one lease).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import triton
 import triton.language as tl
 
 # The program's shape, from benchmarks/kl_kernel.py on an H200 (32,768 rows × 49,152 bf16 logits, the sums alone):
-# 4096 × 4 × 3 with WORDS 2.04 ms; without WORDS 2.34; session 27's 8192 × 8 × 1 2.87 (side by side, one run).
-CHUNK = 4096  # logits a step: 32 a thread at 4 warps, in registers
+# session 28: 4096 × 4 × 3 with WORDS 2.04 ms; without WORDS 2.34; session 27's 8192 × 8 × 1 2.87 (one run).
+# Session 30, with WORDS and LEAN: 2048 × 4 × 3 1.643 ms, 8192 × 8 × 2 1.642, 1024 × 2 × 4 1.728, 4096 × 4 × 3
+# 1.774; 4096 × 4 × 3 without LEAN 2.153 (one run).
+CHUNK = 2048  # logits a step: 16 a thread at 4 warps, in registers
 WARPS = 4
 STEPS = 3  # chunks a program walks
 WORDS = True  # chunks laid out [CHUNK / 32, 32], one bitmask load a word
-LEAN = False  # three block reductions a chunk instead of four: the tail's peak only where its sum underflows
+LEAN = True  # three block reductions a chunk, not four: the tail's peak only where its sum underflows
 TAIL_RESCUE = -50.0  # a chunk's tail peak this far (nats) below its peak: its tail is summed on its own shift
 KEEP_BITS = 4  # bitmasks kept (bits_for): a search alternates between its stages' reference rows
 KEEP_BITS_BYTES = 64 << 20  # only bitmasks this small are kept (a 4 x 512 screen's is 12.6 MB, 64 x 512's 201 MB)

@@ -6,8 +6,8 @@ of a 64 × 512 evaluation's bfloat16 logits three times (one online pass for the
 tail's peak, then the tail's sum, each also reading a 1.6 GB boolean mask of the top-k ids that a
 scatter wrote first): 4.4 ms of a 30 ms evaluation on an H200 (benchmarks/attention_paths.py
 --profile). The Triton kernels here (_kl_triton.py) read each logit once, with the top k as a bitmask
-(1 bit a logit, set by atomic OR): one program per 8,192-logit chunk of a row, one exp a logit for
-both sums, the chunks combined in float64. Inductor does not write this itself (it turns one amax +
+(1 bit a logit, set by atomic OR): each program walks a few chunks of a row (_kl_triton's CHUNK, STEPS),
+one exp a logit for both sums, the programs' sums combined in float64. Inductor does not write this itself (it turns one amax +
 sum-exp pair into an online pass, not a masked second one).
 
 `topk_row_sums(logits, ids)` is a torch custom op (opaque to torch.compile) returning [rows, 4]
@@ -61,7 +61,7 @@ def _torch_row_sums(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("evo::topk_row_sums", mutates_args=())
 def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor, lean: bool | None = None) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ, tail shift, log Σ_tail) for logits [rows, vocab], ids [rows, k];
-    lean: the kernel's LEAN reductions (None: its default; benchmarks compare the two)."""
+    lean: the kernel's LEAN reductions on or off (None: its default; benchmarks compare the two)."""
     if available(logits):
         try:
             from evo.evaluate._kl_triton import LEAN, row_sums

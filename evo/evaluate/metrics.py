@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from evo.evaluate import kl_sums
 
-ROW_SUMS = ("auto", "torch", "lean")  # topk_kl's row sums: the one-pass kernel where it runs, or torch ops always,
-# or the kernel with its LEAN reductions where it runs (benchmarks compare them)
+ROW_SUMS = ("auto", "torch", "full")  # topk_kl's row sums: the one-pass kernel where it runs, or torch ops always,
+# or the kernel with LEAN off (four block reductions a chunk, as before session 30) where it runs: benchmarks
 KL_EAGER_CHUNK = 1 << 24  # logits per eager chunk of topk_kl on a CPU: its float32 temporaries stay ≈ 64 MB each
 KL_EAGER_CHUNK_CUDA = 1 << 28  # on a GPU (≈ 1 GB each): few chunks, few launches and syncs
 TAIL_UNDERFLOW = 1e-30  # an eager tail Σ below this (relative to the peak) is recomputed with its own shift
@@ -67,7 +67,7 @@ def topk_kl(
     gives Σ and, with 0 scattered at the top-k ids, the tail's Σ; the rows go KL_EAGER_CHUNK(_CUDA)
     logits at a time, so the temporaries stay bounded. On CUDA with Triton (row_sums "auto"), both
     ways use instead kl_sums.topk_row_sums: one pass over the logits with the top k as a bitmask, the
-    same four sums (row_sums "torch" keeps the torch passes, "lean" the kernel's LEAN reductions:
+    same four sums (row_sums "torch" keeps the torch passes, "full" runs the kernel with LEAN off:
     benchmarks compare them).
     """
     if row_sums not in ROW_SUMS:
@@ -82,7 +82,7 @@ def topk_kl(
     chunk = KL_EAGER_CHUNK_CUDA if logits.is_cuda else KL_EAGER_CHUNK
     step = rows if torch.compiler.is_compiling() else max(1, chunk // max(vocab, 1))
     kernel = row_sums != "torch" and kl_sums.available(flat)
-    lean = True if row_sums == "lean" else None
+    lean = False if row_sums == "full" else None
     if kernel:
         step = max(rows, 1)  # one pass over the rows: no float32 copies to bound
     parts = [_log_q_parts(flat[r:r + step], ids[r:r + step], samples[r:r + step] if sampled else None, kernel, lean)
