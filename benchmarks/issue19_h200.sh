@@ -7,7 +7,7 @@
 #                     with a search loop of >= $MIN_LOOP_S s (20; session 27: 20 s loops differ ~10 % between
 #                     leases, give 60 for a comparison): evaluations/s, share of forward + KL, full evaluation ms. The probe (level database + size table, ~96 s)
 #                     counts inside --deadline-s but is not stopped by it. THROUGHPUT_EXTRA: more options for
-#                     search_throughput.py (e.g. --cublas-workspace torch, the other side of session 29's comparison,
+#                     search_throughput.py (e.g. --cublas-workspace none, the other side of session 30's comparison,
 #                     in a call of its own: torch reads it once per process). DEADLINE_S default 520 (session 25: probe
 #                     103 s + a cold compile 128 s left 360 s room for one variant's loop; a variant whose new compile
 #                     would not fit is skipped).

@@ -48,17 +48,18 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-CUBLAS_WORKSPACES = ("none", "torch")  # what `evo search` asks for (gemm_workspace), or torch's default
+CUBLAS_WORKSPACES = ("none", "torch")  # evo search --cublas-workspace none (gemm_workspace), or torch's default
 
 
 def cublas_workspace_option(text: str) -> str:
     """--cublas-workspace: "none" sets evo.evaluate.gemm_workspace's variables for this process, as `evo
-    search` does (at once: torch reads them at its first cuBLAS call); "torch" leaves torch's default
-    (the comparison needs a process of its own). Anything else is one line (argparse, exit 2)."""
+    search --cublas-workspace none` does (at once: torch reads them at its first cuBLAS call); "torch"
+    leaves torch's default, as `evo search` runs by default (the comparison needs a process of its own).
+    Anything else is one line (argparse, exit 2)."""
     import argparse
 
     if text not in CUBLAS_WORKSPACES:
-        raise argparse.ArgumentTypeError(f"{text!r}: give none (as evo search runs) or torch (torch's default)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give torch (torch's default, as evo search runs) or none")
     if text == "none":
         from evo.evaluate.gemm_workspace import gemms_without_workspace
 
@@ -67,10 +68,11 @@ def cublas_workspace_option(text: str) -> str:
 
 
 def add_cublas_workspace_option(parser) -> None:
-    """--cublas-workspace on a benchmark's parser (cublas_workspace_option; default none, as `evo search` runs)."""
-    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="none",
-                        help="none: cuBLAS without a workspace, as `evo search` runs (evo/evaluate/gemm_workspace.py); "
-                             "torch: torch's default workspace (a comparison needs a process of its own)")
+    """--cublas-workspace on a benchmark's parser (cublas_workspace_option; default torch, as `evo search` runs)."""
+    parser.add_argument("--cublas-workspace", type=cublas_workspace_option, default="torch",
+                        help="torch: torch's default workspace, as `evo search` runs; none: cuBLAS without a "
+                             "workspace, as `evo search --cublas-workspace none` (evo/evaluate/gemm_workspace.py; "
+                             "a comparison needs a process of its own)")
 
 
 def sync(device: torch.device) -> None:

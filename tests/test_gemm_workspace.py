@@ -16,7 +16,7 @@ def test_a_variable_the_user_set_keeps_both_of_theirs():
         assert environ == {key: "mine"} and f"{key}=mine" in line
 
 
-def test_the_search_command_asks_for_it_before_anything_else(monkeypatch):
+def test_the_search_command_asks_for_it_before_anything_else_only_when_told(monkeypatch):
     import argparse
     import os
 
@@ -28,6 +28,9 @@ def test_the_search_command_asks_for_it_before_anything_else(monkeypatch):
     for key in SETTINGS:  # set then removed: the test's end restores the process as it was
         monkeypatch.setenv(key, "placeholder")
         monkeypatch.delenv(key)
-    with pytest.raises(EvoError, match="budget"):
-        search.run(argparse.Namespace(budget_mb=-1.0, resume=None, run_dir=None))  # stops at once
+    with pytest.raises(EvoError, match="budget"):  # the default: torch's workspace, nothing set
+        search.run(argparse.Namespace(budget_mb=-1.0, resume=None, run_dir=None, cublas_workspace="torch"))
+    assert not any(key in os.environ for key in SETTINGS)
+    with pytest.raises(EvoError, match="budget"):  # stops at once, after setting both
+        search.run(argparse.Namespace(budget_mb=-1.0, resume=None, run_dir=None, cublas_workspace="none"))
     assert all(os.environ.get(key) == value for key, value in SETTINGS.items())

@@ -69,6 +69,11 @@ def add_parser(sub) -> None:
                          "fails); reduce-overhead and max-autotune add CUDA graphs; auto (default) is reduce-overhead "
                          "on CUDA and off elsewhere; off avoids the first run's compile (1-2 min) and the graphs' memory on a small GPU. "
                          "Speed only: the same KL up to the fused kernels' rounding")
+    se.add_argument("--cublas-workspace", default="torch", choices=["torch", "none"],
+                    help="torch (default): cuBLAS with torch's workspace; none: without one "
+                         "(CUBLAS_WORKSPACE_CONFIG=:0:0, TORCH_CUBLASLT_UNIFIED_WORKSPACE=0, unless you set either): "
+                         "on an H200 the 64 x 512 full evaluation 1-2 %% faster, the loop's small screens not "
+                         "(benchmarks/results/search_throughput_h200.md, session 30). Speed only: the same KL")
     se.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR with its own settings (options given must match "
                          "them; a larger --generations extends it)")
 
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from evo.search.lifecycle import check_budget_mb, is_complete_run, normalize_run_dir
     from evo.search.loop import open_session, run_search
 
-    gemms_without_workspace()  # before the first CUDA matmul: the evaluations' large GEMMs need no workspace
+    if getattr(args, "cublas_workspace", "torch") == "none":  # before the first CUDA matmul: torch reads it once
+        print(gemms_without_workspace(), flush=True)
 
     check_budget_mb(args.budget_mb)
     if args.resume and args.run_dir and normalize_run_dir(args.resume) != normalize_run_dir(args.run_dir):

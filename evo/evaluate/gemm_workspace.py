@@ -1,4 +1,4 @@
-"""cuBLAS GEMMs without a workspace for a search process (issue 19).
+"""cuBLAS GEMMs without a workspace for a search process (issue 19): `evo search --cublas-workspace none`.
 
 With its default workspace, cuBLAS on an H200 runs the evaluation's GEMMs (32,768 tokens × 576…1,536)
 as kernels that need a zeroed workspace: a memset before nearly every GEMM, 184 copy nodes in the
@@ -6,8 +6,11 @@ stage graph of one SmolLM2-135M evaluation and 0.79 ms of gaps between its nodes
 it picks kernels that need none: 33 copy nodes, 0.31 ms of gaps, GEMMs 13.25 ms against 13.49, the
 64 × 512 forward + KL 24.66 ms against 25.02 and 25.04 (two baselines around it, one lease, same KL:
 benchmarks/attention_paths.py --cublas-workspace, session 29). Such large GEMMs gain nothing from
-split-K; small ones (one token at a time, as in generation) can, so only processes that evaluate
-candidates ask for this: `evo search` and the search benchmarks.
+split-K; small ones can. In the search loop (session 30, one lease, one run each) the full evaluation
+was 24.30 ms without a workspace against 24.54 with torch's, but the loop ran 55.8 evaluations/s against
+61.1, the gap in its 4 × 512 screens (83 against 101 a second at the same median forward, 4.3 and
+4.2 ms; session 29's loop with torch's: 113). So it is an option, not the default: `evo search` and the
+search benchmarks leave torch's workspace unless asked (--cublas-workspace none).
 
 torch reads both variables once, when it first hands out a cuBLAS workspace, so they are set before any
 CUDA matmul of the process. cuBLASLt keeps a workspace of its own: torch's default shares cuBLAS's
