@@ -132,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from evo.evaluate import _kl_triton
 
-        results.append(whole_kl("kl kernel", topk_kl_sum,
-                                shipped=name((_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS,
-                              _kl_triton.LEAN))))
+        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS, _kl_triton.LEAN)
+        results.append(whole_kl("kl kernel", topk_kl_sum, shipped=name(shipped)))
         ids = rows[0].reshape(-1, args.k)
         check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
         exact_tail = check[:, 2] + check[:, 3]
