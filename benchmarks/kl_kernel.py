@@ -41,6 +41,23 @@ from kernel_profile import timed_ms  # noqa: E402
 
 DEFAULT_CONFIGS = "4096x4x3w,4096x4x3wl,2048x2x6wl,2048x4x6wl,8192x8x2wl,4096x8x3wl,1024x2x4wl,2048x4x3wl,8192x8wl"
 CHECK_ROWS = 256
+SHAPE_CONSTANTS = ("CHUNK", "WARPS", "STEPS", "WORDS", "LEAN")  # _kl_triton's, in the order of parse_configs's tuples
+
+
+def shipped_shape() -> tuple[int, int, int, bool, bool]:
+    """_kl_triton's program shape as it is now, as parse_configs writes one (needs Triton)."""
+    from evo.evaluate import _kl_triton
+
+    return tuple(getattr(_kl_triton, constant) for constant in SHAPE_CONSTANTS)
+
+
+def use_shape(config: tuple[int, int, int, bool, bool]) -> None:
+    """Set _kl_triton's constants to `config` (parse_configs's tuple): every row_sums call that names no
+    shape, the evaluator's KL included, then runs the kernel at it."""
+    from evo.evaluate import _kl_triton
+
+    for constant, value in zip(SHAPE_CONSTANTS, config, strict=True):
+        setattr(_kl_triton, constant, value)
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int, bool, bool]]:
@@ -132,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from evo.evaluate import _kl_triton
 
-        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS, _kl_triton.LEAN)
-        results.append(whole_kl("kl kernel", topk_kl_sum, shipped=name(shipped)))
+        results.append(whole_kl("kl kernel", topk_kl_sum, shipped=name(shipped_shape())))
         ids = rows[0].reshape(-1, args.k)
         check = kl_sums.torch_row_sums(logits[:CHECK_ROWS], ids[:CHECK_ROWS])
         exact_tail = check[:, 2] + check[:, 3]

@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--sequences", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3,4096x4x3w",
-                        help="the kernel's CHUNKxWARPS[xSTEPS][w], comma-separated")
+                        help="the kernel's CHUNKxWARPS[xSTEPS][w][l], comma-separated")
     args = parser.parse_args()
     if not kl_sums.TRITON:
         raise SystemExit("needs Triton (pip install triton; on a CPU run with TRITON_INTERPRET=1)")

@@ -8,7 +8,7 @@ weights, and prints the estimate per token of each with the exact KL from full l
 
   eager torch     Evaluator, compile "off", KL row sums by torch ops (the sessions 26-27 arithmetic)
   eager kernel    compile "off", the Triton kernel at its shipped shape
-  eager kernel S  compile "off", the kernel at CHUNKxWARPSxSTEPS[w] S (--shapes; where Triton is)
+  eager kernel S  compile "off", the kernel at CHUNKxWARPS[xSTEPS][w][l] S (--shapes; where Triton is)
   stage graphs    compile "reduce-overhead": one CUDA graph of forward + KL per stage
   graph trees     compile "reduce-overhead", stage_graphs=False (torch.compile's graphs of the forward)
 
@@ -38,7 +38,7 @@ from evo.evaluate.perplexity import tokenize_for_eval  # noqa: E402
 from evo.evaluate.reference import DenseReference  # noqa: E402
 from evo.modelio import load_model  # noqa: E402
 from attention_paths import device_option  # noqa: E402
-from kl_kernel import name, parse_configs  # noqa: E402
+from kl_kernel import name, parse_configs, shipped_shape, use_shape  # noqa: E402
 from search_throughput import exact_kl_of  # noqa: E402
 
 GRAPHS = ("stage", "trees")  # stage graphs, or torch.compile's graph trees over the forward
@@ -74,7 +74,7 @@ def main() -> int:
     parser.add_argument("--device", type=device_option, default="cuda")
     parser.add_argument("--bits", type=int, default=2)
     parser.add_argument("--shapes", type=parse_configs, default="8192x8,4096x4x3",
-                        help="the kernel's CHUNKxWARPS[xSTEPS][w] besides the shipped one (4096x4x3w)")
+                        help="the kernel's CHUNKxWARPS[xSTEPS][w][l] besides the shipped one (_kl_triton's constants)")
     parser.add_argument("--graphs", type=graph_kinds, default="stage,trees")
     parser.add_argument("--sequences", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=512)
@@ -95,14 +95,12 @@ def main() -> int:
     estimate("eager torch")
     evaluator.forward = FastForward(model, "off", evaluator.device)
     estimate("eager kernel")
-    if kl_sums.TRITON:  # the kernel at other program shapes (CHUNKxWARPSxSTEPS[w])
-        from evo.evaluate import _kl_triton
-
-        shipped = (_kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS)
+    if kl_sums.TRITON:  # the kernel at other program shapes (CHUNKxWARPS[xSTEPS][w][l])
+        shipped = shipped_shape()
         for shape in args.shapes:
-            _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shape
+            use_shape(shape)
             estimate(f"eager kernel {name(shape)}")
-        _kl_triton.CHUNK, _kl_triton.WARPS, _kl_triton.STEPS, _kl_triton.WORDS = shipped
+        use_shape(shipped)
     results["exact"] = exact_kl_of(evaluator, config)["eager"]
     print(f"exact: {results['exact']:.9f}", flush=True)
     for kind in args.graphs:

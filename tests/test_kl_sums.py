@@ -78,7 +78,7 @@ def _check_the_kernel(device: str) -> None:
     # programs walking several chunks, merged online: 2 of 3 chunks (the second program's last one wholly past
     # the vocabulary), 3 of 9, and one program a row with 7 chunks past the vocabulary
     # (words: each chunk laid out [chunk / 32, 32], one bitmask load a word)
-    # (lean: two block reductions a chunk, the tail's own peak only where its sum underflows)
+    # (lean: three block reductions a chunk, not four, the tail's own peak only where its sum underflows)
     for chunk, warps, steps, words, lean in ((CHUNK, 8, 2, False, False), (2048, 4, 3, False, False),
                                              (2048, 4, 16, False, True), (4096, 4, 3, True, False),
                                              (1024, 2, 1, True, True), (2048, 4, 16, True, False),
@@ -100,6 +100,23 @@ def _check_the_kernel(device: str) -> None:
     everything = torch.arange(64).expand(2, 64)
     empty = row_sums(logits[:2, :64].to(device), everything.to(device)).cpu()
     assert torch.all(empty[:, 2] == 0) and torch.all(torch.isneginf(empty[:, 3]))
+
+    # a shape argument left out is the module's constant as it is at the call (kl_paths_real.py sets them to
+    # run the evaluator's KL at other shapes); one given wins
+    names = ("CHUNK", "WARPS", "STEPS", "WORDS", "LEAN")
+    shipped, real_chunk_sums, launched = tuple(getattr(_kl_triton, n) for n in names), _kl_triton.chunk_sums, []
+    _kl_triton.chunk_sums = lambda *args: launched.append(args[2:]) or real_chunk_sums(*args)
+    try:
+        row_sums(x, kept)
+        _kl_triton.CHUNK, _kl_triton.LEAN = 1024, not shipped[4]
+        moved = row_sums(x, kept).cpu()
+        row_sums(x, kept, chunk=2048)
+    finally:
+        _kl_triton.chunk_sums = real_chunk_sums
+        for name, value in zip(names, shipped):
+            setattr(_kl_triton, name, value)
+    assert launched == [shipped, (1024, *shipped[1:4], not shipped[4]), (2048, *shipped[1:4], not shipped[4])]
+    torch.testing.assert_close(_tail_lse(moved), _tail_lse(_exact(logits, kept.cpu())), rtol=2e-6, atol=2e-6)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on a CPU)")

@@ -211,8 +211,13 @@ def bits_for(ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return bits
 
 
-def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int = CHUNK, warps: int = WARPS,
-             steps: int = STEPS, words: bool = WORDS, lean: bool = LEAN) -> torch.Tensor:
+def row_sums(logits: torch.Tensor, ids: torch.Tensor, chunk: int | None = None, warps: int | None = None,
+             steps: int | None = None, words: bool | None = None, lean: bool | None = None) -> torch.Tensor:
     """[rows, 4] float64 (peak, log Σ exp(x − peak), tail shift, log Σ_tail exp(x − tail shift)) for
-    logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64."""
-    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), chunk, warps, steps, words, lean))
+    logits [rows, vocab] and top-k ids [rows, k]: the programs' sums combined in float64. A shape argument
+    left None is this module's constant (CHUNK, WARPS, STEPS, WORDS, LEAN) as it is at the call, so a
+    benchmark that sets them (kl_paths_real.py) reaches the kernel through the evaluator's KL."""
+    given = (chunk, warps, steps, words, lean)
+    shape = (value if value is not None else default
+             for value, default in zip(given, (CHUNK, WARPS, STEPS, WORDS, LEAN), strict=True))
+    return combine(chunk_sums(logits, bits_for(ids, logits.shape[-1]), *shape))

@@ -64,9 +64,9 @@ def topk_row_sums(logits: torch.Tensor, ids: torch.Tensor, lean: bool | None = N
     lean: the kernel's LEAN reductions on or off (None: its default; benchmarks compare the two)."""
     if available(logits):
         try:
-            from evo.evaluate._kl_triton import LEAN, row_sums
+            from evo.evaluate._kl_triton import row_sums
 
-            return row_sums(logits.contiguous(), ids, lean=LEAN if lean is None else lean)
+            return row_sums(logits.contiguous(), ids, lean=lean)
         except Exception as exc:  # noqa: BLE001 — any failure of the kernel: the same sums with torch ops
             _FAILED.append(failure_reason(exc))
             warnings.warn(f"the Triton top-k KL kernel failed ({_FAILED[0]}): torch ops instead", RuntimeWarning,
